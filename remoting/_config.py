@@ -1,0 +1,232 @@
+"""The one configuration model of the data plane: radiumd's and the client's.
+
+Files are TOML, validated at load: an unknown key or a bad value raises a
+`ConfigError` naming the file, the key and what was expected.  Relative paths
+in a file are taken relative to that file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+import tomli_w
+
+from ._errors import ConfigError
+from ._keys import KeyPair, is_z85_key, write_atomic
+
+DEFAULT_PORT = 7450
+DEFAULT_DAEMON_CONFIG = Path("/etc/radium/radiumd.toml")
+SYSTEM_CLIENT_CONFIG = Path("/etc/radium/client.toml")
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+# --- radiumd -------------------------------------------------------------------
+
+
+class ServerSection(Section):
+    name: str = msgspec.field(default_factory=socket.gethostname)
+    listen: str = f"tcp://0.0.0.0:{DEFAULT_PORT}"
+    state_dir: str = "/var/lib/radium"  # server key pair, caches
+    clients_dir: str = "/etc/radium/clients.d"  # authorised client public keys
+    admins_dir: str = "/etc/radium/admins.d"  # authorised operator public keys
+    heartbeat_interval: Seconds = 2.0
+    lease_timeout: Seconds = 6.0  # a session silent this long loses its leases
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
+
+
+class MetricsSection(Section):
+    enabled: bool = True
+    # Plain HTTP: keep it on loopback (the default) or behind a scraper-side tunnel.
+    listen: str = "127.0.0.1:9450"
+
+
+class DevicesSection(Section):
+    backends: list[Literal["nvml", "opencl"]] = msgspec.field(default_factory=lambda: ["nvml", "opencl"])
+    exclude: list[str] = []  # device ids never to offer
+    health_interval: Seconds = 60.0
+
+
+class LogSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class DaemonConfig(Section):
+    server: ServerSection = msgspec.field(default_factory=ServerSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    devices: DevicesSection = msgspec.field(default_factory=DevicesSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+    source: str = ""  # the file it was read from; not a key users set
+
+    def resolve(self, base: Path) -> DaemonConfig:
+        s = self.server
+        for attr in ("state_dir", "clients_dir", "admins_dir"):
+            setattr(s, attr, str((base / getattr(s, attr)).resolve()))
+        return self
+
+
+# --- the client ----------------------------------------------------------------
+
+
+class ApplianceEntry(Section):
+    name: str
+    address: str  # tcp://host:port
+    public_key: str  # the appliance's CURVE public key, Z85
+
+
+class ClientSection(Section):
+    name: str
+    public_key: str
+    secret_key: str
+
+
+class ClientConfig(Section):
+    client: ClientSection
+    appliances: list[ApplianceEntry] = []
+    source: str = ""
+
+    @property
+    def keys(self) -> KeyPair:
+        return KeyPair(self.client.public_key, self.client.secret_key)
+
+    def appliance(self, name: str) -> ApplianceEntry:
+        for a in self.appliances:
+            if a.name == name:
+                return a
+        known = ", ".join(a.name for a in self.appliances) or "none"
+        raise ConfigError(f"no appliance named {name!r} in {self.source} (configured: {known})")
+
+
+# --- loading and saving --------------------------------------------------------
+
+C = TypeVar("C", bound=Section)
+
+_PATH_RE = re.compile(r"at `\$\.?(.*)`$")
+
+
+def _explain(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """Turn msgspec's 'Expected `int`, got `str` - at `$.server.port`' into (key, what)."""
+    text = str(exc)
+    key = ""
+    match = _PATH_RE.search(text)
+    if match:
+        key = match.group(1).replace("[", ".").replace("]", "")
+        text = text[: match.start()].rstrip(" -")
+    unknown = re.match(r"Object contains unknown field `(.+)`", text)
+    if unknown:
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+        text = "unknown key"
+    return key or "(top level)", text[:1].lower() + text[1:]
+
+
+def convert(data: dict[str, Any], model: type[C], source: str) -> C:
+    """Validate a parsed document against a model; errors name file and key."""
+    try:
+        config = msgspec.convert(data, model)
+    except msgspec.ValidationError as exc:
+        key, what = _explain(exc)
+        raise ConfigError(f"{source}: {key}: {what}", file=source, key=key) from None
+    config.source = source  # type: ignore[attr-defined]
+    return config
+
+
+def load_toml(path: Path, model: type[C]) -> C:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file", file=str(path)) from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied", file=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
+    if "source" in data:
+        raise ConfigError(f"{path}: source: unknown key", file=str(path), key="source")
+    return convert(data, model, str(path))
+
+
+def load_daemon_config(path: Path | None) -> DaemonConfig:
+    """radiumd's configuration; with no file at the default path, the defaults."""
+    if path is None:
+        if not DEFAULT_DAEMON_CONFIG.exists():
+            return DaemonConfig()
+        path = DEFAULT_DAEMON_CONFIG
+    config = load_toml(path, DaemonConfig)
+    _check_listen(config.server.listen, f"{path}: server.listen")
+    return config.resolve(Path(path).resolve().parent)
+
+
+def _check_listen(address: str, where: str) -> None:
+    if not re.match(r"^tcp://[^:/\s]+:\d{1,5}$|^tcp://\[[0-9a-fA-F:]+\]:\d{1,5}$", address):
+        raise ConfigError(f"{where}: expected tcp://HOST:PORT, got {address!r}")
+
+
+def client_config_path() -> Path:
+    """Where the client reads its configuration.
+
+    RADIUM_CONFIG, then ~/.config/radium/client.toml, then /etc/radium/client.toml,
+    then the lab's profile (`radium-admin lab up`) when nothing else exists.
+    """
+    env = os.environ.get("RADIUM_CONFIG")
+    if env:
+        return Path(env)
+    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    user = home / "radium" / "client.toml"
+    if user.exists():
+        return user
+    if SYSTEM_CLIENT_CONFIG.exists():
+        return SYSTEM_CLIENT_CONFIG
+    lab = lab_profile_dir() / "client.toml"
+    return lab if lab.exists() else user
+
+
+def lab_profile_dir() -> Path:
+    env = os.environ.get("RADIUM_LAB_DIR")
+    return Path(env) if env else Path.home() / ".local" / "state" / "radium" / "lab"
+
+
+def load_client_config(path: Path | None = None) -> ClientConfig:
+    path = path or client_config_path()
+    if not Path(path).exists():
+        raise ConfigError(
+            f"{path}: no client configuration. Ask your operator for a bundle and run "
+            "`radium configure --bundle FILE`.",
+            file=str(path),
+        )
+    config = load_toml(path, ClientConfig)
+    check_client_config(config)
+    return config
+
+
+def check_client_config(config: ClientConfig) -> None:
+    src = config.source
+    for key in ("public_key", "secret_key"):
+        if not is_z85_key(getattr(config.client, key)):
+            raise ConfigError(f"{src}: client.{key}: expected a 40-character Z85 CURVE key")
+    for i, a in enumerate(config.appliances):
+        _check_listen(a.address, f"{src}: appliances.{i}.address")
+        if not is_z85_key(a.public_key):
+            raise ConfigError(f"{src}: appliances.{i}.public_key: expected a Z85 CURVE key")
+
+
+def dump_toml(config: Section) -> str:
+    data = msgspec.to_builtins(config)
+    data.pop("source", None)
+    return tomli_w.dumps(data)
+
+
+def save_client_config(config: ClientConfig, path: Path) -> None:
+    """Written 0600: the file holds the client's secret key."""
+    write_atomic(path, dump_toml(config), mode=0o600)

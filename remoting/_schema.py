@@ -1,0 +1,211 @@
+"""The one wire schema: every message the appliance and its clients exchange.
+
+Messages are msgspec structs tagged by their `kind`; a frame body decodes to
+exactly one of `Request`, `Reply` or `Notice`.  The data model shared by the
+daemon, the CLI, the TUI and Ansible (devices, leases) lives here too, so that
+there is one definition of each concept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class Model(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base for plain data records."""
+
+
+class Message(msgspec.Struct, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
+    """Base for everything that crosses the wire as a frame body."""
+
+
+# --- the data model ----------------------------------------------------------
+
+Health = Literal["ok", "failed", "unknown"]
+
+
+class Device(Model):
+    """One accelerator as the appliance knows it."""
+
+    id: str  # stable across restarts: backend + platform + PCI address or index
+    backend: str  # "opencl", "nvml", ...
+    vendor: str
+    model: str
+    memory_bytes: int
+    pci_address: str | None = None
+    compute_units: int | None = None
+    health: Health = "unknown"
+    health_detail: str = ""
+
+
+class LeasePart(Model):
+    """The share of one device that a lease holds."""
+
+    device_id: str
+    memory_bytes: int
+    fraction: float  # memory_bytes / device memory; 1.0 for a whole device
+
+
+class Lease(Model):
+    id: str
+    client: str
+    server: str
+    parts: list[LeasePart]
+    granted_at: float
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [p.device_id for p in self.parts]
+
+
+class LeaseHolding(Model):
+    """A lease as shown against one device (for `smi`)."""
+
+    lease_id: str
+    client: str
+    memory_bytes: int
+    fraction: float
+
+
+class DeviceStatus(Model):
+    device: Device
+    memory_allocated_bytes: int
+    memory_used_bytes: int | None = None  # as reported by the backend, where it can
+    utilization_percent: float | None = None
+    leases: list[LeaseHolding] = []
+
+
+class ServerInfo(Model):
+    name: str
+    hostname: str
+    version: str
+    protocol: int = PROTOCOL_VERSION
+
+
+class Filter(Model):
+    """`key op value`, e.g. device.name=Tesla, device.memory>=16000."""
+
+    key: str
+    op: Literal["=", "!=", "<", "<=", ">", ">=", "~"]
+    value: str
+
+
+class AllocationRequest(Model):
+    count: int = 1
+    fraction: float | None = None  # share of each device's memory, 0 < f <= 1
+    memory_mib: int | None = None  # or an amount of memory per device
+    filters: list[Filter] = []
+
+
+# --- requests -----------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    protocol: int
+    client_version: str
+    hostname: str = ""
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    session: str
+
+
+class Bye(Message, tag="bye"):
+    session: str
+
+
+class ListDevices(Message, tag="list-devices"):
+    usage: bool = False
+
+
+class Acquire(Message, tag="acquire"):
+    session: str
+    request: AllocationRequest
+    timeout: float = 0.0  # seconds to wait in the queue; 0 fails at once
+
+
+class Release(Message, tag="release"):
+    session: str
+    lease_id: str
+
+
+class CheckHealth(Message, tag="check-health"):
+    pass
+
+
+class Enroll(Message, tag="enroll"):
+    """Authorise a client key (admins only)."""
+
+    name: str
+    public_key: str  # Z85
+    role: Literal["client", "admin"] = "client"
+
+
+class Revoke(Message, tag="revoke"):
+    name: str
+    role: Literal["client", "admin"] = "client"
+
+
+Request = Hello | Heartbeat | Bye | ListDevices | Acquire | Release | CheckHealth | Enroll | Revoke
+
+
+# --- replies -------------------------------------------------------------------
+
+
+class Welcome(Message, tag="welcome"):
+    server: ServerInfo
+    session: str
+    client: str
+    heartbeat_interval: float
+    lease_timeout: float
+
+
+class Ok(Message, tag="ok"):
+    pass
+
+
+class DeviceList(Message, tag="device-list"):
+    server: ServerInfo
+    devices: list[DeviceStatus]
+    queue_length: int = 0
+
+
+class Granted(Message, tag="granted"):
+    lease: Lease
+
+
+class HealthReport(Message, tag="health-report"):
+    server: ServerInfo
+    devices: list[Device]
+    client: str
+
+
+class Error(Message, tag="error"):
+    code: str
+    message: str
+    detail: dict[str, Any] = {}
+
+
+Reply = Welcome | Ok | DeviceList | Granted | HealthReport | Error
+
+
+# --- notices: sent by the appliance unasked ------------------------------------
+
+
+class Shutdown(Message, tag="shutdown"):
+    server: str
+    reason: str
+
+
+class LeaseLost(Message, tag="lease-lost"):
+    lease_id: str
+    reason: str
+
+
+Notice = Shutdown | LeaseLost
+
+AnyMessage = Request | Reply | Notice

@@ -1,0 +1,310 @@
+"""`radium`: the user's command line on a client VM.
+
+One function per verb, each returning a `Result`; `main` parses, runs, and
+renders.  User mistakes and unreachable appliances end in one clear line (or a
+JSON error with `--json`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .. import _schema as s
+from .._config import (
+    ClientConfig,
+    check_client_config,
+    client_config_path,
+    load_client_config,
+    load_toml,
+    save_client_config,
+    SYSTEM_CLIENT_CONFIG,
+)
+from .._errors import ConfigError, RadiumError, UsageError
+from .._filters import parse_filter
+from .._version import VERSION
+from ..client import api, holder
+from .output import Result, emit, emit_error, mib, percent
+
+PROG = "radium"
+
+
+# --- list-gpus and smi -----------------------------------------------------------
+
+
+def _failures(results: list[api.PerAppliance]) -> tuple[list[str], int]:
+    warnings = [f"{r.appliance.name}: {r.error}" for r in results if r.error is not None]
+    code = max((r.error.exit_code for r in results if r.error is not None), default=0)
+    return warnings, code
+
+
+def cmd_list_gpus(args: argparse.Namespace) -> Result:
+    config = load_client_config()
+    results = asyncio.run(api.list_devices(config, usage=False, server=args.server))
+    rows = []
+    for r in results:
+        if r.value is None:
+            continue
+        for st in r.value.devices:
+            d = st.device
+            rows.append({
+                "appliance": r.appliance.name,
+                "id": d.id,
+                "model": d.model,
+                "vendor": d.vendor,
+                "backend": d.backend,
+                "memory_bytes": d.memory_bytes,
+                "memory_allocated_bytes": st.memory_allocated_bytes,
+                "pci_address": d.pci_address,
+                "health": d.health,
+                "leases": len(st.leases),
+                "free": st.memory_allocated_bytes == 0 and d.health != "failed",
+            })
+
+    def render(console: Console) -> None:
+        table = Table(box=None, header_style="bold")
+        for col in ("APPLIANCE", "DEVICE", "MODEL", "MEMORY", "ALLOCATED", "LEASES", "HEALTH"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(
+                row["appliance"], row["id"], row["model"], mib(row["memory_bytes"]),
+                mib(row["memory_allocated_bytes"]), str(row["leases"]), row["health"],
+            )
+        console.print(table if rows else "no devices")
+
+    warnings, code = _failures(results)
+    return Result({"devices": rows, "errors": _errors_json(results)}, render, code, warnings)
+
+
+def _errors_json(results: list[api.PerAppliance]) -> list[dict]:
+    return [
+        {"appliance": r.appliance.name, "code": r.error.code, "message": r.error.message}
+        for r in results if r.error is not None
+    ]
+
+
+def cmd_smi(args: argparse.Namespace) -> Result:
+    config = load_client_config()
+    results = asyncio.run(api.list_devices(config, usage=True, server=args.server))
+    appliances = [
+        {"appliance": r.appliance.name, "server": r.value.server, "devices": r.value.devices,
+         "queue_length": r.value.queue_length}
+        for r in results if r.value is not None
+    ]
+
+    def render(console: Console) -> None:
+        for a in appliances:
+            server = a["server"]
+            console.print(
+                f"[bold]{a['appliance']}[/bold]  host {server.hostname}  radiumd {server.version}"
+                f"  queue {a['queue_length']}"
+            )
+            table = Table(box=None, header_style="bold", pad_edge=False)
+            for col in ("DEVICE", "MODEL", "USED", "ALLOCATED", "TOTAL", "UTIL", "HEALTH", "LEASES"):
+                table.add_column(col)
+            for st in a["devices"]:
+                d = st.device
+                holders = ", ".join(
+                    f"{h.lease_id} {h.client} {h.fraction:.0%}" for h in st.leases
+                ) or "-"
+                table.add_row(
+                    d.id, d.model, mib(st.memory_used_bytes), mib(st.memory_allocated_bytes),
+                    mib(d.memory_bytes), percent(st.utilization_percent), d.health, holders,
+                )
+            console.print(table)
+
+    warnings, code = _failures(results)
+    return Result({"appliances": appliances, "errors": _errors_json(results)}, render, code, warnings)
+
+
+# --- reservations -----------------------------------------------------------------
+
+
+def allocation_request(args: argparse.Namespace) -> s.AllocationRequest:
+    request = s.AllocationRequest(
+        count=args.n,
+        fraction=args.p,
+        memory_mib=args.m,
+        filters=[parse_filter(f) for f in args.filter],
+    )
+    from .._allocator import validate_request
+
+    validate_request(request)
+    return request
+
+
+def cmd_request_gpus(args: argparse.Namespace) -> Result:
+    config = load_client_config()  # fail here, in the foreground, if it is broken
+    request = allocation_request(args)
+    if args.timeout < 0:
+        raise UsageError(f"--timeout must be 0 or more seconds, got {args.timeout}")
+    state = holder.start_holder(Path(config.source), request, args.timeout, args.server)
+
+    def render(console: Console) -> None:
+        lease = state.lease
+        console.print(f"reserved {len(lease.parts)} device(s) on {state.appliance} as {lease.id}:")
+        for p in lease.parts:
+            console.print(f"  {p.device_id}  {p.fraction:.0%}  {mib(p.memory_bytes)}")
+        console.print("release with `radium release-gpus`")
+
+    return Result(state, render)
+
+
+def cmd_release_gpus(args: argparse.Namespace) -> Result:
+    state = holder.stop_holder()
+
+    def render(console: Console) -> None:
+        if state is None:
+            console.print("no reservation held")
+        else:
+            console.print(f"released {state.lease.id} on {state.appliance}")
+
+    return Result({"released": state}, render)
+
+
+# --- health, version, configure -----------------------------------------------------
+
+
+def cmd_health(args: argparse.Namespace) -> Result:
+    config = load_client_config()
+    results = asyncio.run(api.check_health(config, server=args.server))
+    report = []
+    for r in results:
+        entry: dict = {"appliance": r.appliance.name, "address": r.appliance.address}
+        if r.value is None:
+            assert r.error is not None
+            entry.update(reachable=r.error.code not in ("unreachable",), key_trusted=False,
+                         healthy=False, error=r.error.message, devices=[])
+        else:
+            bad = [d for d in r.value.devices if d.health != "ok"]
+            entry.update(
+                reachable=True, key_trusted=True, healthy=not bad, error=None,
+                server=r.value.server, client=r.value.client,
+                devices=[{"id": d.id, "model": d.model, "health": d.health,
+                          "detail": d.health_detail} for d in r.value.devices],
+            )
+            if not r.value.devices:
+                entry.update(healthy=False, error="no devices")
+            elif bad:
+                entry["error"] = "; ".join(f"{d.id}: {d.health} {d.health_detail}".strip() for d in bad)
+        report.append(entry)
+    healthy = all(e["healthy"] for e in report)
+
+    def render(console: Console) -> None:
+        table = Table(box=None, header_style="bold")
+        for col in ("APPLIANCE", "ADDRESS", "REACHABLE", "KEY", "DEVICES", "STATUS"):
+            table.add_column(col)
+        for e in report:
+            ok_devices = sum(1 for d in e["devices"] if d["health"] == "ok")
+            table.add_row(
+                e["appliance"], e["address"],
+                _mark(e["reachable"]), _mark(e["key_trusted"]),
+                f"{ok_devices}/{len(e['devices'])} ok",
+                "[green]healthy[/green]" if e["healthy"] else f"[red]{e['error']}[/red]",
+            )
+        console.print(table)
+
+    return Result({"healthy": healthy, "appliances": report}, render, 0 if healthy else 1)
+
+
+def _mark(ok: bool) -> str:
+    return "[green]yes[/green]" if ok else "[red]no[/red]"
+
+
+def cmd_version(args: argparse.Namespace) -> Result:
+    data = {"radium": VERSION, "protocol": s.PROTOCOL_VERSION}
+    return Result(data, lambda c: c.print(f"radium {VERSION} (protocol {s.PROTOCOL_VERSION})"))
+
+
+def cmd_configure(args: argparse.Namespace) -> Result:
+    bundle = load_toml(args.bundle, ClientConfig)
+    check_client_config(bundle)
+    target = SYSTEM_CLIENT_CONFIG if args.system else client_config_path()
+    merged = bundle
+    if target.exists():
+        current = load_client_config(target)
+        same_key = current.client.public_key == bundle.client.public_key
+        if not same_key and not args.replace:
+            raise ConfigError(
+                f"{target} already holds client {current.client.name!r} with another key; "
+                "the bundle is for "
+                f"{bundle.client.name!r}. Use --replace to switch identity."
+            )
+        if same_key:
+            names = {a.name for a in bundle.appliances}
+            merged.appliances = [a for a in current.appliances if a.name not in names] + list(
+                bundle.appliances
+            )
+    save_client_config(merged, target)
+    data = {"config": str(target), "client": merged.client.name,
+            "appliances": [a.name for a in merged.appliances]}
+    return Result(data, lambda c: c.print(
+        f"configured client {merged.client.name} in {target} "
+        f"with appliances: {', '.join(data['appliances']) or 'none'}"))
+
+
+# --- parsing ------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.5, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Use accelerators that live on Radium appliances."
+    )
+    parser.add_argument("--version", action="version", version=f"radium {VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func, help: str, server: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        if server:
+            p.add_argument("--server", metavar="NAME", help="only this appliance")
+        p.set_defaults(func=func)
+        return p
+
+    command("list-gpus", cmd_list_gpus, "list every device of every appliance", server=True)
+    command("smi", cmd_smi, "show memory, utilisation and leases per device", server=True)
+    p = command("request-gpus", cmd_request_gpus,
+                "reserve devices for this session (kept until release-gpus)", server=True)
+    p.add_argument("-n", type=int, default=1, metavar="N", help="number of devices (default 1)")
+    share = p.add_mutually_exclusive_group()
+    share.add_argument("-p", type=_fraction, metavar="F", help="fraction of each device, 0 < F <= 1")
+    share.add_argument("-m", type=int, metavar="MiB", help="memory of each device, in MiB")
+    p.add_argument("--filter", action="append", default=[], metavar="K=V",
+                   help="device.name=…, device.memory>=…, server.hostname=… (repeatable)")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds in the queue (default 0: fail at once)")
+    command("release-gpus", cmd_release_gpus, "release the devices reserved by request-gpus")
+    command("health", cmd_health, "check reachability, keys and device health of every appliance",
+            server=True)
+    command("version", cmd_version, "print the version")
+    p = command("configure", cmd_configure, "install a client bundle from your operator")
+    p.add_argument("--bundle", type=Path, required=True, help="the bundle file")
+    p.add_argument("--system", action="store_true", help=f"write {SYSTEM_CLIENT_CONFIG}")
+    p.add_argument("--replace", action="store_true", help="replace a configuration of another client")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return emit(args.func(args), args.json)
+    except RadiumError as exc:
+        return emit_error(PROG, exc, args.json)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser"]

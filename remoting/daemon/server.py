@@ -1,0 +1,229 @@
+"""radiumd's network side: a CURVE-encrypted ZeroMQ ROUTER socket feeding `Service`.
+
+A malformed frame is dropped and counted; a malformed message, a wrong
+protocol version, or an oversized message gets a typed `Error` reply; a
+handler's exception comes back as an `Error` too.  Nothing a peer sends can
+stop the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from .. import _schema as s
+from .. import _wire as wire
+from .._allocator import Allocator
+from .._config import DaemonConfig
+from .._errors import AuthError, ProtocolError, RadiumError
+from .._keys import load_or_create_server_keys
+from .._version import VERSION
+from ..devices import load_backends
+from ..devices.base import Backend
+from .auth import KeyStore, Peer, ZapHandler, run_zap
+from .logs import event
+from .metrics import Metrics
+from .service import Service
+
+SWEEP_INTERVAL = 0.5
+
+
+@dataclass
+class Daemon:
+    config: DaemonConfig
+    log: logging.Logger
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        cfg = self.config
+        server_keys = load_or_create_server_keys(Path(cfg.server.state_dir), cfg.server.name)
+        self.keys = KeyStore(Path(cfg.server.clients_dir), Path(cfg.server.admins_dir))
+        for directory in (self.keys.clients.path, self.keys.admins.path):
+            directory.mkdir(parents=True, exist_ok=True)
+
+        backends = await asyncio.to_thread(load_backends, list(cfg.devices.backends))
+        self.backends: dict[str, Backend] = {b.name: b for b in backends}
+        devices = []
+        for backend in backends:
+            for device in await asyncio.to_thread(backend.discover):
+                if device.id not in cfg.devices.exclude:
+                    devices.append(device)
+        info = s.ServerInfo(name=cfg.server.name, hostname=socket.gethostname(), version=VERSION)
+        self.allocator = Allocator(server=info)
+        self.allocator.set_devices(devices)
+        self.metrics = Metrics(lambda: self.allocator)
+
+        self.ctx = zmq.asyncio.Context()
+        self.zap = ZapHandler(self.ctx, self.keys, self.log, on_refused=self.metrics.refused.inc)
+        self.socket = self.ctx.socket(zmq.ROUTER)
+        self.socket.curve_server = True
+        self.socket.curve_secretkey = server_keys.secret.encode()  # type: ignore[union-attr]
+        self.socket.curve_publickey = server_keys.public.encode()
+        # Oversized-but-plausible messages get a typed error from us; anything far
+        # beyond is cut by libzmq before it is buffered.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * cfg.server.max_message_bytes + 4096)
+        self.socket.linger = 1000
+        self.socket.bind(cfg.server.listen)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+        self.service = Service(
+            server=info,
+            allocator=self.allocator,
+            keys=self.keys,
+            log=self.log,
+            heartbeat_interval=cfg.server.heartbeat_interval,
+            lease_timeout=cfg.server.lease_timeout,
+            backends=self.backends,
+            notify=self._notify,
+            on_expired=self.metrics.sessions_expired.inc,
+        )
+        self.metrics_address = None
+        if cfg.metrics.enabled:
+            self.metrics_address = self.metrics.serve(cfg.metrics.listen)
+
+        # Check health before serving, so that no failed device is ever handed out.
+        await self._check_health_once()
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self._tasks: set[asyncio.Task] = set()
+        background = [
+            asyncio.create_task(run_zap(self.zap)),
+            asyncio.create_task(self._receive()),
+            asyncio.create_task(self._sweep()),
+            asyncio.create_task(self._health_loop()),
+        ]
+        event(self.log, "info", "radiumd serving", name=info.name, endpoint=self.endpoint,
+              server_key=server_keys.public, devices=[d.id for d in devices],
+              metrics=self.metrics_address and f"{self.metrics_address[0]}:{self.metrics_address[1]}")
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+
+        event(self.log, "info", "radiumd stopping", leases=len(self.allocator.leases))
+        self.service.shutdown("radiumd stopped")
+        await asyncio.sleep(0)  # let handler tasks send their Error replies
+        for task in background + list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*background, *self._tasks, return_exceptions=True)
+        self.zap.close()
+        self.socket.close(linger=1000)  # let the shutdown notices out
+        self.ctx.term()
+        event(self.log, "info", "radiumd stopped")
+
+    # --- the socket loop --------------------------------------------------
+
+    def _send(self, origin: bytes, frames: list[bytes]) -> None:
+        self.metrics.bytes_sent.inc(sum(len(f) for f in frames))
+        try:
+            self.socket.send_multipart([origin, *frames], flags=zmq.NOBLOCK)
+        except zmq.Again:  # the peer's queue is full: it is not reading; drop
+            event(self.log, "warning", "reply dropped, peer not reading")
+        except zmq.ZMQError as exc:
+            event(self.log, "warning", "reply failed", error=str(exc))
+
+    def _notify(self, origin: bytes, msg: s.Message) -> None:
+        self._send(origin, wire.encode(msg, 0))
+
+    async def _receive(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart(copy=False)
+            self.metrics.bytes_received.inc(sum(len(f.bytes) for f in frames))
+            try:
+                self._dispatch(frames)
+            except Exception:  # never let one message stop the loop
+                self.log.exception("dispatch failed")
+
+    def _dispatch(self, frames: list[zmq.Frame]) -> None:
+        origin = frames[0].bytes
+        if len(frames) < 3:
+            self.metrics.malformed.inc()
+            event(self.log, "warning", "malformed frame dropped", frames=len(frames))
+            return
+        try:
+            header = wire.decode_header(frames[1].bytes)
+        except ProtocolError as exc:
+            self.metrics.malformed.inc()
+            event(self.log, "warning", "malformed frame dropped", error=str(exc))
+            return
+        msg_id = header.id
+        key = frames[1].get("User-Id")
+        peer = self.keys.lookup(key) if key else None
+        if peer is None:
+            self.metrics.refused.inc()
+            event(self.log, "warning", "message from revoked key refused", key=key)
+            self._reply_error(origin, msg_id, AuthError(
+                f"this client's key is no longer authorised on {self.service.server.name}: "
+                "ask your operator to enrol it again"))
+            return
+        if header.protocol != s.PROTOCOL_VERSION:
+            self.metrics.malformed.inc()
+            self._reply_error(origin, msg_id, ProtocolError(
+                f"client speaks protocol {header.protocol}, {self.service.server.name} speaks "
+                f"{s.PROTOCOL_VERSION}: upgrade the older side",
+                server_protocol=s.PROTOCOL_VERSION))
+            return
+        try:
+            request = wire.decode_body(
+                frames[2].bytes, s.Request, self.config.server.max_message_bytes
+            )
+        except ProtocolError as exc:
+            self.metrics.malformed.inc()
+            event(self.log, "warning", "malformed message", client=peer.name, error=str(exc)[:200])
+            self._reply_error(origin, msg_id, exc)
+            return
+        task = asyncio.create_task(self._handle(peer, origin, msg_id, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, peer: Peer, origin: bytes, msg_id: int, request: s.Message) -> None:
+        kind = type(request).__name__
+        try:
+            reply = await self.service.handle(peer, origin, request)
+        except RadiumError as exc:
+            self.metrics.requests.labels(kind, exc.code).inc()
+            self._reply_error(origin, msg_id, exc)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.requests.labels(kind, "internal").inc()
+            self.log.exception("handler failed", extra={"fields": {"kind": kind}})
+            self._reply_error(origin, msg_id, RadiumError(f"internal error in radiumd: {exc}"))
+            return
+        self.metrics.requests.labels(kind, "ok").inc()
+        self._send(origin, wire.encode(reply, msg_id))
+
+    def _reply_error(self, origin: bytes, msg_id: int, exc: RadiumError) -> None:
+        detail = {k: v for k, v in exc.detail.items() if isinstance(v, (str, int, float, bool))}
+        self._send(origin, wire.encode(s.Error(code=exc.code, message=exc.message, detail=detail), msg_id))
+
+    # --- timers --------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.service.expire()
+
+    async def _check_health_once(self) -> None:
+        for device in list(self.allocator.devices.values()):
+            backend = self.backends[device.backend]
+            try:
+                result = await asyncio.to_thread(backend.check_health, device)
+                ok, detail = result.ok, result.detail
+            except Exception as exc:
+                ok, detail = False, f"health check raised: {exc}"
+            self.service.set_health(device.id, ok, detail)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.devices.health_interval)
+            await self._check_health_once()
