@@ -24,6 +24,7 @@ def _render_status(st) -> callable:  # type: ignore[valid-type]
             c.print(f"  device         {d}")
         if st.error:
             c.print(f"  [red]error[/red]          {st.error}")
+
     return render
 
 
@@ -34,8 +35,7 @@ def cmd_up(args: argparse.Namespace) -> Result:
 
 def cmd_down(args: argparse.Namespace) -> Result:
     was_up = Lab().down()
-    return Result({"stopped": was_up},
-                  lambda c: c.print("lab stopped" if was_up else "lab was not running"))
+    return Result({"stopped": was_up}, lambda c: c.print("lab stopped" if was_up else "lab was not running"))
 
 
 def cmd_status(args: argparse.Namespace) -> Result:
@@ -44,8 +44,11 @@ def cmd_status(args: argparse.Namespace) -> Result:
 
 
 def add_parser(sub, command) -> None:  # type: ignore[no-untyped-def]
-    p = sub.add_parser("lab", help="a local appliance in a network namespace",
-                       description="a local appliance in a network namespace")
+    p = sub.add_parser(
+        "lab",
+        help="a local appliance in a network namespace",
+        description="a local appliance in a network namespace",
+    )
     verbs = p.add_subparsers(dest="lab_command", metavar="VERB", required=True)
     for name, func, help in (
         ("up", cmd_up, "start the lab (idempotent)"),

@@ -141,8 +141,25 @@ class Lab:
     def _make_network(self) -> None:
         run = netns._run_ip
         run(["ip", "netns", "add", NAMESPACE])
-        run(["ip", "link", "add", ROOT_IF, "mtu", "1500", "type", "veth",
-             "peer", "name", LAB_IF, "netns", NAMESPACE, "mtu", "1500"])
+        run(
+            [
+                "ip",
+                "link",
+                "add",
+                ROOT_IF,
+                "mtu",
+                "1500",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                LAB_IF,
+                "netns",
+                NAMESPACE,
+                "mtu",
+                "1500",
+            ]
+        )
         run(["ip", "addr", "add", f"{HOST_ADDRESS}/24", "dev", ROOT_IF])
         run(["ip", "link", "set", ROOT_IF, "up"])
         run(["ip", "-n", NAMESPACE, "addr", "add", f"{APPLIANCE_ADDRESS}/24", "dev", LAB_IF])
@@ -150,8 +167,24 @@ class Lab:
         run(["ip", "-n", NAMESPACE, "link", "set", "lo", "up"])
         for prefix in ([], ["-n", NAMESPACE]):
             dev = LAB_IF if prefix else ROOT_IF
-            run(["tc", *prefix, "qdisc", "add", "dev", dev, "root", "tbf", "rate", "4750mbit",
-                 "burst", "64kb", "latency", "10ms"])
+            run(
+                [
+                    "tc",
+                    *prefix,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    "4750mbit",
+                    "burst",
+                    "64kb",
+                    "latency",
+                    "10ms",
+                ]
+            )
 
     def _teardown_network(self) -> None:
         subprocess.run(["ip", "link", "del", ROOT_IF], capture_output=True, check=False)
@@ -177,9 +210,21 @@ format = "json"
     def _start_daemon(self, timeout: float) -> None:
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", NAMESPACE, sys.executable, "-m",
-                 "radium.remoting.daemon", "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    NAMESPACE,
+                    sys.executable,
+                    "-m",
+                    "radium.remoting.daemon",
+                    "--config",
+                    str(self.config_path),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         write_atomic(self.pid_path, str(proc.pid), 0o644)
         config = load_client_config(self.client_path)

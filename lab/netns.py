@@ -97,9 +97,7 @@ def _delete_namespace(name: str) -> None:
         check=False,
     )
     if proc.returncode != 0 and name in _list_namespaces():
-        raise RuntimeError(
-            f"command 'ip netns delete {name}' failed: {proc.stderr.strip()}"
-        )
+        raise RuntimeError(f"command 'ip netns delete {name}' failed: {proc.stderr.strip()}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -160,9 +158,7 @@ class Host:
     name: str  # netns name
     address: str  # IPv4 address of its veth end, e.g. "10.231.7.2"
     interface: str  # veth name inside the namespace
-    _children: list[subprocess.Popen] = field(
-        default_factory=list, init=False, repr=False, compare=False
-    )
+    _children: list[subprocess.Popen] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """``argv`` prefixed so that it runs inside this host's namespace."""
@@ -278,9 +274,7 @@ def create_topology(
     try:
         with _allocation_lock():
             existing = _list_namespaces()
-            n = subnet_index if subnet_index is not None else _pick_index(
-                pid, _used_indices(existing)
-            )
+            n = subnet_index if subnet_index is not None else _pick_index(pid, _used_indices(existing))
             cli_ns, app_ns = f"{prefix}-{pid}-{n}-cli", f"{prefix}-{pid}-{n}-app"
             for ns in (cli_ns, app_ns):
                 if ns in existing:
@@ -290,18 +284,51 @@ def create_topology(
         tag = f"{n}{pid % 10000}"
         client = Host(name=cli_ns, address=f"{SUBNET_PREFIX}.{n}.1", interface=f"rc{tag}")
         appliance = Host(name=app_ns, address=f"{SUBNET_PREFIX}.{n}.2", interface=f"ra{tag}")
-        _run_ip([
-            "ip", "link", "add", "name", client.interface, "netns", cli_ns, "mtu", str(MTU),
-            "type", "veth",
-            "peer", "name", appliance.interface, "netns", app_ns, "mtu", str(MTU),
-        ])
+        _run_ip(
+            [
+                "ip",
+                "link",
+                "add",
+                "name",
+                client.interface,
+                "netns",
+                cli_ns,
+                "mtu",
+                str(MTU),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                appliance.interface,
+                "netns",
+                app_ns,
+                "mtu",
+                str(MTU),
+            ]
+        )
         for host in (client, appliance):
             _run_ip(["ip", "-n", host.name, "link", "set", "dev", "lo", "up"])
-            _run_ip(["ip", "-n", host.name, "addr", "add", f"{host.address}/24",
-                     "dev", host.interface])
+            _run_ip(["ip", "-n", host.name, "addr", "add", f"{host.address}/24", "dev", host.interface])
             if rate is not None:
-                _run_ip(["tc", "-n", host.name, "qdisc", "add", "dev", host.interface, "root",
-                         "tbf", "rate", rate, "burst", TBF_BURST, "latency", TBF_LATENCY])
+                _run_ip(
+                    [
+                        "tc",
+                        "-n",
+                        host.name,
+                        "qdisc",
+                        "add",
+                        "dev",
+                        host.interface,
+                        "root",
+                        "tbf",
+                        "rate",
+                        rate,
+                        "burst",
+                        TBF_BURST,
+                        "latency",
+                        TBF_LATENCY,
+                    ]
+                )
         topo = Topology(client=client, appliance=appliance, subnet_index=n, rate=rate)
         topo.link_up()
     except BaseException:
@@ -351,8 +378,25 @@ def _probe(need_tc: bool) -> tuple[bool, str]:
     try:
         _run_ip(["ip", "-n", name, "link", "add", "pa", "type", "veth", "peer", "name", "pb"])
         if need_tc:
-            _run_ip(["tc", "-n", name, "qdisc", "add", "dev", "pa", "root", "tbf",
-                     "rate", "4750mbit", "burst", TBF_BURST, "latency", TBF_LATENCY])
+            _run_ip(
+                [
+                    "tc",
+                    "-n",
+                    name,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "pa",
+                    "root",
+                    "tbf",
+                    "rate",
+                    "4750mbit",
+                    "burst",
+                    TBF_BURST,
+                    "latency",
+                    TBF_LATENCY,
+                ]
+            )
     except RuntimeError as exc:
         return False, f"veth/tbf unavailable: {exc}"
     finally:

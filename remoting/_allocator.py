@@ -100,9 +100,7 @@ class Allocator:
                     )
                 )
         return [
-            DeviceStatus(
-                device=d, memory_allocated_bytes=self.allocated(d.id), leases=holdings[d.id]
-            )
+            DeviceStatus(device=d, memory_allocated_bytes=self.allocated(d.id), leases=holdings[d.id])
             for d in self.devices.values()
         ]
 
@@ -133,10 +131,7 @@ class Allocator:
             return
         matching = [d for d in self.devices.values() if matches_all(req.filters, d, self.server)]
         failed = [d.id for d in matching if d.health == "failed"]
-        reason = (
-            f"{self.server.name} has {len(self.devices)} device(s), "
-            f"{len(matching)} matching the filters"
-        )
+        reason = f"{self.server.name} has {len(self.devices)} device(s), {len(matching)} matching the filters"
         if failed:
             reason += f", of which {len(failed)} failed health checks ({', '.join(failed)})"
         if req.memory_mib is not None and matching:
@@ -199,9 +194,7 @@ class Allocator:
             )
         parts = self._place(req)
         if parts is None:
-            raise NotAvailable(
-                f"{describe_request(req)} is not free now. Free: {self.free_summary()}"
-            )
+            raise NotAvailable(f"{describe_request(req)} is not free now. Free: {self.free_summary()}")
         lease = self._grant(parts, client, now)
         self._sessions_leases(session).append(lease.id)
         return lease

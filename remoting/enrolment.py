@@ -42,9 +42,7 @@ def _identity(name: str, from_bundle: Path | None) -> ClientConfig:
     if from_bundle is not None:
         bundle = load_toml(from_bundle, ClientConfig)
         if bundle.client.name != name:
-            raise UsageError(
-                f"{from_bundle} is the bundle of {bundle.client.name!r}, not {name!r}"
-            )
+            raise UsageError(f"{from_bundle} is the bundle of {bundle.client.name!r}, not {name!r}")
         return bundle
     pair = KeyPair.generate()
     assert pair.secret is not None
@@ -98,9 +96,7 @@ def _find_appliance(admin: ClientConfig, ref: str) -> ApplianceEntry:
     )
 
 
-def enroll_remote(
-    ref: str, name: str, role: str = "client", from_bundle: Path | None = None
-) -> ClientConfig:
+def enroll_remote(ref: str, name: str, role: str = "client", from_bundle: Path | None = None) -> ClientConfig:
     """Enrol over the network, with the operator key of the admin configuration."""
     check_name(name, "client name")
     admin = load_client_config(admin_config_path())

@@ -23,3 +23,56 @@ def two_hosts():
         yield topo
     finally:
         topo.close()
+
+
+# --------------------------------------------------------------------------
+# Appliances (radiumd processes) and clients (the radium CLI as a process).
+# --------------------------------------------------------------------------
+from support import Appliance, Client  # noqa: E402
+
+
+@pytest.fixture
+def appliance(tmp_path):
+    """A radiumd on loopback with two PoCL devices and one enrolled client."""
+    app = Appliance(tmp_path / "appliance").start()
+    try:
+        yield app
+    finally:
+        app.stop("KILL" if app.proc and app.proc.poll() is None else "TERM")
+
+
+@pytest.fixture
+def client(appliance, tmp_path):
+    return Client(appliance.enroll("vm1"), tmp_path / "client-state")
+
+
+class Remote:
+    """radiumd on the appliance host; `client(name)` enrols a user on the client host."""
+
+    def __init__(self, appliance: Appliance, hosts, base) -> None:
+        self.appliance, self.hosts, self.base = appliance, hosts, base
+        self.clients: dict[str, Client] = {}
+
+    def client(self, name: str = "vm1") -> Client:
+        if name not in self.clients:
+            self.clients[name] = Client(
+                self.appliance.enroll(name), self.base / f"{name}-state", host=self.hosts.client
+            )
+        return self.clients[name]
+
+    def close(self) -> None:
+        for c in self.clients.values():  # no reservation holder outlives its test
+            c.run("release-gpus")
+        self.appliance.stop()
+
+
+@pytest.fixture
+def remote(two_hosts, tmp_path):
+    app = Appliance(
+        tmp_path / "appliance", host=two_hosts.appliance, address=two_hosts.appliance.address, port=7450
+    ).start()
+    r = Remote(app, two_hosts, tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()

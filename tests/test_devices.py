@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+
 from radium.remoting._schema import Device
 from radium.remoting.devices import discover_all, load_backends
 from radium.remoting.devices.nvml import NvmlBackend, normalise_pci
@@ -119,9 +120,7 @@ def test_health_check_runs_a_kernel(opencl: OpenCLBackend, devices: list[Device]
 
 
 def test_health_check_of_unknown_device_is_not_ok(opencl: OpenCLBackend) -> None:
-    ghost = Device(
-        id="ocl-0000000000000000", backend="opencl", vendor="x", model="y", memory_bytes=1
-    )
+    ghost = Device(id="ocl-0000000000000000", backend="opencl", vendor="x", model="y", memory_bytes=1)
     result = opencl.check_health(ghost)
     assert not result.ok and "not found" in result.detail
 
@@ -185,8 +184,7 @@ def test_nvml_backend_on_a_gpu_host() -> None:
     backend = NvmlBackend()
     if not backend.available():
         pytest.skip(
-            "no NVIDIA driver (libnvidia-ml) on this machine: "
-            "NVML backend checked only on a GPU host"
+            "no NVIDIA driver (libnvidia-ml) on this machine: NVML backend checked only on a GPU host"
         )
     gpus = backend.discover()
     assert gpus

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+
 from radium.lab import netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(30)]
@@ -50,9 +51,7 @@ CLIENT = textwrap.dedent(
 
 
 def start_echo(host: netns.Host, bind: str) -> tuple[subprocess.Popen, int]:
-    proc = host.popen(
-        [sys.executable, "-c", ECHO_SERVER, bind], stdout=subprocess.PIPE, text=True
-    )
+    proc = host.popen([sys.executable, "-c", ECHO_SERVER, bind], stdout=subprocess.PIPE, text=True)
     # Bounded wait for the "LISTENING" line (a crashed server makes readline return "").
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
@@ -111,12 +110,18 @@ def test_tbf_on_both_ends(two_hosts):
     for host in (two_hosts.client, two_hosts.appliance):
         out = subprocess.run(
             ["tc", "-n", host.name, "qdisc", "show", "dev", host.interface],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
         assert "tbf" in out and "rate 4750Mbit" in out, out
         mtu = subprocess.run(
             ["ip", "-n", host.name, "link", "show", "dev", host.interface],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
         assert "mtu 1500" in mtu
 
@@ -125,7 +130,9 @@ def test_unshaped_topology_has_no_tbf():
     with netns.topology(rate=None) as topo:
         out = topo.client.run(
             ["tc", "qdisc", "show", "dev", topo.client.interface],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
         assert "tbf" not in out
 

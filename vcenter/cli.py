@@ -41,8 +41,12 @@ def cmd_enroll(args: argparse.Namespace) -> Result:
     save_client_config(bundle, output)  # 0600: it holds the secret key
     entry = bundle.appliances[-1]
     data = {
-        "name": args.name, "role": args.role, "bundle": str(output),
-        "public_key": bundle.client.public_key, "appliance": entry.name, "address": entry.address,
+        "name": args.name,
+        "role": args.role,
+        "bundle": str(output),
+        "public_key": bundle.client.public_key,
+        "appliance": entry.name,
+        "address": entry.address,
     }
 
     def render(c: Console) -> None:
@@ -63,8 +67,10 @@ def cmd_revoke(args: argparse.Namespace) -> Result:
             raise UsageError(f"no {args.role} named {args.name!r} is enrolled in {args.appliance}")
     else:
         enrolment.revoke_remote(args.appliance, args.name, args.role)
-    return Result({"name": args.name, "revoked": True},
-                  lambda c: c.print(f"revoked {args.role} {args.name} on {args.appliance}"))
+    return Result(
+        {"name": args.name, "revoked": True},
+        lambda c: c.print(f"revoked {args.role} {args.name} on {args.appliance}"),
+    )
 
 
 def cmd_show_bundle(args: argparse.Namespace) -> Result:  # pragma: no cover - convenience
@@ -89,14 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     command("version", cmd_version, "print the version")
     p = command("enroll", cmd_enroll, "create a client key, authorise it on an appliance, write a bundle")
     p.add_argument("name", help="the client's name (letters, digits, . _ -)")
-    p.add_argument("--appliance", required=True, metavar="CONFIG_OR_ADDRESS",
-                   help="a radiumd.toml on this machine, or an appliance address/name known "
-                        "to the operator configuration (RADIUM_ADMIN_CONFIG)")
-    p.add_argument("--address", help="the address clients dial (with a config file; "
-                                     "default: from its listen address)")
+    p.add_argument(
+        "--appliance",
+        required=True,
+        metavar="CONFIG_OR_ADDRESS",
+        help="a radiumd.toml on this machine, or an appliance address/name known "
+        "to the operator configuration (RADIUM_ADMIN_CONFIG)",
+    )
+    p.add_argument(
+        "--address", help="the address clients dial (with a config file; default: from its listen address)"
+    )
     p.add_argument("--role", choices=["client", "admin"], default="client")
-    p.add_argument("--from-bundle", type=Path, metavar="FILE",
-                   help="reuse this bundle's key pair and add the appliance to it")
+    p.add_argument(
+        "--from-bundle",
+        type=Path,
+        metavar="FILE",
+        help="reuse this bundle's key pair and add the appliance to it",
+    )
     p.add_argument("-o", "--output", type=Path, help="bundle file (default NAME.radium.toml)")
     p = command("revoke", cmd_revoke, "remove a client's key from an appliance")
     p.add_argument("name")

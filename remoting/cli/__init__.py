@@ -17,13 +17,13 @@ from rich.table import Table
 
 from .. import _schema as s
 from .._config import (
+    SYSTEM_CLIENT_CONFIG,
     ClientConfig,
     check_client_config,
     client_config_path,
     load_client_config,
     load_toml,
     save_client_config,
-    SYSTEM_CLIENT_CONFIG,
 )
 from .._errors import ConfigError, RadiumError, UsageError
 from .._filters import parse_filter
@@ -52,19 +52,21 @@ def cmd_list_gpus(args: argparse.Namespace) -> Result:
             continue
         for st in r.value.devices:
             d = st.device
-            rows.append({
-                "appliance": r.appliance.name,
-                "id": d.id,
-                "model": d.model,
-                "vendor": d.vendor,
-                "backend": d.backend,
-                "memory_bytes": d.memory_bytes,
-                "memory_allocated_bytes": st.memory_allocated_bytes,
-                "pci_address": d.pci_address,
-                "health": d.health,
-                "leases": len(st.leases),
-                "free": st.memory_allocated_bytes == 0 and d.health != "failed",
-            })
+            rows.append(
+                {
+                    "appliance": r.appliance.name,
+                    "id": d.id,
+                    "model": d.model,
+                    "vendor": d.vendor,
+                    "backend": d.backend,
+                    "memory_bytes": d.memory_bytes,
+                    "memory_allocated_bytes": st.memory_allocated_bytes,
+                    "pci_address": d.pci_address,
+                    "health": d.health,
+                    "leases": len(st.leases),
+                    "free": st.memory_allocated_bytes == 0 and d.health != "failed",
+                }
+            )
 
     def render(console: Console) -> None:
         table = Table(box=None, header_style="bold")
@@ -72,8 +74,13 @@ def cmd_list_gpus(args: argparse.Namespace) -> Result:
             table.add_column(col)
         for row in rows:
             table.add_row(
-                row["appliance"], row["id"], row["model"], mib(row["memory_bytes"]),
-                mib(row["memory_allocated_bytes"]), str(row["leases"]), row["health"],
+                row["appliance"],
+                row["id"],
+                row["model"],
+                mib(row["memory_bytes"]),
+                mib(row["memory_allocated_bytes"]),
+                str(row["leases"]),
+                row["health"],
             )
         console.print(table if rows else "no devices")
 
@@ -84,7 +91,8 @@ def cmd_list_gpus(args: argparse.Namespace) -> Result:
 def _errors_json(results: list[api.PerAppliance]) -> list[dict]:
     return [
         {"appliance": r.appliance.name, "code": r.error.code, "message": r.error.message}
-        for r in results if r.error is not None
+        for r in results
+        if r.error is not None
     ]
 
 
@@ -92,9 +100,14 @@ def cmd_smi(args: argparse.Namespace) -> Result:
     config = load_client_config()
     results = asyncio.run(api.list_devices(config, usage=True, server=args.server))
     appliances = [
-        {"appliance": r.appliance.name, "server": r.value.server, "devices": r.value.devices,
-         "queue_length": r.value.queue_length}
-        for r in results if r.value is not None
+        {
+            "appliance": r.appliance.name,
+            "server": r.value.server,
+            "devices": r.value.devices,
+            "queue_length": r.value.queue_length,
+        }
+        for r in results
+        if r.value is not None
     ]
 
     def render(console: Console) -> None:
@@ -109,12 +122,16 @@ def cmd_smi(args: argparse.Namespace) -> Result:
                 table.add_column(col)
             for st in a["devices"]:
                 d = st.device
-                holders = ", ".join(
-                    f"{h.lease_id} {h.client} {h.fraction:.0%}" for h in st.leases
-                ) or "-"
+                holders = ", ".join(f"{h.lease_id} {h.client} {h.fraction:.0%}" for h in st.leases) or "-"
                 table.add_row(
-                    d.id, d.model, mib(st.memory_used_bytes), mib(st.memory_allocated_bytes),
-                    mib(d.memory_bytes), percent(st.utilization_percent), d.health, holders,
+                    d.id,
+                    d.model,
+                    mib(st.memory_used_bytes),
+                    mib(st.memory_allocated_bytes),
+                    mib(d.memory_bytes),
+                    percent(st.utilization_percent),
+                    d.health,
+                    holders,
                 )
             console.print(table)
 
@@ -178,15 +195,26 @@ def cmd_health(args: argparse.Namespace) -> Result:
         entry: dict = {"appliance": r.appliance.name, "address": r.appliance.address}
         if r.value is None:
             assert r.error is not None
-            entry.update(reachable=r.error.code not in ("unreachable",), key_trusted=False,
-                         healthy=False, error=r.error.message, devices=[])
+            entry.update(
+                reachable=r.error.code not in ("unreachable",),
+                key_trusted=False,
+                healthy=False,
+                error=r.error.message,
+                devices=[],
+            )
         else:
             bad = [d for d in r.value.devices if d.health != "ok"]
             entry.update(
-                reachable=True, key_trusted=True, healthy=not bad, error=None,
-                server=r.value.server, client=r.value.client,
-                devices=[{"id": d.id, "model": d.model, "health": d.health,
-                          "detail": d.health_detail} for d in r.value.devices],
+                reachable=True,
+                key_trusted=True,
+                healthy=not bad,
+                error=None,
+                server=r.value.server,
+                client=r.value.client,
+                devices=[
+                    {"id": d.id, "model": d.model, "health": d.health, "detail": d.health_detail}
+                    for d in r.value.devices
+                ],
             )
             if not r.value.devices:
                 entry.update(healthy=False, error="no devices")
@@ -202,8 +230,10 @@ def cmd_health(args: argparse.Namespace) -> Result:
         for e in report:
             ok_devices = sum(1 for d in e["devices"] if d["health"] == "ok")
             table.add_row(
-                e["appliance"], e["address"],
-                _mark(e["reachable"]), _mark(e["key_trusted"]),
+                e["appliance"],
+                e["address"],
+                _mark(e["reachable"]),
+                _mark(e["key_trusted"]),
                 f"{ok_devices}/{len(e['devices'])} ok",
                 "[green]healthy[/green]" if e["healthy"] else f"[red]{e['error']}[/red]",
             )
@@ -241,11 +271,18 @@ def cmd_configure(args: argparse.Namespace) -> Result:
                 bundle.appliances
             )
     save_client_config(merged, target)
-    data = {"config": str(target), "client": merged.client.name,
-            "appliances": [a.name for a in merged.appliances]}
-    return Result(data, lambda c: c.print(
-        f"configured client {merged.client.name} in {target} "
-        f"with appliances: {', '.join(data['appliances']) or 'none'}"))
+    data = {
+        "config": str(target),
+        "client": merged.client.name,
+        "appliances": [a.name for a in merged.appliances],
+    }
+    return Result(
+        data,
+        lambda c: c.print(
+            f"configured client {merged.client.name} in {target} "
+            f"with appliances: {', '.join(data['appliances']) or 'none'}"
+        ),
+    )
 
 
 # --- parsing ------------------------------------------------------------------------
@@ -275,19 +312,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("list-gpus", cmd_list_gpus, "list every device of every appliance", server=True)
     command("smi", cmd_smi, "show memory, utilisation and leases per device", server=True)
-    p = command("request-gpus", cmd_request_gpus,
-                "reserve devices for this session (kept until release-gpus)", server=True)
+    p = command(
+        "request-gpus",
+        cmd_request_gpus,
+        "reserve devices for this session (kept until release-gpus)",
+        server=True,
+    )
     p.add_argument("-n", type=int, default=1, metavar="N", help="number of devices (default 1)")
     share = p.add_mutually_exclusive_group()
     share.add_argument("-p", type=_fraction, metavar="F", help="fraction of each device, 0 < F <= 1")
     share.add_argument("-m", type=int, metavar="MiB", help="memory of each device, in MiB")
-    p.add_argument("--filter", action="append", default=[], metavar="K=V",
-                   help="device.name=…, device.memory>=…, server.hostname=… (repeatable)")
-    p.add_argument("--timeout", type=float, default=0.0, metavar="S",
-                   help="wait up to S seconds in the queue (default 0: fail at once)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="device.name=…, device.memory>=…, server.hostname=… (repeatable)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds in the queue (default 0: fail at once)",
+    )
     command("release-gpus", cmd_release_gpus, "release the devices reserved by request-gpus")
-    command("health", cmd_health, "check reachability, keys and device health of every appliance",
-            server=True)
+    command(
+        "health", cmd_health, "check reachability, keys and device health of every appliance", server=True
+    )
     command("version", cmd_version, "print the version")
     p = command("configure", cmd_configure, "install a client bundle from your operator")
     p.add_argument("--bundle", type=Path, required=True, help="the bundle file")

@@ -37,8 +37,7 @@ class PerAppliance(Generic[T]):
 def select(config: ClientConfig, server: str | None = None) -> list[ApplianceEntry]:
     if not config.appliances:
         raise ConfigError(
-            f"{config.source}: no appliances configured; add one with "
-            "`radium configure --bundle FILE`"
+            f"{config.source}: no appliances configured; add one with `radium configure --bundle FILE`"
         )
     if server is None:
         return list(config.appliances)

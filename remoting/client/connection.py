@@ -176,9 +176,9 @@ class Connection:
 
     def _notice(self, notice: s.Message) -> None:
         if isinstance(notice, s.Shutdown):
-            self._fail(ApplianceShutdown(
-                f"{self.label} is shutting down ({notice.reason}); leases on it are gone"
-            ))
+            self._fail(
+                ApplianceShutdown(f"{self.label} is shutting down ({notice.reason}); leases on it are gone")
+            )
         for handler in self._notice_handlers:
             handler(notice)
 

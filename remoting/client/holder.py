@@ -76,13 +76,12 @@ def _is_holder(pid: int) -> bool:
     return b"radium.remoting.client.holder" in cmdline
 
 
-def start_holder(config_path: Path, request: s.AllocationRequest, timeout: float,
-                 server: str | None) -> ReservationState:
+def start_holder(
+    config_path: Path, request: s.AllocationRequest, timeout: float, server: str | None
+) -> ReservationState:
     """Start a holder and wait until it holds the lease (or fails)."""
     if read_reservation() is not None:
-        raise UsageError(
-            "a reservation is already held; release it first with `radium release-gpus`"
-        )
+        raise UsageError("a reservation is already held; release it first with `radium release-gpus`")
     directory = state_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     job = {
@@ -110,7 +109,9 @@ def start_holder(config_path: Path, request: s.AllocationRequest, timeout: float
         raise
     if not line:
         proc.wait()
-        raise RadiumError(f"the reservation holder exited ({proc.returncode}); see {directory / 'holder.log'}")
+        raise RadiumError(
+            f"the reservation holder exited ({proc.returncode}); see {directory / 'holder.log'}"
+        )
     answer = json.loads(line)
     if not answer["ok"]:
         proc.wait()

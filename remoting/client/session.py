@@ -36,8 +36,7 @@ class Session:
 
     async def open(self) -> Session:
         reply = await self.conn.request(
-            s.Hello(protocol=s.PROTOCOL_VERSION, client_version=VERSION,
-                    hostname=socket.gethostname())
+            s.Hello(protocol=s.PROTOCOL_VERSION, client_version=VERSION, hostname=socket.gethostname())
         )
         assert isinstance(reply, s.Welcome)
         self.welcome = reply

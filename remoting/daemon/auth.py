@@ -79,8 +79,11 @@ class ZapHandler:
         peer = self.keys.lookup(key)
         if peer is None:
             event(
-                self.log, "warning", "refused unknown client key",
-                key=key, address=address.decode(errors="replace"),
+                self.log,
+                "warning",
+                "refused unknown client key",
+                key=key,
+                address=address.decode(errors="replace"),
             )
             if self.on_refused:
                 self.on_refused()

@@ -30,9 +30,7 @@ class _AllocatorCollector(Collector):
             devices.add_metric([health], n)
         yield devices
 
-        total = GaugeMetricFamily(
-            "radium_device_memory_bytes", "Device memory", labels=["device", "model"]
-        )
+        total = GaugeMetricFamily("radium_device_memory_bytes", "Device memory", labels=["device", "model"])
         allocated = GaugeMetricFamily(
             "radium_device_memory_allocated_bytes", "Device memory held by leases", labels=["device"]
         )
@@ -57,15 +55,18 @@ class Metrics:
             "radium_requests", "Requests handled", ["kind", "outcome"], registry=self.registry
         )
         self.refused = Counter(
-            "radium_auth_refused", "Connections or messages refused for their key",
+            "radium_auth_refused",
+            "Connections or messages refused for their key",
             registry=self.registry,
         )
         self.malformed = Counter(
-            "radium_malformed_messages", "Frames dropped or answered as malformed",
+            "radium_malformed_messages",
+            "Frames dropped or answered as malformed",
             registry=self.registry,
         )
         self.sessions_expired = Counter(
-            "radium_sessions_expired", "Sessions dropped for a missing heartbeat",
+            "radium_sessions_expired",
+            "Sessions dropped for a missing heartbeat",
             registry=self.registry,
         )
 

@@ -101,9 +101,16 @@ class Daemon:
             asyncio.create_task(self._sweep()),
             asyncio.create_task(self._health_loop()),
         ]
-        event(self.log, "info", "radiumd serving", name=info.name, endpoint=self.endpoint,
-              server_key=server_keys.public, devices=[d.id for d in devices],
-              metrics=self.metrics_address and f"{self.metrics_address[0]}:{self.metrics_address[1]}")
+        event(
+            self.log,
+            "info",
+            "radiumd serving",
+            name=info.name,
+            endpoint=self.endpoint,
+            server_key=server_keys.public,
+            devices=[d.id for d in devices],
+            metrics=self.metrics_address and f"{self.metrics_address[0]}:{self.metrics_address[1]}",
+        )
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -160,21 +167,29 @@ class Daemon:
         if peer is None:
             self.metrics.refused.inc()
             event(self.log, "warning", "message from revoked key refused", key=key)
-            self._reply_error(origin, msg_id, AuthError(
-                f"this client's key is no longer authorised on {self.service.server.name}: "
-                "ask your operator to enrol it again"))
+            self._reply_error(
+                origin,
+                msg_id,
+                AuthError(
+                    f"this client's key is no longer authorised on {self.service.server.name}: "
+                    "ask your operator to enrol it again"
+                ),
+            )
             return
         if header.protocol != s.PROTOCOL_VERSION:
             self.metrics.malformed.inc()
-            self._reply_error(origin, msg_id, ProtocolError(
-                f"client speaks protocol {header.protocol}, {self.service.server.name} speaks "
-                f"{s.PROTOCOL_VERSION}: upgrade the older side",
-                server_protocol=s.PROTOCOL_VERSION))
+            self._reply_error(
+                origin,
+                msg_id,
+                ProtocolError(
+                    f"client speaks protocol {header.protocol}, {self.service.server.name} speaks "
+                    f"{s.PROTOCOL_VERSION}: upgrade the older side",
+                    server_protocol=s.PROTOCOL_VERSION,
+                ),
+            )
             return
         try:
-            request = wire.decode_body(
-                frames[2].bytes, s.Request, self.config.server.max_message_bytes
-            )
+            request = wire.decode_body(frames[2].bytes, s.Request, self.config.server.max_message_bytes)
         except ProtocolError as exc:
             self.metrics.malformed.inc()
             event(self.log, "warning", "malformed message", client=peer.name, error=str(exc)[:200])

@@ -101,8 +101,15 @@ class Service:
             )
         session = Session(secrets.token_hex(12), peer.name, peer.key, origin, self.clock())
         self.sessions[session.id] = session
-        event(self.log, "info", "session opened", client=peer.name, session=session.id,
-              client_host=msg.hostname, client_version=msg.client_version)
+        event(
+            self.log,
+            "info",
+            "session opened",
+            client=peer.name,
+            session=session.id,
+            client_host=msg.hostname,
+            client_version=msg.client_version,
+        )
         return s.Welcome(
             server=self.server,
             session=session.id,
@@ -126,10 +133,16 @@ class Service:
         for waiter in dropped:
             self._resolve(waiter, SessionExpired(f"session ended: {reason}"))
         for lease in released:
-            event(self.log, "info", "lease released", lease=lease.id, client=lease.client,
-                  reason=reason)
-        event(self.log, "info", "session closed", session=session.id, client=session.client,
-              reason=reason, leases_released=len(released))
+            event(self.log, "info", "lease released", lease=lease.id, client=lease.client, reason=reason)
+        event(
+            self.log,
+            "info",
+            "session closed",
+            session=session.id,
+            client=session.client,
+            reason=reason,
+            leases_released=len(released),
+        )
         self.pump()
 
     def expire(self) -> None:
@@ -182,8 +195,7 @@ class Service:
         statuses = self.allocator.status()
         if msg.usage:
             await asyncio.to_thread(self._fill_usage, statuses)
-        return s.DeviceList(server=self.server, devices=statuses,
-                            queue_length=len(self.allocator.queue))
+        return s.DeviceList(server=self.server, devices=statuses, queue_length=len(self.allocator.queue))
 
     def _fill_usage(self, statuses: list[s.DeviceStatus]) -> None:
         for st in statuses:
@@ -211,13 +223,17 @@ class Service:
         else:
             self._log_grant(lease, waited=False)
             return s.Granted(lease=lease)
-        waiter = self.allocator.enqueue(
-            session.id, peer.name, msg.request, self.clock() + msg.timeout
-        )
+        waiter = self.allocator.enqueue(session.id, peer.name, msg.request, self.clock() + msg.timeout)
         future: asyncio.Future[s.Lease] = asyncio.get_running_loop().create_future()
         self._waiting[waiter.id] = future
-        event(self.log, "info", "request queued", client=peer.name,
-              request=describe_request(msg.request), position=len(self.allocator.queue))
+        event(
+            self.log,
+            "info",
+            "request queued",
+            client=peer.name,
+            request=describe_request(msg.request),
+            position=len(self.allocator.queue),
+        )
         self.pump()  # it may fit right away if it is alone in the queue
         try:
             lease = await future
@@ -227,16 +243,29 @@ class Service:
         return s.Granted(lease=lease)
 
     def _log_grant(self, lease: s.Lease, waited: bool) -> None:
-        event(self.log, "info", "lease granted", lease=lease.id, client=lease.client,
-              devices=lease.device_ids, waited=waited)
+        event(
+            self.log,
+            "info",
+            "lease granted",
+            lease=lease.id,
+            client=lease.client,
+            devices=lease.device_ids,
+            waited=waited,
+        )
 
     async def release(self, peer: Peer, origin: bytes, msg: s.Release) -> s.Ok:
         self._session(peer, origin, msg.session)
         if msg.lease_id not in self.allocator.leases:
             raise LeaseNotFound(f"no lease {msg.lease_id} on {self.server.name}")
         self.allocator.release(msg.lease_id, peer.name)
-        event(self.log, "info", "lease released", lease=msg.lease_id, client=peer.name,
-              reason="released by client")
+        event(
+            self.log,
+            "info",
+            "lease released",
+            lease=msg.lease_id,
+            client=peer.name,
+            reason="released by client",
+        )
         self.pump()
         return s.Ok()
 
@@ -251,8 +280,14 @@ class Service:
             return
         health = "ok" if ok else "failed"
         if device.health != health:
-            event(self.log, "info" if ok else "error", "device health changed",
-                  device=device_id, health=health, detail=detail)
+            event(
+                self.log,
+                "info" if ok else "error",
+                "device health changed",
+                device=device_id,
+                health=health,
+                detail=detail,
+            )
         device.health = health  # type: ignore[assignment]
         device.health_detail = detail
         self.pump()

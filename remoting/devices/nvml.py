@@ -314,9 +314,7 @@ class NvmlBackend:
                 cuda.memcpy_dtoh(y, y_gpu)
                 if not np.array_equal(x, y):
                     return HealthResult(False, "device memory round trip returned wrong data")
-                return HealthResult(
-                    True, f"memory round trip ok (PTX JIT unavailable: {_short(exc, 80)})"
-                )
+                return HealthResult(True, f"memory round trip ok (PTX JIT unavailable: {_short(exc, 80)})")
             func = module.get_function("radium_axpb")
             block = 256
             func(

@@ -130,9 +130,7 @@ def _pci_address(cl_device: Any) -> str | None:
             return f"{nv_domain:04x}:{nv_bus:02x}:{nv_slot >> 3:02x}.{nv_slot & 7:x}"
     if "cl_amd_device_attribute_query" in extensions:
         raw = _raw_device_info(cl_device, _CL_DEVICE_TOPOLOGY_AMD, 24)
-        if raw is not None and int.from_bytes(raw[:4], "little") == (
-            _CL_DEVICE_TOPOLOGY_TYPE_PCIE_AMD
-        ):
+        if raw is not None and int.from_bytes(raw[:4], "little") == (_CL_DEVICE_TOPOLOGY_TYPE_PCIE_AMD):
             # struct { cl_uint type; cl_char unused[17]; cl_char bus, device, function; }
             return f"0000:{raw[21]:02x}:{raw[22]:02x}.{raw[23]:x}"
     return None
@@ -330,9 +328,7 @@ class OpenCLBackend:
                 chosen.append(found)
         chosen.sort(key=lambda f: (f.platform_index, f.device_index))
 
-        pocl_platforms = {
-            f.platform_index for f in chosen if _is_pocl(f.platform_name, f.platform_vendor)
-        }
+        pocl_platforms = {f.platform_index for f in chosen if _is_pocl(f.platform_name, f.platform_vendor)}
         renumber: dict[tuple[int, int], int] = {}
         for p_index in sorted(pocl_platforms):
             mine = [f for f in chosen if f.platform_index == p_index]
@@ -363,10 +359,7 @@ class OpenCLBackend:
                 driver = None
             if driver is None and configured:
                 # POCL_DEVICES lists one driver per device for CPU drivers; trust it by position.
-                if (
-                    f.device_index < len(configured)
-                    and configured[f.device_index] in _POCL_CPU_DRIVERS
-                ):
+                if f.device_index < len(configured) and configured[f.device_index] in _POCL_CPU_DRIVERS:
                     driver = configured[f.device_index]
             if driver is None:
                 return None

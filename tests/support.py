@@ -1,0 +1,184 @@
+"""Real parts for tests: a radiumd process, enrolled clients, the CLI run as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radium.lab.netns import Host
+
+PY = sys.executable
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Appliance:
+    """A radiumd started as a real process (in a namespace when `host` is given)."""
+
+    dir: Path
+    name: str = "app1"
+    host: Host | None = None
+    address: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    pocl_devices: str = "pthread pthread"
+    extra_config: str = ""
+    proc: subprocess.Popen | None = None
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    _new: queue.Queue = field(default_factory=queue.Queue)
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "radiumd.toml"
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.address}:{self.port}"
+
+    def write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_port = free_port()
+        self.config.write_text(
+            f"""[server]
+name = "{self.name}"
+listen = "{self.endpoint}"
+state_dir = "state"
+clients_dir = "clients.d"
+admins_dir = "admins.d"
+{self.extra_config}
+[metrics]
+listen = "{"127.0.0.1" if self.host is None else self.address}:{self.metrics_port}"
+"""
+        )
+
+    def start(self, timeout: float = 60.0) -> Appliance:
+        if not self.config.exists():
+            self.write_config()
+        env = dict(os.environ, POCL_DEVICES=self.pocl_devices)
+        argv = [PY, "-m", "radium.remoting.daemon", "--config", str(self.config)]
+        popen = self.host.popen if self.host else lambda a, **k: subprocess.Popen(a, **k)
+        self.proc = popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_for_log("radiumd serving", timeout)
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = {"event": "non-json", "text": line}
+            self.lines.append(entry)
+            self._new.put(entry)
+        self._new.put(None)
+
+    def wait_for_log(
+        self, event: str, timeout: float = 15.0, where: Callable[[dict], bool] = lambda e: True
+    ) -> dict:
+        """Block until the daemon logs `event` (already logged counts)."""
+        for entry in list(self.lines):
+            if entry.get("event") == event and where(entry):
+                return entry
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                entry = self._new.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"radiumd did not log {event!r} within {timeout}s; log: {self.lines[-10:]}"
+                ) from None
+            if entry is None:
+                raise AssertionError(
+                    f"radiumd exited ({self.proc.poll()}) before logging {event!r}; log: {self.lines[-10:]}"
+                )
+            if entry.get("event") == event and where(entry):
+                return entry
+
+    def stop(self, sig: str = "TERM", timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            getattr(self.proc, "terminate" if sig == "TERM" else "kill")()
+        return self.proc.wait(timeout)
+
+    def enroll(self, name: str, role: str = "client") -> Path:
+        bundle = self.dir / f"{name}.toml"
+        out = subprocess.run(
+            [
+                str(BIN / "radium-admin"),
+                "enroll",
+                name,
+                "--appliance",
+                str(self.config),
+                "--address",
+                self.endpoint,
+                "--role",
+                role,
+                "-o",
+                str(bundle),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return bundle
+
+
+@dataclass
+class Client:
+    """The `radium` CLI as a user runs it, on a host (namespace) or here."""
+
+    config: Path
+    state: Path
+    host: Host | None = None
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, RADIUM_CONFIG=str(self.config), RADIUM_STATE_DIR=str(self.state))
+
+    def argv(self, *args: str) -> list[str]:
+        argv = [str(BIN / "radium"), *args]
+        return self.host.command(argv) if self.host else argv
+
+    def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
+
+    def json(self, *args: str, expect: int = 0, timeout: float = 60.0) -> Any:
+        out = self.run(*args, "--json", timeout=timeout)
+        assert out.returncode == expect, f"exit {out.returncode}: {out.stdout}{out.stderr}"
+        return json.loads(out.stdout)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            self.argv(*args), env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
+    """Poll an outside state (another process's) until it holds, within a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(poll)
