@@ -48,7 +48,7 @@ def decode_header(frame: bytes) -> Header:
     """Decode a header frame; a wrong magic or shape is a `ProtocolError`."""
     try:
         header = _header_decoder.decode(frame)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 through as the latter
         raise ProtocolError(f"malformed header: {exc}") from None
     if header.magic != MAGIC:
         raise ProtocolError("not a radium message")
@@ -64,5 +64,5 @@ def decode_body(frame: bytes, kind: object, max_bytes: int = DEFAULT_MAX_MESSAGE
         )
     try:
         return _decoders[kind].decode(frame)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets bad UTF-8 through as the latter
         raise ProtocolError(f"malformed message: {exc}") from None
