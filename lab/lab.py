@@ -26,9 +26,10 @@ from radium.remoting.client import api
 
 from . import netns
 
+# One lab per machine by default; RADIUM_LAB_NAMESPACE / RADIUM_LAB_SUBNET make another
+# (the tests use that, so that they never touch an operator's running lab).
 NAMESPACE = "radium-lab"
-ROOT_IF, LAB_IF = "rdmlab0", "rdmlab1"
-HOST_ADDRESS, APPLIANCE_ADDRESS = "10.231.255.1", "10.231.255.2"
+SUBNET = 255  # 10.231.SUBNET.0/24; the test topologies use 1-254
 PORT = 7450
 METRICS_PORT = 9450
 APPLIANCE_NAME = "lab-appliance"
@@ -59,6 +60,11 @@ class LabStatus:
 class Lab:
     def __init__(self, directory: Path | None = None) -> None:
         self.dir = directory or lab_dir()
+        self.namespace = os.environ.get("RADIUM_LAB_NAMESPACE", NAMESPACE)
+        subnet = int(os.environ.get("RADIUM_LAB_SUBNET", SUBNET))
+        self.host_address = f"10.231.{subnet}.1"
+        self.address = f"10.231.{subnet}.2"
+        self.root_if, self.lab_if = f"rdmlab{subnet}a", f"rdmlab{subnet}b"
         self.config_path = self.dir / "radiumd.toml"
         self.client_path = self.dir / "client.toml"
         self.admin_path = self.dir / "admin.toml"
@@ -83,8 +89,8 @@ class Lab:
         st = LabStatus(up=pid is not None, directory=str(self.dir), pid=pid)
         if pid is None:
             return st
-        st.address = f"tcp://{APPLIANCE_ADDRESS}:{PORT}"
-        st.metrics = f"http://{APPLIANCE_ADDRESS}:{METRICS_PORT}/metrics"
+        st.address = f"tcp://{self.address}:{PORT}"
+        st.metrics = f"http://{self.address}:{METRICS_PORT}/metrics"
         st.client_config, st.admin_config = str(self.client_path), str(self.admin_path)
         try:
             config = load_client_config(self.client_path)
@@ -111,7 +117,7 @@ class Lab:
         self._write_config()
         for name in ("lab-client", "lab-admin"):
             (self.dir / "clients.d" / f"{name}.key").unlink(missing_ok=True)
-        address = f"tcp://{APPLIANCE_ADDRESS}:{PORT}"
+        address = f"tcp://{self.address}:{PORT}"
         save_client_config(
             enrolment.enroll_local(self.config_path, "lab-client", address=address),
             self.client_path,
@@ -140,33 +146,33 @@ class Lab:
 
     def _make_network(self) -> None:
         run = netns._run_ip
-        run(["ip", "netns", "add", NAMESPACE])
+        run(["ip", "netns", "add", self.namespace])
         run(
             [
                 "ip",
                 "link",
                 "add",
-                ROOT_IF,
+                self.root_if,
                 "mtu",
                 "1500",
                 "type",
                 "veth",
                 "peer",
                 "name",
-                LAB_IF,
+                self.lab_if,
                 "netns",
-                NAMESPACE,
+                self.namespace,
                 "mtu",
                 "1500",
             ]
         )
-        run(["ip", "addr", "add", f"{HOST_ADDRESS}/24", "dev", ROOT_IF])
-        run(["ip", "link", "set", ROOT_IF, "up"])
-        run(["ip", "-n", NAMESPACE, "addr", "add", f"{APPLIANCE_ADDRESS}/24", "dev", LAB_IF])
-        run(["ip", "-n", NAMESPACE, "link", "set", LAB_IF, "up"])
-        run(["ip", "-n", NAMESPACE, "link", "set", "lo", "up"])
-        for prefix in ([], ["-n", NAMESPACE]):
-            dev = LAB_IF if prefix else ROOT_IF
+        run(["ip", "addr", "add", f"{self.host_address}/24", "dev", self.root_if])
+        run(["ip", "link", "set", self.root_if, "up"])
+        run(["ip", "-n", self.namespace, "addr", "add", f"{self.address}/24", "dev", self.lab_if])
+        run(["ip", "-n", self.namespace, "link", "set", self.lab_if, "up"])
+        run(["ip", "-n", self.namespace, "link", "set", "lo", "up"])
+        for prefix in ([], ["-n", self.namespace]):
+            dev = self.lab_if if prefix else self.root_if
             run(
                 [
                     "tc",
@@ -187,20 +193,20 @@ class Lab:
             )
 
     def _teardown_network(self) -> None:
-        subprocess.run(["ip", "link", "del", ROOT_IF], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", NAMESPACE], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", self.root_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
 
     def _write_config(self) -> None:
         text = f"""# radiumd of the Radium lab (written by `radium-admin lab up`)
 [server]
 name = "{APPLIANCE_NAME}"
-listen = "tcp://{APPLIANCE_ADDRESS}:{PORT}"
+listen = "tcp://{self.address}:{PORT}"
 state_dir = "state"
 clients_dir = "clients.d"
 admins_dir = "admins.d"
 
 [metrics]
-listen = "{APPLIANCE_ADDRESS}:{METRICS_PORT}"
+listen = "{self.address}:{METRICS_PORT}"
 
 [log]
 format = "json"
@@ -214,7 +220,7 @@ format = "json"
                     "ip",
                     "netns",
                     "exec",
-                    NAMESPACE,
+                    self.namespace,
                     sys.executable,
                     "-m",
                     "radium.remoting.daemon",

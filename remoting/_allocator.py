@@ -108,7 +108,8 @@ class Allocator:
 
     def _need(self, req: AllocationRequest, device: Device) -> int:
         if req.fraction is not None:
-            return max(1, math.ceil(req.fraction * device.memory_bytes))
+            # Rounded down, so that shares whose fractions sum to 1 fit on one device.
+            return max(1, math.floor(req.fraction * device.memory_bytes))
         if req.memory_mib is not None:
             return req.memory_mib * MIB
         return device.memory_bytes
@@ -218,6 +219,17 @@ class Allocator:
             self._sessions_leases(head.session).append(lease.id)
             granted.append((head, lease))
         return granted
+
+    def drop_infeasible(self) -> list[tuple[Waiter, Unsatisfiable]]:
+        """Waiters that can never be met any more (a device failed): out of the queue."""
+        dropped = []
+        for waiter in list(self.queue):
+            try:
+                self.check_feasible(waiter.request)
+            except Unsatisfiable as exc:
+                self.queue.remove(waiter)
+                dropped.append((waiter, exc))
+        return dropped
 
     def expire_waiters(self, now: float) -> list[Waiter]:
         expired = [w for w in self.queue if w.deadline <= now]

@@ -150,8 +150,14 @@ def load_toml(path: Path, model: type[C]) -> C:
         raise ConfigError(f"{path}: no such file", file=str(path)) from None
     except PermissionError:
         raise ConfigError(f"{path}: permission denied", file=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a file", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}", file=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text", file=str(path)) from None
     if "source" in data:
         raise ConfigError(f"{path}: source: unknown key", file=str(path), key="source")
     return convert(data, model, str(path))
@@ -165,12 +171,20 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
         path = DEFAULT_DAEMON_CONFIG
     config = load_toml(path, DaemonConfig)
     _check_listen(config.server.listen, f"{path}: server.listen")
+    _check_listen(config.metrics.listen, f"{path}: metrics.listen", scheme="")
+    s = config.server
+    if s.lease_timeout <= s.heartbeat_interval:
+        raise ConfigError(
+            f"{path}: server.lease_timeout: must be longer than server.heartbeat_interval "
+            f"({s.lease_timeout:g} <= {s.heartbeat_interval:g}), or every session expires"
+        )
     return config.resolve(Path(path).resolve().parent)
 
 
-def _check_listen(address: str, where: str) -> None:
-    if not re.match(r"^tcp://[^:/\s]+:\d{1,5}$|^tcp://\[[0-9a-fA-F:]+\]:\d{1,5}$", address):
-        raise ConfigError(f"{where}: expected tcp://HOST:PORT, got {address!r}")
+def _check_listen(address: str, where: str, scheme: str = "tcp://") -> None:
+    match = re.match(rf"^{re.escape(scheme)}(?:[^:/\s\[\]]+|\[[0-9a-fA-F:]+\]):(\d{{1,5}})$", address)
+    if not match or int(match.group(1)) > 65535:
+        raise ConfigError(f"{where}: expected {scheme}HOST:PORT, got {address!r}")
 
 
 def client_config_path() -> Path:

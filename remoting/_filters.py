@@ -83,7 +83,7 @@ def matches(f: Filter, device: Device, server: ServerInfo) -> bool:
             "<=": actual <= want,
             ">": actual > want,
             ">=": actual >= want,
-            "~": str(want) in str(actual),
+            "~": f.value in (str(int(actual)) if actual.is_integer() else repr(actual)),
         }[f.op]
     a, v = actual.casefold(), f.value.casefold()
     if f.op == "=":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 def check_name(name: str, what: str = "name") -> str:
     """Names become file names: keep them plain."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # not .match: "$" would let a trailing newline in
         raise UsageError(
             f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' "
             "(at most 63, starting with a letter or digit)"
@@ -120,24 +121,50 @@ class KeyDirectory:
     """A directory of authorised public keys, one `NAME.key` file each.
 
     It is re-read whenever the directory changes, so adding or removing a file
-    takes effect without a restart.  Lookups are by Z85 public key.
+    takes effect without a restart.  Lookups are by Z85 public key.  A change is
+    seen from the key files' names, inodes, sizes and times, not the directory's
+    time alone: that is too coarse on many kernels to see two changes in a row.
     """
 
     def __init__(self, path: Path, role: str) -> None:
         self.path = Path(path)
         self.role = role
-        self._stamp: int | None = None
+        self._stamp: object = None
+        self._folder_mtime: int | None = -1
         self._by_key: dict[str, str] = {}
 
-    def _refresh(self) -> None:
+    def _listing(self) -> tuple[tuple[str, int, int, int], ...] | None:
         try:
-            stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            stamp = -1
+            with os.scandir(self.path) as entries:
+                stats = []
+                for e in entries:
+                    if e.name.endswith(".key"):
+                        try:
+                            st = e.stat()
+                        except FileNotFoundError:
+                            continue
+                        stats.append((e.name, st.st_ino, st.st_size, st.st_mtime_ns))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return tuple(sorted(stats))
+
+    def _refresh(self) -> None:
+        # The hot path (every message) is one stat of the folder.  Only when the
+        # folder changed, or changed so recently that a second change could share
+        # its timestamp, are the key files themselves looked at.
+        try:
+            folder_mtime: int | None = self.path.stat().st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            folder_mtime = None
+        racy = folder_mtime is not None and time.time_ns() - folder_mtime < 2_000_000_000
+        if folder_mtime == self._folder_mtime and not racy:
+            return
+        self._folder_mtime = folder_mtime
+        stamp = self._listing()
         if stamp == self._stamp:
             return
         by_key: dict[str, str] = {}
-        if stamp != -1:
+        if stamp is not None:
             for f in sorted(self.path.glob("*.key")):
                 try:
                     public, _ = zmq.auth.load_certificate(str(f))

@@ -51,8 +51,16 @@ def test_configure_installs_a_bundle_and_merges_appliances(appliance, tmp_path):
     # The same client, enrolled with a second appliance: one config, two appliances.
     second = tmp_path / "second.toml"
     again = admin(
-        "enroll", "vm1", "--appliance", str(appliance.config), "--address", "tcp://127.0.0.1:1",
-        "--from-bundle", str(bundle), "-o", str(second),
+        "enroll",
+        "vm1",
+        "--appliance",
+        str(appliance.config),
+        "--address",
+        "tcp://127.0.0.1:1",
+        "--from-bundle",
+        str(bundle),
+        "-o",
+        str(second),
     )
     assert again.returncode == 0, again.stderr
     text = second.read_text().replace('name = "app1"', 'name = "app2"')

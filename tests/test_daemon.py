@@ -148,7 +148,9 @@ def test_malformed_frames_are_dropped_and_the_daemon_keeps_serving(appliance, ra
     raw.send([msgspec.msgpack.encode(["other", 1, 5]), b"x"])
     assert raw.alive()
     # The last of the four, logged before the reply to alive(): all three are in.
-    appliance.wait_for_log("malformed frame dropped", where=lambda e: e.get("error") == "not a radium message")
+    appliance.wait_for_log(
+        "malformed frame dropped", where=lambda e: e.get("error") == "not a radium message"
+    )
     malformed = [e for e in appliance.lines if e.get("event") == "malformed frame dropped"]
     assert len(malformed) == 4
 
@@ -160,8 +162,11 @@ def test_malformed_frames_are_dropped_and_the_daemon_keeps_serving(appliance, ra
         (msgspec.msgpack.encode({"kind": "no-such-kind"}), "protocol", "malformed message"),
         (b"\x81\xa4kind\xa1\x84", "protocol", "malformed message"),  # not UTF-8
         (msgspec.msgpack.encode({"kind": "acquire", "session": 5}), "protocol", "malformed message"),
-        (msgspec.msgpack.encode({"kind": "list-devices", "x": "y" * (2 << 20)}),
-         "message-too-large", "over the limit"),
+        (
+            msgspec.msgpack.encode({"kind": "list-devices", "x": "y" * (2 << 20)}),
+            "message-too-large",
+            "over the limit",
+        ),
     ],
 )
 def test_malformed_messages_get_a_typed_error(appliance, raw, body, code, text):
@@ -184,7 +189,12 @@ def test_a_wrong_protocol_version_gets_a_typed_error(appliance, raw):
 
 
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
@@ -217,8 +227,7 @@ _messages = st.one_of(
 def test_thousands_of_random_messages_leave_the_daemon_healthy(appliance, client, raw):
     replies = {"typed": 0}
 
-    @settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck),
-              database=None)
+    @settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(_messages)
     def fuzz(message):
         kind, payload = message

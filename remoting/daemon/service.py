@@ -163,6 +163,8 @@ class Service:
         self.pump()
 
     def pump(self) -> None:
+        for waiter, error in self.allocator.drop_infeasible():
+            self._resolve(waiter, error)
         for waiter, lease in self.allocator.pump(self.clock()):
             self._log_grant(lease, waited=True)
             future = self._waiting.pop(waiter.id, None)
