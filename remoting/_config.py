@@ -57,6 +57,18 @@ class DevicesSection(Section):
     health_interval: Seconds = 60.0
 
 
+class RunSection(Section):
+    """How `radium run` processes are carried out on this appliance."""
+
+    # Client uid/gid N of a run runs as id_base + slot*65536 + N: root must be given
+    # id_base .. id_base + id_slots*65536 - 1 in /etc/subuid and /etc/subgid.
+    id_base: Annotated[int, msgspec.Meta(ge=65536)] = 200000
+    id_slots: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100  # runs at once
+    cache_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 10 << 30  # content store limit
+    # Appliance paths bound over the client's tree: driver configuration and libraries.
+    appliance_paths: list[str] = msgspec.field(default_factory=lambda: ["/etc/OpenCL/vendors"])
+
+
 class LogSection(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -67,6 +79,7 @@ class DaemonConfig(Section):
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     devices: DevicesSection = msgspec.field(default_factory=DevicesSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    run: RunSection = msgspec.field(default_factory=RunSection)
     source: str = ""  # the file it was read from; not a key users set
 
     def resolve(self, base: Path) -> DaemonConfig:

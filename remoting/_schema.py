@@ -150,7 +150,69 @@ class Revoke(Message, tag="revoke"):
     role: Literal["client", "admin"] = "client"
 
 
-Request = Hello | Heartbeat | Bye | ListDevices | Acquire | Release | CheckHealth | Enroll | Revoke
+class RunStart(Message, tag="run-start"):
+    """Carry a process to this appliance (`radium run`).
+
+    Either `lease_id` names a lease the client already holds (a reservation), or
+    `request` is allocated for this run alone and released when it ends.
+    """
+
+    session: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    uid: int
+    gid: int
+    lease_id: str | None = None
+    request: AllocationRequest | None = None
+    timeout: float = 0.0
+    umask: int = 0o022
+    tty: bool = False
+    rows: int = 24
+    cols: int = 80
+
+
+# Run traffic from the client, forwarded to the run's supervisor; never answered.
+class RunInput(Message, tag="run-input"):
+    run: str
+    eof: bool = False  # the data travels in the frame after the body
+
+
+class RunSignal(Message, tag="run-signal"):
+    run: str
+    signal: int
+
+
+class RunResize(Message, tag="run-resize"):
+    run: str
+    rows: int
+    cols: int
+
+
+class RunCredit(Message, tag="run-credit"):
+    """The client consumed `bytes` of output: the appliance may send that much more."""
+
+    run: str
+    bytes: int
+
+
+class FsAnswer(Message, tag="fs-answer"):
+    run: str
+    id: int  # the file-protocol reply travels in the frame after the body
+
+
+class WritebackAck(Message, tag="writeback-ack"):
+    run: str
+    ok: bool
+    error: str = ""
+
+
+RunTraffic = RunInput | RunSignal | RunResize | RunCredit | FsAnswer | WritebackAck
+
+Request = (
+    Hello | Heartbeat | Bye | ListDevices | Acquire | Release | CheckHealth | Enroll | Revoke | RunStart
+    | RunInput | RunSignal | RunResize | RunCredit | FsAnswer | WritebackAck
+)
 
 
 # --- replies -------------------------------------------------------------------
@@ -190,7 +252,13 @@ class Error(Message, tag="error"):
     detail: dict[str, Any] = {}
 
 
-Reply = Welcome | Ok | DeviceList | Granted | HealthReport | Error
+class RunAccepted(Message, tag="run-accepted"):
+    run: str
+    lease: Lease
+    hostname: str
+
+
+Reply = Welcome | Ok | DeviceList | Granted | HealthReport | Error | RunAccepted
 
 
 # --- notices: sent by the appliance unasked ------------------------------------
@@ -206,6 +274,62 @@ class LeaseLost(Message, tag="lease-lost"):
     reason: str
 
 
-Notice = Shutdown | LeaseLost
+class RunOutput(Message, tag="run-output"):
+    run: str
+    fd: int  # 1 or 2; the data travels in the frame after the body
+
+
+class FsCall(Message, tag="fs-call"):
+    run: str
+    id: int  # the file-protocol request travels in the frame after the body
+
+
+class Change(Model):
+    """One change the process made under a client path, to apply on the client."""
+
+    kind: Literal["file", "dir", "symlink", "delete"]
+    path: str
+    mode: int = 0
+    mtime_ns: int = 0
+    target: str = ""  # symlinks
+    size: int = 0  # files: the content follows in WritebackData messages
+    opaque: bool = False  # directories: replaces the client's directory, not merged into it
+
+
+class Writeback(Message, tag="writeback"):
+    run: str
+    change: Change
+
+
+class WritebackData(Message, tag="writeback-data"):
+    run: str
+    path: str
+    offset: int
+    last: bool  # the data travels in the frame after the body
+
+
+class WritebackEnd(Message, tag="writeback-end"):
+    run: str
+    changes: int
+
+
+class RunStats(Model):
+    fs_requests: int = 0
+    bytes_fetched: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    bytes_written_back: int = 0
+    output_bytes: int = 0
+    phases: dict[str, float] = {}
+
+
+class RunExit(Message, tag="run-exit"):
+    run: str
+    status: int  # as a shell reports it: the exit code, or 128+N for signal N
+    detail: str = ""
+    stats: RunStats = msgspec.field(default_factory=RunStats)
+
+
+Notice = Shutdown | LeaseLost | RunOutput | FsCall | Writeback | WritebackData | WritebackEnd | RunExit
 
 AnyMessage = Request | Reply | Notice

@@ -39,9 +39,15 @@ _decoders: dict[object, msgspec.msgpack.Decoder] = {
 T = TypeVar("T")
 
 
-def encode(msg: msgspec.Struct, msg_id: int, protocol: int = PROTOCOL_VERSION) -> list[bytes]:
-    """The frames for one message."""
-    return [_encoder.encode(Header(MAGIC, protocol, msg_id)), _encoder.encode(msg)]
+def encode(
+    msg: msgspec.Struct, msg_id: int, extra: tuple[bytes, ...] | list[bytes] = (), protocol: int = PROTOCOL_VERSION
+) -> list[bytes]:
+    """The frames for one message; `extra` are bulk payload frames, sent as they are."""
+    return [_encoder.encode(Header(MAGIC, protocol, msg_id)), _encoder.encode(msg), *extra]
+
+
+def encode_body(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
 
 
 def decode_header(frame: bytes) -> Header:

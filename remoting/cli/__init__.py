@@ -184,6 +184,44 @@ def cmd_release_gpus(args: argparse.Namespace) -> Result:
     return Result({"released": state}, render)
 
 
+# --- run -----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Not a `Result`: the process's own output is the output, its status the exit code."""
+    from ..client import run as remote
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("nothing to run: radium run [options] -- COMMAND [ARG...]")
+    config = load_client_config()
+    explicit = args.n is not None or args.p is not None or args.m is not None or args.filter
+    request = None
+    if explicit:
+        args.n = args.n or 1
+        request = allocation_request(args)
+    if args.timeout < 0:
+        raise UsageError(f"--timeout must be 0 or more seconds, got {args.timeout}")
+    result = asyncio.run(remote.run(config, argv, request, args.timeout, args.server))
+    if result.writeback_errors:
+        print(f"{PROG}: some changes could not be written back: "
+              f"{'; '.join(result.writeback_errors[:5])}", file=sys.stderr)
+    if result.detail:
+        print(f"{PROG}: {result.appliance}: {result.detail}", file=sys.stderr)
+    if args.stats:
+        st = result.stats
+        phases = " ".join(f"{k}={v:.3f}s" for k, v in st.phases.items())
+        print(
+            f"{PROG}: ran on {result.appliance} ({result.hostname}); file requests {st.fs_requests}, "
+            f"bytes fetched {st.bytes_fetched}, cache hits {st.cache_hits}, misses {st.cache_misses}, "
+            f"written back {st.bytes_written_back}, output {st.output_bytes}; {phases}",
+            file=sys.stderr,
+        )
+    return result.status
+
+
 # --- health, version, configure -----------------------------------------------------
 
 
@@ -336,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="wait up to S seconds in the queue (default 0: fail at once)",
     )
+    p = command("run", cmd_run, "run a command on an appliance, as if it ran here", server=True)
+    p.add_argument("-n", type=int, default=None, metavar="N", help="number of devices (default 1)")
+    share = p.add_mutually_exclusive_group()
+    share.add_argument("-p", type=_fraction, metavar="F", help="fraction of each device, 0 < F <= 1")
+    share.add_argument("-m", type=int, metavar="MiB", help="memory of each device, in MiB")
+    p.add_argument("--filter", action="append", default=[], metavar="K=V", help="as for request-gpus")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="wait up to S seconds for devices")
+    p.add_argument("--stats", action="store_true", help="print bytes moved, cache hits and timings at the end")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     command("release-gpus", cmd_release_gpus, "release the devices reserved by request-gpus")
     command(
         "health", cmd_health, "check reachability, keys and device health of every appliance", server=True
@@ -351,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return emit(args.func(args), args.json)
+        result = args.func(args)
+        return result if isinstance(result, int) else emit(result, args.json)
     except RadiumError as exc:
         return emit_error(PROG, exc, args.json)
     except KeyboardInterrupt:

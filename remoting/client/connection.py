@@ -44,7 +44,7 @@ class Connection:
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[s.Message]] = {}
-        self._notice_handlers: list[Callable[[s.Message], None]] = []
+        self._notice_handlers: list[Callable[[s.Message, list[bytes]], None]] = []
         self._failed: RadiumError | None = None
         self._tasks: list[asyncio.Task] = []
         # What the monitor saw, for diagnosing silence.
@@ -98,10 +98,17 @@ class Connection:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def on_notice(self, handler: Callable[[s.Message], None]) -> None:
+    def on_notice(self, handler: Callable[[s.Message, list[bytes]], None]) -> None:
+        """Call `handler(notice, extra_frames)` for every notice the appliance sends."""
         self._notice_handlers.append(handler)
 
     # --- requests -------------------------------------------------------------
+
+    def post(self, msg: s.Message, extra: tuple[bytes, ...] | list[bytes] = ()) -> None:
+        """Send a message that gets no reply (run traffic)."""
+        if self._failed is not None:
+            raise self._failed
+        self.socket.send_multipart(wire.encode(msg, 0, extra), copy=False)
 
     def send(self, msg: s.Message) -> asyncio.Future[s.Message]:
         """Send a request; the future resolves to its reply (or a typed error)."""
@@ -164,7 +171,7 @@ class Connection:
             except ProtocolError:
                 continue  # not ours to crash on; the request it answered will time out
             if header.id == 0:
-                self._notice(body)
+                self._notice(body, frames[2:])
                 continue
             future = self._pending.get(header.id)
             if future is None or future.done():
@@ -174,13 +181,13 @@ class Connection:
             else:
                 future.set_result(body)
 
-    def _notice(self, notice: s.Message) -> None:
+    def _notice(self, notice: s.Message, extra: list[bytes]) -> None:
         if isinstance(notice, s.Shutdown):
             self._fail(
                 ApplianceShutdown(f"{self.label} is shutting down ({notice.reason}); leases on it are gone")
             )
         for handler in self._notice_handlers:
-            handler(notice)
+            handler(notice, extra)
 
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
         while True:

@@ -30,6 +30,7 @@ from ..devices.base import Backend
 from .auth import KeyStore, Peer, ZapHandler, run_zap
 from .logs import event
 from .metrics import Metrics
+from .runs import Runs
 from .service import Service
 
 SWEEP_INTERVAL = 0.5
@@ -65,10 +66,12 @@ class Daemon:
         self.socket.curve_server = True
         self.socket.curve_secretkey = server_keys.secret.encode()  # type: ignore[union-attr]
         self.socket.curve_publickey = server_keys.public.encode()
-        # Oversized-but-plausible messages get a typed error from us; anything far
-        # beyond is cut by libzmq before it is buffered.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * cfg.server.max_message_bytes + 4096)
+        # A message body over max_message_bytes gets a typed error from us; bulk
+        # frames (file content for runs) may be larger; anything beyond this is cut
+        # by libzmq before it is buffered.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max(4 * cfg.server.max_message_bytes, 80 << 20))
         self.socket.linger = 1000
+        self.socket.sndhwm = 10000  # run output is bounded by credits well below this
         self.socket.bind(cfg.server.listen)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -83,6 +86,9 @@ class Daemon:
             notify=self._notify,
             on_expired=self.metrics.sessions_expired.inc,
         )
+        self.runs = Runs(cfg, self.service, self.backends, self._send, self.log)
+        self.service.on_session_end = self.runs.end_session
+        self.service.handlers[s.RunStart] = self.runs.start
         self.metrics_address = None
         if cfg.metrics.enabled:
             self.metrics_address = self.metrics.serve(cfg.metrics.listen)
@@ -115,7 +121,8 @@ class Daemon:
             ready.set()
         await stop.wait()
 
-        event(self.log, "info", "radiumd stopping", leases=len(self.allocator.leases))
+        event(self.log, "info", "radiumd stopping", leases=len(self.allocator.leases), runs=len(self.runs.runs))
+        await self.runs.shutdown()
         self.service.shutdown("radiumd stopped")
         await asyncio.sleep(0)  # let handler tasks send their Error replies
         for task in background + list(self._tasks):
@@ -194,6 +201,9 @@ class Daemon:
             self.metrics.malformed.inc()
             event(self.log, "warning", "malformed message", client=peer.name, error=str(exc)[:200])
             self._reply_error(origin, msg_id, exc)
+            return
+        if isinstance(request, s.RunTraffic):  # relayed to the run, never answered
+            self.runs.forward(peer, request, [f.bytes for f in frames[3:]])
             return
         task = asyncio.create_task(self._handle(peer, origin, msg_id, request))
         self._tasks.add(task)

@@ -59,6 +59,7 @@ class Service:
     sessions: dict[str, Session] = field(default_factory=dict)
     _waiting: dict[int, asyncio.Future[s.Lease]] = field(default_factory=dict)
     on_expired: Callable[[], None] = lambda: None
+    on_session_end: Callable[[str], None] = lambda session_id: None
 
     def __post_init__(self) -> None:
         self.handlers: dict[type, Callable[[Peer, bytes, Any], Awaitable[s.Message]]] = {
@@ -129,6 +130,7 @@ class Service:
 
     def _drop_session(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
+        self.on_session_end(session.id)
         released, dropped = self.allocator.release_session(session.id)
         for waiter in dropped:
             self._resolve(waiter, SessionExpired(f"session ended: {reason}"))

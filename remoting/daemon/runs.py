@@ -1,0 +1,249 @@
+"""Runs on this appliance: one supervisor process per `radium run`, relayed to its client.
+
+radiumd starts the supervisor in a private mount namespace, hands it a `Job`,
+and relays: the supervisor's notices (output, file requests, write-back, exit)
+go to the client's connection; the client's run traffic (input, signals, file
+answers, credits) goes to the supervisor.  A run ends with its process, or when
+its client's session ends (the client died), or when radiumd stops; the lease it
+took for itself is released then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import _schema as s
+from .. import _wire as wire
+from .._config import DaemonConfig
+from .._errors import LeaseNotFound, RadiumError, UsageError
+from ..devices.base import Backend
+from ..run import channel
+from .auth import Peer
+from .logs import event
+from .service import Service
+
+TINI = "/usr/bin/tini-static"
+
+
+class RunsUnavailable(RadiumError):
+    code = "run-unavailable"
+    exit_code = 69
+
+
+@dataclass
+class Run:
+    id: str
+    client: str
+    session: str
+    origin: bytes
+    lease: s.Lease
+    own_lease: bool
+    slot: int
+    proc: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    relay: asyncio.Task | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Runs:
+    config: DaemonConfig
+    service: Service
+    backends: dict[str, Backend]
+    send: Callable[[bytes, list[bytes]], None]
+    log: logging.Logger
+    runs: dict[str, Run] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._free_slots = list(range(self.config.run.id_slots))
+
+    # --- starting -------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        """Raise a clear error if this appliance cannot run processes."""
+        missing = [tool for tool in ("unshare", "mount") if shutil.which(tool) is None]
+        if not Path(TINI).exists():
+            missing.append(f"{TINI} (Debian package tini)")
+        if not Path("/dev/fuse").exists():
+            missing.append("/dev/fuse")
+        if missing:
+            raise RunsUnavailable(f"{self.service.server.name} cannot run processes: missing {', '.join(missing)}")
+        need = self.config.run.id_base + self.config.run.id_slots * 65536
+        for file in ("/etc/subuid", "/etc/subgid"):
+            if not _delegated(Path(file), self.config.run.id_base, need):
+                raise RunsUnavailable(
+                    f"{self.service.server.name} cannot run processes: {file} must give root the ids "
+                    f"{self.config.run.id_base}-{need - 1} (a line 'root:{self.config.run.id_base}:"
+                    f"{need - self.config.run.id_base}')"
+                )
+
+    async def start(self, peer: Peer, origin: bytes, msg: s.RunStart) -> s.RunAccepted:
+        self.check_ready()
+        session = self.service._session(peer, origin, msg.session)
+        if not msg.argv:
+            raise UsageError("nothing to run: the command is empty")
+        if not msg.cwd.startswith("/"):
+            raise UsageError(f"the working directory must be absolute, got {msg.cwd!r}")
+        if not self._free_slots:
+            raise RunsUnavailable(f"{self.service.server.name} runs {len(self.runs)} processes, its limit")
+        own = msg.lease_id is None
+        if own:
+            request = msg.request or s.AllocationRequest()
+            granted = await self.service.acquire(
+                peer, origin, s.Acquire(session=session.id, request=request, timeout=msg.timeout)
+            )
+            lease = granted.lease
+        else:
+            lease = self.service.allocator.leases.get(msg.lease_id or "")
+            if lease is None or lease.client != peer.name:
+                raise LeaseNotFound(f"no lease {msg.lease_id} held by {peer.name} on {self.service.server.name}")
+        run = Run(
+            id="R-" + secrets.token_hex(6),
+            client=peer.name,
+            session=session.id,
+            origin=origin,
+            lease=lease,
+            own_lease=own,
+            slot=self._free_slots.pop(0),
+        )
+        try:
+            await self._spawn(run, msg)
+        except BaseException:
+            self._free_slots.append(run.slot)
+            if own:
+                self._release(lease)
+            raise
+        self.runs[run.id] = run
+        event(self.log, "info", "run started", run=run.id, client=peer.name, argv=msg.argv[:8],
+              lease=lease.id, devices=lease.device_ids)
+        return s.RunAccepted(run=run.id, lease=lease, hostname=socket.gethostname())
+
+    async def _spawn(self, run: Run, msg: s.RunStart) -> None:
+        cfg = self.config
+        state = Path(cfg.server.state_dir)
+        run_dir = state / "runs" / run.id
+        run_dir.mkdir(parents=True, mode=0o700)
+        device_env: dict[str, str] = {}
+        by_backend: dict[str, list[s.Device]] = {}
+        for device_id in run.lease.device_ids:
+            device = self.service.allocator.devices[device_id]
+            by_backend.setdefault(device.backend, []).append(device)
+        for name, devices in by_backend.items():
+            device_env.update(self.backends[name].visibility(devices).environment)
+        job = channel.Job(
+            run=run.id,
+            start=msg,
+            run_dir=str(run_dir),
+            store_dir=str(state / "cas"),
+            store_limit=cfg.run.cache_bytes,
+            id_base=cfg.run.id_base + run.slot * 65536,
+            id_count=65536,
+            device_env=device_env,
+            appliance_paths=list(cfg.run.appliance_paths),
+            hostname=socket.gethostname(),
+            tini=TINI,
+        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            run.proc = await asyncio.create_subprocess_exec(
+                "unshare", "--mount", "--propagation", "private",
+                sys.executable, "-m", "radium.remoting.run.supervisor", "--fd", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        run.writer = writer
+        writer.write(channel.pack(job))
+        run.relay = asyncio.create_task(self._relay(run, reader))
+
+    # --- relaying ---------------------------------------------------------------
+
+    async def _relay(self, run: Run, reader: asyncio.StreamReader) -> None:
+        header = wire.encode(s.Ok(), 0)[0]  # notices carry id 0
+        exited = False
+        try:
+            while True:
+                frames = await channel.read_asyncio(reader)
+                if not exited:
+                    exited = isinstance(channel.decode("notice", frames[0]), s.RunExit)
+                self.send(run.origin, [header, *frames])
+        except channel.ChannelClosed:
+            pass
+        finally:
+            await self._finish(run, exited)
+
+    def forward(self, peer: Peer, msg: s.Message, extra: list[bytes]) -> None:
+        run = self.runs.get(getattr(msg, "run", ""))
+        if run is None or run.client != peer.name or run.writer is None:
+            return  # a late message for a finished run: nothing to do
+        run.writer.write(channel.pack(msg, extra))
+
+    async def _finish(self, run: Run, exited: bool) -> None:
+        if run.proc is not None:
+            try:
+                await asyncio.wait_for(run.proc.wait(), 30)
+            except TimeoutError:
+                run.proc.kill()
+                await run.proc.wait()
+        if run.writer is not None:
+            run.writer.close()
+        self.runs.pop(run.id, None)
+        self._free_slots.append(run.slot)
+        if run.own_lease:
+            self._release(run.lease)
+        if not exited:
+            self.send(run.origin, wire.encode(
+                s.RunExit(run=run.id, status=255, detail="the run's supervisor ended unexpectedly"), 0))
+        shutil.rmtree(Path(self.config.server.state_dir) / "runs" / run.id, ignore_errors=True)
+        event(self.log, "info", "run ended", run=run.id, client=run.client, clean=exited,
+              supervisor_status=run.proc.returncode if run.proc else None)
+        run.ended.set()
+
+    def _release(self, lease: s.Lease) -> None:
+        if lease.id in self.service.allocator.leases:
+            self.service.allocator.release(lease.id)
+            self.service.pump()
+
+    # --- ending ------------------------------------------------------------------
+
+    def end_session(self, session_id: str) -> None:
+        """The client's session is gone: end its runs (closing the channel kills them)."""
+        for run in list(self.runs.values()):
+            if run.session == session_id and run.writer is not None:
+                event(self.log, "info", "run killed: its client is gone", run=run.id)
+                run.writer.close()
+
+    async def shutdown(self) -> None:
+        for run in list(self.runs.values()):
+            if run.writer is not None:
+                run.writer.close()
+        await asyncio.gather(*(r.ended.wait() for r in list(self.runs.values())))
+
+
+def _delegated(path: Path, start: int, end: int) -> bool:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[0] in ("root", "0"):
+            try:
+                first, count = int(parts[1]), int(parts[2])
+            except ValueError:
+                continue
+            if first <= start and first + count >= end:
+                return True
+    return False

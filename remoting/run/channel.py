@@ -1,0 +1,112 @@
+"""The local channel between radiumd and a run's supervisor: frames over a Unix socket.
+
+A message is a list of frames (the msgpack body first, then bulk payloads), sent
+as: u32 frame count, then per frame u32 length and the bytes.  radiumd speaks it
+with asyncio, the supervisor (which serves FUSE through pyfuse3) with trio.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+from .. import _schema as s
+
+MAX_FRAMES = 16
+MAX_FRAME = 80 << 20  # a ReadChunks reply carries up to 64 MiB
+
+_u32 = struct.Struct("!I")
+_encoder = msgspec.msgpack.Encoder()
+
+
+class ChannelClosed(Exception):
+    pass
+
+
+def pack(msg: msgspec.Struct, extra: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+    return pack_frames([_encoder.encode(msg), *extra])
+
+
+def pack_frames(frames: list[bytes]) -> bytes:
+    parts = [_u32.pack(len(frames))]
+    for f in frames:
+        parts.append(_u32.pack(len(f)))
+        parts.append(bytes(f))
+    return b"".join(parts)
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """What radiumd tells a supervisor about its run (the first message)."""
+
+    run: str
+    start: s.RunStart
+    run_dir: str
+    store_dir: str
+    store_limit: int
+    id_base: int  # client uid/gid N runs as id_base + N on the appliance
+    id_count: int
+    device_env: dict[str, str]
+    appliance_paths: list[str]  # appliance paths bound over the client's tree (drivers)
+    hostname: str
+    tini: str
+
+
+_decoders = {
+    "job": msgspec.msgpack.Decoder(Job),
+    "traffic": msgspec.msgpack.Decoder(s.RunTraffic),
+    "notice": msgspec.msgpack.Decoder(s.Notice),
+}
+
+
+def decode(kind: str, frame: bytes):  # type: ignore[no-untyped-def]
+    return _decoders[kind].decode(frame)
+
+
+async def read_asyncio(reader) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """One message from an asyncio StreamReader."""
+    import asyncio
+
+    try:
+        (count,) = _u32.unpack(await reader.readexactly(4))
+        if count == 0 or count > MAX_FRAMES:
+            raise ChannelClosed(f"bad frame count {count}")
+        frames = []
+        for _ in range(count):
+            (size,) = _u32.unpack(await reader.readexactly(4))
+            if size > MAX_FRAME:
+                raise ChannelClosed(f"frame of {size} bytes")
+            frames.append(await reader.readexactly(size))
+        return frames
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise ChannelClosed(str(exc)) from None
+
+
+class TrioReader:
+    """Reads messages from a trio stream."""
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            data = await self.stream.receive_some(max(65536, n - len(self.buf)))
+            if not data:
+                raise ChannelClosed("end of stream")
+            self.buf += data
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    async def read(self) -> list[bytes]:
+        (count,) = _u32.unpack(await self._exactly(4))
+        if count == 0 or count > MAX_FRAMES:
+            raise ChannelClosed(f"bad frame count {count}")
+        frames = []
+        for _ in range(count):
+            (size,) = _u32.unpack(await self._exactly(4))
+            if size > MAX_FRAME:
+                raise ChannelClosed(f"frame of {size} bytes")
+            frames.append(await self._exactly(size))
+        return frames

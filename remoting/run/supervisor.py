@@ -1,0 +1,373 @@
+"""The supervisor of one run on the appliance (started by radiumd, as root, in a private mount namespace).
+
+It builds the process's world and watches over it:
+
+1. the client's file system, served on demand by FUSE (`fs.ClientTree`), as the
+   read-only lower layer of an overlay whose upper layer catches every write;
+2. the appliance's `/dev`, `/sys` and driver paths bound in, a fresh `/tmp`;
+3. the process itself, under `unshare`: a user namespace that maps the client's
+   uid/gid onto an unprivileged range of this run, a PID namespace with tini as
+   its init (so signals behave), chrooted into the overlay, in the client's cwd;
+4. its standard streams and signals, relayed through radiumd, with output
+   credit-limited so that a slow client slows the process instead of losing data;
+5. at exit, the upper layer's changes, sent back to the client to be applied
+   atomically, and only then the exit status.
+
+If radiumd goes away (the channel closes) the process is killed and everything
+unmounted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import trio
+
+from .. import _schema as s
+from . import channel, fsproto
+from .cas import ContentStore
+from .fs import ClientTree, mount_and_serve, unmount
+
+CHUNK = 64 * 1024
+WRITEBACK_CHUNK = 1 << 20
+OUTPUT_WINDOW = 16 << 20
+OVERLAY_ERRORS = (OSError, subprocess.CalledProcessError)
+
+
+def log(message: str, **fields: object) -> None:
+    """JSON lines on stderr, which radiumd's log collects."""
+    entry = {"ts": round(time.time(), 6), "level": "info", "event": message, **fields}
+    sys.stderr.write(msgspec.json.encode(entry).decode() + "\n")
+
+
+class Supervisor:
+    def __init__(self, job: channel.Job, stream: trio.SocketStream, reader: channel.TrioReader) -> None:
+        self.job = job
+        self.start = job.start
+        self.stream = stream
+        self.reader = reader
+        self.send_lock = trio.Lock()
+        self.ids = itertools.count(1)
+        self.pending: dict[int, tuple[trio.Event, list[bytes]]] = {}
+        self.credit = OUTPUT_WINDOW
+        self.credit_changed = trio.Event()
+        self.writeback_done = trio.Event()
+        self.writeback_result: s.WritebackAck | None = None
+        self.proc: trio.Process | None = None
+        self.stats = s.RunStats()
+        self.phase_started = time.monotonic()
+        run_dir = Path(job.run_dir)
+        self.lower, self.upper = run_dir / "lower", run_dir / "upper"
+        self.work, self.root = run_dir / "work", run_dir / "root"
+        self.made_for_mounts: set[str] = set()  # upper paths we created; never written back
+        self.mounted: list[Path] = []
+
+    # --- the channel -----------------------------------------------------------
+
+    async def send(self, msg: msgspec.Struct, extra: tuple[bytes, ...] | list[bytes] = ()) -> None:
+        async with self.send_lock:
+            await self.stream.send_all(channel.pack(msg, extra))
+
+    async def fetch(self, request: msgspec.Struct) -> msgspec.Struct:
+        """One file-protocol round trip to the client."""
+        call_id = next(self.ids)
+        done = trio.Event()
+        self.pending[call_id] = (done, [])
+        self.stats.fs_requests += 1
+        await self.send(s.FsCall(run=self.job.run, id=call_id), [fsproto.encode(request)])
+        await done.wait()
+        _, frames = self.pending.pop(call_id)
+        self.stats.bytes_fetched += len(frames[0])
+        return fsproto.decode_reply(frames[0])
+
+    async def read_loop(self, cancel: trio.CancelScope) -> None:
+        try:
+            while True:
+                frames = await self.reader.read()
+                try:
+                    msg = channel.decode("traffic", frames[0])
+                except msgspec.DecodeError:
+                    continue
+                await self.on_traffic(msg, frames[1:])
+        except (channel.ChannelClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            log("supervisor channel closed: ending the run", run=self.job.run)
+            self.kill(signal.SIGKILL)
+            cancel.cancel()
+
+    async def on_traffic(self, msg: msgspec.Struct, extra: list[bytes]) -> None:
+        if isinstance(msg, s.FsAnswer):
+            entry = self.pending.get(msg.id)
+            if entry is not None and extra:
+                entry[1].append(extra[0])
+                entry[0].set()
+        elif isinstance(msg, s.RunInput):
+            await self.stdin_input(extra[0] if extra else b"", msg.eof)
+        elif isinstance(msg, s.RunSignal):
+            if msg.signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL,
+                              signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
+                              signal.SIGCONT, signal.SIGTSTP):
+                self.kill(msg.signal)
+        elif isinstance(msg, s.RunCredit):
+            self.credit += max(0, msg.bytes)
+            self.credit_changed.set()
+            self.credit_changed = trio.Event()
+        elif isinstance(msg, s.WritebackAck):
+            self.writeback_result = msg
+            self.writeback_done.set()
+
+    # --- building the world ----------------------------------------------------
+
+    def phase(self, name: str) -> None:
+        now = time.monotonic()
+        self.stats.phases[name] = round(now - self.phase_started, 4)
+        self.phase_started = now
+
+    async def prepare(self, nursery: trio.Nursery) -> None:
+        for d in (self.lower, self.upper, self.work, self.root):
+            d.mkdir(mode=0o755, exist_ok=True)
+        self.store = ContentStore(Path(self.job.store_dir), self.job.store_limit)
+        self.tree = ClientTree(self.fetch, self.store, id_offset=self.job.id_base)
+        await nursery.start(mount_and_serve, self.tree, str(self.lower))
+        self.mounted.append(self.lower)
+        # The init, and mount points for what the appliance lends, are made in the
+        # upper layer before the overlay is mounted; they are never written back.
+        self._make_in_upper("/.radium", directory=True)
+        self._make_in_upper("/.radium/init", directory=False)
+        binds = [p for p in self.job.appliance_paths if os.path.exists(p)]
+        for path in binds:
+            if not os.path.lexists(self.lower / path.lstrip("/")):
+                self._make_in_upper(path, directory=os.path.isdir(path))
+        await self._mount("-t", "overlay", "overlay", "-o",
+                          f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}",
+                          str(self.root))
+        await self._mount("--bind", self.job.tini, str(self.root / ".radium/init"))
+        for path in ("/dev", "/sys"):
+            if os.path.isdir(self.root / path.lstrip("/")):
+                await self._mount("--rbind", path, str(self.root / path.lstrip("/")))
+        for path in ("/tmp", "/dev/shm"):
+            if os.path.isdir(self.root / path.lstrip("/")):
+                await self._mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs",
+                                  str(self.root / path.lstrip("/")))
+        for path in binds:
+            await self._mount("--bind", "-o", "ro", path, str(self.root / path.lstrip("/")))
+        self.phase("mount")
+
+    def _make_in_upper(self, path: str, directory: bool) -> None:
+        parts = Path(path.lstrip("/")).parts
+        for i in range(1, len(parts) + 1):
+            rel = "/" + "/".join(parts[:i])
+            target = self.upper / rel.lstrip("/")
+            is_dir = directory or i < len(parts)
+            if os.path.lexists(target):
+                continue
+            if is_dir:
+                # Copy the client's mode where the directory exists there.
+                lower = self.lower / rel.lstrip("/")
+                target.mkdir(mode=0o755)
+                if os.path.isdir(lower):
+                    st = os.lstat(lower)
+                    os.chmod(target, stat.S_IMODE(st.st_mode))
+                    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    continue  # it exists on the client: changes below it are real changes
+            else:
+                target.touch(mode=0o755)
+            self.made_for_mounts.add(rel)
+
+    async def _mount(self, *args: str) -> None:
+        await trio.run_process(["mount", *args], capture_stderr=True)
+        self.mounted.append(Path(args[-1]))
+
+    async def teardown(self) -> None:
+        if (self.root / "tmp").exists() or self.root.exists():
+            await trio.run_process(["umount", "-R", "-l", str(self.root)], check=False,
+                                   capture_stderr=True)
+        unmount(str(self.lower))
+
+    # --- the process ---------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        st = self.start
+        base, count = self.job.id_base, self.job.id_count
+        if not (0 <= st.uid < count and 0 <= st.gid < count):
+            raise ValueError(f"client uid/gid {st.uid}/{st.gid} outside the mapped range 0-{count - 1}")
+        return [
+            "unshare", "--user", f"--map-users={base},0,{count}", f"--map-groups={base},0,{count}",
+            "--pid", "--fork", "--kill-child", "--mount-proc",
+            f"--root={self.root}", f"--wd={st.cwd}",
+            f"--setuid={st.uid}", f"--setgid={st.gid}",
+            "--", "/.radium/init", "-g", "--", *st.argv,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(self.start.env)
+        env.update(self.job.device_env)
+        env["RADIUM_RUN"] = self.job.run
+        return env
+
+    def kill(self, sig: int) -> None:
+        """Signal the process's group through its init (tini), or end it all."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        target = self._init_pid()
+        try:
+            os.kill(target or self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _init_pid(self) -> int | None:
+        assert self.proc is not None
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    async def stdin_input(self, data: bytes, eof: bool) -> None:
+        if self.proc is None or self.proc.stdin is None:
+            return
+        try:
+            if data:
+                await self.proc.stdin.send_all(data)
+            if eof:
+                await self.proc.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the process closed its stdin; what it did not read is dropped
+
+    async def pump(self, stream: trio.abc.ReceiveStream, fd: int) -> None:
+        while True:
+            data = await stream.receive_some(CHUNK)
+            if not data:
+                return
+            while self.credit < len(data):
+                await self.credit_changed.wait()
+            self.credit -= len(data)
+            self.stats.output_bytes += len(data)
+            await self.send(s.RunOutput(run=self.job.run, fd=fd), [data])
+
+    async def run_process(self) -> int:
+        self.proc = await trio.lowlevel.open_process(
+            self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self.environment(), start_new_session=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        async with trio.open_nursery() as pumps:
+            pumps.start_soon(self.pump, self.proc.stdout, 1)
+            pumps.start_soon(self.pump, self.proc.stderr, 2)
+            status = await self.proc.wait()
+        self.phase("run")
+        return status if status >= 0 else 128 - status
+
+    # --- write-back ------------------------------------------------------------------
+
+    def changes(self) -> list[tuple[s.Change, Path | None]]:
+        """What the process changed under client paths, from the overlay's upper layer."""
+        out: list[tuple[s.Change, Path | None]] = []
+        for top, dirs, files in os.walk(self.upper):
+            rel_top = "/" + os.path.relpath(top, self.upper) if top != str(self.upper) else "/"
+            for name in sorted(dirs + files):
+                full = Path(top) / name
+                path = (rel_top.rstrip("/") + "/" + name)
+                if path == "/.radium" or path in self.made_for_mounts:
+                    continue
+                st = os.lstat(full)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    out.append((s.Change(kind="delete", path=path), None))
+                elif stat.S_ISDIR(st.st_mode):
+                    out.append((s.Change(kind="dir", path=path, mode=stat.S_IMODE(st.st_mode),
+                                         mtime_ns=st.st_mtime_ns, opaque=_opaque(full)), None))
+                elif stat.S_ISLNK(st.st_mode):
+                    out.append((s.Change(kind="symlink", path=path, target=os.readlink(full),
+                                         mtime_ns=st.st_mtime_ns), None))
+                elif stat.S_ISREG(st.st_mode):
+                    out.append((s.Change(kind="file", path=path, mode=stat.S_IMODE(st.st_mode),
+                                         mtime_ns=st.st_mtime_ns, size=st.st_size), full))
+            dirs[:] = [d for d in dirs if (rel_top.rstrip("/") + "/" + d) != "/.radium"
+                       and not stat.S_ISCHR(os.lstat(Path(top) / d).st_mode)]
+        return out
+
+    async def write_back(self) -> None:
+        changes = self.changes()
+        for change, source in changes:
+            await self.send(s.Writeback(run=self.job.run, change=change))
+            if source is None:
+                continue
+            with open(source, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(WRITEBACK_CHUNK)
+                    last = f.tell() >= change.size or not data
+                    while self.credit < len(data):
+                        await self.credit_changed.wait()
+                    self.credit -= len(data)
+                    self.stats.bytes_written_back += len(data)
+                    await self.send(s.WritebackData(run=self.job.run, path=change.path, offset=offset,
+                                                    last=last), [data])
+                    offset += len(data)
+                    if last:
+                        break
+        await self.send(s.WritebackEnd(run=self.job.run, changes=len(changes)))
+        await self.writeback_done.wait()
+        self.phase("writeback")
+
+
+def _opaque(path: Path) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+async def supervise(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    reader = channel.TrioReader(stream)
+    job = channel.decode("job", (await reader.read())[0])
+    sup = Supervisor(job, stream, reader)
+    status, detail = 255, ""
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.read_loop, nursery.cancel_scope)
+            try:
+                await sup.prepare(nursery)
+                status = await sup.run_process()
+                await sup.write_back()
+                result = sup.writeback_result
+                if result is not None and not result.ok:
+                    detail = f"writing back to the client failed: {result.error}"
+            except OVERLAY_ERRORS as exc:
+                detail = f"the appliance could not set up the run: {exc}"
+                log("run setup failed", run=job.run, error=str(exc))
+            except ValueError as exc:
+                detail = str(exc)
+            sup.stats.cache_hits, sup.stats.cache_misses = sup.tree.cache_counts() if hasattr(
+                sup, "tree") else (0, 0)
+            await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await sup.teardown()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="radium-supervisor")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args()
+    return trio.run(supervise, args.fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
