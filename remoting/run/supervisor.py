@@ -141,28 +141,36 @@ class Supervisor:
         self.mounted.append(self.lower)
         # The init, and mount points for what the appliance lends, are made in the
         # upper layer before the overlay is mounted; they are never written back.
-        self._make_in_upper("/.radium", directory=True)
-        self._make_in_upper("/.radium/init", directory=False)
+        await self._make_in_upper("/.radium", directory=True)
+        await self._make_in_upper("/.radium/init", directory=False)
         binds = [p for p in self.job.appliance_paths if os.path.exists(p)]
         for path in binds:
-            if not os.path.lexists(self.lower / path.lstrip("/")):
-                self._make_in_upper(path, directory=os.path.isdir(path))
+            if await self.tree.stat_path(path) is None:
+                await self._make_in_upper(path, directory=os.path.isdir(path))
         await self._mount("-t", "overlay", "overlay", "-o",
                           f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}",
                           str(self.root))
         await self._mount("--bind", self.job.tini, str(self.root / ".radium/init"))
         for path in ("/dev", "/sys"):
-            if os.path.isdir(self.root / path.lstrip("/")):
+            if await self._client_has_dir(path):
                 await self._mount("--rbind", path, str(self.root / path.lstrip("/")))
         for path in ("/tmp", "/dev/shm"):
-            if os.path.isdir(self.root / path.lstrip("/")):
+            # /dev/shm is the appliance's /dev by then, /tmp the client's.
+            exists = os.path.isdir(path) if path == "/dev/shm" else await self._client_has_dir(path)
+            if exists:
                 await self._mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs",
                                   str(self.root / path.lstrip("/")))
         for path in binds:
             await self._mount("--bind", "-o", "ro", path, str(self.root / path.lstrip("/")))
         self.phase("mount")
 
-    def _make_in_upper(self, path: str, directory: bool) -> None:
+    async def _client_has_dir(self, path: str) -> bool:
+        attr = await self.tree.stat_path(path, follow=True)
+        return attr is not None and stat.S_ISDIR(attr.mode)
+
+    async def _make_in_upper(self, path: str, directory: bool) -> None:
+        # Never look at the client's tree through the mount from here: this thread
+        # serves it (a deadlock); ask the tree itself.
         parts = Path(path.lstrip("/")).parts
         for i in range(1, len(parts) + 1):
             rel = "/" + "/".join(parts[:i])
@@ -171,14 +179,14 @@ class Supervisor:
             if os.path.lexists(target):
                 continue
             if is_dir:
-                # Copy the client's mode where the directory exists there.
-                lower = self.lower / rel.lstrip("/")
                 target.mkdir(mode=0o755)
-                if os.path.isdir(lower):
-                    st = os.lstat(lower)
-                    os.chmod(target, stat.S_IMODE(st.st_mode))
-                    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-                    continue  # it exists on the client: changes below it are real changes
+                attr = await self.tree.stat_path(rel)
+                if attr is not None and stat.S_ISDIR(attr.mode):
+                    # It exists on the client: keep its mode and time, and changes
+                    # below it are real changes.
+                    os.chmod(target, stat.S_IMODE(attr.mode))
+                    os.utime(target, ns=(attr.atime_ns, attr.mtime_ns))
+                    continue
             else:
                 target.touch(mode=0o755)
             self.made_for_mounts.add(rel)
@@ -188,9 +196,9 @@ class Supervisor:
         self.mounted.append(Path(args[-1]))
 
     async def teardown(self) -> None:
-        if (self.root / "tmp").exists() or self.root.exists():
-            await trio.run_process(["umount", "-R", "-l", str(self.root)], check=False,
-                                   capture_stderr=True)
+        # Nothing here may touch the mounts' contents: the FUSE daemon (us) no
+        # longer answers, so a stat would hang.
+        await trio.run_process(["umount", "-R", "-l", str(self.root)], check=False, capture_stderr=True)
         unmount(str(self.lower))
 
     # --- the process ---------------------------------------------------------------

@@ -1,0 +1,264 @@
+"""The appliance's content-addressed store of file chunks.
+
+A chunk is stored once under its BLAKE3 digest, whichever file or client it came
+from, so content seen before never crosses the network again.  One file per
+chunk, `<dir>/<2 hex>/<62 hex>`, written to `<dir>/tmp/` and renamed into place,
+so a reader never sees half a chunk.  Least recently used chunks are removed
+when the store would grow past its limit.  The order of use survives restarts:
+each write and each access sets the chunk file's atime (an access at most once per
+`TOUCH_INTERVAL` per chunk), and a new store rebuilds its index by scanning the
+folder, oldest atime first.
+
+Without `durable=True` nothing is fsync'ed: after a crash a chunk may be left
+empty, and the scan drops empty files (no chunk is empty).  Data is checked
+against its digest when it is put, not when it is read back.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from radium.remoting._errors import ProtocolError, RadiumError
+from radium.remoting.run.fsproto import chunk_hash
+
+log = logging.getLogger(__name__)
+
+TOUCH_INTERVAL = 10.0  # seconds: LRU order on disk need not be finer than this
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class StoreFull(RadiumError):
+    """The store's disk is full: the chunk was not stored (nothing partial was left)."""
+
+    code = "store-full"
+
+
+class HashMismatch(ProtocolError):
+    """Data offered to the store does not have the hash it was offered under."""
+
+    code = "hash-mismatch"
+
+
+@dataclass
+class StoreStats:
+    """Counters of a ContentStore since it was opened, and its current size."""
+
+    hits: int = 0
+    misses: int = 0
+    bytes_in: int = 0  # bytes of new chunks stored
+    bytes_out: int = 0  # bytes read from stored chunks
+    evictions: int = 0
+    entries: int = 0
+    bytes_used: int = 0
+
+
+def _hex(digest: bytes | str) -> str:
+    key = digest.hex() if isinstance(digest, bytes) else digest.lower()
+    if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        raise ValueError(f"not a BLAKE3 digest: {digest!r}")
+    return key
+
+
+class ContentStore:
+    """Chunks by BLAKE3 digest in folder `path`, at most `limit_bytes` of them; thread-safe.
+
+    Digests may be given as 32 raw bytes or 64 hex characters.
+    """
+
+    def __init__(self, path: str | os.PathLike, limit_bytes: int, *, durable: bool = False) -> None:
+        self.path = Path(path)
+        self.limit_bytes = limit_bytes
+        self.durable = durable
+        self._lock = threading.Lock()
+        # hex digest -> [size, monotonic time of the last atime update]; oldest use first.
+        self._index: OrderedDict[str, list] = OrderedDict()
+        self._used = 0
+        self._last_stamp = 0
+        self._stats = StoreStats()
+        self._tmp = self.path / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for i in range(256):  # made up front, so that a put never has to create a folder
+            (self.path / f"{i:02x}").mkdir(exist_ok=True)
+        self._rebuild()
+
+    def _stamp(self) -> int:
+        """A strictly increasing time for atimes (lock held): file times are coarse, the LRU order is not."""
+        self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
+        return self._last_stamp
+
+    def _file(self, key: str) -> Path:
+        return self.path / key[:2] / key[2:]
+
+    def _rebuild(self) -> None:
+        """Index what is on disk, oldest access first; drop leftovers of interrupted writes."""
+        for leftover in self._tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        found = []
+        for sub in self.path.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            with os.scandir(sub) as it:
+                for item in it:
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                        key = _hex(sub.name + item.name)
+                    except (OSError, ValueError):
+                        continue
+                    if st.st_size == 0:  # no chunk is empty: a write cut short by a crash
+                        os.unlink(item.path)
+                        continue
+                    found.append((st.st_atime_ns, key, st.st_size))
+        found.sort()
+        for _, key, size in found:
+            self._index[key] = [size, 0.0]
+            self._used += size
+        self._unlink(self._evict(0))  # the limit may have been lowered since
+
+    # --- reading
+
+    def has(self, digest: bytes | str) -> bool:
+        """Whether the chunk is stored (counts neither hit nor miss)."""
+        return _hex(digest) in self._index
+
+    def get(self, digest: bytes | str) -> bytes | None:
+        """The whole chunk, or None when it is not stored."""
+        return self.read(digest, 0, -1)
+
+    def read(self, digest: bytes | str, offset: int, size: int) -> bytes | None:
+        """`size` bytes of the chunk from `offset` (the rest when size < 0); None when not stored."""
+        key = _hex(digest)
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is None:
+                self._stats.misses += 1
+                return None
+            self._index.move_to_end(key)
+            now = time.monotonic()
+            touch = now - entry[1] >= TOUCH_INTERVAL
+            if touch:
+                entry[1] = now
+                stamp = self._stamp()
+        path = self._file(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if touch:
+                    os.utime(f.fileno(), ns=(stamp, stamp))  # the on-disk LRU order, for the next rebuild
+                if offset:
+                    f.seek(offset)
+                data = f.read() if size < 0 else f.read(size)
+        except FileNotFoundError:  # evicted meanwhile, or removed behind our back
+            with self._lock:
+                self._forget(key)
+                self._stats.misses += 1
+            return None
+        with self._lock:
+            self._stats.hits += 1
+            self._stats.bytes_out += len(data)
+        return data
+
+    # --- writing
+
+    def put(self, digest: bytes | str, data: bytes) -> bool:
+        """Store `data` under `digest` after checking that it is its BLAKE3 digest.
+
+        Returns True when stored, False when it was already there.  Raises
+        `HashMismatch` when the data does not match, `StoreFull` when the chunk
+        does not fit (larger than the limit, or the disk is full).
+        """
+        key = _hex(digest)
+        if chunk_hash(data).hex() != key:
+            raise HashMismatch(f"data of {len(data)} bytes does not hash to {key}")
+        with self._lock:
+            if key in self._index:
+                self._index.move_to_end(key)  # a use, for the LRU order
+                return False
+            if len(data) > self.limit_bytes:
+                raise StoreFull(f"a chunk of {len(data)} bytes exceeds the limit of {self.limit_bytes}")
+            victims = self._evict(len(data))
+            self._used += len(data)  # reserved while it is written, so that concurrent puts respect the limit
+        self._unlink(victims)
+        try:
+            self._write(key, data)
+        except BaseException:
+            with self._lock:
+                self._used -= len(data)
+            raise
+        with self._lock:
+            if key in self._index:  # another thread stored the same chunk meanwhile
+                self._used -= len(data)
+            else:
+                self._index[key] = [len(data), 0.0]  # its next read sets the atime again
+                self._stats.bytes_in += len(data)
+        return True
+
+    def _write(self, key: str, data: bytes) -> None:
+        tmp = self._tmp / f"{key}.{os.getpid()}.{threading.get_ident()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                with self._lock:
+                    stamp = self._stamp()
+                os.utime(fd, ns=(stamp, stamp))
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._file(key))
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in _FULL_ERRNOS:
+                raise StoreFull(
+                    f"content store {self.path} is full ({os.strerror(exc.errno)}); "
+                    f"it holds {self._used} bytes in {len(self._index)} chunks"
+                ) from None
+            raise
+
+    # --- eviction
+
+    def _forget(self, key: str) -> None:
+        entry = self._index.pop(key, None)
+        if entry is not None:
+            self._used -= entry[0]
+
+    def _evict(self, incoming: int) -> list[str]:
+        """Drop least recently used chunks from the index until `incoming` more bytes fit (lock held)."""
+        victims = []
+        while self._index and self._used + incoming > self.limit_bytes:
+            key, (size, _) = self._index.popitem(last=False)
+            self._used -= size
+            self._stats.evictions += 1
+            victims.append(key)
+        return victims
+
+    def _unlink(self, victims: list[str]) -> None:
+        for key in victims:
+            try:
+                os.unlink(self._file(key))
+            except FileNotFoundError:
+                pass
+
+    def trim(self, target_bytes: int) -> int:
+        """Evict least recently used chunks until at most `target_bytes` are held; return bytes freed."""
+        with self._lock:
+            before = self._used
+            victims = self._evict(max(0, self.limit_bytes - target_bytes))
+            freed = before - self._used
+        self._unlink(victims)
+        return freed
+
+    def stats(self) -> StoreStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            s = StoreStats(**vars(self._stats))
+            s.entries, s.bytes_used = len(self._index), self._used
+        return s

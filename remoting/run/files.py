@@ -1,0 +1,496 @@
+"""The client end of the file plane: answer file requests from the real file system.
+
+`FileServer.handle(request) -> reply` is synchronous and thread-safe; the caller
+runs it in a worker thread.  It never follows a symlink it is asked about (lstat,
+O_NOFOLLOW), answers failures with the errno (`FsError`), and remembers the chunk
+hashes of each file it has read, keyed by (st_dev, st_ino, size, mtime_ns,
+ctime_ns), so that a file is hashed again only when it changed.
+
+Which mounts are served (the rule).  The served tree is the root's own file
+system plus the file systems mounted inside it that pass this rule; every other
+mount point appears as an EMPTY directory (lstat works, listing it yields
+nothing, nothing below it exists):
+
+1. a mount point named in `serve_mounts` is served;
+2. a mount point that is the client's working directory, an ancestor of it, or
+   inside it is served (the process must find its working directory, whatever
+   holds it, even a tmpfs);
+3. otherwise, under /proc, /sys, /dev or /run nothing is served: the appliance
+   brings its own kernel interfaces and devices;
+4. otherwise a disk or network file system (`DISK_FSTYPES`: ext4, xfs, btrfs,
+   nfs, ...) is served when `serve_disk_mounts` (default) holds, so a separate
+   /home or /data partition is there;
+5. everything else (tmpfs, proc, cgroup, overlay, fuse, ...) is hidden.
+
+The table comes from /proc/self/mountinfo when the server starts; a directory
+whose st_dev differs from its parent's and that the table does not know makes
+the server read the table again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from radium.remoting.run.fsproto import (
+    CHUNK_SIZE,
+    INLINE_MAX,
+    MAX_CHUNKS_PER_REQUEST,
+    Attr,
+    BadPath,
+    Chunks,
+    DirEntry,
+    DirListing,
+    FsError,
+    FsReply,
+    FsRequest,
+    LinkTarget,
+    Lookup,
+    Prefetch,
+    ReadChunks,
+    ReadDir,
+    ReadLink,
+    Tree,
+    check_path,
+    chunk_hash,
+    join,
+)
+
+log = logging.getLogger(__name__)
+
+DISK_FSTYPES = frozenset(
+    {
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "bcachefs", "f2fs", "jfs", "reiserfs", "nilfs2", "zfs",
+        "vfat", "exfat", "ntfs", "ntfs3", "fuseblk", "iso9660", "udf", "squashfs", "erofs",
+        "nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "9p", "virtiofs",
+    }
+)  # fmt: skip
+PSEUDO_TREES = (b"/proc", b"/sys", b"/dev", b"/run")
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+# --- the mount table -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo."""
+
+    mount_point: bytes
+    fstype: str
+    source: str
+    device: str  # "major:minor" of the mounted file system
+
+
+def _unescape(field_: str) -> bytes:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    raw = field_.encode("utf-8", "surrogateescape")
+    out, i = bytearray(), 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out)
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
+    """The mounts this process sees, in mount order."""
+    mounts = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            mounts.append(Mount(_unescape(fields[4]), fields[sep + 1], fields[sep + 2], fields[2]))
+    return mounts
+
+
+def _is_under(path: bytes, top: bytes) -> bool:
+    """`path` is `top` or inside it."""
+    return top == b"/" or path == top or path.startswith(top + b"/")
+
+
+def _ancestors(path: bytes) -> Iterable[bytes]:
+    """The strict ancestors of a normalised absolute path, nearest first."""
+    while path != b"/":
+        path = path[: path.rindex(b"/")] or b"/"
+        yield path
+
+
+# --- the hash cache ----------------------------------------------------------------
+
+
+class HashCache:
+    """Chunk hashes of files already read, keyed by (st_dev, st_ino), valid while size and times hold.
+
+    Bounded (least recently used entries go first); optionally saved to `path`
+    so that a later run does not hash unchanged files again.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, max_entries: int = 500_000) -> None:
+        self.path = Path(path) if path is not None else None
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[int, int], tuple[int, int, int, list[bytes]]] = OrderedDict()
+        self._dirty = False
+        if self.path is not None:
+            self._load()
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[tuple[int, int], tuple[int, int, int]]:
+        return (st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, st: os.stat_result) -> list[bytes] | None:
+        """The hashes of the file `st` describes, if known and the file is unchanged."""
+        key, version = self._key(st)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[:3] != version:
+                return None
+            self._entries.move_to_end(key)
+            return entry[3]
+
+    def put(self, st: os.stat_result, hashes: list[bytes]) -> None:
+        """Remember the hashes of the file `st` describes."""
+        key, version = self._key(st)
+        with self._lock:
+            self._entries[key] = (*version, hashes)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+            self._dirty = True
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _load(self) -> None:
+        assert self.path is not None
+        try:
+            rows = msgspec.msgpack.decode(
+                self.path.read_bytes(), type=list[tuple[int, int, int, int, int, list[bytes]]]
+            )
+        except FileNotFoundError:
+            return
+        except (OSError, msgspec.DecodeError) as exc:
+            # A cache is only an optimisation: a damaged one is started afresh.
+            log.warning("ignoring hash cache %s: %s", self.path, exc)
+            return
+        for dev, ino, size, mtime, ctime, hashes in rows[-self.max_entries :]:
+            self._entries[(dev, ino)] = (size, mtime, ctime, hashes)
+
+    def save(self) -> None:
+        """Write the cache to its file atomically (no-op without a file or without changes)."""
+        if self.path is None or not self._dirty:
+            return
+        with self._lock:
+            rows = [(dev, ino, *entry) for (dev, ino), entry in self._entries.items()]
+            self._dirty = False
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_bytes(msgspec.msgpack.encode(rows))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not save hash cache %s: %s", self.path, exc)
+            tmp.unlink(missing_ok=True)
+
+
+# --- the server ----------------------------------------------------------------------
+
+
+@dataclass
+class ServerStats:
+    """What a FileServer did: requests by kind, content bytes sent, bytes hashed."""
+
+    requests: Counter = field(default_factory=Counter)
+    content_bytes: int = 0  # chunk data and inline data sent
+    hashed_bytes: int = 0  # bytes read to compute hashes (0 when the cache knew them)
+    errors: int = 0
+
+
+class FileServer:
+    """Answers file requests from the tree under `root`, which the appliance sees as `/`.
+
+    `root` is "/" in production; another root is presented as if it were "/"
+    (symlinks in the middle of a path may not lead out of it).  `cwd` (default:
+    this process's working directory) and `serve_mounts` select the mounts served
+    beside the root's own, by the rule in the module's docstring.  `hash_cache`
+    names a file that keeps chunk hashes across runs.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "/",
+        *,
+        serve_mounts: Iterable[str | os.PathLike] = (),
+        cwd: str | os.PathLike | None = None,
+        serve_disk_mounts: bool = True,
+        hash_cache: str | os.PathLike | None = None,
+    ) -> None:
+        self.root = os.fsencode(os.path.realpath(root))
+        self._prefix = b"" if self.root == b"/" else self.root
+        self.cwd = self._client_path(os.fsencode(os.path.realpath(cwd if cwd is not None else os.getcwd())))
+        self.serve_mounts = {
+            p for m in serve_mounts if (p := self._client_path(os.fsencode(os.path.realpath(m)))) is not None
+        }
+        self.serve_disk_mounts = serve_disk_mounts
+        self.hashes = HashCache(hash_cache)
+        self.stats = ServerStats()
+        self._stats_lock = threading.Lock()
+        self._mount_lock = threading.Lock()
+        self.mount_points: frozenset[bytes] = frozenset()  # client paths of every mount inside root
+        self.hidden: frozenset[bytes] = frozenset()  # client paths of mount points shown empty
+        self._not_mounts: set[bytes] = set()  # st_dev changes that are no mount (btrfs subvolumes)
+        self.refresh_mounts()
+
+    # --- paths and mounts
+
+    def _client_path(self, real: bytes) -> bytes | None:
+        """The client path of a real path, None when it lies outside root."""
+        if not _is_under(real, self.root):
+            return None
+        return real[len(self._prefix) :] or b"/"
+
+    def _real(self, path: bytes) -> bytes:
+        real = self._prefix + path if path != b"/" else self.root
+        if self._prefix and path != b"/":
+            # A symlink in the middle of the path must not lead out of root.
+            parent = os.path.realpath(os.path.dirname(real))
+            if not _is_under(os.fsencode(parent), self.root):
+                raise OSError(errno.EACCES, "path leaves the served tree")
+        return real
+
+    def _served(self, mount: Mount, point: bytes) -> bool:
+        """The rule of the module docstring, for one mount point other than root's own."""
+        if point in self.serve_mounts:
+            return True
+        if self.cwd is not None and (_is_under(self.cwd, point) or _is_under(point, self.cwd)):
+            return True
+        if any(_is_under(point, top) for top in PSEUDO_TREES):
+            return False
+        return self.serve_disk_mounts and mount.fstype in DISK_FSTYPES
+
+    def refresh_mounts(self) -> None:
+        """Read the mount table again and recompute which mount points are shown empty."""
+        try:
+            mounts = read_mountinfo()
+        except OSError as exc:
+            log.warning("cannot read the mount table, serving every mount: %s", exc)
+            mounts = []
+        points, hidden = set(), set()
+        for mount in mounts:  # in mount order: a later mount on the same point hides the earlier
+            point = self._client_path(mount.mount_point)
+            if point is None or point == b"/":
+                continue  # outside the tree, or the root's own file system (always served)
+            points.add(point)
+            if self._served(mount, point):
+                hidden.discard(point)
+            else:
+                hidden.add(point)
+        with self._mount_lock:
+            self.mount_points, self.hidden = frozenset(points), frozenset(hidden)
+
+    def _check_hidden(self, path: bytes) -> bool:
+        """True when `path` is itself a hidden mount point; ENOENT when it lies below one."""
+        hidden = self.hidden
+        if not hidden:
+            return False
+        if any(a in hidden for a in _ancestors(path)):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return path in hidden
+
+    def _maybe_new_mount(self, path: bytes) -> bool:
+        """A directory changed st_dev under its parent: reread the table if it is new; True when hidden."""
+        if path in self.mount_points or path in self._not_mounts:
+            return path in self.hidden
+        self.refresh_mounts()
+        if path not in self.mount_points:
+            self._not_mounts.add(path)
+        return path in self.hidden
+
+    # --- attributes and content
+
+    def _attr(self, st: os.stat_result, real: bytes, *, content: bool) -> Attr:
+        attr = Attr(
+            mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, size=st.st_size,
+            atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
+            nlink=st.st_nlink, ino=st.st_ino, dev=st.st_dev, rdev=st.st_rdev,
+        )  # fmt: skip
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                attr.target = os.readlink(real)
+            except OSError:
+                pass  # it went away or is unreadable: readlink will say why
+        elif stat.S_ISREG(st.st_mode):
+            attr.chunks = self.hashes.get(st)
+            if content and (attr.chunks is None or st.st_size <= INLINE_MAX):
+                self._read_content(attr, real)
+        return attr
+
+    def _read_content(self, attr: Attr, real: bytes) -> None:
+        """Fill in hashes (and data for a small file) by reading the file; leave them None if unreadable."""
+        try:
+            fd = os.open(real, _OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENXIO, errno.ETXTBSY):
+                return  # the appliance will refuse to open it
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return
+            hashes, pieces, size = [], [], 0
+            while True:
+                piece = os.pread(fd, CHUNK_SIZE, size)
+                if not piece:
+                    break
+                hashes.append(chunk_hash(piece))
+                size += len(piece)
+                if size <= INLINE_MAX:
+                    pieces.append(piece)
+            with self._stats_lock:
+                self.stats.hashed_bytes += size
+            # What was read is what the appliance will expect: describe exactly that.
+            attr.size, attr.mtime_ns, attr.ctime_ns = size, st.st_mtime_ns, st.st_ctime_ns
+            attr.chunks = hashes
+            if size <= INLINE_MAX:
+                attr.data = b"".join(pieces)
+                with self._stats_lock:
+                    self.stats.content_bytes += size
+            if size == st.st_size:
+                self.hashes.put(st, hashes)
+        finally:
+            os.close(fd)
+
+    # --- the requests
+
+    def handle(self, request: FsRequest) -> FsReply:
+        """Answer one request; failures become `FsError` with the errno."""
+        kind = type(request).__name__
+        with self._stats_lock:
+            self.stats.requests[kind] += 1
+        try:
+            match request:
+                case Lookup():
+                    return self._lookup(check_path(request.path), request.content)
+                case ReadDir():
+                    return self._readdir(check_path(request.path))
+                case ReadLink():
+                    return self._readlink(check_path(request.path))
+                case ReadChunks():
+                    return self._read_chunks(check_path(request.path), request.indexes)
+                case Prefetch():
+                    return self._prefetch([check_path(p) for p in request.paths], request.max_entries)
+                case _:
+                    return FsError(errno=errno.EINVAL, message=f"unknown request {kind}")
+        except OSError as exc:
+            reply = FsError.from_os(exc)
+        except BadPath as exc:
+            reply = FsError(errno=errno.EINVAL, message=str(exc))
+        except Exception as exc:  # a bug must not take the client's file service down
+            log.exception("file request %s failed", kind)
+            reply = FsError(errno=errno.EIO, message=f"{type(exc).__name__}: {exc}")
+        with self._stats_lock:
+            self.stats.errors += 1
+        return reply
+
+    def _lookup(self, path: bytes, content: bool) -> Attr:
+        hidden = self._check_hidden(path)
+        real = self._real(path)
+        st = os.lstat(real)
+        return self._attr(st, real, content=content and not hidden)
+
+    def _listing(self, path: bytes, real: bytes, dir_dev: int) -> list[DirEntry]:
+        entries = []
+        with os.scandir(real) as it:
+            for item in it:
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing
+                child = join(path, item.name)
+                if stat.S_ISDIR(st.st_mode) and st.st_dev != dir_dev:
+                    self._maybe_new_mount(child)
+                entries.append(DirEntry(name=item.name, attr=self._attr(st, item.path, content=False)))
+        return entries
+
+    def _readdir(self, path: bytes) -> DirListing:
+        hidden = self._check_hidden(path)
+        real = self._real(path)
+        st = os.lstat(real)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        entries = [] if hidden else self._listing(path, real, st.st_dev)
+        return DirListing(path=path, entries=entries)
+
+    def _readlink(self, path: bytes) -> LinkTarget:
+        self._check_hidden(path)
+        return LinkTarget(target=os.readlink(self._real(path)))
+
+    def _read_chunks(self, path: bytes, indexes: list[int]) -> Chunks:
+        if len(indexes) > MAX_CHUNKS_PER_REQUEST:
+            raise OSError(errno.E2BIG, f"at most {MAX_CHUNKS_PER_REQUEST} chunks per request")
+        if any(i < 0 for i in indexes):
+            raise OSError(errno.EINVAL, "negative chunk index")
+        if self._check_hidden(path):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        fd = os.open(self._real(path), _OPEN_FLAGS)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            data = [os.pread(fd, CHUNK_SIZE, i * CHUNK_SIZE) for i in indexes]
+        finally:
+            os.close(fd)
+        with self._stats_lock:
+            self.stats.content_bytes += sum(map(len, data))
+        return Chunks(data=data)
+
+    def _prefetch(self, paths: list[bytes], max_entries: int) -> Tree:
+        listings: list[DirListing] = []
+        seen: set[bytes] = set()
+        count = 0
+
+        def add(path: bytes) -> DirListing | None:
+            nonlocal count
+            if path in seen:
+                return None
+            seen.add(path)
+            try:
+                listing = self._readdir(path)
+            except OSError:
+                return None  # unreadable or gone: the appliance asks again on demand
+            listings.append(listing)
+            count += len(listing.entries)
+            return listing
+
+        for top in paths:
+            for ancestor in reversed(list(_ancestors(top))):
+                add(ancestor)
+            queue = deque([top])
+            while queue:
+                if count >= max_entries:
+                    return Tree(listings=listings, truncated=True)
+                path = queue.popleft()
+                listing = add(path)
+                if listing is None:
+                    continue
+                for entry in listing.entries:
+                    child = join(path, entry.name)
+                    if stat.S_ISDIR(entry.attr.mode) and child not in self.hidden:
+                        queue.append(child)
+        return Tree(listings=listings, truncated=False)
+
+    def close(self) -> None:
+        """Save the hash cache, if it has a file."""
+        self.hashes.save()

@@ -1,0 +1,236 @@
+"""The file protocol between the appliance (asking) and the client (answering).
+
+The appliance presents the client's whole file system to a carried process and
+asks for what the process touches; the client answers from its real file system.
+Every request has exactly one reply: the reply named beside it, or `FsError`.
+
+    Lookup(path)            -> Attr          lstat semantics; hashes and small data for files
+    ReadDir(path)           -> DirListing    every entry with its attributes: one round trip
+    ReadLink(path)          -> LinkTarget
+    ReadChunks(path, idxs)  -> Chunks        content of whole chunks, in the order asked
+    Prefetch(paths)         -> Tree          listings of whole trees (and their ancestors)
+
+Paths are absolute *client* paths as bytes: Linux names are bytes, not text, and a
+file whose name is not UTF-8 must still be reachable.  Every path is checked with
+`check_path` by both ends.
+
+Content is cut in chunks of `CHUNK_SIZE`; a chunk is named by its BLAKE3 digest
+(32 raw bytes), so the appliance can tell from the hashes alone which content it
+already holds.  Files up to `INLINE_MAX` bytes travel whole inside `Attr.data`
+when looked up, so opening one costs no further round trip.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+import blake3
+import msgspec
+
+from radium.remoting._errors import ProtocolError
+
+CHUNK_SIZE = 1 << 20  # 1 MiB: big enough that one round trip moves a lot, small enough to dedupe
+INLINE_MAX = 64 * 1024  # files up to this size come whole with their attributes
+MAX_CHUNKS_PER_REQUEST = 64  # bounds one reply at 64 MiB
+PATH_MAX = 4096  # Linux's limit for a whole path
+NAME_MAX = 255  # and for one component
+
+
+class BadPath(ProtocolError):
+    """A path in a file request is not absolute, not normalised, or contains `..` or NUL."""
+
+    code = "bad-path"
+
+
+def check_path(path: bytes | str) -> bytes:
+    """Return `path` as bytes if it is a valid absolute client path, else raise `BadPath`.
+
+    Valid means: absolute, normalised (no empty, `.` or `..` components, no
+    trailing slash except for the root itself), free of NUL, within Linux's
+    length limits.  A `str` is encoded as the file system would (surrogateescape).
+    """
+    if isinstance(path, str):
+        path = os.fsencode(path)
+    if not isinstance(path, bytes):
+        raise BadPath(f"path must be bytes, not {type(path).__name__}")
+    if b"\0" in path:
+        raise BadPath(f"path contains NUL: {path!r}")
+    if not path.startswith(b"/"):
+        raise BadPath(f"path is not absolute: {path!r}")
+    if len(path) > PATH_MAX:
+        raise BadPath(f"path longer than {PATH_MAX} bytes")
+    if path == b"/":
+        return path
+    for part in path[1:].split(b"/"):
+        if part in (b"", b".", b".."):
+            raise BadPath(f"path is not normalised (empty, '.' or '..' component): {path!r}")
+        if len(part) > NAME_MAX:
+            raise BadPath(f"path component longer than {NAME_MAX} bytes: {path!r}")
+    return path
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """The client path of `name` inside directory `parent` (both already valid)."""
+    return parent + name if parent == b"/" else parent + b"/" + name
+
+
+def chunk_hash(data: bytes) -> bytes:
+    """The name of a chunk: its BLAKE3 digest, 32 raw bytes."""
+    return blake3.blake3(data).digest()
+
+
+def chunk_count(size: int) -> int:
+    """How many chunks a file of `size` bytes has (an empty file has none)."""
+    return (size + CHUNK_SIZE - 1) // CHUNK_SIZE
+
+
+class FsMessage(msgspec.Struct, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
+    """Base of every file-protocol message."""
+
+
+# --- requests (appliance -> client) -------------------------------------------
+
+
+class Lookup(FsMessage, tag="fs-lookup"):
+    """Attributes of one path, without following a final symlink.
+
+    With `content` (the default), a regular file's reply carries its chunk hashes
+    and, when small, its data; without it only the metadata (cheap for big files
+    that are only stat'ed).
+    """
+
+    path: bytes
+    content: bool = True
+
+
+class ReadDir(FsMessage, tag="fs-readdir"):
+    """The entries of a directory with their attributes (no `.` or `..`)."""
+
+    path: bytes
+
+
+class ReadLink(FsMessage, tag="fs-readlink"):
+    path: bytes
+
+
+class ReadChunks(FsMessage, tag="fs-read-chunks"):
+    """Content of chunks `indexes` (ascending, at most MAX_CHUNKS_PER_REQUEST) of a regular file."""
+
+    path: bytes
+    indexes: list[int]
+
+
+class Prefetch(FsMessage, tag="fs-prefetch"):
+    """Listings of whole trees, sent ahead so that start-up pays no round trip per directory.
+
+    The reply holds the listing of every directory under each path (not crossing
+    into hidden mounts) and of each ancestor of each path, up to `max_entries`
+    entries in all.
+    """
+
+    paths: list[bytes]
+    max_entries: int = 100_000
+
+
+# --- replies (client -> appliance) ---------------------------------------------
+
+
+class FsReplyMessage(FsMessage, array_like=True):
+    """Base of replies: encoded as arrays (tag first), since a listing holds thousands of `Attr`.
+
+    Fields may only ever be added at the end, with defaults.
+    """
+
+
+class Attr(FsReplyMessage, tag="fs-attr"):
+    """What lstat says about one path, plus what it takes to read it without asking again.
+
+    - `chunks`: for a regular file, the BLAKE3 digest of each CHUNK_SIZE piece;
+      None when the sender has not hashed it (listings only carry hashes already
+      known) or could not read it.
+    - `data`: a small regular file's whole content (Lookup with content only).
+    - `target`: a symlink's target, so that readlink costs no round trip.
+    """
+
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    ino: int  # the client's inode number: only for telling files apart; the appliance numbers its own
+    dev: int  # the client's st_dev, same use
+    rdev: int = 0
+    chunks: list[bytes] | None = None
+    data: bytes | None = None
+    target: bytes | None = None
+
+
+class DirEntry(msgspec.Struct, kw_only=True, array_like=True, forbid_unknown_fields=True):
+    name: bytes
+    attr: Attr
+
+
+class DirListing(FsReplyMessage, tag="fs-listing"):
+    path: bytes
+    entries: list[DirEntry]
+
+
+class LinkTarget(FsReplyMessage, tag="fs-link"):
+    target: bytes
+
+
+class Chunks(FsReplyMessage, tag="fs-chunks"):
+    """Content of the chunks asked for, in the same order; the last chunk of a file may be short."""
+
+    data: list[bytes]
+
+
+class Tree(FsReplyMessage, tag="fs-tree"):
+    listings: list[DirListing]
+    truncated: bool = False  # max_entries was reached: the rest is fetched on demand
+
+
+class FsError(FsReplyMessage, tag="fs-error"):
+    """The request failed on the client with this errno (ENOENT, EACCES, ...)."""
+
+    errno: int
+    message: str = ""
+
+    @classmethod
+    def from_os(cls, exc: OSError) -> FsError:
+        """The FsError for an OSError raised while answering."""
+        code = exc.errno if exc.errno else _errno.EIO
+        return cls(errno=code, message=exc.strerror or os.strerror(code))
+
+
+FsRequest = Lookup | ReadDir | ReadLink | ReadChunks | Prefetch
+FsReply = Attr | DirListing | LinkTarget | Chunks | Tree | FsError
+
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(FsRequest)
+_reply_decoder = msgspec.msgpack.Decoder(FsReply)
+
+
+def encode(message: FsMessage) -> bytes:
+    """A request or reply as msgpack."""
+    return _encoder.encode(message)
+
+
+def decode_request(buf: bytes | memoryview) -> FsRequest:
+    """Decode one request; raise `ProtocolError` when it is malformed (paths are not checked here)."""
+    try:
+        return _request_decoder.decode(buf)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed file request: {exc}") from None
+
+
+def decode_reply(buf: bytes | memoryview) -> FsReply:
+    """Decode one reply; raise `ProtocolError` when it is malformed."""
+    try:
+        return _reply_decoder.decode(buf)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed file reply: {exc}") from None

@@ -1,0 +1,713 @@
+"""The file plane of `radium run`: protocol, client FileServer, ContentStore, FUSE ClientTree.
+
+The end-to-end tests run a FileServer over a real tree (on tmpfs mounts) and the
+ClientTree that asks it, in one serving subprocess ("python test_runfs.py serve
+CONFIG"): requests and replies go through msgpack as on the wire, the mount is
+read with ordinary os calls from the test process.  The subprocess prints one
+JSON line when mounted and answers "stats" lines with its counters.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import queue
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from radium.remoting.run.cas import ContentStore, HashMismatch, StoreFull
+from radium.remoting.run.files import FileServer
+from radium.remoting.run.fsproto import (
+    CHUNK_SIZE,
+    INLINE_MAX,
+    Attr,
+    BadPath,
+    Chunks,
+    DirEntry,
+    DirListing,
+    FsError,
+    LinkTarget,
+    Lookup,
+    Prefetch,
+    ReadChunks,
+    ReadDir,
+    ReadLink,
+    Tree,
+    check_path,
+    chunk_hash,
+    decode_reply,
+    decode_request,
+    encode,
+)
+
+IS_ROOT = os.geteuid() == 0
+
+
+def _fuse_unavailable() -> str | None:
+    if not IS_ROOT:
+        return "needs root (mounts tmpfs and FUSE)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (Debian package fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError:
+        return "pyfuse3 is not installed"
+    return None
+
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (mounts tmpfs)")
+needs_fuse = pytest.mark.skipif(_fuse_unavailable() is not None, reason=str(_fuse_unavailable()))
+
+
+def _mount_tmpfs(path: Path, size: str = "64m") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(path)], check=True)
+    return path
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+# --- the protocol ----------------------------------------------------------------------------
+
+
+def test_check_path_accepts_normal_absolute_paths():
+    assert check_path(b"/") == b"/"
+    assert check_path("/usr/lib/python3") == b"/usr/lib/python3"
+    assert check_path(b"/caf\xe9/x") == b"/caf\xe9/x"  # not UTF-8, still a path
+    assert check_path("/a/.hidden/..x") == b"/a/.hidden/..x"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"", b"relative", b"a/b", b"/a/../b", b"/..", b"/a/..", b"/a/./b", b"/a//b", b"/a/", b"/a\0b",
+     b"/" + b"x" * 256, b"/" + b"a/" * 2100, "../etc"],
+)  # fmt: skip
+def test_check_path_refuses_relative_dotdot_nul_and_unnormalised(bad):
+    with pytest.raises(BadPath):
+        check_path(bad)
+
+
+def test_messages_round_trip_and_refuse_unknown_fields():
+    attr = Attr(mode=0o100644, uid=1000, gid=1000, size=3, atime_ns=1, mtime_ns=2, ctime_ns=3, nlink=1,
+                ino=9, dev=8, chunks=[chunk_hash(b"abc")], data=b"abc")  # fmt: skip
+    replies = [
+        attr,
+        DirListing(path=b"/d", entries=[DirEntry(name=b"\xff", attr=attr)]),
+        LinkTarget(target=b"../x"),
+        Chunks(data=[b"a", b""]),
+        Tree(listings=[DirListing(path=b"/", entries=[])], truncated=True),
+        FsError(errno=errno.ENOENT, message="No such file or directory"),
+    ]
+    for reply in replies:
+        assert decode_reply(encode(reply)) == reply
+    requests = [Lookup(path=b"/a"), ReadDir(path=b"/"), ReadLink(path=b"/l"),
+                ReadChunks(path=b"/f", indexes=[0, 1]), Prefetch(paths=[b"/x"], max_entries=10)]  # fmt: skip
+    for request in requests:
+        assert decode_request(encode(request)) == request
+    import msgspec
+
+    from radium.remoting._errors import ProtocolError
+
+    with pytest.raises(ProtocolError):
+        decode_request(msgspec.msgpack.encode({"kind": "fs-lookup", "path": b"/", "extra": 1}))
+    with pytest.raises(ProtocolError):
+        decode_request(encode(LinkTarget(target=b"/")))  # a reply is no request
+
+
+# --- the client's FileServer ---------------------------------------------------------------------
+
+
+def _make_plain_tree(top: Path) -> None:
+    (top / "sub").mkdir()
+    (top / "small.txt").write_bytes(b"small\n")
+    (top / "big.bin").write_bytes(os.urandom(CHUNK_SIZE + 1234))
+    (top / "sub" / "inner.txt").write_bytes(b"inner\n")
+    os.symlink("small.txt", top / "link")
+    os.symlink("/etc", top / "escape")
+
+
+def test_file_server_answers_from_the_tree(tmp_path):
+    _make_plain_tree(tmp_path)
+    server = FileServer(tmp_path)  # presented as "/"
+    big = (tmp_path / "big.bin").read_bytes()
+
+    attr = server.handle(Lookup(path=b"/small.txt"))
+    assert isinstance(attr, Attr) and attr.data == b"small\n" and attr.chunks == [chunk_hash(b"small\n")]
+    attr = server.handle(Lookup(path=b"/big.bin"))
+    assert attr.size == len(big) and attr.data is None
+    assert attr.chunks == [chunk_hash(big[:CHUNK_SIZE]), chunk_hash(big[CHUNK_SIZE:])]
+    assert server.handle(Lookup(path=b"/big.bin", content=False)).chunks == attr.chunks  # known by now
+
+    link = server.handle(Lookup(path=b"/link"))  # lstat: the link itself
+    assert stat.S_ISLNK(link.mode) and link.target == b"small.txt" and link.chunks is None
+    assert server.handle(ReadLink(path=b"/link")) == LinkTarget(target=b"small.txt")
+
+    listing = server.handle(ReadDir(path=b"/"))
+    names = {e.name: e.attr for e in listing.entries}
+    assert set(names) == {b"sub", b"small.txt", b"big.bin", b"link", b"escape"}
+    assert names[b"link"].target == b"small.txt"
+    assert names[b"big.bin"].chunks == attr.chunks and names[b"big.bin"].data is None
+
+    chunks = server.handle(ReadChunks(path=b"/big.bin", indexes=[1, 0]))
+    assert chunks.data == [big[CHUNK_SIZE:], big[:CHUNK_SIZE]]
+
+    def err(request):
+        reply = server.handle(request)
+        assert isinstance(reply, FsError), reply
+        return reply.errno
+
+    assert err(Lookup(path=b"/nope")) == errno.ENOENT
+    assert err(ReadDir(path=b"/small.txt")) == errno.ENOTDIR
+    assert err(ReadLink(path=b"/small.txt")) == errno.EINVAL
+    assert err(ReadChunks(path=b"/link", indexes=[0])) == errno.ELOOP  # never follows a symlink
+    assert err(Lookup(path=b"/escape/passwd")) == errno.EACCES  # a symlink may not lead out of root
+    assert err(Lookup(path=b"/sub/../small.txt")) == errno.EINVAL
+    assert err(Lookup(path=b"sub")) == errno.EINVAL
+    assert err(ReadChunks(path=b"/big.bin", indexes=list(range(65)))) == errno.E2BIG
+    assert server.stats.errors == 8
+
+
+def test_file_server_hashes_each_version_once_and_keeps_hashes_across_runs(tmp_path):
+    tree, cache = tmp_path / "tree", tmp_path / "hashes"
+    tree.mkdir()
+    _make_plain_tree(tree)
+    server = FileServer(tree, hash_cache=cache)
+    server.handle(Lookup(path=b"/big.bin"))
+    hashed = server.stats.hashed_bytes
+    assert hashed == CHUNK_SIZE + 1234
+    server.handle(Lookup(path=b"/big.bin"))
+    assert server.stats.hashed_bytes == hashed  # unchanged: the cache answered
+    server.close()
+
+    again = FileServer(tree, hash_cache=cache)  # a later run
+    entries = {e.name: e.attr for e in again.handle(ReadDir(path=b"/")).entries}
+    assert entries[b"big.bin"].chunks is not None and again.stats.hashed_bytes == 0
+
+    with open(tree / "big.bin", "r+b") as f:  # changed: hashed again
+        f.write(b"X")
+    attr = again.handle(Lookup(path=b"/big.bin"))
+    assert again.stats.hashed_bytes == CHUNK_SIZE + 1234
+    assert attr.chunks[0] == chunk_hash((tree / "big.bin").read_bytes()[:CHUNK_SIZE])
+
+
+def test_prefetch_sends_trees_with_their_ancestors(tmp_path):
+    _make_plain_tree(tmp_path)
+    (tmp_path / "sub" / "deeper").mkdir()
+    server = FileServer(tmp_path)
+    tree = server.handle(Prefetch(paths=[b"/sub"]))
+    assert [listing.path for listing in tree.listings] == [b"/", b"/sub", b"/sub/deeper"]
+    assert not tree.truncated
+    assert server.handle(Prefetch(paths=[b"/"], max_entries=2)).truncated
+
+
+@needs_root
+def test_mount_rule_shows_foreign_mounts_empty_but_serves_cwd_and_named_ones(tmp_path):
+    mounts = [_mount_tmpfs(tmp_path / name, "1m") for name in ("cwd", "named", "other")]
+    try:
+        nested = _mount_tmpfs(tmp_path / "cwd" / "nested", "1m")
+        mounts.append(nested)
+        for m in mounts:
+            (m / "f").write_bytes(b"x")
+        server = FileServer("/", cwd=tmp_path / "cwd", serve_mounts=[tmp_path / "named"])
+
+        def names(path: Path):
+            reply = server.handle(ReadDir(path=os.fsencode(path)))
+            assert isinstance(reply, DirListing), reply
+            return {e.name for e in reply.entries}
+
+        assert names(tmp_path / "cwd") == {b"f", b"nested"}
+        assert names(tmp_path / "cwd" / "nested") == {b"f"}  # inside the working directory
+        assert names(tmp_path / "named") == {b"f"}  # named explicitly
+        assert names(tmp_path / "other") == set()  # a tmpfs elsewhere: empty
+        reply = server.handle(Lookup(path=os.fsencode(tmp_path / "other" / "f")))
+        assert isinstance(reply, FsError) and reply.errno == errno.ENOENT
+        assert stat.S_ISDIR(server.handle(Lookup(path=os.fsencode(tmp_path / "other"))).mode)
+        assert b"proc" in names(Path("/")) and names(Path("/proc")) == set() and names(Path("/sys")) == set()
+        assert server.handle(Lookup(path=b"/proc/self/status")).errno == errno.ENOENT
+
+        late = _mount_tmpfs(tmp_path / "late", "1m")  # mounted after the server started
+        mounts.append(late)
+        (late / "f").write_bytes(b"x")
+        assert b"late" in names(tmp_path)  # listing the parent notices the new mount
+        assert names(late) == set()
+    finally:
+        for m in reversed(mounts):
+            _umount(m)
+
+
+# --- the appliance's ContentStore ------------------------------------------------------------------
+
+
+def test_store_verifies_and_serves_chunks(tmp_path):
+    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
+    data = os.urandom(5000)
+    digest = chunk_hash(data)
+    with pytest.raises(HashMismatch):
+        store.put(digest, data + b"!")
+    assert not store.has(digest) and store.get(digest) is None
+    assert store.put(digest, data) is True
+    assert store.put(digest.hex(), data) is False  # already there
+    assert store.get(digest) == data and store.read(digest, 100, 10) == data[100:110]
+    s = store.stats()
+    assert (s.hits, s.misses, s.bytes_in, s.entries, s.bytes_used) == (2, 1, 5000, 1, 5000)
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
+def test_store_evicts_least_recently_used_also_after_a_restart(tmp_path, monkeypatch):
+    from radium.remoting.run import cas
+
+    monkeypatch.setattr(cas, "TOUCH_INTERVAL", 0.0)  # record every access on disk
+    blobs = {name: os.urandom(1000) + name.encode() for name in "abcdef"}
+    digests = {name: chunk_hash(blob) for name, blob in blobs.items()}
+    store = ContentStore(tmp_path, 3000 + 3 * 1)
+    for name in "abc":
+        store.put(digests[name], blobs[name])
+    assert store.get(digests["a"]) == blobs["a"]  # a is now the most recent
+    store.put(digests["d"], blobs["d"])  # evicts b, the least recently used
+    assert [store.has(digests[n]) for n in "abcd"] == [True, False, True, True]
+    assert store.stats().evictions == 1
+
+    reopened = ContentStore(tmp_path, 3000 + 3 * 1)  # order rebuilt from the files' atimes: c, a, d
+    assert reopened.stats().entries == 3
+    reopened.put(digests["e"], blobs["e"])
+    assert [reopened.has(digests[n]) for n in "acde"] == [True, False, True, True]
+    assert reopened.trim(1001) == 2002 and [reopened.has(digests[n]) for n in "ade"] == [False, False, True]
+    assert ContentStore(tmp_path, 500).stats().entries == 0  # a lower limit applies at once
+    assert [f for sub in tmp_path.iterdir() for f in sub.iterdir()] == []
+
+
+def test_store_is_thread_safe(tmp_path):
+    store = ContentStore(tmp_path, 40 * 1024)
+    blobs = [os.urandom(1024) for _ in range(100)]
+    errors = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(k, k + 60):
+                blob = blobs[i % 100]
+                store.put(chunk_hash(blob), blob)
+                got = store.get(chunk_hash(blobs[(i * 7) % 100]))
+                assert got is None or got == blobs[(i * 7) % 100]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k * 10,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    s = store.stats()
+    on_disk = sum(1 for sub in tmp_path.iterdir() if sub.name != "tmp" for _ in sub.iterdir())
+    assert s.bytes_used <= 40 * 1024 and s.entries == on_disk
+
+
+@needs_root
+def test_store_full_disk_raises_store_full_and_leaves_nothing_partial(tmp_path):
+    disk = _mount_tmpfs(tmp_path / "small", "2m")
+    try:
+        store = ContentStore(disk, 100 * CHUNK_SIZE)  # the limit is not what stops it: the disk is
+        stored = []
+        with pytest.raises(StoreFull, match="full"):
+            for _ in range(5):
+                blob = os.urandom(CHUNK_SIZE)
+                store.put(chunk_hash(blob), blob)
+                stored.append(blob)
+        assert stored and not store.has(chunk_hash(blob))
+        assert list((disk / "tmp").iterdir()) == []  # no partial file
+        assert all(store.get(chunk_hash(b)) == b for b in stored)  # still usable
+        store.trim(0)
+        assert store.put(chunk_hash(blob), blob) and store.get(chunk_hash(blob)) == blob
+    finally:
+        _umount(disk)
+
+
+# --- the appliance's ClientTree, called directly (no mount) ---------------------------------------------
+
+
+def test_client_tree_copes_with_a_full_store_changed_files_and_absent_names(tmp_path):
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+
+    from radium.remoting.run.fs import ClientTree
+
+    tree_dir = tmp_path / "tree"
+    tree_dir.mkdir()
+    _make_plain_tree(tree_dir)
+    os.symlink("sub", tree_dir / "sublink")
+    big = (tree_dir / "big.bin").read_bytes()
+    server = FileServer(tree_dir)
+    asked = []
+
+    async def fetch(request):
+        asked.append(type(request).__name__)
+        return server.handle(request)
+
+    store = ContentStore(tmp_path / "store", 1000)  # smaller than any chunk: it refuses them all
+    tree = ClientTree(fetch, store, id_offset=5000)
+    root = pyfuse3.ROOT_INODE
+
+    async def main():
+        entry = await tree.lookup(root, b"big.bin", None)
+        assert entry.st_uid == os.getuid() + 5000 and entry.st_size == len(big)
+        assert (await tree.lookup(root, b"big.bin", None)).st_ino == entry.st_ino  # stable
+        fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
+        assert await tree.read(fh, 0, 2 * CHUNK_SIZE) == big  # served from memory
+        assert tree.stats.store_full == 2 and store.stats().entries == 0
+
+        # The client's file changes during the run: the hashes no longer match, the tree asks again.
+        changed = os.urandom(len(big))
+        (tree_dir / "big.bin").write_bytes(changed)
+        tree._recent.clear()
+        assert await tree.read(fh, CHUNK_SIZE, 1234) == changed[CHUNK_SIZE:]
+        assert asked[-3:] == ["ReadChunks", "Lookup", "ReadChunks"]  # mismatch, new hashes, again
+
+        small = await tree.lookup(root, b"small.txt", None)
+        fh = (await tree.open(small.st_ino, os.O_RDONLY, None)).fh
+        assert await tree.read(fh, 1, 100) == b"mall\n"
+
+        n = len(asked)
+        for _ in range(3):  # absent names are remembered: no second request
+            assert (await tree.lookup(root, b"nope", None)).st_ino == 0
+        assert len(asked) == n
+
+        assert (await tree.stat_path(os.fsencode("/sublink/inner.txt"))).size == 6  # through a symlink
+        assert stat.S_ISLNK((await tree.stat_path(b"/sublink")).mode)
+        assert stat.S_ISDIR((await tree.stat_path(b"/sublink", follow=True)).mode)
+        assert await tree.stat_path(b"/small.txt/x") is None and await tree.stat_path(b"/no/such") is None
+
+    trio.run(main)
+
+
+# --- end to end through FUSE ------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """A client tree on tmpfs mounts, and what the appliance side should see of it."""
+
+    base: Path
+    client: Path  # the client's working directory (a tmpfs: served by the cwd rule)
+    named: Path  # a tmpfs named in serve_mounts
+    hidden: Path  # a tmpfs neither: shown empty
+    files: dict[bytes, bytes] = field(default_factory=dict)  # client path -> content
+    distinct_chunks: int = 0  # chunks of files too big to come inline, counted once per content
+
+    def config(self, mountpoint: Path, store: Path, hash_cache: Path | None) -> dict:
+        return {
+            "mountpoint": str(mountpoint),
+            "cwd": str(self.client),
+            "serve_mounts": [str(self.named)],
+            "store": str(store),
+            "store_limit": 64 * CHUNK_SIZE,
+            "hash_cache": str(hash_cache) if hash_cache else None,
+            "id_offset": 100_000,
+        }
+
+
+MTIME = 1_600_000_000_123_456_789
+
+
+def _populate(world: World) -> None:
+    c = world.client
+    big = os.urandom(2 * CHUNK_SIZE + CHUNK_SIZE // 2)
+    contents = {
+        "small.txt": b"hello radium\n" * 5,
+        "empty": b"",
+        "exact64k": os.urandom(INLINE_MAX),
+        "medium.bin": os.urandom(300_000),
+        "big.bin": big,
+        "dup.bin": big,  # the same content: no chunk of it may cross twice
+        "run.sh": b"#!/bin/sh\necho hi\n",
+        "sub/deeper/nested.txt": b"nested\n",
+        "inner/x.txt": b"on a tmpfs inside the working directory\n",
+    }
+    (c / "sub" / "deeper").mkdir(parents=True)
+    _mount_tmpfs(c / "inner", "1m")
+    for rel, data in contents.items():
+        (c / rel).write_bytes(data)
+        world.files[os.fsencode(c / rel)] = data
+    odd = os.fsencode(c) + b"/caf\xe9.bin"  # not UTF-8
+    with open(odd, "wb") as f:
+        f.write(b"latin-1 name\n")
+    world.files[odd] = b"latin-1 name\n"
+    (world.named / "data.txt").write_bytes(b"named mount\n")
+    world.files[os.fsencode(world.named / "data.txt")] = b"named mount\n"
+    (world.hidden / "secret.txt").write_bytes(b"must not be seen\n")
+    os.chmod(c / "run.sh", 0o755)
+    os.chmod(c / "sub" / "deeper" / "nested.txt", 0o640)
+    os.chmod(c / "sub", 0o750)
+    os.symlink("small.txt", c / "link")
+    os.symlink("sub/deeper", c / "dirlink")
+    os.symlink(c / "big.bin", c / "abslink")
+    os.mkfifo(c / "fifo")
+    for rel in ("small.txt", "big.bin", "sub/deeper/nested.txt", "sub/deeper", "sub"):
+        os.utime(c / rel, ns=(MTIME, MTIME + len(rel)))
+    sizes = {rel: len(d) for rel, d in contents.items() if len(d) > INLINE_MAX and rel != "dup.bin"}
+    world.distinct_chunks = sum((n + CHUNK_SIZE - 1) // CHUNK_SIZE for n in sizes.values())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    reason = _fuse_unavailable()
+    if reason:
+        pytest.skip(reason)
+    base = tmp_path_factory.mktemp("runfs")
+    w = World(base, *(_mount_tmpfs(base / name) for name in ("client", "named", "hidden")))
+    try:
+        _populate(w)
+        yield w
+    finally:
+        for m in (w.client / "inner", w.client, w.named, w.hidden):
+            _umount(m)
+
+
+class Served:
+    """The serving subprocess: a FileServer and a ClientTree mounted at `mountpoint`."""
+
+    def __init__(self, config: dict, log: Path) -> None:
+        self.mountpoint = Path(config["mountpoint"])
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "serve", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.final: dict | None = None
+        try:
+            self._expect("ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(json.loads(line))
+        self._lines.put(None)
+
+    def _expect(self, kind: str, timeout: float = 20.0) -> dict:
+        try:
+            msg = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            msg = None
+        if msg is None or kind not in msg:
+            self._log.flush()
+            raise AssertionError(f"serving process: expected {kind}, got {msg}; its log: {self._log.name}")
+        return msg
+
+    def at(self, client_path: bytes | str | Path) -> bytes:
+        """Where a client path appears through the mount."""
+        return os.fsencode(self.mountpoint) + os.fsencode(client_path)
+
+    def stats(self) -> dict:
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return self._expect("stats")
+
+    def stop(self) -> dict | None:
+        from radium.remoting.run.fs import unmount
+
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.final = self._expect("final")
+                self.proc.wait(timeout=10)
+        except (AssertionError, OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            unmount(self.mountpoint)  # a no-op when the server unmounted itself
+            self._log.close()
+        return self.final
+
+
+def _read_everything(served: Served, world: World) -> None:
+    for path, data in world.files.items():
+        with open(served.at(path), "rb") as f:
+            assert f.read() == data, path
+
+
+def _drop_page_cache(path: bytes) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def served(world, tmp_path_factory):
+    base = tmp_path_factory.mktemp("appliance")
+    s = Served(world.config(base / "mnt" / "m", base / "store", None), base / "serve.log")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@needs_fuse
+@pytest.mark.timeout(60)
+def test_mount_shows_the_client_tree_byte_for_byte(served, world):
+    _read_everything(served, world)
+    for top in (world.client, world.named):
+        for dirpath, dirnames, filenames in os.walk(os.fsencode(top)):
+            for name in [b"", *dirnames, *filenames]:
+                real = os.path.join(dirpath, name) if name else dirpath
+                mine, theirs = os.lstat(real), os.lstat(served.at(real))
+                assert stat.S_IFMT(theirs.st_mode) == stat.S_IFMT(mine.st_mode), real
+                assert stat.S_IMODE(theirs.st_mode) == stat.S_IMODE(mine.st_mode), real
+                assert (theirs.st_size, theirs.st_mtime_ns, theirs.st_nlink) == (
+                    mine.st_size, mine.st_mtime_ns, mine.st_nlink), real  # fmt: skip
+                assert (theirs.st_uid, theirs.st_gid) == (mine.st_uid + 100_000, mine.st_gid + 100_000)
+                if stat.S_ISLNK(mine.st_mode):
+                    assert os.readlink(served.at(real)) == os.readlink(real)
+            assert sorted(os.listdir(served.at(dirpath))) == sorted(dirnames + filenames), dirpath
+    c = world.client
+    assert os.lstat(served.at(c / "sub")).st_mtime_ns == MTIME + 3
+    assert stat.S_IMODE(os.stat(served.at(c / "sub")).st_mode) == 0o750
+    assert stat.S_ISFIFO(os.lstat(served.at(c / "fifo")).st_mode)
+    assert Path(os.fsdecode(served.at(c / "dirlink" / "nested.txt"))).read_bytes() == b"nested\n"
+    # Inode numbers are stable: the same path, the same number, each time.
+    assert os.stat(served.at(c / "sub")).st_ino == os.stat(served.at(c / "sub")).st_ino
+
+
+@needs_fuse
+@pytest.mark.timeout(60)
+def test_mount_hides_foreign_mounts_refuses_writes_and_reports_enoent(served, world):
+    assert os.listdir(served.at(world.hidden)) == []
+    assert not os.path.exists(served.at(world.hidden / "secret.txt"))
+    assert os.listdir(served.at(world.named)) == [b"data.txt"]
+    assert os.listdir(served.at("/proc")) == []
+    for missing in (world.client / "nope", world.client / "sub" / "nope", world.client / "small.txt" / "x"):
+        with pytest.raises((FileNotFoundError, NotADirectoryError)):
+            os.stat(served.at(missing))
+    with pytest.raises(OSError) as exc:
+        open(served.at(world.client / "small.txt"), "ab")
+    assert exc.value.errno == errno.EROFS
+    with pytest.raises(OSError) as exc:
+        os.mkdir(served.at(world.client / "newdir"))
+    assert exc.value.errno == errno.EROFS
+
+
+@needs_fuse
+@pytest.mark.timeout(60)
+def test_what_is_known_never_crosses_the_network_again(served, world):
+    _read_everything(served, world)  # whatever this test runs after, everything is known now
+    everything = [served.at(p) for p in world.files]
+    for p in everything:
+        _drop_page_cache(p)  # so that reads reach the file system again, not only the page cache
+    before = served.stats()
+    _read_everything(served, world)
+    for dirpath, _, _ in os.walk(os.fsencode(world.client)):
+        os.listdir(served.at(dirpath))
+    os.readlink(served.at(world.client / "link"))
+    for _ in range(3):
+        assert not os.path.exists(served.at(world.client / "nope"))
+    after = served.stats()
+    assert after["server"]["requests"] == before["server"]["requests"]
+    assert after["tree"]["requests"] == before["tree"]["requests"]
+    # ...yet the reads did reach the file system: it answered them from the store.
+    assert after["tree"]["ops"]["read"] > before["tree"]["ops"]["read"]
+    assert after["tree"]["chunk_hits"] > before["tree"]["chunk_hits"]
+
+
+@needs_fuse
+@pytest.mark.timeout(60)
+def test_a_second_mount_with_the_same_store_fetches_no_content(world, tmp_path):
+    store, hashes = tmp_path / "store", tmp_path / "hashes"
+    first = Served(world.config(tmp_path / "mnt1" / "m", store, hashes), tmp_path / "serve1.log")
+    try:
+        _read_everything(first, world)
+        _read_everything(first, world)
+    finally:
+        cold = first.stop()
+    # Identical content crosses once: dup.bin's chunks came with big.bin's.
+    assert cold["tree"]["chunks_fetched"] == world.distinct_chunks
+    assert cold["server"]["requests"]["ReadChunks"] == 2  # medium.bin; big.bin's 3 chunks in one request
+    assert cold["server"]["content_bytes"] > 0
+
+    second = Served(world.config(tmp_path / "mnt2" / "m", store, hashes), tmp_path / "serve2.log")
+    try:
+        _read_everything(second, world)
+    finally:
+        warm = second.stop()
+    assert warm["server"]["requests"].get("ReadChunks", 0) == 0
+    assert warm["server"]["content_bytes"] == 0 and warm["tree"]["bytes_fetched"] == 0
+    assert warm["server"]["hashed_bytes"] == 0  # the hash cache knew every file
+    assert warm["store"]["hits"] > 0
+
+
+# --- the serving subprocess ---------------------------------------------------------------------------
+
+
+def _serve(config: dict) -> int:
+    """Mount a ClientTree fed by a FileServer in this process; report on stdout (see Served)."""
+    import trio
+
+    from radium.remoting.run.fs import ClientTree, mount_and_serve
+
+    server = FileServer(
+        "/", cwd=config["cwd"], serve_mounts=config["serve_mounts"], hash_cache=config["hash_cache"]
+    )
+    store = ContentStore(config["store"], config["store_limit"])
+
+    async def fetch(request):
+        # Exactly what would cross the network, and on the client a worker thread answers.
+        reply = await trio.to_thread.run_sync(server.handle, decode_request(encode(request)))
+        return decode_reply(encode(reply))
+
+    tree = ClientTree(fetch, store, id_offset=config["id_offset"])
+
+    def report(kind: str) -> None:
+        s, t = server.stats, tree.stats
+        print(json.dumps({
+            kind: True,
+            "server": {"requests": dict(s.requests), "content_bytes": s.content_bytes,
+                       "hashed_bytes": s.hashed_bytes, "errors": s.errors},
+            "tree": {"requests": dict(t.requests), "ops": dict(t.ops), "bytes_fetched": t.bytes_fetched,
+                     "chunks_fetched": t.chunks_fetched, "chunk_hits": t.chunk_hits,
+                     "chunk_misses": t.chunk_misses},
+            "store": vars(store.stats()),
+        }), flush=True)  # fmt: skip
+
+    async def commands(cancel: trio.CancelScope) -> None:
+        while True:
+            line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+            if line.strip() != "stats":
+                cancel.cancel()  # "quit" or end of input: unmount and leave
+                return
+            report("stats")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mount_and_serve, tree, config["mountpoint"])
+            report("ready")
+            nursery.start_soon(commands, nursery.cancel_scope)
+
+    trio.run(main)
+    server.close()
+    report("final")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        sys.exit(_serve(json.loads(sys.argv[2])))
