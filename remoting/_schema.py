@@ -170,6 +170,7 @@ class RunStart(Message, tag="run-start"):
     tty: bool = False
     rows: int = 24
     cols: int = 80
+    prefetch: list[str] = []  # trees whose listings the appliance asks for in one round trip
 
 
 # Run traffic from the client, forwarded to the run's supervisor; never answered.
@@ -210,8 +211,22 @@ class WritebackAck(Message, tag="writeback-ack"):
 RunTraffic = RunInput | RunSignal | RunResize | RunCredit | FsAnswer | WritebackAck
 
 Request = (
-    Hello | Heartbeat | Bye | ListDevices | Acquire | Release | CheckHealth | Enroll | Revoke | RunStart
-    | RunInput | RunSignal | RunResize | RunCredit | FsAnswer | WritebackAck
+    Hello
+    | Heartbeat
+    | Bye
+    | ListDevices
+    | Acquire
+    | Release
+    | CheckHealth
+    | Enroll
+    | Revoke
+    | RunStart
+    | RunInput
+    | RunSignal
+    | RunResize
+    | RunCredit
+    | FsAnswer
+    | WritebackAck
 )
 
 

@@ -40,7 +40,10 @@ T = TypeVar("T")
 
 
 def encode(
-    msg: msgspec.Struct, msg_id: int, extra: tuple[bytes, ...] | list[bytes] = (), protocol: int = PROTOCOL_VERSION
+    msg: msgspec.Struct,
+    msg_id: int,
+    extra: tuple[bytes, ...] | list[bytes] = (),
+    protocol: int = PROTOCOL_VERSION,
 ) -> list[bytes]:
     """The frames for one message; `extra` are bulk payload frames, sent as they are."""
     return [_encoder.encode(Header(MAGIC, protocol, msg_id)), _encoder.encode(msg), *extra]

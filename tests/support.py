@@ -182,3 +182,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, poll: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout}s")
         time.sleep(poll)
+
+
+def hidden(client: Client, setup: str, cwd: str, *radium_args: str) -> list[str]:
+    """argv running `radium ARGS` on the client host in a private mount namespace.
+
+    `setup` (bash) runs first in that namespace, typically mounting a tmpfs and
+    filling it: files made there exist for the client only, so whatever the remote
+    process reads from them must have come through Radium.
+    """
+    import shlex
+
+    radium = " ".join(shlex.quote(a) for a in [str(BIN / "radium"), *radium_args])
+    script = f"set -e\n{setup}\ncd {shlex.quote(cwd)}\nexec {radium}\n"
+    argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", script]
+    return client.host.command(argv) if client.host else argv

@@ -206,8 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout must be 0 or more seconds, got {args.timeout}")
     result = asyncio.run(remote.run(config, argv, request, args.timeout, args.server))
     if result.writeback_errors:
-        print(f"{PROG}: some changes could not be written back: "
-              f"{'; '.join(result.writeback_errors[:5])}", file=sys.stderr)
+        print(
+            f"{PROG}: some changes could not be written back: {'; '.join(result.writeback_errors[:5])}",
+            file=sys.stderr,
+        )
     if result.detail:
         print(f"{PROG}: {result.appliance}: {result.detail}", file=sys.stderr)
     if args.stats:
@@ -381,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     share.add_argument("-m", type=int, metavar="MiB", help="memory of each device, in MiB")
     p.add_argument("--filter", action="append", default=[], metavar="K=V", help="as for request-gpus")
     p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="wait up to S seconds for devices")
-    p.add_argument("--stats", action="store_true", help="print bytes moved, cache hits and timings at the end")
+    p.add_argument(
+        "--stats", action="store_true", help="print bytes moved, cache hits and timings at the end"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     command("release-gpus", cmd_release_gpus, "release the devices reserved by request-gpus")
     command(

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import termios
 import threading
+import tty as ttymod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .. import _schema as s
 from .._config import ClientConfig
 from .._errors import RadiumError, TransportError
+from .._keys import write_atomic
 from ..run import fsproto
 from ..run.files import FileServer
 from ..run.writeback import Applier
@@ -29,13 +33,34 @@ from .session import Session
 
 # Not carried to the appliance: they name things that exist only on the client.
 DROPPED_ENV = (
-    "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "SSH_CONNECTION",
-    "SSH_CLIENT", "SSH_TTY", "GPG_AGENT_INFO", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR",
-    "XDG_SESSION_ID", "KRB5CCNAME", "RADIUM_CONFIG", "RADIUM_STATE_DIR", "TMUX", "TMUX_PANE",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XAUTHORITY",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "SSH_CONNECTION",
+    "SSH_CLIENT",
+    "SSH_TTY",
+    "GPG_AGENT_INFO",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "XDG_SESSION_ID",
+    "KRB5CCNAME",
+    "RADIUM_CONFIG",
+    "RADIUM_STATE_DIR",
+    "TMUX",
+    "TMUX_PANE",
 )
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                     signal.SIGUSR2)
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 CREDIT_BATCH = 1 << 20
+MAX_DELIVERED = 1_000_000  # hashes remembered per appliance (32 MB)
 
 
 def carried_environment(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -60,7 +85,15 @@ class RemoteRun:
         self.session = session
         self.conn: Connection = session.conn
         self.argv, self.cwd, self.env = argv, cwd, env
-        self.files = FileServer(root="/", serve_mounts=[cwd])
+        state = holder.state_dir()
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.delivered_path = state / f"delivered-{self.conn.appliance.name}.bin"
+        self.files = FileServer(
+            root="/",
+            serve_mounts=[cwd],
+            hash_cache=state / "hashes.cache",
+            delivered=_load_hashes(self.delivered_path),
+        )
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="radium-files")
         self.queue: asyncio.Queue[tuple[s.Message, list[bytes]]] = asyncio.Queue()
         self.applier = Applier()
@@ -71,14 +104,28 @@ class RemoteRun:
         # Queued in arrival order; notices may come before RunAccepted's reply does.
         self.queue.put_nowait((notice, extra))
 
-    async def execute(self, lease_id: str | None, request: s.AllocationRequest | None,
-                      timeout: float) -> RunResult:
+    async def execute(
+        self, lease_id: str | None, request: s.AllocationRequest | None, timeout: float
+    ) -> RunResult:
         self.conn.on_notice(self._on_notice)
+        tty = os.isatty(0) and os.isatty(1)
+        rows, cols = _window() if tty else (24, 80)
         accepted = await self.conn.request(
             s.RunStart(
-                session=self.session.id, argv=self.argv, cwd=self.cwd, env=self.env,
-                uid=os.getuid(), gid=os.getgid(), umask=_umask(), lease_id=lease_id,
-                request=request, timeout=timeout,
+                session=self.session.id,
+                argv=self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                uid=os.getuid(),
+                gid=os.getgid(),
+                umask=_umask(),
+                lease_id=lease_id,
+                request=request,
+                timeout=timeout,
+                tty=tty,
+                rows=rows,
+                cols=cols,
+                prefetch=prefetch_paths(self.argv, self.cwd),
             ),
             timeout=None if lease_id is None else 30.0,
         )
@@ -87,6 +134,12 @@ class RemoteRun:
         loop = asyncio.get_running_loop()
         for sig in FORWARDED_SIGNALS:
             loop.add_signal_handler(sig, self._signal, sig)
+        saved = None
+        if tty:
+            # Keys go to the remote terminal as typed: ^C becomes its SIGINT there.
+            saved = termios.tcgetattr(0)
+            ttymod.setraw(0)
+            loop.add_signal_handler(signal.SIGWINCH, self._resize)
         stdin = threading.Thread(target=self._read_stdin, args=(loop,), daemon=True)
         stdin.start()
         try:
@@ -94,12 +147,34 @@ class RemoteRun:
         finally:
             for sig in FORWARDED_SIGNALS:
                 loop.remove_signal_handler(sig)
+            if saved is not None:
+                loop.remove_signal_handler(signal.SIGWINCH)
+                termios.tcsetattr(0, termios.TCSADRAIN, saved)
             self.applier.abort()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            self._save_state()
         return RunResult(
-            status=exit_msg.status, appliance=self.conn.appliance.name, hostname=accepted.hostname,
-            stats=exit_msg.stats, detail=exit_msg.detail, writeback_errors=self.applier.errors,
+            status=exit_msg.status,
+            appliance=self.conn.appliance.name,
+            hostname=accepted.hostname,
+            stats=exit_msg.stats,
+            detail=exit_msg.detail,
+            writeback_errors=self.applier.errors,
         )
+
+    def _save_state(self) -> None:
+        """Keep what makes the next run cheap: file hashes, and what the appliance holds."""
+        try:
+            self.files.close()
+            hashes = list(self.files.delivered)[-MAX_DELIVERED:]
+            write_atomic(self.delivered_path, b"".join(h for h in hashes if len(h) == 32), 0o600)
+        except OSError:
+            pass  # a cache, not a record: the next run is slower, not wrong
+
+    def _resize(self) -> None:
+        if self.run_id is not None:
+            rows, cols = _window()
+            self.conn.post(s.RunResize(run=self.run_id, rows=rows, cols=cols))
 
     def _signal(self, sig: int) -> None:
         if self.run_id is not None:
@@ -132,7 +207,8 @@ class RemoteRun:
                 if get not in done:
                     get.cancel()
                     raise self.session.error or TransportError(
-                        f"{self.conn.label} stopped answering during the run")
+                        f"{self.conn.label} stopped answering during the run"
+                    )
                 msg, extra = get.result()
                 if getattr(msg, "run", self.run_id) != self.run_id:
                     continue
@@ -162,8 +238,11 @@ class RemoteRun:
             self.applier.finish()
             self._credit(0, flush=True)
             assert self.run_id is not None
-            self.conn.post(s.WritebackAck(run=self.run_id, ok=not self.applier.errors,
-                                          error="; ".join(self.applier.errors[:5])))
+            self.conn.post(
+                s.WritebackAck(
+                    run=self.run_id, ok=not self.applier.errors, error="; ".join(self.applier.errors[:5])
+                )
+            )
 
     def _credit(self, n: int, flush: bool = False) -> None:
         self.unacked += n
@@ -189,14 +268,41 @@ class RemoteRun:
         return fsproto.encode(self.files.handle(request))
 
 
+def _load_hashes(path) -> set[bytes]:  # type: ignore[no-untyped-def]
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return set()
+    return {data[i : i + 32] for i in range(0, len(data) - 31, 32)}
+
+
+def prefetch_paths(argv: list[str], cwd: str) -> list[str]:
+    """What the process will surely look at first: its working directory and its program's folder."""
+    paths = [cwd]
+    program = shutil.which(argv[0]) if argv else None
+    if program:
+        paths.append(os.path.dirname(os.path.realpath(program)))
+    return [p for p in dict.fromkeys(paths) if p != "/"]
+
+
+def _window() -> tuple[int, int]:
+    size = os.get_terminal_size(1)
+    return size.lines, size.columns
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-async def run(config: ClientConfig, argv: list[str], request: s.AllocationRequest | None,
-              timeout: float, server: str | None) -> RunResult:
+async def run(
+    config: ClientConfig,
+    argv: list[str],
+    request: s.AllocationRequest | None,
+    timeout: float,
+    server: str | None,
+) -> RunResult:
     """Run `argv` remotely: on the reserved lease if there is one, else on a new one."""
     env = carried_environment()
     cwd = os.getcwd()

@@ -76,7 +76,9 @@ class Runs:
         if not Path("/dev/fuse").exists():
             missing.append("/dev/fuse")
         if missing:
-            raise RunsUnavailable(f"{self.service.server.name} cannot run processes: missing {', '.join(missing)}")
+            raise RunsUnavailable(
+                f"{self.service.server.name} cannot run processes: missing {', '.join(missing)}"
+            )
         need = self.config.run.id_base + self.config.run.id_slots * 65536
         for file in ("/etc/subuid", "/etc/subgid"):
             if not _delegated(Path(file), self.config.run.id_base, need):
@@ -105,7 +107,9 @@ class Runs:
         else:
             lease = self.service.allocator.leases.get(msg.lease_id or "")
             if lease is None or lease.client != peer.name:
-                raise LeaseNotFound(f"no lease {msg.lease_id} held by {peer.name} on {self.service.server.name}")
+                raise LeaseNotFound(
+                    f"no lease {msg.lease_id} held by {peer.name} on {self.service.server.name}"
+                )
         run = Run(
             id="R-" + secrets.token_hex(6),
             client=peer.name,
@@ -123,8 +127,16 @@ class Runs:
                 self._release(lease)
             raise
         self.runs[run.id] = run
-        event(self.log, "info", "run started", run=run.id, client=peer.name, argv=msg.argv[:8],
-              lease=lease.id, devices=lease.device_ids)
+        event(
+            self.log,
+            "info",
+            "run started",
+            run=run.id,
+            client=peer.name,
+            argv=msg.argv[:8],
+            lease=lease.id,
+            devices=lease.device_ids,
+        )
         return s.RunAccepted(run=run.id, lease=lease, hostname=socket.gethostname())
 
     async def _spawn(self, run: Run, msg: s.RunStart) -> None:
@@ -141,6 +153,7 @@ class Runs:
             device_env.update(self.backends[name].visibility(devices).environment)
         job = channel.Job(
             run=run.id,
+            client=run.client,
             start=msg,
             run_dir=str(run_dir),
             store_dir=str(state / "cas"),
@@ -155,8 +168,15 @@ class Runs:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             run.proc = await asyncio.create_subprocess_exec(
-                "unshare", "--mount", "--propagation", "private",
-                sys.executable, "-m", "radium.remoting.run.supervisor", "--fd", str(theirs.fileno()),
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                sys.executable,
+                "-m",
+                "radium.remoting.run.supervisor",
+                "--fd",
+                str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -204,11 +224,22 @@ class Runs:
         if run.own_lease:
             self._release(run.lease)
         if not exited:
-            self.send(run.origin, wire.encode(
-                s.RunExit(run=run.id, status=255, detail="the run's supervisor ended unexpectedly"), 0))
+            self.send(
+                run.origin,
+                wire.encode(
+                    s.RunExit(run=run.id, status=255, detail="the run's supervisor ended unexpectedly"), 0
+                ),
+            )
         shutil.rmtree(Path(self.config.server.state_dir) / "runs" / run.id, ignore_errors=True)
-        event(self.log, "info", "run ended", run=run.id, client=run.client, clean=exited,
-              supervisor_status=run.proc.returncode if run.proc else None)
+        event(
+            self.log,
+            "info",
+            "run ended",
+            run=run.id,
+            client=run.client,
+            clean=exited,
+            supervisor_status=run.proc.returncode if run.proc else None,
+        )
         run.ended.set()
 
     def _release(self, lease: s.Lease) -> None:

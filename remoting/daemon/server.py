@@ -121,7 +121,9 @@ class Daemon:
             ready.set()
         await stop.wait()
 
-        event(self.log, "info", "radiumd stopping", leases=len(self.allocator.leases), runs=len(self.runs.runs))
+        event(
+            self.log, "info", "radiumd stopping", leases=len(self.allocator.leases), runs=len(self.runs.runs)
+        )
         await self.runs.shutdown()
         self.service.shutdown("radiumd stopped")
         await asyncio.sleep(0)  # let handler tasks send their Error replies

@@ -40,6 +40,7 @@ class Job(msgspec.Struct, kw_only=True):
     """What radiumd tells a supervisor about its run (the first message)."""
 
     run: str
+    client: str
     start: s.RunStart
     run_dir: str
     store_dir: str

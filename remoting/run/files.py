@@ -63,6 +63,7 @@ from radium.remoting.run.fsproto import (
     check_path,
     chunk_hash,
     join,
+    listing_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ class FileServer:
         cwd: str | os.PathLike | None = None,
         serve_disk_mounts: bool = True,
         hash_cache: str | os.PathLike | None = None,
+        delivered: set[bytes] | None = None,
     ) -> None:
         self.root = os.fsencode(os.path.realpath(root))
         self._prefix = b"" if self.root == b"/" else self.root
@@ -246,6 +248,10 @@ class FileServer:
         }
         self.serve_disk_mounts = serve_disk_mounts
         self.hashes = HashCache(hash_cache)
+        # Chunk hashes the appliance is believed to hold: small files whose only chunk
+        # is among them are not sent inline again.  A wrong belief (evicted there)
+        # costs a ReadChunks round trip, never a wrong answer.
+        self.delivered = delivered if delivered is not None else set()
         self.stats = ServerStats()
         self._stats_lock = threading.Lock()
         self._mount_lock = threading.Lock()
@@ -334,7 +340,8 @@ class FileServer:
                 pass  # it went away or is unreadable: readlink will say why
         elif stat.S_ISREG(st.st_mode):
             attr.chunks = self.hashes.get(st)
-            if content and (attr.chunks is None or st.st_size <= INLINE_MAX):
+            known = attr.chunks is not None and all(h in self.delivered for h in attr.chunks)
+            if content and (attr.chunks is None or (st.st_size <= INLINE_MAX and not known)):
                 self._read_content(attr, real)
         return attr
 
@@ -364,8 +371,9 @@ class FileServer:
             # What was read is what the appliance will expect: describe exactly that.
             attr.size, attr.mtime_ns, attr.ctime_ns = size, st.st_mtime_ns, st.st_ctime_ns
             attr.chunks = hashes
-            if size <= INLINE_MAX:
+            if size <= INLINE_MAX and not all(h in self.delivered for h in hashes):
                 attr.data = b"".join(pieces)
+                self.delivered.update(hashes)
                 with self._stats_lock:
                     self.stats.content_bytes += size
             if size == st.st_size:
@@ -385,13 +393,15 @@ class FileServer:
                 case Lookup():
                     return self._lookup(check_path(request.path), request.content)
                 case ReadDir():
-                    return self._readdir(check_path(request.path))
+                    return self._readdir(check_path(request.path), request.known)
                 case ReadLink():
                     return self._readlink(check_path(request.path))
                 case ReadChunks():
                     return self._read_chunks(check_path(request.path), request.indexes)
                 case Prefetch():
-                    return self._prefetch([check_path(p) for p in request.paths], request.max_entries)
+                    return self._prefetch(
+                        [check_path(p) for p in request.paths], request.max_entries, request.known
+                    )
                 case _:
                     return FsError(errno=errno.EINVAL, message=f"unknown request {kind}")
         except OSError as exc:
@@ -425,7 +435,14 @@ class FileServer:
                 entries.append(DirEntry(name=item.name, attr=self._attr(st, item.path, content=False)))
         return entries
 
-    def _readdir(self, path: bytes) -> DirListing:
+    def _readdir(self, path: bytes, known: bytes | None = None) -> DirListing:
+        listing = self._readdir_full(path)
+        listing.digest = listing_digest(listing.entries)
+        if known is not None and known == listing.digest:
+            return DirListing(path=path, entries=[], digest=listing.digest, unchanged=True)
+        return listing
+
+    def _readdir_full(self, path: bytes) -> DirListing:
         hidden = self._check_hidden(path)
         real = self._real(path)
         st = os.lstat(real)
@@ -454,9 +471,13 @@ class FileServer:
             os.close(fd)
         with self._stats_lock:
             self.stats.content_bytes += sum(map(len, data))
+        self.delivered.update(chunk_hash(d) for d in data if d)
         return Chunks(data=data)
 
-    def _prefetch(self, paths: list[bytes], max_entries: int) -> Tree:
+    def _prefetch(
+        self, paths: list[bytes], max_entries: int, known: dict[bytes, bytes] | None = None
+    ) -> Tree:
+        known = known or {}
         listings: list[DirListing] = []
         seen: set[bytes] = set()
         count = 0
@@ -467,12 +488,16 @@ class FileServer:
                 return None
             seen.add(path)
             try:
-                listing = self._readdir(path)
+                full = self._readdir_full(path)
             except OSError:
                 return None  # unreadable or gone: the appliance asks again on demand
-            listings.append(listing)
-            count += len(listing.entries)
-            return listing
+            full.digest = listing_digest(full.entries)
+            if known.get(path) == full.digest:
+                listings.append(DirListing(path=path, entries=[], digest=full.digest, unchanged=True))
+            else:
+                listings.append(full)
+                count += len(full.entries)
+            return full  # the walk goes on through unchanged directories too
 
         for top in paths:
             for ancestor in reversed(list(_ancestors(top))):

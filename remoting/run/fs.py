@@ -66,6 +66,7 @@ from radium.remoting.run.fsproto import (
     chunk_count,
     join,
 )
+from radium.remoting.run.listings import KeptListings
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,11 @@ class ClientTree(pyfuse3.Operations):
         id_offset: int = 0,
         timeout: float = TIMEOUT,
         batch_chunks: int = 8,
+        kept: KeptListings | None = None,
     ) -> None:
         super().__init__()
         self._fetch = fetch
+        self.kept = kept
         self.store = store
         self.id_offset = id_offset
         self.timeout = timeout
@@ -283,7 +286,7 @@ class ClientTree(pyfuse3.Operations):
 
             async def work() -> None:
                 try:
-                    listing = await self._ask(ReadDir(path=node.path), DirListing)
+                    listing = await self._read_dir(node.path)
                 except pyfuse3.FUSEError as exc:
                     if exc.errno not in (errno.EACCES, errno.EPERM):
                         raise
@@ -293,9 +296,24 @@ class ClientTree(pyfuse3.Operations):
 
             await self._once(("list", node.ino), work)
 
+    async def _read_dir(self, path: bytes) -> DirListing:
+        """A directory's listing: the one kept from an earlier run if the client says it still holds."""
+        known = self.kept.digest(path) if self.kept else None
+        listing = await self._ask(ReadDir(path=path, known=known), DirListing)
+        if listing.unchanged:
+            entries = self.kept.load(path) if self.kept else None
+            if entries is not None:
+                return DirListing(path=path, entries=entries, digest=listing.digest)
+            listing = await self._ask(ReadDir(path=path), DirListing)  # lost here meanwhile
+        if self.kept is not None and listing.digest is not None:
+            self.kept.keep(path, listing.digest, listing.entries)
+        return listing
+
     async def prefetch(self, paths: Iterable[bytes | str], max_entries: int = 100_000) -> int:
         """Ask the client for the listings of whole trees ahead of use; return how many were installed."""
-        reply = await self._ask(Prefetch(paths=[check_path(p) for p in paths], max_entries=max_entries), Tree)
+        tops = [check_path(p) for p in paths]
+        known = self.kept.under(tops) if self.kept else {}
+        reply = await self._ask(Prefetch(paths=tops, max_entries=max_entries, known=known), Tree)
         return self.install(reply)
 
     def install(self, tree: Tree) -> int:
@@ -311,6 +329,13 @@ class ClientTree(pyfuse3.Operations):
             if ino is None:
                 continue  # its parent was not sent: it will be asked for when reached
             node = self._nodes[ino]
+            if listing.unchanged:
+                entries = self.kept.load(path) if self.kept else None
+                if entries is None:
+                    continue  # not kept after all: asked for on demand
+                listing = DirListing(path=path, entries=entries, digest=listing.digest)
+            elif self.kept is not None and listing.digest is not None:
+                self.kept.keep(path, listing.digest, listing.entries)
             if node.children is None:
                 self._install_listing(node, listing)
                 installed += 1

@@ -105,9 +105,15 @@ class Lookup(FsMessage, tag="fs-lookup"):
 
 
 class ReadDir(FsMessage, tag="fs-readdir"):
-    """The entries of a directory with their attributes (no `.` or `..`)."""
+    """The entries of a directory with their attributes (no `.` or `..`).
+
+    `known` is the `listing_digest` of the listing the appliance kept from an earlier
+    run; if the directory still matches it, the reply is an empty listing marked
+    `unchanged`, and the appliance uses what it kept.
+    """
 
     path: bytes
+    known: bytes | None = None
 
 
 class ReadLink(FsMessage, tag="fs-readlink"):
@@ -131,6 +137,7 @@ class Prefetch(FsMessage, tag="fs-prefetch"):
 
     paths: list[bytes]
     max_entries: int = 100_000
+    known: dict[bytes, bytes] = {}  # path -> listing_digest kept by the appliance, as in ReadDir
 
 
 # --- replies (client -> appliance) ---------------------------------------------
@@ -177,6 +184,38 @@ class DirEntry(msgspec.Struct, kw_only=True, array_like=True, forbid_unknown_fie
 class DirListing(FsReplyMessage, tag="fs-listing"):
     path: bytes
     entries: list[DirEntry]
+    digest: bytes | None = None  # listing_digest(entries)
+    unchanged: bool = False  # entries omitted: the appliance's kept listing with this digest holds
+
+
+_digest_encoder = msgspec.msgpack.Encoder()
+
+
+def listing_digest(entries: list[DirEntry]) -> bytes:
+    """What identifies a directory's state: names and attributes, not access times or hashes.
+
+    Reading files changes their access times and lets the client learn their hashes;
+    neither makes a kept listing wrong, so neither changes the digest.
+    """
+    shape = [
+        (
+            e.name,
+            a.mode,
+            a.uid,
+            a.gid,
+            a.size,
+            a.mtime_ns,
+            a.ctime_ns,
+            a.nlink,
+            a.ino,
+            a.dev,
+            a.rdev,
+            a.target,
+        )
+        for e in entries
+        for a in (e.attr,)
+    ]
+    return blake3.blake3(_digest_encoder.encode(shape)).digest()
 
 
 class LinkTarget(FsReplyMessage, tag="fs-link"):

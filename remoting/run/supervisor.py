@@ -20,13 +20,16 @@ unmounted.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import os
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -37,10 +40,12 @@ from .. import _schema as s
 from . import channel, fsproto
 from .cas import ContentStore
 from .fs import ClientTree, mount_and_serve, unmount
+from .listings import KeptListings
 
 CHUNK = 64 * 1024
 WRITEBACK_CHUNK = 1 << 20
 OUTPUT_WINDOW = 16 << 20
+PREFETCH_ENTRIES = 20_000
 OVERLAY_ERRORS = (OSError, subprocess.CalledProcessError)
 
 
@@ -64,6 +69,8 @@ class Supervisor:
         self.writeback_done = trio.Event()
         self.writeback_result: s.WritebackAck | None = None
         self.proc: trio.Process | None = None
+        # Input can arrive before the process exists: it waits here, in order.
+        self.stdin_send, self.stdin_recv = trio.open_memory_channel[tuple[bytes, bool]](float("inf"))
         self.stats = s.RunStats()
         self.phase_started = time.monotonic()
         run_dir = Path(job.run_dir)
@@ -111,12 +118,26 @@ class Supervisor:
                 entry[1].append(extra[0])
                 entry[0].set()
         elif isinstance(msg, s.RunInput):
-            await self.stdin_input(extra[0] if extra else b"", msg.eof)
+            self.stdin_send.send_nowait((extra[0] if extra else b"", msg.eof))
         elif isinstance(msg, s.RunSignal):
-            if msg.signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL,
-                              signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
-                              signal.SIGCONT, signal.SIGTSTP):
+            if msg.signal in (
+                signal.SIGINT,
+                signal.SIGTERM,
+                signal.SIGHUP,
+                signal.SIGKILL,
+                signal.SIGQUIT,
+                signal.SIGUSR1,
+                signal.SIGUSR2,
+                signal.SIGWINCH,
+                signal.SIGCONT,
+                signal.SIGTSTP,
+            ):
                 self.kill(msg.signal)
+        elif isinstance(msg, s.RunResize):
+            try:
+                self.resize(msg.rows, msg.cols)
+            except OSError:
+                pass  # the terminal is already gone
         elif isinstance(msg, s.RunCredit):
             self.credit += max(0, msg.bytes)
             self.credit_changed.set()
@@ -136,7 +157,13 @@ class Supervisor:
         for d in (self.lower, self.upper, self.work, self.root):
             d.mkdir(mode=0o755, exist_ok=True)
         self.store = ContentStore(Path(self.job.store_dir), self.job.store_limit)
-        self.tree = ClientTree(self.fetch, self.store, id_offset=self.job.id_base)
+        self.kept = KeptListings(self.store, Path(self.job.store_dir) / "listings" / f"{self.job.client}.idx")
+        self.tree = ClientTree(self.fetch, self.store, id_offset=self.job.id_base, kept=self.kept)
+        if self.start.prefetch:  # one round trip instead of one per directory at start-up
+            try:
+                await self.tree.prefetch(self.start.prefetch, max_entries=PREFETCH_ENTRIES)
+            except (OSError, ValueError) as exc:
+                log("prefetch failed", run=self.job.run, error=str(exc))
         await nursery.start(mount_and_serve, self.tree, str(self.lower))
         self.mounted.append(self.lower)
         # The init, and mount points for what the appliance lends, are made in the
@@ -147,9 +174,14 @@ class Supervisor:
         for path in binds:
             if await self.tree.stat_path(path) is None:
                 await self._make_in_upper(path, directory=os.path.isdir(path))
-        await self._mount("-t", "overlay", "overlay", "-o",
-                          f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}",
-                          str(self.root))
+        await self._mount(
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}",
+            str(self.root),
+        )
         await self._mount("--bind", self.job.tini, str(self.root / ".radium/init"))
         for path in ("/dev", "/sys"):
             if await self._client_has_dir(path):
@@ -158,8 +190,9 @@ class Supervisor:
             # /dev/shm is the appliance's /dev by then, /tmp the client's.
             exists = os.path.isdir(path) if path == "/dev/shm" else await self._client_has_dir(path)
             if exists:
-                await self._mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs",
-                                  str(self.root / path.lstrip("/")))
+                await self._mount(
+                    "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(self.root / path.lstrip("/"))
+                )
         for path in binds:
             await self._mount("--bind", "-o", "ro", path, str(self.root / path.lstrip("/")))
         self.phase("mount")
@@ -209,11 +242,23 @@ class Supervisor:
         if not (0 <= st.uid < count and 0 <= st.gid < count):
             raise ValueError(f"client uid/gid {st.uid}/{st.gid} outside the mapped range 0-{count - 1}")
         return [
-            "unshare", "--user", f"--map-users={base},0,{count}", f"--map-groups={base},0,{count}",
-            "--pid", "--fork", "--kill-child", "--mount-proc",
-            f"--root={self.root}", f"--wd={st.cwd}",
-            f"--setuid={st.uid}", f"--setgid={st.gid}",
-            "--", "/.radium/init", "-g", "--", *st.argv,
+            "unshare",
+            "--user",
+            f"--map-users={base},0,{count}",
+            f"--map-groups={base},0,{count}",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            f"--root={self.root}",
+            f"--wd={st.cwd}",
+            f"--setuid={st.uid}",
+            f"--setgid={st.gid}",
+            "--",
+            "/.radium/init",
+            "-g",
+            "--",
+            *st.argv,
         ]
 
     def environment(self) -> dict[str, str]:
@@ -240,20 +285,25 @@ class Supervisor:
             return None
         return int(children[0]) if children else None
 
-    async def stdin_input(self, data: bytes, eof: bool) -> None:
-        if self.proc is None or self.proc.stdin is None:
-            return
+    async def feed_stdin(self, stdin: trio.abc.SendStream) -> None:
         try:
-            if data:
-                await self.proc.stdin.send_all(data)
-            if eof:
-                await self.proc.stdin.aclose()
+            async for data, eof in self.stdin_recv:
+                if data:
+                    await stdin.send_all(data)
+                if eof:
+                    break
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the process closed its stdin; what it did not read is dropped
+        finally:
+            with trio.CancelScope(shield=True):
+                await stdin.aclose()
 
     async def pump(self, stream: trio.abc.ReceiveStream, fd: int) -> None:
         while True:
-            data = await stream.receive_some(CHUNK)
+            try:
+                data = await stream.receive_some(CHUNK)
+            except OSError:  # EIO: the terminal's last holder closed it
+                return
             if not data:
                 return
             while self.credit < len(data):
@@ -263,17 +313,65 @@ class Supervisor:
             await self.send(s.RunOutput(run=self.job.run, fd=fd), [data])
 
     async def run_process(self) -> int:
+        if self.start.tty:
+            return await self._run_on_terminal()
         self.proc = await trio.lowlevel.open_process(
-            self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self.environment(), start_new_session=True,
+            self.command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.environment(),
+            start_new_session=True,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stdin is not None
         async with trio.open_nursery() as pumps:
             pumps.start_soon(self.pump, self.proc.stdout, 1)
             pumps.start_soon(self.pump, self.proc.stderr, 2)
+            feeder = trio.CancelScope()
+
+            async def feed() -> None:
+                with feeder:
+                    await self.feed_stdin(self.proc.stdin)  # type: ignore[union-attr, arg-type]
+
+            pumps.start_soon(feed)
             status = await self.proc.wait()
+            feeder.cancel()  # the process is gone: nobody reads its input any more
         self.phase("run")
         return status if status >= 0 else 128 - status
+
+    async def _run_on_terminal(self) -> int:
+        """The client has a terminal: the process gets a pseudo-terminal of its own."""
+        master, slave = os.openpty()
+        self.master = master
+        self.resize(self.start.rows, self.start.cols)
+        self.proc = await trio.lowlevel.open_process(
+            [sys.executable, "-c", _TAKE_TERMINAL, *self.command()],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=self.environment(),
+            start_new_session=True,
+        )
+        os.close(slave)
+        terminal = trio.lowlevel.FdStream(os.dup(master))
+        async with trio.open_nursery() as pumps:
+            pumps.start_soon(self.pump, terminal, 1)
+            pumps.start_soon(self.feed_stdin, terminal)
+            status = await self.proc.wait()
+            # Whatever the process wrote last is still in the terminal: drain it, briefly.
+            with trio.move_on_after(2):
+                while await _readable(master):
+                    await trio.sleep(0.01)
+            pumps.cancel_scope.cancel()
+        os.close(master)
+        self.phase("run")
+        return status if status >= 0 else 128 - status
+
+    def resize(self, rows: int, cols: int) -> None:
+        master = getattr(self, "master", None)
+        if master is not None:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     # --- write-back ------------------------------------------------------------------
 
@@ -284,23 +382,53 @@ class Supervisor:
             rel_top = "/" + os.path.relpath(top, self.upper) if top != str(self.upper) else "/"
             for name in sorted(dirs + files):
                 full = Path(top) / name
-                path = (rel_top.rstrip("/") + "/" + name)
+                path = rel_top.rstrip("/") + "/" + name
                 if path == "/.radium" or path in self.made_for_mounts:
                     continue
                 st = os.lstat(full)
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                     out.append((s.Change(kind="delete", path=path), None))
                 elif stat.S_ISDIR(st.st_mode):
-                    out.append((s.Change(kind="dir", path=path, mode=stat.S_IMODE(st.st_mode),
-                                         mtime_ns=st.st_mtime_ns, opaque=_opaque(full)), None))
+                    out.append(
+                        (
+                            s.Change(
+                                kind="dir",
+                                path=path,
+                                mode=stat.S_IMODE(st.st_mode),
+                                mtime_ns=st.st_mtime_ns,
+                                opaque=_opaque(full),
+                            ),
+                            None,
+                        )
+                    )
                 elif stat.S_ISLNK(st.st_mode):
-                    out.append((s.Change(kind="symlink", path=path, target=os.readlink(full),
-                                         mtime_ns=st.st_mtime_ns), None))
+                    out.append(
+                        (
+                            s.Change(
+                                kind="symlink", path=path, target=os.readlink(full), mtime_ns=st.st_mtime_ns
+                            ),
+                            None,
+                        )
+                    )
                 elif stat.S_ISREG(st.st_mode):
-                    out.append((s.Change(kind="file", path=path, mode=stat.S_IMODE(st.st_mode),
-                                         mtime_ns=st.st_mtime_ns, size=st.st_size), full))
-            dirs[:] = [d for d in dirs if (rel_top.rstrip("/") + "/" + d) != "/.radium"
-                       and not stat.S_ISCHR(os.lstat(Path(top) / d).st_mode)]
+                    out.append(
+                        (
+                            s.Change(
+                                kind="file",
+                                path=path,
+                                mode=stat.S_IMODE(st.st_mode),
+                                mtime_ns=st.st_mtime_ns,
+                                size=st.st_size,
+                            ),
+                            full,
+                        )
+                    )
+            dirs[:] = [
+                d
+                for d in dirs
+                if (rel_top.rstrip("/") + "/" + d) != "/.radium"
+                and not stat.S_ISCHR(os.lstat(Path(top) / d).st_mode)
+            ]
         return out
 
     async def write_back(self) -> None:
@@ -318,14 +446,30 @@ class Supervisor:
                         await self.credit_changed.wait()
                     self.credit -= len(data)
                     self.stats.bytes_written_back += len(data)
-                    await self.send(s.WritebackData(run=self.job.run, path=change.path, offset=offset,
-                                                    last=last), [data])
+                    await self.send(
+                        s.WritebackData(run=self.job.run, path=change.path, offset=offset, last=last), [data]
+                    )
                     offset += len(data)
                     if last:
                         break
+        self.kept.save()
         await self.send(s.WritebackEnd(run=self.job.run, changes=len(changes)))
         await self.writeback_done.wait()
         self.phase("writeback")
+
+
+# Run by the appliance's Python just before `unshare`: make the terminal on stdin the
+# controlling terminal of this new session, so that ^C and window changes reach the process.
+_TAKE_TERMINAL = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+async def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _opaque(path: Path) -> bool:
@@ -360,8 +504,9 @@ async def supervise(fd: int) -> int:
                 log("run setup failed", run=job.run, error=str(exc))
             except ValueError as exc:
                 detail = str(exc)
-            sup.stats.cache_hits, sup.stats.cache_misses = sup.tree.cache_counts() if hasattr(
-                sup, "tree") else (0, 0)
+            sup.stats.cache_hits, sup.stats.cache_misses = (
+                sup.tree.cache_counts() if hasattr(sup, "tree") else (0, 0)
+            )
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
             nursery.cancel_scope.cancel()
     finally:
