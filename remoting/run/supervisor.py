@@ -242,6 +242,11 @@ class Supervisor:
         if not (0 <= st.uid < count and 0 <= st.gid < count):
             raise ValueError(f"client uid/gid {st.uid}/{st.gid} outside the mapped range 0-{count - 1}")
         return [
+            # If this supervisor dies, its process dies with it (pdeathsig survives exec).
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--",
             "unshare",
             "--user",
             f"--map-users={base},0,{count}",
