@@ -379,3 +379,15 @@ def test_the_appliance_dying_mid_run_ends_the_client_cleanly(remote, tmp_path):
     assert time.monotonic() - killed < 10
     assert proc.returncode == 69
     assert b"app1" in err
+
+
+def test_a_run_uses_the_reservation_of_request_gpus(remote, tmp_path):
+    client = remote.client()
+    reserved = client.json("request-gpus", "-n", "1", "-p", "0.5")
+    out = run_hidden(remote, tmp_path, {}, "--", "sh", "-c", "echo $RADIUM_OPENCL_DEVICES")
+    assert out.returncode == 0, out.stderr.decode()
+    started = remote.appliance.wait_for_log("run started")
+    assert started["lease"] == reserved["lease"]["id"]
+    # The run did not end the reservation.
+    assert any(d["leases"] for d in client.json("list-gpus")["devices"])
+    client.json("release-gpus")
