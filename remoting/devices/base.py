@@ -25,6 +25,35 @@ class HealthResult:
     detail: str = ""
 
 
+# The health kernel every backend runs: y = A*x + B over N floats, checked exactly.
+HEALTH_N = 4096
+HEALTH_A = 1.5
+HEALTH_B = -7.25
+
+
+def health_inputs():  # type: ignore[no-untyped-def]
+    """x, and y pre-filled with NaN so that an element the kernel skipped is caught."""
+    import numpy as np
+
+    return np.arange(HEALTH_N, dtype=np.float32), np.full(HEALTH_N, np.nan, dtype=np.float32)
+
+
+def check_health_result(x, y, api: str) -> HealthResult:  # type: ignore[no-untyped-def]
+    """Compare the kernel's y with A*x + B computed here."""
+    import numpy as np
+
+    expected = np.float32(HEALTH_A) * x + np.float32(HEALTH_B)
+    bad = np.flatnonzero(y != expected)
+    if bad.size:
+        i = int(bad[0])
+        return HealthResult(
+            False,
+            f"{api} kernel result wrong at {bad.size} of {HEALTH_N} elements "
+            f"(y[{i}]={y[i]!r}, expected {expected[i]!r})",
+        )
+    return HealthResult(True, f"{api} kernel ran on {HEALTH_N} floats, results verified")
+
+
 @dataclass(frozen=True)
 class Visibility:
     """How a process is limited to some of this backend's devices (used by `radium run`)."""

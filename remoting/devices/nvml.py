@@ -11,11 +11,16 @@ import threading
 from typing import Any
 
 from .._schema import Device
-from .base import HealthResult, Usage, Visibility
-
-_HEALTH_N = 4096
-_HEALTH_A = 1.5
-_HEALTH_B = -7.25
+from .base import (
+    HEALTH_A,
+    HEALTH_B,
+    HEALTH_N,
+    HealthResult,
+    Usage,
+    Visibility,
+    check_health_result,
+    health_inputs,
+)
 
 # y[i] = a * x[i] + b for i < n; loaded through the driver's PTX JIT, so no nvcc is needed.
 _PTX = """
@@ -298,8 +303,7 @@ class NvmlBackend:
 
     @staticmethod
     def _run_kernel(cuda: Any, np: Any, target: Any) -> HealthResult:
-        x = np.arange(_HEALTH_N, dtype=np.float32)
-        y = np.full(_HEALTH_N, np.nan, dtype=np.float32)
+        x, y = health_inputs()
         x_gpu = cuda.mem_alloc(x.nbytes)
         y_gpu = cuda.mem_alloc(y.nbytes)
         try:
@@ -320,11 +324,11 @@ class NvmlBackend:
             func(
                 y_gpu,
                 x_gpu,
-                np.float32(_HEALTH_A),
-                np.float32(_HEALTH_B),
-                np.uint32(_HEALTH_N),
+                np.float32(HEALTH_A),
+                np.float32(HEALTH_B),
+                np.uint32(HEALTH_N),
                 block=(block, 1, 1),
-                grid=((_HEALTH_N + block - 1) // block, 1),
+                grid=((HEALTH_N + block - 1) // block, 1),
             )
             cuda.Context.synchronize()
             cuda.memcpy_dtoh(y, y_gpu)
@@ -332,16 +336,7 @@ class NvmlBackend:
         finally:
             x_gpu.free()
             y_gpu.free()
-        expected = np.float32(_HEALTH_A) * x + np.float32(_HEALTH_B)
-        bad = np.flatnonzero(y != expected)
-        if bad.size:
-            i = int(bad[0])
-            return HealthResult(
-                False,
-                f"CUDA kernel result wrong at {bad.size} of {_HEALTH_N} elements "
-                f"(y[{i}]={y[i]!r}, expected {expected[i]!r})",
-            )
-        return HealthResult(True, f"CUDA kernel ran on {_HEALTH_N} floats, results verified")
+        return check_health_result(x, y, "CUDA")
 
     # --- usage and visibility -----------------------------------------------------
 

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._schema import Device
-from .base import HealthResult, Usage, Visibility
+from .base import (
+    HEALTH_A,
+    HEALTH_B,
+    HEALTH_N,
+    HealthResult,
+    Usage,
+    Visibility,
+    check_health_result,
+    health_inputs,
+)
 
 # clGetDeviceInfo parameters that pyopencl does not wrap (or wraps unevenly).
 _CL_DEVICE_PCI_BUS_INFO_KHR = 0x410F  # cl_khr_pci_bus_info: 4 x cl_uint
@@ -29,9 +38,6 @@ _CL_DEVICE_TOPOLOGY_TYPE_PCIE_AMD = 1
 # PoCL drivers that can be named in POCL_DEVICES and show up as "<driver>-<cpu name>".
 _POCL_CPU_DRIVERS = ("pthread", "basic", "cpu-minimal", "cpu", "tbb")
 
-_HEALTH_N = 4096
-_HEALTH_A = 1.5
-_HEALTH_B = -7.25
 _HEALTH_SOURCE = """
 __kernel void radium_axpb(__global const float *x, __global float *y,
                           const float a, const float b, const uint n)
@@ -263,8 +269,7 @@ class OpenCLBackend:
             with self._lock:
                 try:
                     prepared = self._prepare(device.id, found)
-                    x = np.arange(_HEALTH_N, dtype=np.float32)
-                    y = np.full(_HEALTH_N, np.nan, dtype=np.float32)
+                    x, y = health_inputs()
                     mf = cl.mem_flags
                     ctx = prepared.context
                     x_buf = cl.Buffer(ctx, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=x)
@@ -272,11 +277,11 @@ class OpenCLBackend:
                     prepared.kernel.set_args(
                         x_buf,
                         y_buf,
-                        np.float32(_HEALTH_A),
-                        np.float32(_HEALTH_B),
-                        np.uint32(_HEALTH_N),
+                        np.float32(HEALTH_A),
+                        np.float32(HEALTH_B),
+                        np.uint32(HEALTH_N),
                     )
-                    cl.enqueue_nd_range_kernel(prepared.queue, prepared.kernel, (_HEALTH_N,), None)
+                    cl.enqueue_nd_range_kernel(prepared.queue, prepared.kernel, (HEALTH_N,), None)
                     cl.enqueue_copy(prepared.queue, y, y_buf)
                     prepared.queue.finish()
                     x_buf.release()
@@ -284,16 +289,7 @@ class OpenCLBackend:
                 except Exception:
                     self._prepared.pop(device.id, None)  # rebuild from scratch next time
                     raise
-            expected = np.float32(_HEALTH_A) * x + np.float32(_HEALTH_B)
-            bad = np.flatnonzero(y != expected)
-            if bad.size:
-                i = int(bad[0])
-                return HealthResult(
-                    False,
-                    f"kernel result wrong at {bad.size} of {_HEALTH_N} elements "
-                    f"(y[{i}]={y[i]!r}, expected {expected[i]!r})",
-                )
-            return HealthResult(True, f"OpenCL kernel ran on {_HEALTH_N} floats, results verified")
+            return check_health_result(x, y, "OpenCL")
         except Exception as exc:
             return HealthResult(False, _short(exc))
 
