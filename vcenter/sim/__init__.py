@@ -189,6 +189,11 @@ class Simulator:
         return f"https://{self.host}:{self.port}/sdk"
 
     @property
+    def ca_file(self) -> Path:
+        """PEM of the CA that signed the server's certificate (for clients that verify TLS)."""
+        return self.workdir / "ca.pem"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "vcsim.log"
 
@@ -242,6 +247,7 @@ def start(
     ``hosts_per_cluster`` hosts, ``standalone_hosts`` standalone hosts and
     ``vms`` powered-on VMs per cluster / standalone host; every host has
     ``gpus_per_host`` GPUs (see main.go for the vendor and passthrough pattern).
+    The server's certificate is signed by a CA made at start-up: ``ca_file``.
     With ``username``/``password`` only those credentials log in; otherwise any
     non-empty pair does (the URL then carries ``user``/``pass``).
     """
@@ -258,6 +264,7 @@ def start(
         f"-gpus-per-host={gpus_per_host}",
         f"-vms={vms}",
         f"-url-file={url_file}",
+        f"-ca-file={workdir / 'ca.pem'}",
         "-exit-on-stdin-eof",  # gone with its parent, even one killed hard
     ]
     if username is not None:

@@ -20,6 +20,10 @@
 // enabled nor active.  The host's other (chipset) PCI devices are listed in
 // config.pciPassthruInfo as not capable, as ESXi does.
 //
+// TLS: the server's certificate is an ECDSA certificate for 127.0.0.1 signed by
+// a CA made at start-up (as vCenter's VMCA signs its machine certificate);
+// -ca-file writes that CA's PEM, for clients that verify with a CA bundle.
+//
 // vCenter behaviour added on top of the simulator:
 //
 //   - host.configManager.pciPassthruSystem is a HostPciPassthruSystem per host.
@@ -69,11 +73,19 @@ package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
 	"log"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -1055,6 +1067,59 @@ func writeFileAtomic(path, content string) error {
 	return err
 }
 
+// serverCertificate makes a CA and a server certificate for 127.0.0.1 signed by
+// it, as vCenter's VMCA does, and writes the CA to caFile, so that clients can
+// verify the server with a CA bundle (Go's built-in test certificate is RSA-1024,
+// which OpenSSL refuses as too weak) or pin its SHA-256 thumbprint.
+func serverCertificate(caFile string) (tls.Certificate, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	ca := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "radium-vcsim CA", Organization: []string{"Radium"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "127.0.0.1", Organization: []string{"Radium"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(2 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if caFile != "" {
+		if err := writeFileAtomic(caFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))); err != nil {
+			return tls.Certificate{}, err
+		}
+	}
+	return tls.Certificate{Certificate: [][]byte{leafDER, caDER}, PrivateKey: key}, nil
+}
+
 func main() {
 	clusters := flag.Int("clusters", 1, "clusters in datacenter DC0")
 	hostsPerCluster := flag.Int("hosts-per-cluster", 2, "ESXi hosts per cluster")
@@ -1065,6 +1130,7 @@ func main() {
 	username := flag.String("username", "", "accept only this user (with -password); default: any non-empty user and password")
 	password := flag.String("password", "", "the password for -username")
 	stdinEOF := flag.Bool("exit-on-stdin-eof", false, "stop when stdin reaches end of file (the parent went away)")
+	caFile := flag.String("ca-file", "", "write the PEM of the CA that signed the server's certificate to this file")
 	flag.Parse()
 
 	for name, v := range map[string]int{"clusters": *clusters, "hosts-per-cluster": *hostsPerCluster,
@@ -1096,7 +1162,12 @@ func main() {
 	addGPUs(*gpus)
 	wrapEnvironmentBrowsers()
 
-	m.Service.TLS = new(tls.Config)
+	cert, err := serverCertificate(*caFile)
+	if err != nil {
+		m.Remove()
+		log.Fatalf("making the server certificate: %s", err)
+	}
+	m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	m.Service.Listen = &url.URL{Host: "127.0.0.1:0"}
 	if *username != "" {
 		m.Service.Listen.User = url.UserPassword(*username, *password)

@@ -1,0 +1,95 @@
+"""`radium-admin`: the operator's command line.
+
+Laid out like govc: a folder per noun, a file per verb (`passthrough/enable.py`),
+each verb a module following the contract of `command.py`, and the flags that
+many verbs share created once in `flags.py`.  `COMMANDS` below is the whole
+command tree.  A verb returns a `Result` that prints itself as text or, with
+`--json`, as JSON; errors take the same path.  A vCenter session is opened on
+first use and closed when the command ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+from radium.remoting._errors import RadiumError
+from radium.remoting._version import VERSION
+from radium.remoting.cli.output import emit, emit_error
+
+from . import flags
+from .command import Context
+
+PROG = "radium-admin"
+
+#: Command words → the verb's module (relative to this package).
+COMMANDS: dict[str, str] = {
+    "version": "version",
+    "enroll": "enroll",
+    "revoke": "revoke",
+    "hosts": "hosts",
+    "passthrough enable": "passthrough.enable",
+    "passthrough disable": "passthrough.disable",
+    "profile save": "profile.save",
+    "profile list": "profile.list",
+    "profile remove": "profile.remove",
+}
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _add_verb(sub: argparse._SubParsersAction, word: str, module: ModuleType) -> None:
+    parents = [p for group in getattr(module, "FLAGS", ()) for p in flags.GROUPS[group]]
+    p = sub.add_parser(word, help=module.HELP, description=module.HELP, parents=parents)
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(p)
+    p.set_defaults(run=module.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Operate a Radium estate.")
+    parser.add_argument("--version", action="version", version=f"radium-admin {VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    nouns: dict[str, argparse._SubParsersAction] = {}
+    for words, module_name in COMMANDS.items():
+        module = _module(module_name)
+        noun, _, verb = words.partition(" ")
+        if not verb:
+            _add_verb(sub, noun, module)
+            continue
+        if noun not in nouns:
+            package = _module(module_name.rpartition(".")[0])
+            p = sub.add_parser(noun, help=package.HELP, description=package.HELP)
+            nouns[noun] = p.add_subparsers(dest=f"{noun}_command", metavar="VERB", required=True)
+        _add_verb(nouns[noun], verb, module)
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        """The older registration style (a function of args), still used by `lab`."""
+        p = sub.add_parser(name, help=help, description=help, parents=[flags.OUTPUT])
+        p.set_defaults(func=func)
+        return p
+
+    from radium.lab import cli as lab_cli
+
+    lab_cli.add_parser(sub, command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(args)
+    try:
+        run = getattr(args, "run", None)
+        result = run(ctx) if run is not None else args.func(args)
+        return emit(result, ctx.json)
+    except RadiumError as exc:
+        return emit_error(PROG, exc, ctx.json)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        ctx.close()
