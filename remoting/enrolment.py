@@ -6,6 +6,12 @@ watches); or over the network, with an operator key that the appliance
 already trusts (an `Enroll` request).  Either way the result is a client
 bundle: a client configuration (keys and appliances) to install with
 `radium configure --bundle FILE`.
+
+One identity on several appliances, without a bundle file in between
+(what `radium-admin register-vm` does):
+
+    admin = load_admin_config()
+    bundle = enroll_many(admin, [find_appliance(admin, r) for r in ("gpu1", "gpu2")], new_identity("vm1"))
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from ._config import (
     load_daemon_config,
     load_toml,
 )
-from ._errors import ConfigError, UsageError
+from ._errors import ConfigError, RadiumError, UsageError
 from ._keys import KeyDirectory, KeyPair, check_name, load_or_create_server_keys
 from .client import api
 
@@ -37,6 +43,27 @@ def admin_config_path() -> Path:
     return home / "radium" / "admin.toml"
 
 
+def load_admin_config() -> ClientConfig:
+    """The operator's configuration: an operator key and the appliances it is trusted on."""
+    path = admin_config_path()
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: no operator configuration. Enrol an operator key on an appliance "
+            "(there: radium-admin enroll ops --role admin --appliance /etc/radium/radiumd.toml -o ops.toml) "
+            "and point RADIUM_ADMIN_CONFIG at that bundle",
+            file=str(path),
+        )
+    return load_client_config(path)
+
+
+def new_identity(name: str) -> ClientConfig:
+    """A fresh key pair for client `name`, with no appliances yet."""
+    check_name(name, "client name")
+    pair = KeyPair.generate()
+    assert pair.secret is not None
+    return ClientConfig(client=ClientSection(name=name, public_key=pair.public, secret_key=pair.secret))
+
+
 def _identity(name: str, from_bundle: Path | None) -> ClientConfig:
     """A fresh identity, or the one of an existing bundle (to add an appliance to it)."""
     if from_bundle is not None:
@@ -44,9 +71,7 @@ def _identity(name: str, from_bundle: Path | None) -> ClientConfig:
         if bundle.client.name != name:
             raise UsageError(f"{from_bundle} is the bundle of {bundle.client.name!r}, not {name!r}")
         return bundle
-    pair = KeyPair.generate()
-    assert pair.secret is not None
-    return ClientConfig(client=ClientSection(name=name, public_key=pair.public, secret_key=pair.secret))
+    return new_identity(name)
 
 
 def _add_appliance(bundle: ClientConfig, entry: ApplianceEntry) -> ClientConfig:
@@ -85,7 +110,8 @@ def enroll_local(
     return _add_appliance(bundle, entry)
 
 
-def _find_appliance(admin: ClientConfig, ref: str) -> ApplianceEntry:
+def find_appliance(admin: ClientConfig, ref: str) -> ApplianceEntry:
+    """The appliance of the operator configuration called `ref` (its name or its address)."""
     for a in admin.appliances:
         if ref in (a.name, a.address):
             return a
@@ -99,11 +125,75 @@ def _find_appliance(admin: ClientConfig, ref: str) -> ApplianceEntry:
 def enroll_remote(ref: str, name: str, role: str = "client", from_bundle: Path | None = None) -> ClientConfig:
     """Enrol over the network, with the operator key of the admin configuration."""
     check_name(name, "client name")
-    admin = load_client_config(admin_config_path())
-    entry = _find_appliance(admin, ref)
+    admin = load_admin_config()
+    entry = find_appliance(admin, ref)
     bundle = _identity(name, from_bundle)
-    asyncio.run(api.enroll(admin, entry, name, bundle.client.public_key, role))
-    return _add_appliance(bundle, entry)
+    return enroll_many(admin, [entry], bundle, role)
+
+
+def _combined(what: str, failures: list[tuple[ApplianceEntry, RadiumError]]) -> RadiumError:
+    """One error for failures on several appliances, of the first one's kind."""
+    if len(failures) == 1:
+        return failures[0][1]
+    lines = "; ".join(f"{a.name}: {e.message}" for a, e in failures)
+    return type(failures[0][1])(f"{what} failed on {len(failures)} appliances: {lines}")
+
+
+def enroll_many(
+    admin: ClientConfig, appliances: list[ApplianceEntry], bundle: ClientConfig, role: str = "client"
+) -> ClientConfig:
+    """Authorise the key of `bundle` on each appliance (all at once, with the operator key).
+
+    Returns `bundle` with those appliances added.  Enrolling a name again replaces
+    its key there, so this is safe to repeat.  Raises the appliances' errors,
+    combined into one, when any failed (the others keep the key).
+    """
+    name, public = bundle.client.name, bundle.client.public_key
+    check_name(name, "client name")
+
+    async def each() -> list[RadiumError | None]:
+        async def one(entry: ApplianceEntry) -> RadiumError | None:
+            try:
+                await api.enroll(admin, entry, name, public, role)
+            except RadiumError as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(one(a) for a in appliances)))
+
+    errors = asyncio.run(each())
+    failures = [(a, e) for a, e in zip(appliances, errors, strict=True) if e is not None]
+    if failures:
+        raise _combined(f"enrolling {name}", failures)
+    for entry in appliances:
+        _add_appliance(bundle, entry)
+    return bundle
+
+
+def revoke_many(
+    admin: ClientConfig, appliances: list[ApplianceEntry], name: str, role: str = "client"
+) -> dict[str, RadiumError | None]:
+    """Remove client `name` from each appliance (all at once); appliance name → its error, or None.
+
+    An appliance where `name` was not enrolled counts as done (None).
+    """
+    check_name(name, "client name")
+
+    async def each() -> list[RadiumError | None]:
+        async def one(entry: ApplianceEntry) -> RadiumError | None:
+            try:
+                await api.revoke(admin, entry, name, role)
+            except UsageError as exc:
+                if "is enrolled on" in exc.message:  # "no client named 'x' is enrolled on gpu1"
+                    return None
+                return exc
+            except RadiumError as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(one(a) for a in appliances)))
+
+    return {a.name: e for a, e in zip(appliances, asyncio.run(each()), strict=True)}
 
 
 def revoke_local(daemon_config: Path, name: str, role: str = "client") -> bool:
@@ -115,8 +205,8 @@ def revoke_local(daemon_config: Path, name: str, role: str = "client") -> bool:
 
 def revoke_remote(ref: str, name: str, role: str = "client") -> bool:
     check_name(name, "client name")
-    admin = load_client_config(admin_config_path())
-    asyncio.run(api.revoke(admin, _find_appliance(admin, ref), name, role))
+    admin = load_admin_config()
+    asyncio.run(api.revoke(admin, find_appliance(admin, ref), name, role))
     return True
 
 

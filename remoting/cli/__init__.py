@@ -292,20 +292,29 @@ def cmd_version(args: argparse.Namespace) -> Result:
 
 
 def cmd_configure(args: argparse.Namespace) -> Result:
-    bundle = load_toml(args.bundle, ClientConfig)
-    check_client_config(bundle)
+    if args.from_guestinfo:
+        from .. import guestinfo
+
+        # What register-vm wrote is the VM's whole registration: its appliances replace the file's.
+        bundle = guestinfo.read()
+    else:
+        bundle = load_toml(args.bundle, ClientConfig)
+        check_client_config(bundle)
+    what = "guestinfo" if args.from_guestinfo else "bundle"
     target = SYSTEM_CLIENT_CONFIG if args.system else client_config_path()
     merged = bundle
     if target.exists():
         current = load_client_config(target)
         same_key = current.client.public_key == bundle.client.public_key
-        if not same_key and not args.replace:
+        # The operator re-keys a VM through its guestinfo: the same client with a new key is no switch.
+        rekeyed = args.from_guestinfo and current.client.name == bundle.client.name
+        if not same_key and not rekeyed and not args.replace:
             raise ConfigError(
                 f"{target} already holds client {current.client.name!r} with another key; "
-                "the bundle is for "
+                f"the {what} is for "
                 f"{bundle.client.name!r}. Use --replace to switch identity."
             )
-        if same_key:
+        if same_key and not args.from_guestinfo:
             names = {a.name for a in bundle.appliances}
             merged.appliances = [a for a in current.appliances if a.name not in names] + list(
                 bundle.appliances
@@ -393,7 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("version", cmd_version, "print the version")
     p = command("configure", cmd_configure, "install a client bundle from your operator")
-    p.add_argument("--bundle", type=Path, required=True, help="the bundle file")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", type=Path, help="the bundle file")
+    source.add_argument(
+        "--from-guestinfo",
+        action="store_true",
+        help="read what `radium-admin register-vm` wrote into this VM's guestinfo (needs open-vm-tools; "
+        "RADIUM_GUESTINFO_DIR: a folder of files named like the keys, for tests and offline use)",
+    )
     p.add_argument("--system", action="store_true", help=f"write {SYSTEM_CLIENT_CONFIG}")
     p.add_argument("--replace", action="store_true", help="replace a configuration of another client")
     return parser

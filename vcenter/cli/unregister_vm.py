@@ -1,0 +1,44 @@
+"""`radium-admin unregister-vm VM`."""
+
+from __future__ import annotations
+
+import argparse
+
+import msgspec
+from rich.console import Console
+
+from radium.remoting.cli.output import Result
+
+from .command import Context
+
+HELP = "revoke a VM's client key on every appliance and clear what register-vm wrote on it"
+FLAGS = ("output", "connection")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("vm", metavar="VM", help="the VM, by name (or managed object id, e.g. vm-42)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="clear the VM's guestinfo and attribute even where the key could not be revoked",
+    )
+
+
+def run(ctx: Context) -> Result:
+    from radium.vcenter import registration
+
+    done = registration.unregister(ctx.session(), ctx.args.vm, force=ctx.args.force, progress=ctx.progress)
+    warnings = [f"the key is still authorised on {a}: {why}" for a, why in done.not_revoked.items()]
+
+    def render(c: Console) -> None:
+        if not done.changed and not done.not_revoked:
+            c.print(f"VM {done.vm} was not registered: nothing to do")
+            return
+        if done.revoked:
+            c.print(f"revoked client {done.client} on {', '.join(done.revoked)}")
+        if done.guestinfo_cleared:
+            c.print(f"guestinfo cleared on {done.vm}: {', '.join(done.guestinfo_cleared)}")
+        if done.attribute_cleared:
+            c.print(f"custom attribute radium.client removed from {done.vm}")
+
+    return Result(msgspec.to_builtins(done), render, 1 if warnings else 0, warnings)
