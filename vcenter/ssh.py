@@ -148,7 +148,7 @@ def connect(
     try:
         import paramiko
     except ImportError:
-        raise UsageError("--ssh needs paramiko: pip install 'radium[ssh]'") from None
+        raise UsageError("--ssh needs paramiko, which is missing from this installation of radium") from None
 
     known_hosts = Path(known_hosts) if known_hosts is not None else default_known_hosts()
     client = paramiko.SSHClient()
