@@ -391,3 +391,18 @@ def test_a_run_uses_the_reservation_of_request_gpus(remote, tmp_path):
     # The run did not end the reservation.
     assert any(d["leases"] for d in client.json("list-gpus")["devices"])
     client.json("release-gpus")
+
+
+def test_a_working_directory_under_tmp(remote, tmp_path):
+    client = remote.client()
+    tag = os.urandom(3).hex()
+    work, elsewhere = f"/tmp/radium-test-cwd-{tag}", f"/tmp/radium-test-elsewhere-{tag}"
+    result = tmp_path / "after"
+    setup = f"mkdir -p {work} && mount -t tmpfs tmpfs {work} && echo here > {work}/in.txt"
+    argv = hidden(client, setup, work, "run", "--", "sh", "-c", f"cat in.txt; echo out > out.txt; echo x > {elsewhere}")
+    argv[-1] = argv[-1].replace("exec ", "").rstrip("\n") + f"; cp -a {work} {result}"
+    out = subprocess.run(argv, env=client.env(), capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"here\n"
+    assert (result / "out.txt").read_text() == "out\n"  # written under the working directory: back
+    assert not os.path.exists(elsewhere)  # elsewhere in /tmp: thrown away

@@ -186,7 +186,7 @@ class Supervisor:
         for path in ("/dev", "/sys"):
             if await self._client_has_dir(path):
                 await self._mount("--rbind", path, str(self.root / path.lstrip("/")))
-        for path in ("/tmp", "/dev/shm"):
+        for path in self.private_dirs():
             # /dev/shm is the appliance's /dev by then, /tmp the client's.
             exists = os.path.isdir(path) if path == "/dev/shm" else await self._client_has_dir(path)
             if exists:
@@ -196,6 +196,17 @@ class Supervisor:
         for path in binds:
             await self._mount("--bind", "-o", "ro", path, str(self.root / path.lstrip("/")))
         self.phase("mount")
+
+    def private_dirs(self) -> list[str]:
+        """Scratch folders the run gets fresh and empty, and that are thrown away.
+
+        Not /tmp when the client works inside it: then the client's /tmp is served
+        (the working directory must be there), and only what is written under the
+        working directory comes back.
+        """
+        if _inside(self.start.cwd, "/tmp"):
+            return ["/dev/shm"]
+        return ["/tmp", "/dev/shm"]
 
     async def _client_has_dir(self, path: str) -> bool:
         attr = await self.tree.stat_path(path, follow=True)
@@ -307,8 +318,8 @@ class Supervisor:
         while True:
             try:
                 data = await stream.receive_some(CHUNK)
-            except OSError:  # EIO: the terminal's last holder closed it
-                return
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # EIO (trio: BrokenResourceError): the terminal's last holder closed it
             if not data:
                 return
             while self.credit < len(data):
@@ -360,14 +371,21 @@ class Supervisor:
         )
         os.close(slave)
         terminal = trio.lowlevel.FdStream(os.dup(master))
+        drained = trio.Event()
+
+        async def output() -> None:
+            await self.pump(terminal, 1)
+            drained.set()
+
         async with trio.open_nursery() as pumps:
-            pumps.start_soon(self.pump, terminal, 1)
+            pumps.start_soon(output)
             pumps.start_soon(self.feed_stdin, terminal)
             status = await self.proc.wait()
-            # Whatever the process wrote last is still in the terminal: drain it, briefly.
+            # Whatever the process wrote last may still be in the terminal: the pump reads it
+            # all and ends at EIO, once no process holds the terminal.  Bounded: a process
+            # left in the background may still hold it.
             with trio.move_on_after(2):
-                while await _readable(master):
-                    await trio.sleep(0.01)
+                await drained.wait()
             pumps.cancel_scope.cancel()
         os.close(master)
         self.phase("run")
@@ -390,6 +408,8 @@ class Supervisor:
                 path = rel_top.rstrip("/") + "/" + name
                 if path == "/.radium" or path in self.made_for_mounts:
                     continue
+                if _inside(path, "/tmp") and not (_inside(path, self.start.cwd) or _inside(self.start.cwd, path)):
+                    continue  # the client's /tmp was served for the working directory's sake only
                 st = os.lstat(full)
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                     out.append((s.Change(kind="delete", path=path), None))
@@ -471,10 +491,8 @@ _TAKE_TERMINAL = (
 )
 
 
-async def _readable(fd: int) -> bool:
-    import select
-
-    return bool(select.select([fd], [], [], 0)[0])
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _opaque(path: Path) -> bool:
