@@ -1,27 +1,43 @@
-"""The lab: a real appliance on this machine, for the main job and for trying things.
+"""The lab: a real appliance on this machine, and a vCenter around it, for the main job and for trying things.
 
 `radium-admin lab up` makes a network namespace for the appliance, joined to
 this machine's own namespace by a shaped veth pair, starts `radiumd` in it with
 this machine's OpenCL devices, enrols a client and an operator key, and writes
 a lab profile (client.toml, admin.toml) that `radium` and `radium-admin` use
-when nothing else is configured.  `lab down` undoes all of it.
+when nothing else is configured.
+
+It also builds (once) and starts the vCenter simulator (`radium.vcenter.sim`)
+as a background process, writes a vCenter profile for it (vcenter.toml, with its
+CA and a password file, 0600) that `radium-admin` uses when no other vCenter is
+configured, and registers the lab's radiumd as the appliance of one simulated
+host: a powered-on VM `lab-appliance` with that host's first free GPU passed
+through, its memory reservation locked, the guestinfo keys, the
+`radium.appliance` attribute, and the lab radiumd's address as its guest IP, so
+that `radium-admin appliance list|status` show it.  Without Go and govmomi's
+source (`radium.vcenter.sim.missing()`), the lab runs without the simulator and
+says why.  `lab down` undoes all of it.
+
+Every piece is idempotent: `lab up` starts what is not running and keeps what is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from radium.remoting import enrolment
 from radium.remoting._config import lab_profile_dir, load_client_config, save_client_config
 from radium.remoting._errors import RadiumError
-from radium.remoting._keys import write_atomic
+from radium.remoting._keys import load_keypair, write_atomic
 from radium.remoting.client import api
 
 from . import netns
@@ -33,6 +49,10 @@ SUBNET = 255  # 10.231.SUBNET.0/24; the test topologies use 1-254
 PORT = 7450
 METRICS_PORT = 9450
 APPLIANCE_NAME = "lab-appliance"
+VCENTER_PROFILE = "lab"
+VCENTER_USER = "lab@vsphere.local"
+#: The simulated estate: cluster DC0_C0 (hosts DC0_C0_H0 NVIDIA, DC0_C0_H1 AMD), standalone DC0_H0.
+VCSIM_ARGS = ["-clusters=1", "-hosts-per-cluster=2", "-standalone-hosts=1", "-gpus-per-host=4", "-vms=1"]
 
 
 class LabError(RadiumError):
@@ -55,6 +75,12 @@ class LabStatus:
     admin_config: str | None = None
     devices: list[str] | None = None
     error: str | None = None
+    vcenter: str | None = None  #: the simulator's SDK URL
+    vcenter_pid: int | None = None
+    vcenter_profile: str | None = None  #: the profile file radium-admin falls back to
+    appliance_vm: str | None = None  #: "lab-appliance on HOST (GPU)" as vCenter has it
+    vcenter_error: str | None = None  #: why the simulator or the registration is missing
+    vcenter_unavailable: str | None = None  #: the simulator cannot be built here (not an error)
 
 
 class Lab:
@@ -70,6 +96,14 @@ class Lab:
         self.admin_path = self.dir / "admin.toml"
         self.pid_path = self.dir / "radiumd.pid"
         self.log_path = self.dir / "radiumd.log"
+        self.vcsim_dir = self.dir / "vcsim"
+        self.vcsim_pid_path = self.dir / "vcsim.pid"
+        self.vcsim_log_path = self.dir / "vcsim.log"
+        self.vcsim_url_path = self.dir / "vcsim.url"
+        self.vcsim_ca_path = self.dir / "vcsim-ca.pem"
+        self.vcsim_password_path = self.dir / "vcsim.password"
+        self.vcenter_profile_path = self.dir / "vcenter.toml"
+        self._vcenter_failure: str | None = None  # why `up` could not start the simulator
 
     # --- state --------------------------------------------------------------
 
@@ -84,9 +118,18 @@ class Lab:
             return None
         return pid if b"radium.remoting.daemon" in cmdline else None
 
+    def vcsim_pid(self) -> int | None:
+        try:
+            pid = int(self.vcsim_pid_path.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"radium-vcsim" in cmdline else None
+
     def status(self) -> LabStatus:
         pid = self.pid()
         st = LabStatus(up=pid is not None, directory=str(self.dir), pid=pid)
+        self._vcenter_status(st)
         if pid is None:
             return st
         st.address = f"tcp://{self.address}:{PORT}"
@@ -106,8 +149,12 @@ class Lab:
     # --- up and down ----------------------------------------------------------
 
     def up(self, timeout: float = 60.0) -> LabStatus:
-        if self.pid() is not None:
-            return self.status()
+        if self.pid() is None:
+            self._up_radiumd(timeout)
+        self._up_vcenter()
+        return self.status()
+
+    def _up_radiumd(self, timeout: float) -> None:
         ok, why = netns.can_create_namespaces(need_tc=True)
         if not ok:
             raise LabError(f"the lab needs a network namespace, and {why}: run it as root")
@@ -127,20 +174,141 @@ class Lab:
             self.admin_path,
         )
         self._start_daemon(timeout)
-        return self.status()
 
     def down(self) -> bool:
         pid = self.pid()
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while self.pid() is not None and time.monotonic() < deadline:
-                time.sleep(0.05)  # not our child: nothing to wait on but /proc
-            if self.pid() is not None:
-                os.kill(pid, signal.SIGKILL)
+            _stop(pid, self.pid)
         self.pid_path.unlink(missing_ok=True)
         self._teardown_network()
-        return pid is not None
+        sim_pid = self.vcsim_pid()
+        if sim_pid is not None:
+            _stop(sim_pid, self.vcsim_pid)
+        for path in (
+            self.vcsim_pid_path,
+            self.vcsim_url_path,
+            self.vcenter_profile_path,
+            self.vcsim_password_path,
+            self.vcsim_ca_path,
+        ):
+            path.unlink(missing_ok=True)
+        return pid is not None or sim_pid is not None
+
+    # --- the vCenter simulator ---------------------------------------------------
+
+    def _up_vcenter(self) -> None:
+        from radium.vcenter import sim
+
+        if sim.missing():
+            return  # status() says why
+        try:
+            if self.vcsim_pid() is None:
+                self._start_vcsim(sim.build())
+            self._register_appliance()
+        except (sim.VcsimUnavailable, sim.VcsimError, RadiumError, OSError) as exc:
+            # radiumd serves without it; status() reports what went wrong
+            self._vcenter_failure = getattr(exc, "message", None) or str(exc)
+
+    def _start_vcsim(self, binary: Path, timeout: float = 30.0) -> None:
+        self.vcsim_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in (self.vcsim_url_path, self.vcsim_ca_path):
+            path.unlink(missing_ok=True)
+        password = secrets.token_urlsafe(18)
+        write_atomic(self.vcsim_password_path, password + "\n", 0o600)
+        args = [
+            str(binary),
+            *VCSIM_ARGS,
+            f"-url-file={self.vcsim_url_path}",
+            f"-ca-file={self.vcsim_ca_path}",
+            f"-username={VCENTER_USER}",
+            f"-password={password}",
+        ]
+        with open(self.vcsim_log_path, "ab") as log:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.vcsim_dir,
+                start_new_session=True,  # outlives `radium-admin lab up`; `lab down` stops it
+            )
+        write_atomic(self.vcsim_pid_path, str(proc.pid), 0o644)
+        deadline = time.monotonic() + timeout
+        while not self.vcsim_url_path.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    proc.kill()
+                tail = self.vcsim_log_path.read_text(errors="replace")[-2000:]
+                raise LabError(
+                    f"the vCenter simulator did not start (exit {proc.poll()}); its log ends:\n{tail}"
+                )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.02)
+        parts = urlsplit(self.vcsim_url_path.read_text().strip())
+        from radium.vcenter.settings import Profile, save_profile
+
+        self.vcenter_profile_path.unlink(missing_ok=True)
+        save_profile(
+            VCENTER_PROFILE,
+            Profile(
+                url=f"https://{parts.hostname}:{parts.port}/sdk",
+                user=VCENTER_USER,
+                ca=str(self.vcsim_ca_path),
+                password_file=str(self.vcsim_password_path),
+            ),
+            default=True,
+            path=self.vcenter_profile_path,
+        )
+
+    def vcenter_settings(self):  # type: ignore[no-untyped-def]
+        """Settings for the lab's simulator (from the lab profile, whatever the environment says)."""
+        from radium.vcenter import settings
+
+        return settings.resolve(profile=VCENTER_PROFILE, profiles_file=self.vcenter_profile_path, env={})
+
+    def _register_appliance(self) -> None:
+        """Make the VM `lab-appliance` stand for the lab's radiumd in the simulator (once)."""
+        from radium.vcenter import appliances, connect
+
+        with connect(self.vcenter_settings()) as vc:
+            if any(a.vm == APPLIANCE_NAME for a in appliances.appliances(vc)):
+                return
+            register_appliance(
+                vc,
+                name=APPLIANCE_NAME,
+                address=self.address,
+                port=PORT,
+                server_public_key=load_keypair(self.dir / "state" / "server.key").public,
+                admin=load_client_config(self.admin_path),
+            )
+
+    def _vcenter_status(self, st: LabStatus) -> None:
+        from radium.vcenter import sim
+
+        missing = sim.missing()
+        if missing:
+            st.vcenter_unavailable = "the vCenter simulator cannot be built here: " + "; ".join(missing)
+            return
+        st.vcenter_pid = self.vcsim_pid()
+        if self._vcenter_failure:
+            st.vcenter_error = self._vcenter_failure
+            return
+        if st.vcenter_pid is None:
+            if st.up:
+                st.vcenter_error = "the vCenter simulator is not running (radium-admin lab up starts it)"
+            return
+        st.vcenter_profile = str(self.vcenter_profile_path)
+        try:
+            from radium.vcenter import appliances, connect
+
+            settings = self.vcenter_settings()
+            st.vcenter = settings.url
+            with connect(settings) as vc:
+                a = appliances.find(vc, APPLIANCE_NAME)
+            gpus = ", ".join(g.address for g in a.gpus)
+            st.appliance_vm = f"{a.vm} on {a.host} ({gpus}), {a.power_state}, {a.address}"
+        except RadiumError as exc:
+            st.vcenter_error = exc.message
 
     # --- the pieces -----------------------------------------------------------
 
@@ -246,3 +414,82 @@ format = "json"
             if time.monotonic() > deadline:
                 self.down()
                 raise LabError(f"radiumd did not answer within {timeout:g}s: {result.error}")
+
+
+def _stop(pid: int, alive) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM a process that is not our child, then SIGKILL after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while alive() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # not our child: nothing to wait on but /proc
+    if alive() is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def register_appliance(vc, *, name: str, address: str, port: int, server_public_key: str, admin) -> str:  # type: ignore[no-untyped-def]
+    """Create a powered-on VM `name` standing for a radiumd that runs elsewhere (the lab's, at `address`).
+
+    It looks like a deployed appliance: on the first host (by name) with an
+    enabled, active, free GPU, that GPU passed through, memory reservation locked,
+    EFI, the 64-bit MMIO keys, the guestinfo.radium.* keys, the radium.appliance
+    attribute with radiumd's server key, and `address` as the IP the guest reports.
+    Returns the host's name.
+    """
+    from pyVmomi import vim
+
+    from radium.vcenter import appliances, deploy, pciids
+    from radium.vcenter.inventory import collect
+    from radium.vcenter.tasks import wait
+
+    inv = collect(vc)
+    for host in inv.hosts:
+        free = [d for d in host.accelerators if d.enabled and d.active and d.held_by is None]
+        if free and host.connection_state == "connected":
+            break
+    else:
+        raise LabError("no simulated host has a free passthrough GPU for the lab appliance")
+    device = free[0]
+    host_ref = vim.HostSystem(host.id, vc.stub)
+    pci, system_id = deploy.passthrough_targets(vc, host_ref)[device.address]
+    memory, _ = pciids.memory_gib(int(device.vendor_id, 16), int(device.device_id, 16))
+    values = {
+        "radium.name": name,
+        "radium.admin_public_key": admin.client.public_key,
+        "radium.admin_name": admin.client.name,
+        "radium.listen_port": str(port),
+        "radium.network.ip": f"{address}/24",
+    }
+    spec = deploy.hardware_spec(
+        [(pci, system_id)], deploy.mmio_size_gib([memory]), deploy.guestinfo_values(values)
+    )
+    network = next((n for n in host_ref.network if n.name == "VM Network"), host_ref.network[0])
+    nic = vim.vm.device.VirtualVmxnet3(
+        key=-1,
+        backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+            deviceName=network.name, network=network
+        ),
+        connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, connected=True),
+    )
+    spec.deviceChange.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
+    spec.name = name
+    spec.memoryMB = 4096
+    spec.numCPUs = 4
+    spec.guestId = "otherGuest64"
+    spec.files = vim.vm.FileInfo(vmPathName=f"[{host_ref.datastore[0].name}]")
+    dc = deploy.datacenter_of(host_ref)
+    vm = wait(vc, dc.vmFolder.CreateVM_Task(config=spec, pool=host_ref.parent.resourcePool, host=host_ref))  # type: ignore[union-attr]
+    record = appliances.ApplianceRecord(
+        name=name,
+        server_public_key=server_public_key,
+        port=port,
+        ip=address,
+        admin_public_key=admin.client.public_key,
+    )
+    appliances.set_record(vc, vm, record)
+    wait(vc, vm.PowerOnVM_Task())
+    # What VMware Tools would report from inside the guest (the simulator takes it from extraConfig).
+    guest = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=address)])
+    wait(vc, vm.ReconfigVM_Task(spec=guest))
+    return host.name

@@ -26,6 +26,7 @@ from ._config import (
     ApplianceEntry,
     ClientConfig,
     ClientSection,
+    lab_profile_dir,
     load_client_config,
     load_daemon_config,
     load_toml,
@@ -36,11 +37,21 @@ from .client import api
 
 
 def admin_config_path() -> Path:
+    """Where the operator's configuration is.
+
+    RADIUM_ADMIN_CONFIG, then ~/.config/radium/admin.toml, then the lab's operator
+    key (`radium-admin lab up`) when nothing else exists, as the client falls back
+    to the lab's client.toml.
+    """
     env = os.environ.get("RADIUM_ADMIN_CONFIG")
     if env:
         return Path(env)
     home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return home / "radium" / "admin.toml"
+    user = home / "radium" / "admin.toml"
+    if user.exists():
+        return user
+    lab = lab_profile_dir() / "admin.toml"
+    return lab if lab.exists() else user
 
 
 def load_admin_config() -> ClientConfig:

@@ -11,8 +11,10 @@
 
 Modules: `settings` (flags, environment, profiles), `connection` (TLS trust,
 login, round trips), `inventory` and `model` (hosts, accelerators, VMs),
-`passthrough`, `tasks` (progress streams), `names` (close matches), `errors`
-(the exception tree), `pciids`, and `sim` (the simulator for tests and the lab).
+`passthrough`, `tasks` (progress streams), `deploy` (an appliance from its OVF),
+`appliances` (finding, checking, removing them), `registration` (client VMs),
+`names` (close matches), `errors` (the exception tree), `pciids`, and `sim` (the
+simulator for tests and the lab).
 Names are loaded on first use; pyVmomi only when a session is opened.
 """
 

@@ -112,17 +112,24 @@ def check_server(settings: ConnectionSettings) -> str:
     return actual
 
 
+def _pinned_thumbprint(der: bytes, pin: str) -> str:
+    """The thumbprint of `der` in the hash `pin` uses (SHA-1 for 40 hex digits, else SHA-256)."""
+    if len(pin.replace(":", "")) == 40:  # what vSphere gives for ESXi hosts (HttpNfcLeaseDeviceUrl)
+        return format_thumbprint(hashlib.sha1(der).hexdigest())
+    return thumbprint_of(der)
+
+
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """An HTTPS connection that accepts only the certificate with the pinned SHA-256 thumbprint."""
+    """An HTTPS connection that accepts only the certificate with the pinned thumbprint."""
 
     def __init__(self, *args: Any, pin: str, where: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._pin, self._where = pin, where
+        self._pin, self._where = format_thumbprint(pin), where
 
     def connect(self) -> None:
         super().connect()
         assert isinstance(self.sock, ssl.SSLSocket)
-        actual = thumbprint_of(self.sock.getpeercert(binary_form=True) or b"")
+        actual = _pinned_thumbprint(self.sock.getpeercert(binary_form=True) or b"", self._pin)
         if actual != self._pin:
             self.close()
             raise CertificateError(
@@ -177,6 +184,34 @@ class Session:
             self.stub.DropConnections()
         except Exception:
             pass
+
+    def https_connection(
+        self, host: str, port: int, *, thumbprint: str | None = None, timeout: float = REQUEST_TIMEOUT
+    ) -> http.client.HTTPSConnection:
+        """An HTTPS connection to `host:port` (an NFC upload URL), trusted the way the session trusts vCenter.
+
+        The session's own host and port get the same check as the session: the
+        pinned thumbprint, the CA bundle or the system's CAs, or none with
+        `insecure`.  Another host (an ESXi host serving an NFC lease) is verified
+        with the CA bundle or the system's CAs (VMCA signs the hosts of a vCenter);
+        when the session pins vCenter's thumbprint instead, that pin cannot apply
+        to the host, so the host's `thumbprint` as vCenter reports it (the lease's
+        ``sslThumbprint``) is pinned, and without one the connection is refused.
+        """
+        s = self.settings
+        where = f"{host}:{port}"
+        same = host.strip("[]").lower() == s.host.lower() and port == s.port
+        pin = s.thumbprint if same else (thumbprint if s.thumbprint else None)
+        if s.thumbprint and not same and not thumbprint:
+            raise CertificateError(
+                f"cannot verify {where}: the session pins vCenter's certificate, and vCenter gave no "
+                f"thumbprint for {host}. Trust the CA that signs the hosts' certificates instead (--ca FILE)"
+            )
+        if pin:
+            return _PinnedHTTPSConnection(
+                host, port, pin=pin, where=where, context=_unverified_context(), timeout=timeout
+            )
+        return http.client.HTTPSConnection(host, port, context=_verifying_context(s), timeout=timeout)
 
     def __enter__(self) -> Session:
         return self

@@ -10,7 +10,13 @@ Every ``RADIUM_VCENTER_*`` environment variable is read here and nowhere else
 (`environment()`).  Profiles live in ``~/.config/radium/vcenter.toml`` (under
 ``$XDG_CONFIG_HOME`` when set), written 0600, and never hold a password: the
 password comes from the caller (``--password-stdin``), ``RADIUM_VCENTER_PASSWORD``,
-the system keyring (`radium.vcenter.secrets`), or a prompt on a terminal.
+the system keyring (`radium.vcenter.secrets`), or a prompt on a terminal; a
+profile may name a ``password_file`` instead (0600, owned by the reader: what the
+lab writes for its simulator, or a secrets mount in automation).
+
+When that file does not exist, the lab's profiles (``vcenter.toml`` in the lab's
+folder, written by `radium-admin lab up` for its vCenter simulator) are read
+instead, as `radium` falls back to the lab's client.toml (`active_profiles_path`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ __all__ = [
     "ConnectionSettings",
     "Profile",
     "ProfileFile",
+    "active_profiles_path",
+    "lab_profiles_path",
     "environment",
     "format_thumbprint",
     "load_profiles",
@@ -79,6 +87,7 @@ class Profile(Section, omit_defaults=True):  # type: ignore[call-arg]
     ca: str = ""  # CA bundle (PEM) file
     insecure: bool = False
     keyring: bool = False  # a password for (url, user) was stored in the system keyring
+    password_file: str = ""  # a file (0600, ours) holding the password: the lab's simulator, secret mounts
 
 
 class ProfileFile(Section, omit_defaults=True):  # type: ignore[call-arg]
@@ -97,6 +106,22 @@ def profiles_path() -> Path:
     """``$XDG_CONFIG_HOME/radium/vcenter.toml``, else ``~/.config/radium/vcenter.toml``."""
     home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     return home / "radium" / "vcenter.toml"
+
+
+def lab_profiles_path() -> Path:
+    """The lab's profiles (`radium-admin lab up` writes them for its vCenter simulator)."""
+    from radium.remoting._config import lab_profile_dir
+
+    return lab_profile_dir() / "vcenter.toml"
+
+
+def active_profiles_path() -> Path:
+    """The profiles in effect: the user's file, else the lab's (`radium-admin lab up`) when it exists."""
+    user = profiles_path()
+    if user.exists():
+        return user
+    lab = lab_profiles_path()
+    return lab if lab.exists() else user
 
 
 def load_profiles(path: Path | None = None) -> ProfileFile:
@@ -234,6 +259,30 @@ def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return {key: env[var] for key, var in ENV.items() if env.get(var)}
 
 
+def _clean(url: str) -> str:
+    """A profile's URL as `resolve` makes it: normalised, without credentials."""
+    parts = urlsplit(normalize_url(url))
+    return f"https://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def read_password_file(path: Path) -> str:
+    """The first line of a password file that only its owner (this user) can read."""
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"password file {path}: {exc.strerror or exc}") from None
+    if st.st_mode & 0o077 or st.st_uid != os.geteuid():
+        raise UsageError(
+            f"password file {path}: others may read it (mode {st.st_mode & 0o777:04o}) or it is not yours: "
+            f"chmod 600 {path}"
+        )
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise UsageError(f"password file {path} is empty")
+    return password
+
+
 # --- the resolved settings -------------------------------------------------------------------
 
 
@@ -311,7 +360,13 @@ def resolve(
     chosen = (profile or e.get("profile")) if use_profiles else None
     saved: Profile | None = None
     if use_profiles and (chosen or not (explicit.get("url") or from_env.get("url"))):
-        profiles = load_profiles(profiles_file)
+        profiles = load_profiles(profiles_file or active_profiles_path())
+        if chosen and chosen not in profiles.profiles and profiles_file is None:
+            lab = lab_profiles_path()  # `--profile lab` finds the lab's beside the user's own profiles
+            if lab.exists() and Path(profiles.source) != lab:
+                lab_profiles = load_profiles(lab)
+                if chosen in lab_profiles.profiles:
+                    profiles = lab_profiles
         if chosen and chosen not in profiles.profiles:
             from .names import closest
 
@@ -369,6 +424,9 @@ def resolve(
         settings.password, settings.password_source = e["password"], ENV["password"]
     elif url_password is not None:
         settings.password, settings.password_source = url_password, "the URL"
+    elif saved is not None and saved.password_file and settings.url == _clean(saved.url):
+        settings.password = read_password_file(Path(saved.password_file).expanduser())
+        settings.password_source = f"the file {saved.password_file}"
     else:
         stored = secrets.get_password(settings.url, settings.user)
         if stored is not None:

@@ -65,7 +65,7 @@ def run(ctx: Context) -> Result:
     }
 
     def render(c: Console) -> None:
-        c.print(f"{args.role} {args.name}: key {bundle.client.public_key} {how}")
+        c.print(f"{args.role} {args.name}: key {bundle.client.public_key} {how}", markup=False)
         c.print(f"bundle written to {output} (mode 0600; it holds the secret key)")
         if args.role == "client":
             c.print(f"on the client: radium configure --bundle {output}")

@@ -100,7 +100,7 @@ def run(ctx: Context) -> Result:
 
     def render(c: Console) -> None:
         key = "a new key" if reg.new_key else "its key"
-        c.print(f"VM {reg.vm} registered as client {reg.client} ({key} {reg.public_key}) with:")
+        c.print(f"VM {reg.vm} registered as client {reg.client} ({key} {reg.public_key}) with:", markup=False)
         for a in reg.appliances:
             c.print(f"  {a.name}  {a.address}")
         if reg.guestinfo_written:

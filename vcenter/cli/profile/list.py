@@ -15,7 +15,7 @@ from ..command import Context
 if TYPE_CHECKING:
     from radium.vcenter.settings import Profile
 
-HELP = "list the saved vCenter profiles"
+HELP = "list the saved vCenter profiles (the lab's when none are saved)"
 FLAGS = ("output",)
 
 
@@ -28,9 +28,9 @@ def _trust(p: Profile) -> str:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter.settings import load_profiles
+    from radium.vcenter.settings import active_profiles_path, load_profiles
 
-    saved = load_profiles()
+    saved = load_profiles(active_profiles_path())
     data = {"file": saved.source, "default": saved.default or None, "profiles": saved.profiles}
 
     def render(c: Console) -> None:
@@ -51,7 +51,7 @@ def run(ctx: Context) -> Result:
                 p.url,
                 p.user or "-",
                 _trust(p),
-                "keyring" if p.keyring else "asked",
+                "keyring" if p.keyring else "file" if p.password_file else "asked",
             )
         c.print(table)
         c.print(f"(* default) {saved.source}")

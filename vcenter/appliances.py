@@ -1,0 +1,429 @@
+"""Radium appliances in vCenter: how a VM is marked as one, finding them, their health, removing one.
+
+A deployed appliance (`radium.vcenter.deploy`) carries the custom attribute
+``radium.appliance`` (a CustomFieldDef on VirtualMachine) whose value is a
+compact JSON `ApplianceRecord`: radiumd's name, the server's CURVE public key,
+its port and, when the deploy gave one, its static address.  Its
+``guestinfo.radium.*`` extraConfig keys (the first-boot contract,
+`radium.appliance.properties`) mark it too: a VM with ``guestinfo.radium.name``
+but no attribute is listed, without a server key.
+
+    for a in appliances(vc):                       # one property collection
+        print(a.vm, a.host, a.address, [g.address for g in a.gpus])
+    report = status(vc, "gpu1", admin=load_admin_config())   # vCenter state + radiumd's answer
+    remove(vc, "gpu1")                             # power off, destroy
+
+Clients reach an appliance at ``tcp://ADDRESS:PORT`` where ADDRESS is the
+static address of the record, else the IP address the guest reports (VMware
+Tools), and its server key is the record's: what `status` dials with the
+operator's key (``RADIUM_ADMIN_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from radium.remoting._config import DEFAULT_PORT, ApplianceEntry, ClientConfig
+from radium.remoting._errors import RadiumError
+
+from . import pciids
+from .connection import Session
+from .errors import NotFound, Refused, translated
+from .names import closest, resolve
+from .tasks import TaskProgress, watch
+
+__all__ = [
+    "FIELD",
+    "Appliance",
+    "ApplianceGpu",
+    "ApplianceRecord",
+    "ApplianceStatus",
+    "Health",
+    "Removal",
+    "address_of",
+    "appliances",
+    "field_key",
+    "find",
+    "remove",
+    "set_record",
+    "status",
+]
+
+#: The custom attribute that marks a VM as a Radium appliance; its value is an `ApplianceRecord` (JSON).
+FIELD = "radium.appliance"
+
+GUESTINFO_NAME = "guestinfo.radium.name"
+GUESTINFO_PORT = "guestinfo.radium.listen_port"
+
+Progress = Callable[[Iterable[TaskProgress]], Any]
+
+
+class ApplianceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a deploy records in the ``radium.appliance`` attribute (compact JSON)."""
+
+    name: str  #: radiumd's server name (radium.name)
+    server_public_key: str  #: the appliance's CURVE public key (Z85)
+    port: int = DEFAULT_PORT
+    ip: str | None = None  #: the static address given at deploy (no prefix); None: DHCP, ask the guest
+    admin_public_key: str | None = None  #: the operator key it was given
+    version: str = ""  #: the radium-admin that deployed it
+
+    def encode(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> ApplianceRecord | None:
+        try:
+            return msgspec.json.decode(text, type=cls)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+
+class ApplianceGpu(msgspec.Struct, kw_only=True):
+    """A DirectPath device of an appliance VM."""
+
+    address: str  #: PCI id on its host
+    model: str  #: as the backing names it ("" when unknown)
+
+
+class Appliance(msgspec.Struct, kw_only=True):
+    """A VM that is a Radium appliance, as vCenter sees it."""
+
+    vm: str
+    id: str  #: managed object id
+    name: str  #: radiumd's name (the record's, else guestinfo.radium.name, else the VM's)
+    host: str | None
+    power_state: str
+    ip: str | None  #: the guest's IP address (VMware Tools), or the static one when it reports none
+    address: str | None  #: tcp://ADDRESS:PORT that clients dial, when known
+    port: int
+    server_public_key: str | None  #: from the record (None: not deployed by radium-admin)
+    gpus: list[ApplianceGpu]
+    marked: bool  #: carries the radium.appliance attribute
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """What radiumd answered (or why it did not)."""
+
+    reachable: bool
+    server: str | None = None  #: the name radiumd gives itself
+    version: str | None = None
+    devices: list[str] = msgspec.field(default_factory=list)  #: "ID MODEL (health)"
+    error: str | None = None
+
+
+class ApplianceStatus(msgspec.Struct, kw_only=True):
+    appliance: Appliance
+    health: Health
+    healthy: bool
+
+
+class Removal(msgspec.Struct, kw_only=True):
+    vm: str
+    id: str
+    powered_off: bool
+    operator_entry_removed: str | None  #: the operator configuration it was removed from
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def field_key(session: Session, create: bool = False) -> int | None:
+    """The key of the radium.appliance custom field (made when `create` and missing)."""
+    from pyVmomi import vim
+
+    manager = session.content.customFieldsManager
+    if manager is None:
+        raise Refused(f"{session.settings.where} has no custom attributes (is it an ESXi host, not vCenter?)")
+    for f in manager.field or []:
+        if f.name == FIELD and f.managedObjectType in (None, vim.VirtualMachine):
+            return int(f.key)
+    if not create:
+        return None
+    return int(manager.AddCustomFieldDef(name=FIELD, moType=vim.VirtualMachine).key)
+
+
+def set_record(session: Session, vm: Any, record: ApplianceRecord | None) -> None:
+    """Mark `vm` (a vim.VirtualMachine) as an appliance with `record`, or clear the mark (None)."""
+    with translated(session.settings.where):
+        key = field_key(session, create=record is not None)
+        if key is not None:
+            session.content.customFieldsManager.SetField(
+                entity=vm, key=key, value=record.encode() if record is not None else ""
+            )
+
+
+def address_of(ip: str | None, port: int) -> str | None:
+    """``tcp://IP:PORT`` (brackets for IPv6), or None without an IP."""
+    if not ip:
+        return None
+    try:
+        parsed = ipaddress.ip_address(ip.split("/")[0])
+    except ValueError:
+        return f"tcp://{ip}:{port}"  # a host name
+    host = f"[{parsed}]" if parsed.version == 6 else str(parsed)
+    return f"tcp://{host}:{port}"
+
+
+def _gpus(devices: list[Any]) -> list[ApplianceGpu]:
+    from pyVmomi import vim
+
+    out = []
+    for d in devices or []:
+        if not isinstance(d, vim.vm.device.VirtualPCIPassthrough):
+            continue
+        b = d.backing
+        address = getattr(b, "id", None) or getattr(b, "assignedId", None) or ""
+        reported = str(getattr(b, "deviceName", None) or "")
+        try:
+            vendor, device = (
+                int(getattr(b, "vendorId", 0) or 0),
+                int(str(getattr(b, "deviceId", "") or "0"), 16),
+            )
+        except ValueError:
+            vendor = device = 0
+        model = (
+            f"{pciids.vendor_name(vendor)} {pciids.model_name(vendor, device, reported)}"
+            if vendor
+            else reported
+        )
+        out.append(ApplianceGpu(address=str(address), model=model))
+    return out
+
+
+def _collect(session: Session) -> list[tuple[Any, dict[str, Any]]]:
+    """(vm ref, properties) of every VM, with host names resolved; one property collection."""
+    from pyVmomi import vim, vmodl
+
+    pc = vmodl.query.PropertyCollector
+    content = session.content
+    view = content.viewManager.CreateContainerView(
+        content.rootFolder, [vim.VirtualMachine, vim.HostSystem], True
+    )
+    try:
+        spec = pc.FilterSpec(
+            objectSet=[
+                pc.ObjectSpec(
+                    obj=view,
+                    skip=True,
+                    selectSet=[pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")],
+                )
+            ],
+            propSet=[
+                pc.PropertySpec(
+                    type=vim.VirtualMachine,
+                    pathSet=[
+                        "name",
+                        "runtime.host",
+                        "runtime.powerState",
+                        "guest.ipAddress",
+                        "config.hardware.device",
+                        "config.extraConfig",
+                        "customValue",
+                    ],
+                ),
+                pc.PropertySpec(type=vim.HostSystem, pathSet=["name"]),
+            ],
+        )
+        objects = []
+        result = content.propertyCollector.RetrievePropertiesEx(specSet=[spec], options=pc.RetrieveOptions())
+        while result is not None:
+            objects += result.objects
+            token = result.token
+            result = content.propertyCollector.ContinueRetrievePropertiesEx(token=token) if token else None
+    finally:
+        view.DestroyView()
+    hosts: dict[str, str] = {}
+    vms = []
+    for oc in objects:
+        props = {p.name: p.val for p in oc.propSet or []}
+        if isinstance(oc.obj, vim.HostSystem):
+            hosts[oc.obj._moId] = str(props.get("name", oc.obj._moId))
+        else:
+            vms.append((oc.obj, props))
+    for _, props in vms:
+        host = props.get("runtime.host")
+        props["runtime.host"] = hosts.get(host._moId, host._moId) if host is not None else None
+    return vms
+
+
+def _appliance(ref: Any, props: dict[str, Any], key: int | None) -> Appliance | None:
+    extra = {str(o.key): str(o.value) for o in props.get("config.extraConfig") or [] if o.value}
+    value = None
+    if key is not None:
+        for v in props.get("customValue") or []:
+            if v.key == key and getattr(v, "value", ""):
+                value = str(v.value)
+    if value is None and not extra.get(GUESTINFO_NAME):
+        return None
+    record = ApplianceRecord.decode(value) if value else None
+    vm_name = str(props.get("name", ref._moId))
+    port_text = extra.get(GUESTINFO_PORT, "")
+    port = record.port if record else (int(port_text) if port_text.isdigit() else DEFAULT_PORT)
+    guest_ip = str(props.get("guest.ipAddress") or "") or None
+    ip = (record.ip if record and record.ip else None) or guest_ip
+    return Appliance(
+        vm=vm_name,
+        id=ref._moId,
+        name=(record.name if record else None) or extra.get(GUESTINFO_NAME) or vm_name,
+        host=props.get("runtime.host"),
+        power_state=str(props.get("runtime.powerState", "")),
+        ip=ip,
+        address=address_of(ip, port),
+        port=port,
+        server_public_key=record.server_public_key if record else None,
+        gpus=_gpus(props.get("config.hardware.device") or []),
+        marked=value is not None,
+    )
+
+
+def _all(session: Session) -> tuple[list[tuple[Any, Appliance]], list[str]]:
+    """The appliances (with their refs), and the names of every VM."""
+    with translated(session.settings.where):
+        key = field_key(session)
+        vms = _collect(session)
+    found = []
+    for ref, props in vms:
+        a = _appliance(ref, props, key)
+        if a is not None:
+            found.append((ref, a))
+    found.sort(key=lambda x: x[1].vm)
+    return found, sorted(str(p.get("name", r._moId)) for r, p in vms)
+
+
+def appliances(session: Session) -> list[Appliance]:
+    """Every VM marked as a Radium appliance, by name."""
+    return [a for _, a in _all(session)[0]]
+
+
+def _find(session: Session, name: str) -> tuple[Any, Appliance]:
+    found, all_vms = _all(session)
+    by_name: dict[str, list[tuple[Any, Appliance]]] = {}
+    for ref, a in found:
+        by_name.setdefault(a.vm, []).append((ref, a))
+        if a.id == name:
+            return ref, a
+    if name not in by_name and not any(k.lower() == name.lower() for k in by_name):
+        if name in all_vms:
+            raise Refused(
+                f"VM {name!r} is not a Radium appliance (it has no {FIELD} attribute nor guestinfo.radium.* "
+                "keys): radium-admin manages only the appliances it deployed"
+            )
+        matches = closest(name, by_name)
+        hint = (
+            "close matches: " + ", ".join(matches)
+            if matches
+            else ("appliances: " + ", ".join(sorted(by_name)) if by_name else "there are no appliances")
+        )
+        raise NotFound(f"no appliance named {name!r} ({hint})", kind="appliance", name=name, matches=matches)
+    hits = resolve("appliance", name, by_name)
+    if len(hits) > 1:
+        ids = ", ".join(a.id for _, a in hits)
+        raise Refused(
+            f"{len(hits)} appliances are named {name!r} (in different folders): name one by id: {ids}"
+        )
+    return hits[0]
+
+
+def find(session: Session, name: str) -> Appliance:
+    """The appliance VM called `name` (or with that managed object id); close matches when unknown."""
+    return _find(session, name)[1]
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+def check(appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0) -> Health:
+    """Ask radiumd for its devices, with the operator's key and the recorded address and server key."""
+    if appliance.address is None:
+        why = "powered off" if appliance.power_state != "poweredOn" else "the guest reports no IP address yet"
+        return Health(reachable=False, error=f"no address to reach it at ({why})")
+    if appliance.server_public_key is None:
+        return Health(
+            reachable=False,
+            error=f"its server key is unknown (no {FIELD} attribute: not deployed by radium-admin)",
+        )
+    if admin is None:
+        return Health(
+            reachable=False, error="no operator configuration (RADIUM_ADMIN_CONFIG) to reach it with"
+        )
+    from radium.remoting.client import api
+
+    entry = ApplianceEntry(
+        name=appliance.name, address=appliance.address, public_key=appliance.server_public_key
+    )
+    config = ClientConfig(client=admin.client, appliances=[entry], source=admin.source)
+    try:
+        (result,) = asyncio.run(api.list_devices(config, timeout=timeout))
+    except RadiumError as exc:
+        return Health(reachable=False, error=exc.message)
+    if result.error is not None:
+        return Health(reachable=False, error=result.error.message)
+    reply = result.value
+    assert reply is not None
+    devices = [f"{d.device.id} {d.device.model} ({d.device.health})" for d in reply.devices]
+    return Health(reachable=True, server=reply.server.name, version=reply.server.version, devices=devices)
+
+
+def status(
+    session: Session, name: str, admin: ClientConfig | None = None, timeout: float = 5.0
+) -> ApplianceStatus:
+    """vCenter's view of appliance `name`, and whether radiumd answers there."""
+    a = find(session, name)
+    health = check(a, admin, timeout)
+    healthy = a.power_state == "poweredOn" and health.reachable and bool(health.devices)
+    return ApplianceStatus(appliance=a, health=health, healthy=healthy)
+
+
+# --- removing ------------------------------------------------------------------------------------
+
+
+def _silently(stream: Iterable[TaskProgress]) -> None:
+    for _ in stream:
+        pass
+
+
+def destroy_vm(session: Session, vm: Any, progress: Progress | None = None) -> bool:
+    """Power `vm` off (when on) and destroy it; whether it had to be powered off."""
+    progress = progress or _silently
+    where = session.settings.where
+    with translated(where):
+        powered_on = str(vm.runtime.powerState) != "poweredOff"
+        if powered_on:
+            progress(watch(session, vm.PowerOffVM_Task()))
+        progress(watch(session, vm.Destroy_Task()))
+    return powered_on
+
+
+def forget(name: str, admin_path: Any = None) -> str | None:
+    """Drop appliance `name` from the operator configuration; the file it was dropped from, or None."""
+    from pathlib import Path
+
+    from radium.remoting import enrolment
+    from radium.remoting._config import load_client_config, save_client_config
+
+    path = Path(admin_path) if admin_path else enrolment.admin_config_path()
+    if not path.exists():
+        return None
+    try:
+        config = load_client_config(path)
+    except RadiumError:
+        return None
+    kept = [a for a in config.appliances if a.name != name]
+    if len(kept) == len(config.appliances):
+        return None
+    config.appliances = kept
+    save_client_config(config, path)
+    return str(path)
+
+
+def remove(session: Session, name: str, progress: Progress | None = None) -> Removal:
+    """Power off and destroy appliance `name`, and drop it from the operator configuration."""
+    ref, a = _find(session, name)
+    powered_off = destroy_vm(session, ref, progress)
+    return Removal(vm=a.vm, id=a.id, powered_off=powered_off, operator_entry_removed=forget(a.name))
