@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from .. import _schema as s
 from .._config import ClientConfig
-from .._errors import RadiumError, TransportError
+from .._errors import RadiumError, TransportError, UsageError
 from .._keys import write_atomic
 from ..run import fsproto
 from ..run.files import FileServer
@@ -305,7 +305,10 @@ async def run(
 ) -> RunResult:
     """Run `argv` remotely: on the reserved lease if there is one, else on a new one."""
     env = carried_environment()
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except OSError as exc:  # removed (ENOENT) or not searchable any more (EACCES)
+        raise UsageError(f"the working directory cannot be used here: {exc.strerror}") from None
     reservation = holder.read_reservation()
     if reservation is not None and request is None and (server in (None, reservation.appliance)):
         entry = config.appliance(reservation.appliance)

@@ -277,6 +277,36 @@ class Supervisor:
             *st.argv,
         ]
 
+    async def missing_command(self) -> str | None:
+        """Why the process's program cannot be found in its world, or None.
+
+        As a shell does before it runs anything (then exit 127): look the program up
+        in the process's PATH, in the process's view (the client's tree, the
+        appliance's /dev, /sys and lent paths, empty scratch folders).
+        """
+        name, cwd = self.start.argv[0], self.start.cwd
+        if "/" in name:
+            candidates = [os.path.join(cwd, name)]
+            why = f"{name}: No such file or directory"
+        else:
+            path = self.start.env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+            candidates = [os.path.join(cwd, folder, name) for folder in path.split(":")]
+            why = f"{name}: command not found"
+        for candidate in candidates:
+            if await self._process_sees(os.path.normpath(candidate)):
+                return None
+        return why
+
+    async def _process_sees(self, path: str) -> bool:
+        if any(_inside(path, d) for d in self.private_dirs()):
+            return False  # fresh and empty
+        if any(_inside(path, d) for d in ("/dev", "/sys", *self.job.appliance_paths)):
+            return os.path.exists(path)  # the appliance's own
+        try:
+            return await self.tree.stat_path(path, follow=True) is not None
+        except (OSError, ValueError):
+            return True  # in doubt, let the process try
+
     def environment(self) -> dict[str, str]:
         env = dict(self.start.env)
         env.update(self.job.device_env)
@@ -408,7 +438,9 @@ class Supervisor:
                 path = rel_top.rstrip("/") + "/" + name
                 if path == "/.radium" or path in self.made_for_mounts:
                     continue
-                if _inside(path, "/tmp") and not (_inside(path, self.start.cwd) or _inside(self.start.cwd, path)):
+                if _inside(path, "/tmp") and not (
+                    _inside(path, self.start.cwd) or _inside(self.start.cwd, path)
+                ):
                     continue  # the client's /tmp was served for the working directory's sake only
                 st = os.lstat(full)
                 if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
@@ -517,7 +549,11 @@ async def supervise(fd: int) -> int:
             nursery.start_soon(sup.read_loop, nursery.cancel_scope)
             try:
                 await sup.prepare(nursery)
-                status = await sup.run_process()
+                missing = await sup.missing_command()
+                if missing is None:
+                    status = await sup.run_process()
+                else:
+                    status, detail = 127, missing  # as a shell: nothing runs
                 await sup.write_back()
                 result = sup.writeback_result
                 if result is not None and not result.ok:
