@@ -32,6 +32,7 @@ from radium.remoting._config import DEFAULT_PORT, ApplianceEntry, ClientConfig
 from radium.remoting._errors import RadiumError
 
 from . import pciids
+from .collect import retrieve
 from .connection import Session
 from .errors import NotFound, Refused, translated
 from .names import closest, resolve
@@ -198,46 +199,23 @@ def _gpus(devices: list[Any]) -> list[ApplianceGpu]:
 
 def _collect(session: Session) -> list[tuple[Any, dict[str, Any]]]:
     """(vm ref, properties) of every VM, with host names resolved; one property collection."""
-    from pyVmomi import vim, vmodl
+    from pyVmomi import vim
 
-    pc = vmodl.query.PropertyCollector
-    content = session.content
-    view = content.viewManager.CreateContainerView(
-        content.rootFolder, [vim.VirtualMachine, vim.HostSystem], True
+    objects = retrieve(
+        session,
+        {
+            vim.VirtualMachine: [
+                "name",
+                "runtime.host",
+                "runtime.powerState",
+                "guest.ipAddress",
+                "config.hardware.device",
+                "config.extraConfig",
+                "customValue",
+            ],
+            vim.HostSystem: ["name"],
+        },
     )
-    try:
-        spec = pc.FilterSpec(
-            objectSet=[
-                pc.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")],
-                )
-            ],
-            propSet=[
-                pc.PropertySpec(
-                    type=vim.VirtualMachine,
-                    pathSet=[
-                        "name",
-                        "runtime.host",
-                        "runtime.powerState",
-                        "guest.ipAddress",
-                        "config.hardware.device",
-                        "config.extraConfig",
-                        "customValue",
-                    ],
-                ),
-                pc.PropertySpec(type=vim.HostSystem, pathSet=["name"]),
-            ],
-        )
-        objects = []
-        result = content.propertyCollector.RetrievePropertiesEx(specSet=[spec], options=pc.RetrieveOptions())
-        while result is not None:
-            objects += result.objects
-            token = result.token
-            result = content.propertyCollector.ContinueRetrievePropertiesEx(token=token) if token else None
-    finally:
-        view.DestroyView()
     hosts: dict[str, str] = {}
     vms = []
     for oc in objects:

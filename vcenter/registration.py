@@ -30,6 +30,7 @@ from radium.remoting._config import ApplianceEntry, ClientConfig, ClientSection
 from radium.remoting._errors import ConfigError, RadiumError
 from radium.remoting._keys import check_name
 
+from .collect import retrieve
 from .connection import Session
 from .errors import Refused, translated
 from .names import resolve
@@ -148,45 +149,22 @@ def _vm_states(session: Session) -> list[_VmState]:
 
     One property collection over a container view (VMs and hosts).
     """
-    from pyVmomi import vim, vmodl
+    from pyVmomi import vim
 
-    pc = vmodl.query.PropertyCollector
-    content = session.content
     field_key = _field_key(session)
-    view = content.viewManager.CreateContainerView(
-        content.rootFolder, [vim.VirtualMachine, vim.HostSystem], True
+    objects = retrieve(
+        session,
+        {
+            vim.VirtualMachine: [
+                "name",
+                "runtime.host",
+                "runtime.powerState",
+                "config.extraConfig",
+                "customValue",
+            ],
+            vim.HostSystem: ["name"],
+        },
     )
-    try:
-        spec = pc.FilterSpec(
-            objectSet=[
-                pc.ObjectSpec(
-                    obj=view,
-                    skip=True,
-                    selectSet=[pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")],
-                )
-            ],
-            propSet=[
-                pc.PropertySpec(
-                    type=vim.VirtualMachine,
-                    pathSet=[
-                        "name",
-                        "runtime.host",
-                        "runtime.powerState",
-                        "config.extraConfig",
-                        "customValue",
-                    ],
-                ),
-                pc.PropertySpec(type=vim.HostSystem, pathSet=["name"]),
-            ],
-        )
-        objects = []
-        result = content.propertyCollector.RetrievePropertiesEx(specSet=[spec], options=pc.RetrieveOptions())
-        while result is not None:
-            objects += result.objects
-            token = result.token
-            result = content.propertyCollector.ContinueRetrievePropertiesEx(token=token) if token else None
-    finally:
-        view.DestroyView()
 
     host_names = {}
     vms = []
