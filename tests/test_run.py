@@ -406,3 +406,10 @@ def test_a_working_directory_under_tmp(remote, tmp_path):
     assert out.stdout == b"here\n"
     assert (result / "out.txt").read_text() == "out\n"  # written under the working directory: back
     assert not os.path.exists(elsewhere)  # elsewhere in /tmp: thrown away
+
+
+def test_a_run_longer_than_ten_seconds_keeps_its_status(remote, tmp_path):
+    # Regression: the process was forked from a worker thread that trio retires after
+    # 10 s idle, and its parent-death signal then killed it (exit 137).
+    out = run_hidden(remote, tmp_path, {}, "--", "sh", "-c", "sleep 11; exit 3")
+    assert out.returncode == 3, out.stderr.decode()

@@ -32,6 +32,7 @@ import sys
 import termios
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import trio
@@ -68,7 +69,7 @@ class Supervisor:
         self.credit_changed = trio.Event()
         self.writeback_done = trio.Event()
         self.writeback_result: s.WritebackAck | None = None
-        self.proc: trio.Process | None = None
+        self.proc: subprocess.Popen | None = None
         # Input can arrive before the process exists: it waits here, in order.
         self.stdin_send, self.stdin_recv = trio.open_memory_channel[tuple[bytes, bool]](float("inf"))
         self.stats = s.RunStats()
@@ -358,30 +359,42 @@ class Supervisor:
             self.stats.output_bytes += len(data)
             await self.send(s.RunOutput(run=self.job.run, fd=fd), [data])
 
+    def _spawn(self, argv: list[str], stdin: Any, stdout: Any, stderr: Any) -> subprocess.Popen:
+        """Start the process from this (the main) thread, never a worker thread.
+
+        `setpriv --pdeathsig` ties the process's life to the thread that forked it:
+        trio's open_process forks in a worker thread that it retires when idle (after
+        10 s), which would kill a longer run.  Forking here takes a few milliseconds.
+        """
+        return subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=self.environment(), start_new_session=True
+        )
+
+    async def _wait(self) -> int:
+        assert self.proc is not None
+        return await trio.to_thread.run_sync(self.proc.wait, abandon_on_cancel=True)
+
     async def run_process(self) -> int:
         if self.start.tty:
             return await self._run_on_terminal()
-        self.proc = await trio.lowlevel.open_process(
-            self.command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self.environment(),
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        assert self.proc.stdin is not None
+        self.proc = self._spawn(self.command(), subprocess.PIPE, subprocess.PIPE, subprocess.PIPE)
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        stdin = trio.lowlevel.FdStream(os.dup(self.proc.stdin.fileno()))
+        stdout = trio.lowlevel.FdStream(os.dup(self.proc.stdout.fileno()))
+        stderr = trio.lowlevel.FdStream(os.dup(self.proc.stderr.fileno()))
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            pipe.close()
         async with trio.open_nursery() as pumps:
-            pumps.start_soon(self.pump, self.proc.stdout, 1)
-            pumps.start_soon(self.pump, self.proc.stderr, 2)
+            pumps.start_soon(self.pump, stdout, 1)
+            pumps.start_soon(self.pump, stderr, 2)
             feeder = trio.CancelScope()
 
             async def feed() -> None:
                 with feeder:
-                    await self.feed_stdin(self.proc.stdin)  # type: ignore[union-attr, arg-type]
+                    await self.feed_stdin(stdin)
 
             pumps.start_soon(feed)
-            status = await self.proc.wait()
+            status = await self._wait()
             feeder.cancel()  # the process is gone: nobody reads its input any more
         self.phase("run")
         return status if status >= 0 else 128 - status
@@ -391,14 +404,7 @@ class Supervisor:
         master, slave = os.openpty()
         self.master = master
         self.resize(self.start.rows, self.start.cols)
-        self.proc = await trio.lowlevel.open_process(
-            [sys.executable, "-c", _TAKE_TERMINAL, *self.command()],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env=self.environment(),
-            start_new_session=True,
-        )
+        self.proc = self._spawn([sys.executable, "-c", _TAKE_TERMINAL, *self.command()], slave, slave, slave)
         os.close(slave)
         terminal = trio.lowlevel.FdStream(os.dup(master))
         drained = trio.Event()
@@ -410,7 +416,7 @@ class Supervisor:
         async with trio.open_nursery() as pumps:
             pumps.start_soon(output)
             pumps.start_soon(self.feed_stdin, terminal)
-            status = await self.proc.wait()
+            status = await self._wait()
             # Whatever the process wrote last may still be in the terminal: the pump reads it
             # all and ends at EIO, once no process holds the terminal.  Bounded: a process
             # left in the background may still hold it.
