@@ -12,4 +12,4 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root
 
-BENCHMARKS = ["control_plane"]
+BENCHMARKS = ["control_plane", "vcenter_inventory", "run_remote"]

@@ -1,0 +1,146 @@
+"""ResNet-20 (v1, CIFAR) training loop in PyTorch on the CPU, as tf_cnn_benchmarks counts it.
+
+The PyTorch counterpart of what the Radium paper ran (`tf_cnn_benchmarks --model=resnet20
+--data_name=cifar10`; see the notes on that benchmark): basic blocks in three stages of
+16/32/64 filters at 32/16/8 pixels, three blocks a stage; bias-free 3×3 convolutions;
+stem conv + BN with no ReLU; block conv-BN-ReLU-conv-BN, add, ReLU; shortcut "option A"
+(identity, or a stride-2 subsample with the new channels zero-padded equally on both
+sides); global average pool and a dense 64 → 11 head (CIFAR-10 is declared with 11
+classes there).  269,787 parameters.  BN decay 0.9 (momentum 0.1), eps 1e-5, with scale.
+
+Training as that benchmark does it: synthetic data, one fixed NCHW float32 image batch
+(truncated normal, mean 127, std 60) made once and reused, new random labels each step;
+plain SGD (no momentum), lr 0.1, weight decay 4e-5 on the non-BN weights; fp32.  Warm-up
+steps are discarded; images/s = timed steps × batch ÷ wall time of the timed loop.
+
+`python -m benchmarks.resnet --steps 50 --batch 64 --warmup 10` trains and prints one JSON
+line: images/s, the per-step times, the thread count and how long import and setup took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+T0 = time.perf_counter()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+IMPORTED = time.perf_counter()
+
+CLASSES = 11  # tf_cnn_benchmarks declares CIFAR-10 with 11 classes
+RESNET20_PARAMETERS = 269_787
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+        self.stride, self.pad = stride, (cout - cin) // 2
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1 and self.pad == 0:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]  # a 1×1 stride-2 average pool is a subsample
+        return F.pad(x, (0, 0, 0, 0, self.pad, self.pad))  # zero channels on both sides
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetCifarV1(nn.Module):
+    """ResNet-(6n+2) v1 for 32×32 images; n = 3 is ResNet-20."""
+
+    def __init__(self, n: int = 3, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16, eps=1e-5, momentum=0.1)  # no ReLU after the stem (v1 there)
+        blocks: list[nn.Module] = []
+        cin = 16
+        for stage, cout in enumerate((16, 32, 64)):
+            for i in range(n):
+                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.bn(self.conv(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train(steps: int, batch: int, warmup: int, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    model = ResNetCifarV1().train()
+    count = parameter_count(model)
+    decayed = [p for name, p in model.named_parameters() if p.ndim > 1]  # conv and dense weights
+    others = [p for name, p in model.named_parameters() if p.ndim <= 1]  # BN scale/shift, dense bias
+    opt = torch.optim.SGD([{"params": decayed, "weight_decay": 4e-5}, {"params": others}], lr=0.1)
+    images = torch.nn.init.trunc_normal_(
+        torch.empty(batch, 3, 32, 32), mean=127.0, std=60.0, a=127.0 - 120.0, b=127.0 + 120.0
+    )
+    times = []
+    timed_start = timed_start_unix = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            timed_start, timed_start_unix = time.perf_counter(), time.time()
+        t = time.perf_counter()
+        labels = torch.randint(0, CLASSES - 1, (batch,))  # as there: uniform in [0, classes - 1)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    wall = time.perf_counter() - timed_start
+    return {
+        "images_per_s": steps * batch / wall,
+        "timed_wall_s": wall,
+        "timed_start_unix": timed_start_unix,
+        "steps": steps,
+        "warmup": warmup,
+        "batch": batch,
+        "step_s": times[warmup:],
+        "warmup_step_s": times[:warmup],
+        "parameters": count,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "import_s": IMPORTED - T0,
+        "setup_s": timed_start - started,
+        "loss": loss.item(),
+        "hostname": os.uname().nodename,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.resnet", description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=100, help="timed steps (100)")
+    p.add_argument("--batch", type=int, default=64, help="images per step (64)")
+    p.add_argument("--warmup", type=int, default=10, help="steps run first and discarded (10)")
+    p.add_argument("--check", action="store_true", help="only check the parameter count")
+    a = p.parse_args(argv)
+    if a.check:
+        count = parameter_count(ResNetCifarV1())
+        print(json.dumps({"parameters": count, "expected": RESNET20_PARAMETERS}))
+        return 0 if count == RESNET20_PARAMETERS else 1
+    result = train(a.steps, a.batch, a.warmup)
+    print(json.dumps(result), flush=True)
+    return 0 if result["parameters"] == RESNET20_PARAMETERS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
