@@ -192,12 +192,16 @@ def test_a_virtualenv_only_the_client_has(remote, tmp_path):
 def test_a_c_program_with_an_rpath_library(remote, tmp_path):
     files = {
         "src/lib.c": "int answer(void) { return 42; }\n",
-        "src/main.c": '#include <stdio.h>\nint answer(void);\nint main(void) { printf("%d\\n", answer()); return 0; }\n',
+        "src/main.c": (
+            "#include <stdio.h>\nint answer(void);\n"
+            'int main(void) { printf("%d\\n", answer()); return 0; }\n'
+        ),
     }
     extra = (
         f"mkdir -p {PROJECT}/opt/lib {PROJECT}/bin\n"
         f"gcc -shared -fPIC -o {PROJECT}/opt/lib/libanswer.so {PROJECT}/src/lib.c\n"
-        f"gcc -o {PROJECT}/bin/prog {PROJECT}/src/main.c -L{PROJECT}/opt/lib -lanswer -Wl,-rpath,{PROJECT}/opt/lib\n"
+        f"gcc -o {PROJECT}/bin/prog {PROJECT}/src/main.c -L{PROJECT}/opt/lib -lanswer "
+        f"-Wl,-rpath,{PROJECT}/opt/lib\n"
     )
     out = run_hidden(remote, tmp_path, files, "--", f"{PROJECT}/bin/prog", extra=extra)
     assert out.returncode == 0, out.stderr.decode()
@@ -205,7 +209,10 @@ def test_a_c_program_with_an_rpath_library(remote, tmp_path):
 
 
 def test_symlinks_permissions_and_times_are_the_clients(remote, tmp_path):
-    extra = f"chmod 0751 {PROJECT}/tool.sh && ln -s tool.sh {PROJECT}/link && touch -d '2001-02-03 04:05:06' {PROJECT}/tool.sh\n"
+    extra = (
+        f"chmod 0751 {PROJECT}/tool.sh && ln -s tool.sh {PROJECT}/link"
+        f" && touch -d '2001-02-03 04:05:06' {PROJECT}/tool.sh\n"
+    )
     probe = (
         "import os, stat\n"
         "st = os.stat('tool.sh')\n"
@@ -399,7 +406,9 @@ def test_a_working_directory_under_tmp(remote, tmp_path):
     work, elsewhere = f"/tmp/radium-test-cwd-{tag}", f"/tmp/radium-test-elsewhere-{tag}"
     result = tmp_path / "after"
     setup = f"mkdir -p {work} && mount -t tmpfs tmpfs {work} && echo here > {work}/in.txt"
-    argv = hidden(client, setup, work, "run", "--", "sh", "-c", f"cat in.txt; echo out > out.txt; echo x > {elsewhere}")
+    argv = hidden(
+        client, setup, work, "run", "--", "sh", "-c", f"cat in.txt; echo out > out.txt; echo x > {elsewhere}"
+    )
     argv[-1] = argv[-1].replace("exec ", "").rstrip("\n") + f"; cp -a {work} {result}"
     out = subprocess.run(argv, env=client.env(), capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr.decode()
