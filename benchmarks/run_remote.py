@@ -145,27 +145,14 @@ def timed(argv: list[str], netns: str | None = None, **kwargs: Any) -> dict[str,
     }
 
 
-LOST_STATUS = 137  # see _check
-
-
 def _check(result: dict, what: str) -> None:
-    """Fail on a non-zero exit, but for one known defect of the run supervisor (still in 9714f6b).
+    """A non-zero exit fails the benchmark: every command here must succeed, remote or local.
 
-    A remote process that runs longer than about 10 s is reported as killed (137) although it
-    finished: the supervisor starts it as `setpriv --pdeathsig KILL -- unshare ...` from trio's
-    worker thread, the kernel sends that signal when the *thread* ends (trio retires idle threads
-    after 10 s), which kills the `unshare` wrapper; the process itself runs on (the signal is
-    cleared in the child when it changes uid), and its output arrives whole.  Such a result is
-    accepted when the process printed its JSON result, and counted in `status_lost`.
+    (Runs longer than 10 s used to end with 137 although the process finished: the supervisor's
+    parent-death signal was tied to a trio worker thread; fixed in ce3194b.)
     """
-    result["status_lost"] = False
-    if result["rc"] == 0:
-        return
-    last = result["stdout"].strip().splitlines()[-1:] if result.get("stdout") else []
-    if result["rc"] == LOST_STATUS and result.get("stats") and last and last[0].startswith("{"):
-        result["status_lost"] = True
-        return
-    raise RuntimeError(f"{what} failed (exit {result['rc']}):\n{result['stderr'][-3000:]}")
+    if result["rc"] != 0:
+        raise RuntimeError(f"{what} failed (exit {result['rc']}):\n{result['stderr'][-3000:]}")
 
 
 # ======================================================= workers (run inside a namespace)
@@ -976,17 +963,6 @@ def report(r: dict, args: argparse.Namespace) -> None:
         print(
             "ResNet-20 skipped: torch is not installed in this venv; `.venv/bin/pip install torch==2.13.0` "
             "(the `bench` extra) to run it"
-        )
-    remote = [("start", x) for x in [st["cold"], *st["warmups"], *st["warm"]]]
-    remote += [("cold read", cold["cold"]), ("warm re-read", cold["warm"])]
-    remote += [("ResNet-20", p["remote"]) for p in r.get("resnet", {}).get("rounds", [])]
-    lost = [name for name, run in remote if run.get("status_lost")]
-    if lost:
-        print(
-            f"note: {len(lost)} of {len(remote)} remote runs ({', '.join(dict.fromkeys(lost))}) exited 137 "
-            "although the process finished and its output arrived whole: the supervisor's "
-            "`setpriv --pdeathsig KILL` fires when trio's spawning thread retires (after 10 s idle), "
-            "killing the `unshare` wrapper (see _check)"
         )
     print(f"run_remote: {r['wall_s']:.0f} s in all")
 
