@@ -32,7 +32,7 @@ from radium.remoting._config import DEFAULT_PORT, ApplianceEntry, ClientConfig
 from radium.remoting._errors import RadiumError
 
 from . import pciids
-from .collect import retrieve
+from .collect import retrieve, vm_field_key
 from .connection import Session
 from .errors import NotFound, Refused, translated
 from .names import closest, resolve
@@ -136,17 +136,7 @@ class Removal(msgspec.Struct, kw_only=True):
 
 def field_key(session: Session, create: bool = False) -> int | None:
     """The key of the radium.appliance custom field (made when `create` and missing)."""
-    from pyVmomi import vim
-
-    manager = session.content.customFieldsManager
-    if manager is None:
-        raise Refused(f"{session.settings.where} has no custom attributes (is it an ESXi host, not vCenter?)")
-    for f in manager.field or []:
-        if f.name == FIELD and f.managedObjectType in (None, vim.VirtualMachine):
-            return int(f.key)
-    if not create:
-        return None
-    return int(manager.AddCustomFieldDef(name=FIELD, moType=vim.VirtualMachine).key)
+    return vm_field_key(session, FIELD, create)
 
 
 def set_record(session: Session, vm: Any, record: ApplianceRecord | None) -> None:

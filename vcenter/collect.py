@@ -40,3 +40,20 @@ def retrieve(session: Session, properties: dict[Any, list[str]]) -> list[Any]:
         return objects
     finally:
         view.DestroyView()
+
+
+def vm_field_key(session: Session, name: str, create: bool = False) -> int | None:
+    """The key of the VM custom attribute `name` (made when `create` and missing)."""
+    from pyVmomi import vim
+
+    from .errors import Refused
+
+    manager = session.content.customFieldsManager
+    if manager is None:
+        raise Refused(f"{session.settings.where} has no custom attributes (is it an ESXi host, not vCenter?)")
+    for f in manager.field or []:
+        if f.name == name and f.managedObjectType in (None, vim.VirtualMachine):
+            return int(f.key)
+    if not create:
+        return None
+    return int(manager.AddCustomFieldDef(name=name, moType=vim.VirtualMachine).key)

@@ -30,7 +30,7 @@ from radium.remoting._config import ApplianceEntry, ClientConfig, ClientSection
 from radium.remoting._errors import ConfigError, RadiumError
 from radium.remoting._keys import check_name
 
-from .collect import retrieve
+from .collect import retrieve, vm_field_key
 from .connection import Session
 from .errors import Refused, translated
 from .names import resolve
@@ -131,17 +131,7 @@ class _VmState:
 
 def _field_key(session: Session, create: bool = False) -> int | None:
     """The key of the radium.client custom field, made when `create` and missing."""
-    from pyVmomi import vim
-
-    manager = session.content.customFieldsManager
-    if manager is None:
-        raise Refused(f"{session.settings.where} has no custom attributes (is it an ESXi host, not vCenter?)")
-    for f in manager.field or []:
-        if f.name == FIELD and f.managedObjectType in (None, vim.VirtualMachine):
-            return int(f.key)
-    if not create:
-        return None
-    return int(manager.AddCustomFieldDef(name=FIELD, moType=vim.VirtualMachine).key)
+    return vm_field_key(session, FIELD, create)
 
 
 def _vm_states(session: Session) -> list[_VmState]:
