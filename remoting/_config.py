@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-import tomli_w
 
 from ._errors import ConfigError
 from ._keys import KeyPair, is_z85_key, write_atomic
@@ -65,6 +64,9 @@ class RunSection(Section):
     id_base: Annotated[int, msgspec.Meta(ge=65536)] = 200000
     id_slots: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100  # runs at once
     cache_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 10 << 30  # content store limit
+    # Supervisors started ahead of need (Python and its imports done, waiting for a
+    # job), so that a run does not wait ~0.3 s for one to start; 0 starts each on demand.
+    spare_supervisors: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1
     # Appliance paths bound over the client's tree: driver configuration and libraries.
     appliance_paths: list[str] = msgspec.field(default_factory=lambda: ["/etc/OpenCL/vendors"])
 
@@ -251,6 +253,8 @@ def check_client_config(config: ClientConfig) -> None:
 def dump_toml(config: Section) -> str:
     data = msgspec.to_builtins(config)
     data.pop("source", None)
+    import tomli_w  # only when writing
+
     return tomli_w.dumps(data)
 
 

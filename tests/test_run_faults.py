@@ -85,12 +85,13 @@ def state_dir(remote) -> Path:
 
 
 def assert_nothing_left(remote, marker: str) -> None:
-    """After a run ended: no supervisor, no process of the run, no mount, no run folder."""
+    """After a run ended: no supervisor but the spare, no process of the run, no mount, no run folder."""
     app = remote.appliance
     app.wait_for_log("run ended", timeout=30)
     pid = app.proc.pid  # `ip netns exec` execs radiumd in place
     children = subprocess.run(["pgrep", "-a", "-P", str(pid)], capture_output=True, text=True).stdout
-    assert "radium.remoting.run.supervisor" not in children, children
+    supervisors = [line for line in children.splitlines() if "radium.remoting.run.supervisor" in line]
+    assert len(supervisors) <= 1, children  # the one spare radiumd keeps waiting for the next run
     stray = subprocess.run(["pgrep", "-a", "-f", marker], capture_output=True, text=True).stdout
     assert stray == "", f"the run's processes outlived it: {stray}"
     runs = state_dir(remote) / "runs"
@@ -293,6 +294,27 @@ def test_a_run_sees_only_its_allocated_opencl_devices(remote, tmp_path):
     assert both.returncode == 0, both.stderr.decode()
     seen = json.loads(both.stdout)
     assert seen["devices"] == 2 and len(seen["radium"].split(",")) == 2, seen
+
+
+def _supervisors(radiumd_pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-a", "-P", str(radiumd_pid)], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines() if "radium.remoting.run.supervisor" in line}
+
+
+def test_a_run_takes_the_spare_supervisor_and_another_is_made_ready(remote, tmp_path):
+    app = remote.appliance
+    pid = app.proc.pid
+    spare = wait_until(lambda: _supervisors(pid), 30, "radiumd to start a spare supervisor")
+    assert len(spare) == 1
+    out = run_hidden(remote, tmp_path, {"x.txt": "x"}, "--", "cat", "x.txt")
+    assert out.returncode == 0 and out.stdout == b"x", out.stderr.decode()
+    assert app.wait_for_log("run started")["supervisor"] in spare  # no start-up to wait for
+    app.wait_for_log("run ended")
+    nxt = wait_until(lambda: _supervisors(pid) - spare, 30, "the next spare supervisor")
+    assert len(_supervisors(pid)) == 1
+    app.stop()  # the spare reads end-of-stream and exits with radiumd
+    for p in nxt:
+        wait_until(lambda p=p: not Path(f"/proc/{p}").exists(), 10, f"spare supervisor {p} to exit")
 
 
 def test_a_run_sees_neither_other_runs_nor_the_appliances_state(remote, tmp_path):

@@ -47,6 +47,7 @@ from radium.remoting.run.fsproto import (
     decode_request,
     encode,
 )
+from radium.remoting.run.listings import KeptListings
 
 IS_ROOT = os.geteuid() == 0
 
@@ -655,6 +656,50 @@ def test_a_second_mount_with_the_same_store_fetches_no_content(world, tmp_path):
     assert warm["store"]["hits"] > 0
 
 
+@needs_fuse
+@pytest.mark.timeout(60)
+def test_a_warm_mount_with_kept_listings_asks_once_for_all_the_last_mount_used(world, tmp_path):
+    store, hashes, kept = tmp_path / "store", tmp_path / "hashes", tmp_path / "kept.idx"
+
+    def mount(n: int) -> Served:
+        config = world.config(tmp_path / f"mnt{n}" / "m", store, hashes)
+        config["kept"] = str(kept)
+        return Served(config, tmp_path / f"serve{n}.log")
+
+    first = mount(1)
+    try:
+        _read_everything(first, world)
+    finally:
+        cold = first.stop()
+    assert cold["tree"]["requests"]["Lookup"] > 0 and cold["tree"]["requests"]["ReadDir"] > 0
+
+    second = mount(2)
+    try:
+        _read_everything(second, world)
+        for dirpath, _, _ in os.walk(os.fsencode(world.client)):
+            os.listdir(second.at(dirpath))
+    finally:
+        warm = second.stop()
+    # One Prefetch rechecked every directory the first mount listed, and the files' hashes
+    # were kept with the listings: no lookup, no listing, no content asked for one by one.
+    assert warm["tree"]["requests"] == {"Prefetch": 1}, warm["tree"]["requests"]
+    assert warm["tree"]["bytes_fetched"] == 0
+
+    # A file changed on the client: its directory's listing no longer holds, and the new
+    # content is what the third mount reads (the kept hashes are not trusted blindly).
+    changed = world.client / "small.txt"
+    before = changed.stat()
+    changed.write_bytes(b"changed on the client\n")
+    third = mount(3)
+    try:
+        assert Path(os.fsdecode(third.at(changed))).read_bytes() == b"changed on the client\n"
+    finally:
+        after = third.stop()
+        changed.write_bytes(world.files[os.fsencode(changed)])
+        os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert after["tree"]["requests"].get("Lookup", 0) >= 1
+
+
 # --- the serving subprocess ---------------------------------------------------------------------------
 
 
@@ -674,7 +719,8 @@ def _serve(config: dict) -> int:
         reply = await trio.to_thread.run_sync(server.handle, decode_request(encode(request)))
         return decode_reply(encode(reply))
 
-    tree = ClientTree(fetch, store, id_offset=config["id_offset"])
+    kept = KeptListings(store, Path(config["kept"])) if config.get("kept") else None
+    tree = ClientTree(fetch, store, id_offset=config["id_offset"], kept=kept)
 
     def report(kind: str) -> None:
         s, t = server.stats, tree.stats
@@ -698,11 +744,16 @@ def _serve(config: dict) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            if kept is not None:  # as the supervisor does: one request before mounting
+                await tree.prefetch([], max_entries=1000)
             await nursery.start(mount_and_serve, tree, config["mountpoint"])
             report("ready")
             nursery.start_soon(commands, nursery.cancel_scope)
 
     trio.run(main)
+    if kept is not None:  # as the supervisor does when its run ends
+        tree.keep_learned()
+        kept.save()
     server.close()
     report("final")
     return 0

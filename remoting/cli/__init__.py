@@ -11,9 +11,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from .. import _schema as s
 from .._config import (
@@ -30,6 +28,9 @@ from .._filters import parse_filter
 from .._version import VERSION
 from ..client import api, holder
 from .output import Result, emit, emit_error, mib, percent
+
+if TYPE_CHECKING:  # rich is imported when a table is drawn: `radium run` never needs it
+    from rich.console import Console
 
 PROG = "radium"
 
@@ -69,6 +70,8 @@ def cmd_list_gpus(args: argparse.Namespace) -> Result:
             )
 
     def render(console: Console) -> None:
+        from rich.table import Table
+
         table = Table(box=None, header_style="bold")
         for col in ("APPLIANCE", "DEVICE", "MODEL", "MEMORY", "ALLOCATED", "LEASES", "HEALTH"):
             table.add_column(col)
@@ -117,6 +120,8 @@ def cmd_smi(args: argparse.Namespace) -> Result:
                 f"[bold]{a['appliance']}[/bold]  host {server.hostname}  radiumd {server.version}"
                 f"  queue {a['queue_length']}"
             )
+            from rich.table import Table
+
             table = Table(box=None, header_style="bold", pad_edge=False)
             for col in ("DEVICE", "MODEL", "USED", "ALLOCATED", "TOTAL", "UTIL", "HEALTH", "LEASES"):
                 table.add_column(col)
@@ -264,6 +269,8 @@ def cmd_health(args: argparse.Namespace) -> Result:
     healthy = all(e["healthy"] for e in report)
 
     def render(console: Console) -> None:
+        from rich.table import Table
+
         table = Table(box=None, header_style="bold")
         for col in ("APPLIANCE", "ADDRESS", "REACHABLE", "KEY", "DEVICES", "STATUS"):
             table.add_column(col)

@@ -10,12 +10,14 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from rich.console import Console
 
 from .._errors import RadiumError
+
+if TYPE_CHECKING:  # rich is imported when something is rendered: `radium run` never needs it
+    from rich.console import Console
 
 MIB = 1 << 20
 
@@ -34,6 +36,8 @@ def emit(result: Result, as_json: bool) -> int:
     else:
         # Off a terminal (pipes, logs) nothing is truncated to 80 columns.
         width = None if sys.stdout.isatty() else 240
+        from rich.console import Console
+
         result.render(Console(highlight=False, width=width))
     for warning in result.warnings:
         print(f"radium: {warning}", file=sys.stderr)

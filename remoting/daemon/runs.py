@@ -55,6 +55,14 @@ class Run:
 
 
 @dataclass
+class Supervisor:
+    """A supervisor process and radiumd's end of its channel; it waits for its `Job`."""
+
+    proc: asyncio.subprocess.Process
+    sock: socket.socket
+
+
+@dataclass
 class Runs:
     config: DaemonConfig
     service: Service
@@ -65,6 +73,76 @@ class Runs:
 
     def __post_init__(self) -> None:
         self._free_slots = list(range(self.config.run.id_slots))
+        self._spares: list[Supervisor] = []
+        self._launching: set[asyncio.Task] = set()
+        self._closing = False
+
+    # --- spare supervisors ------------------------------------------------------------
+
+    def keep_spares(self) -> None:
+        """Start supervisors ahead of need, up to `run.spare_supervisors`.
+
+        A supervisor's Python start-up and imports (trio, pyfuse3) take ~0.3 s of CPU; a
+        spare has done them and waits for its job, so a run does not.  Spares are refilled
+        when radiumd starts, as soon as one is taken (so that the next is ready by the
+        time a quick run ends and its user starts another), and when a run ends.
+        """
+        self._spares = [sp for sp in self._spares if sp.proc.returncode is None]
+        if self._closing:
+            return
+        try:
+            self.check_ready()
+        except RunsUnavailable:
+            return  # said to whoever asks for a run
+        for _ in range(self.config.run.spare_supervisors - len(self._spares) - len(self._launching)):
+            task = asyncio.create_task(self._launch())
+            self._launching.add(task)
+            task.add_done_callback(self._launched)
+
+    def _launched(self, task: asyncio.Task) -> None:
+        self._launching.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            event(self.log, "warning", "could not start a spare supervisor", error=str(task.exception()))
+            return
+        spare = task.result()
+        if self._closing:
+            spare.sock.close()  # it reads end-of-stream and exits
+            return
+        self._spares.append(spare)
+
+    def _take_spare(self) -> Supervisor | None:
+        while self._spares:
+            spare = self._spares.pop(0)
+            if spare.proc.returncode is None:
+                return spare
+            spare.sock.close()
+        return None
+
+    async def _launch(self) -> Supervisor:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                sys.executable,
+                "-m",
+                "radium.remoting.run.supervisor",
+                "--fd",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return Supervisor(proc, ours)
 
     # --- starting -------------------------------------------------------------
 
@@ -136,6 +214,7 @@ class Runs:
             argv=msg.argv[:8],
             lease=lease.id,
             devices=lease.device_ids,
+            supervisor=run.proc.pid if run.proc else None,
         )
         return s.RunAccepted(run=run.id, lease=lease, hostname=socket.gethostname())
 
@@ -165,25 +244,10 @@ class Runs:
             hostname=socket.gethostname(),
             tini=TINI,
         )
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            run.proc = await asyncio.create_subprocess_exec(
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                sys.executable,
-                "-m",
-                "radium.remoting.run.supervisor",
-                "--fd",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        supervisor = self._take_spare() or await self._launch()
+        self.keep_spares()
+        run.proc = supervisor.proc
+        reader, writer = await asyncio.open_unix_connection(sock=supervisor.sock)
         run.writer = writer
         writer.write(channel.pack(job))
         run.relay = asyncio.create_task(self._relay(run, reader))
@@ -241,6 +305,7 @@ class Runs:
             supervisor_status=run.proc.returncode if run.proc else None,
         )
         run.ended.set()
+        self.keep_spares()
 
     def _release(self, lease: s.Lease) -> None:
         if lease.id in self.service.allocator.leases:
@@ -257,10 +322,22 @@ class Runs:
                 run.writer.close()
 
     async def shutdown(self) -> None:
+        self._closing = True
+        for task in list(self._launching):
+            task.cancel()
+        spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.sock.close()  # it reads end-of-stream and exits
         for run in list(self.runs.values()):
             if run.writer is not None:
                 run.writer.close()
         await asyncio.gather(*(r.ended.wait() for r in list(self.runs.values())))
+        for spare in spares:
+            try:
+                await asyncio.wait_for(spare.proc.wait(), 5)
+            except TimeoutError:
+                spare.proc.kill()
+                await spare.proc.wait()
 
 
 def _delegated(path: Path, start: int, end: int) -> bool:

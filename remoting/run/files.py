@@ -478,6 +478,10 @@ class FileServer:
         self, paths: list[bytes], max_entries: int, known: dict[bytes, bytes] | None = None
     ) -> Tree:
         known = known or {}
+        try:
+            root = self._lookup(b"/", content=False)
+        except OSError:
+            root = None
         listings: list[DirListing] = []
         seen: set[bytes] = set()
         count = 0
@@ -505,7 +509,7 @@ class FileServer:
             queue = deque([top])
             while queue:
                 if count >= max_entries:
-                    return Tree(listings=listings, truncated=True)
+                    return Tree(listings=listings, truncated=True, root=root)
                 path = queue.popleft()
                 listing = add(path)
                 if listing is None:
@@ -514,7 +518,16 @@ class FileServer:
                     child = join(path, entry.name)
                     if stat.S_ISDIR(entry.attr.mode) and child not in self.hidden:
                         queue.append(child)
-        return Tree(listings=listings, truncated=False)
+        # The other directories the appliance kept (those its last run used): each one
+        # rechecked, not walked; parents first, so that the appliance can place them.
+        for path in sorted(known):
+            if count >= max_entries:
+                return Tree(listings=listings, truncated=True, root=root)
+            try:
+                add(check_path(path))
+            except BadPath:
+                continue
+        return Tree(listings=listings, truncated=False, root=root)
 
     def close(self) -> None:
         """Save the hash cache, if it has a file."""

@@ -40,6 +40,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 import pyfuse3
 import trio
 
@@ -51,6 +52,7 @@ from radium.remoting.run.fsproto import (
     Attr,
     BadPath,
     Chunks,
+    DirEntry,
     DirListing,
     FsError,
     FsReply,
@@ -65,6 +67,7 @@ from radium.remoting.run.fsproto import (
     check_path,
     chunk_count,
     join,
+    listing_digest,
 )
 from radium.remoting.run.listings import KeptListings
 
@@ -91,6 +94,7 @@ class _Node:
     data: bytes | None = None  # a small file's content, kept when the store could not take it
     read_end: int = 0  # where the last read ended: a read starting there is sequential
     entry: pyfuse3.EntryAttributes | None = None
+    digest: bytes | None = None  # of the listing installed (a directory's)
 
 
 @dataclass
@@ -141,6 +145,7 @@ class ClientTree(pyfuse3.Operations):
         self._inflight: dict[object, trio.Event] = {}
         self._recent: OrderedDict[bytes, bytes] = OrderedDict()
         self.stats = TreeStats()
+        self._learned: set[int] = set()  # directories with files whose hashes this run learned
         # Run once the kernel has finished its INIT handshake, i.e. at the first request after it.
         self.after_init: Callable[[], object] | None = None
 
@@ -231,6 +236,7 @@ class ClientTree(pyfuse3.Operations):
                 continue
             children[name] = self._node_for(join(node.path, name), node.ino, item.attr).ino
         node.children, node.missing = children, set()
+        node.digest = listing.digest
 
     def _id(self, value: int) -> int:
         mapped = value + self.id_offset
@@ -269,7 +275,10 @@ class ClientTree(pyfuse3.Operations):
             return a is not None and not (content and a.chunks is None and stat.S_ISREG(a.mode))
 
         async def work() -> None:
-            self._set_attr(node, await self._ask(Lookup(path=node.path, content=content), Attr))
+            attr = await self._ask(Lookup(path=node.path, content=content), Attr)
+            self._set_attr(node, attr)
+            if attr.chunks is not None:
+                self._learned.add(node.parent)
 
         for _ in range(2):  # the second round, when another task's request failed
             if enough():
@@ -312,13 +321,16 @@ class ClientTree(pyfuse3.Operations):
     async def prefetch(self, paths: Iterable[bytes | str], max_entries: int = 100_000) -> int:
         """Ask the client for the listings of whole trees ahead of use; return how many were installed."""
         tops = [check_path(p) for p in paths]
-        known = self.kept.under(tops) if self.kept else {}
+        known = {**self.kept.recently_used(), **self.kept.under(tops)} if self.kept else {}
         reply = await self._ask(Prefetch(paths=tops, max_entries=max_entries, known=known), Tree)
         return self.install(reply)
 
     def install(self, tree: Tree) -> int:
         """Take listings sent ahead (ancestors before descendants); return how many were installed."""
         installed = 0
+        root = self._nodes[pyfuse3.ROOT_INODE]
+        if tree.root is not None and root.attr is None and stat.S_ISDIR(tree.root.mode):
+            self._set_attr(root, tree.root)
         for listing in tree.listings:
             try:
                 path = check_path(listing.path)
@@ -340,6 +352,32 @@ class ClientTree(pyfuse3.Operations):
                 self._install_listing(node, listing)
                 installed += 1
         return installed
+
+    def keep_learned(self) -> None:
+        """Keep the hashes learned this run with the kept listings of their directories.
+
+        A listing is re-kept only when its entries, with what we know now, still have
+        the digest the client gave (the digest leaves hashes out): then the next run
+        opens those files without asking, as long as the client says the listing holds.
+        """
+        if self.kept is None:
+            return
+        for ino in self._learned:
+            node = self._nodes.get(ino)
+            if node is None or node.children is None or node.digest is None:
+                continue
+            if self.kept.digest(node.path) != node.digest:
+                continue
+            entries = []
+            for name, child_ino in node.children.items():
+                attr = self._nodes[child_ino].attr
+                if attr is None:
+                    break
+                entries.append(DirEntry(name=name, attr=msgspec.structs.replace(attr, data=None)))
+            else:
+                if listing_digest(entries) == node.digest:
+                    self.kept.keep(node.path, node.digest, entries)
+        self._learned.clear()
 
     # --- metadata operations --------------------------------------------------------------
 

@@ -131,8 +131,10 @@ class Prefetch(FsMessage, tag="fs-prefetch"):
     """Listings of whole trees, sent ahead so that start-up pays no round trip per directory.
 
     The reply holds the listing of every directory under each path (not crossing
-    into hidden mounts) and of each ancestor of each path, up to `max_entries`
-    entries in all.
+    into hidden mounts) and of each ancestor of each path, then of every other
+    directory named in `known` (rechecked alone, not walked), up to `max_entries`
+    entries in all.  A directory in `known` that still matches its digest is
+    answered `unchanged`, with no entries.
     """
 
     paths: list[bytes]
@@ -231,6 +233,7 @@ class Chunks(FsReplyMessage, tag="fs-chunks"):
 class Tree(FsReplyMessage, tag="fs-tree"):
     listings: list[DirListing]
     truncated: bool = False  # max_entries was reached: the rest is fetched on demand
+    root: Attr | None = None  # the attributes of "/" itself (no listing carries them)
 
 
 class FsError(FsReplyMessage, tag="fs-error"):

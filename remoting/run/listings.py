@@ -6,6 +6,12 @@ directory with the digest of the listing it kept (`ReadDir.known`); when the
 client finds the directory unchanged it answers with the digest alone.  The
 listings themselves live in the content store (by the hash of their encoding);
 this index maps a client path to (digest, content key) and is saved per client.
+
+It also remembers which directories the last run used: the next run asks the client
+to recheck all of them in its first request (`Prefetch.known`), so that a warm start
+pays one round trip for them, not one per directory.  Kept listings
+carry the chunk hashes learned while the files were read; a file whose listing
+entry still holds (same size, times, inode) is then opened without asking.
 """
 
 from __future__ import annotations
@@ -24,8 +30,16 @@ log = logging.getLogger(__name__)
 
 _encoder = msgspec.msgpack.Encoder()
 _entries = msgspec.msgpack.Decoder(list[DirEntry])
-_index = msgspec.msgpack.Decoder(dict[bytes, tuple[bytes, bytes]])
 MAX_KEPT = 200_000  # directories remembered per client
+MAX_RECENT = 4_096  # directories rechecked at the start of a run
+
+
+class _Saved(msgspec.Struct, array_like=True):
+    index: dict[bytes, tuple[bytes, bytes]]  # path -> (listing digest, content key)
+    recent: list[bytes] = []  # directories the last run used
+
+
+_saved = msgspec.msgpack.Decoder(_Saved)
 
 
 class KeptListings:
@@ -33,11 +47,14 @@ class KeptListings:
         self.store = store
         self.path = path
         self.index: dict[bytes, tuple[bytes, bytes]] = {}
+        self.recent: dict[bytes, None] = {}  # directories this run used, least recently first
+        self.previous: list[bytes] = []  # those of the last run
         if path is not None:
             try:
-                self.index = _index.decode(path.read_bytes())
+                saved = _saved.decode(path.read_bytes())
             except (OSError, msgspec.DecodeError):
-                self.index = {}  # none yet, or damaged: start afresh
+                saved = _Saved(index={})  # none yet, or damaged (or of an older layout): start afresh
+            self.index, self.previous = saved.index, saved.recent
 
     def digest(self, path: bytes) -> bytes | None:
         kept = self.index.get(path)
@@ -51,6 +68,17 @@ class KeptListings:
                 out[path] = digest
         return out
 
+    def recently_used(self) -> dict[bytes, bytes]:
+        """path -> digest for the kept listings the last run used, parents before children."""
+        return {path: self.index[path][0] for path in sorted(self.previous) if path in self.index}
+
+    def used(self, path: bytes) -> None:
+        """The run used this directory's listing: recheck it first next time."""
+        self.recent.pop(path, None)
+        self.recent[path] = None
+        while len(self.recent) > MAX_RECENT:
+            self.recent.pop(next(iter(self.recent)))
+
     def load(self, path: bytes) -> list[DirEntry] | None:
         kept = self.index.get(path)
         if kept is None:
@@ -60,10 +88,12 @@ class KeptListings:
             del self.index[path]
             return None
         try:
-            return _entries.decode(data)
+            entries = _entries.decode(data)
         except msgspec.DecodeError:
             del self.index[path]
             return None
+        self.used(path)
+        return entries
 
     def keep(self, path: bytes, digest: bytes, entries: list[DirEntry]) -> None:
         data = _encoder.encode(entries)
@@ -75,11 +105,13 @@ class KeptListings:
         if len(self.index) >= MAX_KEPT and path not in self.index:
             self.index.pop(next(iter(self.index)))
         self.index[path] = (digest, key)
+        self.used(path)
 
     def save(self) -> None:
         if self.path is None:
             return
+        saved = _Saved(index=self.index, recent=[p for p in self.recent if p in self.index])
         try:
-            write_atomic(self.path, _encoder.encode(self.index), 0o600)
+            write_atomic(self.path, _encoder.encode(saved), 0o600)
         except OSError as exc:
             log.warning("could not save kept listings: %s", exc)

@@ -20,7 +20,9 @@ unmounted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import functools
 import itertools
 import os
 import signal
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ import msgspec
 import trio
 
 from .. import _schema as s
-from . import channel, fsproto
+from . import channel, fsproto, mounts
 from .cas import ContentStore
 from .fs import ClientTree, mount_and_serve, unmount
 from .listings import KeptListings
@@ -175,27 +178,23 @@ class Supervisor:
         for path in binds:
             if await self.tree.stat_path(path) is None:
                 await self._make_in_upper(path, directory=os.path.isdir(path))
-        await self._mount(
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}",
-            str(self.root),
-        )
-        await self._mount("--bind", self.job.tini, str(self.root / ".radium/init"))
+        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        await self._mount(self.root, mounts.mount, "overlay", self.root, "overlay", 0, options)
+        init = self.root / ".radium/init"
+        await self._mount(init, mounts.bind, self.job.tini, init)
         for path in ("/dev", "/sys"):
             if await self._client_has_dir(path):
-                await self._mount("--rbind", path, str(self.root / path.lstrip("/")))
+                target = self.root / path.lstrip("/")
+                await self._mount(target, mounts.bind, path, target, recursive=True)
         for path in self.private_dirs():
             # /dev/shm is the appliance's /dev by then, /tmp the client's.
             exists = os.path.isdir(path) if path == "/dev/shm" else await self._client_has_dir(path)
             if exists:
-                await self._mount(
-                    "-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", str(self.root / path.lstrip("/"))
-                )
+                target = self.root / path.lstrip("/")
+                await self._mount(target, mounts.tmpfs, target)
         for path in binds:
-            await self._mount("--bind", "-o", "ro", path, str(self.root / path.lstrip("/")))
+            target = self.root / path.lstrip("/")
+            await self._mount(target, mounts.bind, path, target, readonly=True)
         self.phase("mount")
 
     def private_dirs(self) -> list[str]:
@@ -236,14 +235,19 @@ class Supervisor:
                 target.touch(mode=0o755)
             self.made_for_mounts.add(rel)
 
-    async def _mount(self, *args: str) -> None:
-        await trio.run_process(["mount", *args], capture_stderr=True)
-        self.mounted.append(Path(args[-1]))
+    async def _mount(self, target: Path, how: Callable[..., None], *args: Any, **kw: Any) -> None:
+        """`how(*args, **kw)` mounts something at `target`."""
+        # In a thread: the kernel resolves paths inside the overlay by asking our
+        # FUSE server, which is this thread's trio loop.
+        await trio.to_thread.run_sync(functools.partial(how, *args, **kw))
+        self.mounted.append(target)
 
     async def teardown(self) -> None:
         # Nothing here may touch the mounts' contents: the FUSE daemon (us) no
         # longer answers, so a stat would hang.
-        await trio.run_process(["umount", "-R", "-l", str(self.root)], check=False, capture_stderr=True)
+        if self.mounted:
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(mounts.detach, self.root)  # and all below it
         unmount(str(self.lower))
 
     # --- the process ---------------------------------------------------------------
@@ -515,6 +519,7 @@ class Supervisor:
                     offset += len(data)
                     if last:
                         break
+        self.tree.keep_learned()
         self.kept.save()
         await self.send(s.WritebackEnd(run=self.job.run, changes=len(changes)))
         await self.writeback_done.wait()
@@ -547,7 +552,13 @@ async def supervise(fd: int) -> int:
     sock = socket.socket(fileno=fd)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     reader = channel.TrioReader(stream)
-    job = channel.decode("job", (await reader.read())[0])
+    try:
+        job = channel.decode("job", (await reader.read())[0])
+    except channel.ChannelClosed:
+        return 0  # a spare that radiumd no longer needs
+    except msgspec.ValidationError as exc:
+        log("bad job from radiumd", error=str(exc))
+        return 2
     sup = Supervisor(job, stream, reader)
     status, detail = 255, ""
     try:
@@ -572,6 +583,8 @@ async def supervise(fd: int) -> int:
             sup.stats.cache_hits, sup.stats.cache_misses = (
                 sup.tree.cache_counts() if hasattr(sup, "tree") else (0, 0)
             )
+            if hasattr(sup, "tree"):
+                log("file requests", run=job.run, by_kind=dict(sup.tree.stats.requests))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
             nursery.cancel_scope.cancel()
     finally:
