@@ -794,6 +794,7 @@ def breakdown(run: dict) -> dict[str, float]:
         "client start+connect+lease": tl["lease granted"],
         "RunStart+spawn": tl["run started"] - tl["lease granted"],
         "supervisor start-up": tl["lease released"] - tl["run started"] - sum(ph.values()),
+        "prefetch": ph.get("prefetch", 0.0),
         "mount": ph.get("mount", 0.0),
         "process": ph.get("run", 0.0),
         "write-back": ph.get("writeback", 0.0),

@@ -163,11 +163,12 @@ class Supervisor:
         self.store = ContentStore(Path(self.job.store_dir), self.job.store_limit)
         self.kept = KeptListings(self.store, Path(self.job.store_dir) / "listings" / f"{self.job.client}.idx")
         self.tree = ClientTree(self.fetch, self.store, id_offset=self.job.id_base, kept=self.kept)
-        if self.start.prefetch:  # one round trip instead of one per directory at start-up
+        if self.start.prefetch or self.kept.previous:  # one round trip, not one per directory
             try:
                 await self.tree.prefetch(self.start.prefetch, max_entries=PREFETCH_ENTRIES)
             except (OSError, ValueError) as exc:
                 log("prefetch failed", run=self.job.run, error=str(exc))
+            self.phase("prefetch")
         await nursery.start(mount_and_serve, self.tree, str(self.lower))
         self.mounted.append(self.lower)
         # The init, and mount points for what the appliance lends, are made in the
