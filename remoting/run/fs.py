@@ -128,7 +128,8 @@ class ClientTree(pyfuse3.Operations):
         *,
         id_offset: int = 0,
         timeout: float = TIMEOUT,
-        batch_chunks: int = 8,
+        batch_chunks: int = 4,
+        ahead_chunks: int = 32,
         kept: KeptListings | None = None,
     ) -> None:
         super().__init__()
@@ -138,6 +139,9 @@ class ClientTree(pyfuse3.Operations):
         self.id_offset = id_offset
         self.timeout = timeout
         self.batch_chunks = max(1, min(batch_chunks, MAX_CHUNKS_PER_REQUEST))
+        self.ahead_chunks = max(0, ahead_chunks)
+        # Where read-ahead fetches run; set by mount_and_serve while it serves.
+        self.background: trio.Nursery | None = None
         root = _Node(pyfuse3.ROOT_INODE, b"/", pyfuse3.ROOT_INODE)
         self._nodes: dict[int, _Node] = {root.ino: root}
         self._by_path: dict[bytes, int] = {b"/": root.ino}
@@ -582,13 +586,61 @@ class ClientTree(pyfuse3.Operations):
         if chunks is None or len(chunks) != chunk_count(attr.size):
             raise pyfuse3.FUSEError(errno.EIO)
         sequential = off == node.read_end
+        last = (end - 1) // CHUNK_SIZE
+        if sequential:
+            self._read_ahead(node, last + 1)
         parts = []
-        for i in range(off // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1):
+        for i in range(off // CHUNK_SIZE, last + 1):
             base = i * CHUNK_SIZE
             lo, hi = max(off, base) - base, min(end, base + CHUNK_SIZE) - base
             parts.append(await self._piece(node, i, lo, hi, sequential))
         node.read_end = end
         return b"".join(parts)
+
+    def _read_ahead(self, node: _Node, start: int) -> None:
+        """For a sequential reader: fetch the missing chunks of the next `ahead_chunks` in the background.
+
+        Several requests are in flight at once (one per `batch_chunks`), so that the
+        client reading, the link and this side storing overlap instead of taking turns.
+        """
+        if self.background is None or not self.ahead_chunks:
+            return
+        assert node.attr is not None and node.attr.chunks is not None
+        chunks = node.attr.chunks
+        batch: list[int] = []
+
+        def flush() -> None:
+            if batch:
+                # Registered now, not when the task starts: the next read must see them in flight.
+                events = self._register(chunks, batch)
+                assert self.background is not None
+                self.background.start_soon(self._fetch_quietly, node, list(batch), events)
+                batch.clear()
+
+        for i in range(start, min(len(chunks), start + self.ahead_chunks)):
+            digest = chunks[i]
+            if ("chunk", digest) in self._inflight or digest in self._recent or self.store.has(digest):
+                flush()  # requests stay runs of consecutive chunks
+                continue
+            batch.append(i)
+            if len(batch) == self.batch_chunks:
+                flush()
+        flush()
+
+    def _register(self, chunks: list[bytes], indexes: list[int]) -> dict[object, trio.Event]:
+        """Mark chunks as in flight (those not already: a file may repeat a chunk)."""
+        events: dict[object, trio.Event] = {}
+        for i in indexes:
+            key = ("chunk", chunks[i])
+            if key not in self._inflight:
+                events[key] = self._inflight[key] = trio.Event()
+        return events
+
+    async def _fetch_quietly(self, node: _Node, indexes: list[int], events: dict[object, trio.Event]) -> None:
+        try:
+            await self._fetch_chunks(node, indexes, events)
+        except (pyfuse3.FUSEError, _Changed):
+            pass  # the reader's own fetch will try again and report
 
     def _local_piece(self, digest: bytes, lo: int, hi: int) -> bytes | None:
         data = self._recent.get(digest)
@@ -629,9 +681,20 @@ class ClientTree(pyfuse3.Operations):
                 if ("chunk", digest) in self._inflight or digest in self._recent or self.store.has(digest):
                     break  # keep runs consecutive: what is there ends the run
                 wanted.append(i)
-        keys = [("chunk", chunks[i]) for i in wanted]
-        events = {key: trio.Event() for key in keys}
-        self._inflight.update(events)
+        await self._fetch_chunks(node, wanted)
+
+    async def _fetch_chunks(
+        self, node: _Node, wanted: list[int], events: dict[object, trio.Event] | None = None
+    ) -> None:
+        """Fetch chunks `wanted` (ascending indexes) of the node's file in one request, and store them.
+
+        `events`: their in-flight marks, when the caller registered them already.
+        """
+        attr = node.attr
+        assert attr is not None and attr.chunks is not None
+        chunks = attr.chunks
+        if events is None:
+            events = self._register(chunks, wanted)
         try:
             reply = await self._ask(ReadChunks(path=node.path, indexes=wanted), Chunks)
             if len(reply.data) != len(wanted):
@@ -736,11 +799,15 @@ async def mount_and_serve(
         tree.after_init = lambda: _set_read_ahead(point, read_ahead_kb)
     pyfuse3.init(tree, os.fsdecode(point), options)
     try:
-        if ready is not None:
-            ready()
-        task_status.started()
-        await pyfuse3.main()
+        async with trio.open_nursery() as background:
+            tree.background = background  # read-ahead fetches
+            if ready is not None:
+                ready()
+            task_status.started()
+            await pyfuse3.main()
+            background.cancel_scope.cancel()
     finally:
+        tree.background = None
         pyfuse3.close(unmount=True)
 
 
