@@ -67,6 +67,9 @@ class RunSection(Section):
     # Supervisors started ahead of need (Python and its imports done, waiting for a
     # job), so that a run does not wait ~0.3 s for one to start; 0 starts each on demand.
     spare_supervisors: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1
+    # A run holding part of an NVIDIA device gets a private CUDA MPS daemon that holds it
+    # to its share ("auto", where nvidia-cuda-mps-control exists); "off" leaves it unenforced.
+    mps: Literal["auto", "off"] = "auto"
     # Appliance paths bound over the client's tree: driver configuration and libraries.
     appliance_paths: list[str] = msgspec.field(default_factory=lambda: ["/etc/OpenCL/vendors"])
 

@@ -13,8 +13,9 @@ import sys
 
 import pytest
 
-from radium.remoting._schema import Device
+from radium.remoting._schema import Device, LeasePart
 from radium.remoting.devices import discover_all, load_backends
+from radium.remoting.devices.base import MpsLimits
 from radium.remoting.devices.nvml import NvmlBackend, normalise_pci
 from radium.remoting.devices.opencl import OpenCLBackend, _raw_device_info
 
@@ -178,6 +179,23 @@ def test_nvml_helpers_without_a_gpu() -> None:
     ]
     env = NvmlBackend().visibility(gpus).environment
     assert env == {"CUDA_VISIBLE_DEVICES": "GPU-aaaa,GPU-bbbb", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def test_a_partial_nvidia_lease_is_held_to_its_share_by_mps_limits() -> None:
+    gpus = [
+        Device(id=f"nvidia-GPU-{n}", backend="nvml", vendor="NVIDIA", model="m", memory_bytes=16 << 30)
+        for n in ("aaaa", "bbbb")
+    ]
+    half = [LeasePart(device_id=g.id, memory_bytes=8 << 30, fraction=0.5) for g in gpus]
+    seen = NvmlBackend().visibility(gpus, half)
+    assert seen.environment["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-bbbb"
+    # Indexes as the process enumerates them (its CUDA_VISIBLE_DEVICES order), memory in MiB.
+    assert seen.mps == MpsLimits(memory_mib={0: 8192, 1: 8192}, threads=50)
+    third = [LeasePart(device_id=gpus[1].id, memory_bytes=(16 << 30) // 3, fraction=1 / 3)]
+    assert NvmlBackend().visibility(gpus[1:], third).mps == MpsLimits(memory_mib={0: 5461}, threads=34)
+    whole = [LeasePart(device_id=g.id, memory_bytes=16 << 30, fraction=1.0) for g in gpus]
+    assert NvmlBackend().visibility(gpus, whole).mps is None  # a whole device needs no MPS
+    assert NvmlBackend().visibility(gpus).mps is None
 
 
 def test_nvml_backend_on_a_gpu_host() -> None:

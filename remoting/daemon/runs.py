@@ -25,7 +25,7 @@ from .. import _schema as s
 from .. import _wire as wire
 from .._config import DaemonConfig
 from .._errors import LeaseNotFound, RadiumError, UsageError
-from ..devices.base import Backend
+from ..devices.base import Backend, MpsLimits
 from ..run import channel
 from .auth import Peer
 from .logs import event
@@ -224,12 +224,16 @@ class Runs:
         run_dir = state / "runs" / run.id
         run_dir.mkdir(parents=True, mode=0o700)
         device_env: dict[str, str] = {}
-        by_backend: dict[str, list[s.Device]] = {}
-        for device_id in run.lease.device_ids:
-            device = self.service.allocator.devices[device_id]
-            by_backend.setdefault(device.backend, []).append(device)
-        for name, devices in by_backend.items():
-            device_env.update(self.backends[name].visibility(devices).environment)
+        by_backend: dict[str, list[tuple[s.Device, s.LeasePart]]] = {}
+        for part in run.lease.parts:
+            device = self.service.allocator.devices[part.device_id]
+            by_backend.setdefault(device.backend, []).append((device, part))
+        mps = None
+        for name, held in by_backend.items():
+            seen = self.backends[name].visibility([d for d, _ in held], [p for _, p in held])
+            device_env.update(seen.environment)
+            if seen.mps is not None:
+                mps = self._mps(run, seen.mps)
         job = channel.Job(
             run=run.id,
             client=run.client,
@@ -243,6 +247,7 @@ class Runs:
             appliance_paths=list(cfg.run.appliance_paths),
             hostname=socket.gethostname(),
             tini=TINI,
+            mps=mps,
         )
         supervisor = self._take_spare() or await self._launch()
         self.keep_spares()
@@ -251,6 +256,20 @@ class Runs:
         run.writer = writer
         writer.write(channel.pack(job))
         run.relay = asyncio.create_task(self._relay(run, reader))
+
+    def _mps(self, run: Run, limits: MpsLimits) -> channel.Mps | None:
+        """The run's private MPS daemon, if this appliance has CUDA MPS (see docs/run.md)."""
+        control = shutil.which("nvidia-cuda-mps-control")
+        if self.config.run.mps == "off" or control is None:
+            event(
+                self.log,
+                "warning",
+                "partial lease of NVIDIA devices not enforced",
+                run=run.id,
+                why="run.mps is off" if control else "nvidia-cuda-mps-control not found",
+            )
+            return None
+        return channel.Mps(control=control, memory_mib=limits.memory_mib, threads=limits.threads)
 
     # --- relaying ---------------------------------------------------------------
 

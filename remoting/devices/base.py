@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._schema import Device
+from .._schema import Device, LeasePart
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,24 @@ def check_health_result(x, y, api: str) -> HealthResult:  # type: ignore[no-unty
 
 
 @dataclass(frozen=True)
+class MpsLimits:
+    """A partial lease of NVIDIA devices, as CUDA MPS enforces it (see docs/run.md).
+
+    `memory_mib`: per device index as the process enumerates them (0, 1, ... in
+    CUDA_VISIBLE_DEVICES order), the device memory it may pin; `threads`: the
+    active thread percentage, the share of each device's SMs its kernels may use.
+    """
+
+    memory_mib: dict[int, int]
+    threads: int
+
+
+@dataclass(frozen=True)
 class Visibility:
     """How a process is limited to some of this backend's devices (used by `radium run`)."""
 
     environment: dict[str, str]
+    mps: MpsLimits | None = None  # set when the lease holds only part of NVIDIA devices
 
 
 class Backend(Protocol):
@@ -76,5 +90,9 @@ class Backend(Protocol):
     def usage(self, device: Device) -> Usage:
         """Memory used and utilisation as the vendor reports them; None where it cannot."""
 
-    def visibility(self, devices: list[Device]) -> Visibility:
-        """Environment that makes only `devices` visible to a process."""
+    def visibility(self, devices: list[Device], parts: list[LeasePart] | None = None) -> Visibility:
+        """Environment that makes only `devices` visible to a process.
+
+        `parts`: the lease's share of each device (same order); a backend whose vendor
+        has a mechanism to hold a process to a share says how (`Visibility.mps`).
+        """

@@ -7,15 +7,17 @@ a tiny kernel really run on the device.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
-from .._schema import Device
+from .._schema import Device, LeasePart
 from .base import (
     HEALTH_A,
     HEALTH_B,
     HEALTH_N,
     HealthResult,
+    MpsLimits,
     Usage,
     Visibility,
     check_health_result,
@@ -105,6 +107,21 @@ def normalise_pci(bus_id: str) -> str:
         bus, devfn = parts
         return f"0000:{int(bus, 16):02x}:{devfn}"
     return bus_id
+
+
+def mps_limits(parts: list[LeasePart]) -> MpsLimits | None:
+    """What MPS must enforce for a lease of `parts` (None when every device is whole).
+
+    Memory: each device's leased bytes, rounded down to MiB (MPS takes M units).
+    Compute: the largest leased fraction, as a percentage rounded up (a share of
+    0.5 may use half the SMs; never 0).
+    """
+    if not parts or all(p.fraction >= 1.0 for p in parts):
+        return None
+    return MpsLimits(
+        memory_mib={i: max(1, p.memory_bytes >> 20) for i, p in enumerate(parts)},
+        threads=max(1, min(100, math.ceil(max(p.fraction for p in parts) * 100 - 1e-9))),
+    )
 
 
 def _uuid_of(device: Device) -> str:
@@ -358,11 +375,13 @@ class NvmlBackend:
             utilization = None
         return Usage(memory_used_bytes=memory_used, utilization_percent=utilization)
 
-    def visibility(self, devices: list[Device]) -> Visibility:
-        """CUDA_VISIBLE_DEVICES as GPU UUIDs (robust to renumbering), PCI bus order."""
+    def visibility(self, devices: list[Device], parts: list[LeasePart] | None = None) -> Visibility:
+        """CUDA_VISIBLE_DEVICES as GPU UUIDs (robust to renumbering, and to MPS's own
+        remapping), PCI bus order; for a partial lease, the limits MPS is to enforce."""
         return Visibility(
             environment={
                 "CUDA_VISIBLE_DEVICES": ",".join(_uuid_of(d) for d in devices),
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-            }
+            },
+            mps=mps_limits(parts or []),
         )

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .._schema import Device
+from .._schema import Device, LeasePart
 from .base import (
     HEALTH_A,
     HEALTH_B,
@@ -298,7 +298,7 @@ class OpenCLBackend:
     def usage(self, device: Device) -> Usage:
         return Usage()  # OpenCL has no usage query
 
-    def visibility(self, devices: list[Device]) -> Visibility:
+    def visibility(self, devices: list[Device], parts: list[LeasePart] | None = None) -> Visibility:
         """Environment that limits an OpenCL program to `devices`.
 
         OpenCL has no universal device-mask variable, so:
@@ -315,6 +315,9 @@ class OpenCLBackend:
           RADIUM_OPENCL_DEVICES uses those new indices. If no PoCL device is
           allowed, POCL_DEVICES is left alone (PoCL cannot be told to expose none).
         * Other platforms are not narrowed: the program sees all their devices.
+
+        OpenCL has no mechanism to hold a program to a share of a device: `parts`
+        are the allocator's bookkeeping only.
         """
         env: dict[str, str] = {}
         chosen: list[_Found] = []

@@ -36,6 +36,14 @@ def pack_frames(frames: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
+class Mps(msgspec.Struct, kw_only=True):
+    """A private CUDA MPS control daemon for the run, holding it to its lease's share."""
+
+    control: str  # the appliance's nvidia-cuda-mps-control
+    memory_mib: dict[int, int]  # device index (as the process sees it) -> pinned memory limit
+    threads: int  # active thread percentage
+
+
 class Job(msgspec.Struct, kw_only=True):
     """What radiumd tells a supervisor about its run (the first message)."""
 
@@ -51,6 +59,7 @@ class Job(msgspec.Struct, kw_only=True):
     appliance_paths: list[str]  # appliance paths bound over the client's tree (drivers)
     hostname: str
     tini: str
+    mps: Mps | None = None
 
 
 _decoders = {

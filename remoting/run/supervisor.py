@@ -175,6 +175,7 @@ class Supervisor:
         # upper layer before the overlay is mounted; they are never written back.
         await self._make_in_upper("/.radium", directory=True)
         await self._make_in_upper("/.radium/init", directory=False)
+        mps_binds = self._prepare_mps()
         binds = [p for p in self.job.appliance_paths if os.path.exists(p)]
         for path in binds:
             if await self.tree.stat_path(path) is None:
@@ -183,6 +184,9 @@ class Supervisor:
         await self._mount(self.root, mounts.mount, "overlay", self.root, "overlay", 0, options)
         init = self.root / ".radium/init"
         await self._mount(init, mounts.bind, self.job.tini, init)
+        for source, inside in mps_binds:
+            target = self.root / inside.lstrip("/")
+            await self._mount(target, mounts.bind, source, target, readonly=True)
         for path in ("/dev", "/sys"):
             if await self._client_has_dir(path):
                 target = self.root / path.lstrip("/")
@@ -236,6 +240,24 @@ class Supervisor:
                 target.touch(mode=0o755)
             self.made_for_mounts.add(rel)
 
+    def _prepare_mps(self) -> list[tuple[str, str]]:
+        """For a partial NVIDIA lease: the script that starts the run's MPS daemon, and the
+        appliance's MPS binaries to bind in as (appliance path, path in the run)."""
+        mps = self.job.mps
+        if mps is None:
+            return []
+        folder = self.upper / ".radium" / "bin"
+        folder.mkdir(mode=0o755, exist_ok=True)
+        binds = []
+        for source in (mps.control, os.path.join(os.path.dirname(mps.control), "nvidia-cuda-mps-server")):
+            if os.path.exists(source):
+                (folder / os.path.basename(source)).touch(mode=0o755)
+                binds.append((source, f"/.radium/bin/{os.path.basename(source)}"))
+        script = self.upper / ".radium" / "mps"
+        script.write_text(MPS_START)
+        script.chmod(0o755)
+        return binds
+
     async def _mount(self, target: Path, how: Callable[..., None], *args: Any, **kw: Any) -> None:
         """`how(*args, **kw)` mounts something at `target`."""
         # In a thread: the kernel resolves paths inside the overlay by asking our
@@ -280,6 +302,7 @@ class Supervisor:
             "/.radium/init",
             "-g",
             "--",
+            *(["/bin/sh", "/.radium/mps"] if self.job.mps else []),
             *st.argv,
         ]
 
@@ -317,6 +340,8 @@ class Supervisor:
         env = dict(self.start.env)
         env.update(self.job.device_env)
         env["RADIUM_RUN"] = self.job.run
+        if self.job.mps is not None:
+            env.update(mps_environment(self.job.mps))
         return env
 
     def kill(self, sig: int) -> None:
@@ -447,8 +472,8 @@ class Supervisor:
             for name in sorted(dirs + files):
                 full = Path(top) / name
                 path = rel_top.rstrip("/") + "/" + name
-                if path == "/.radium" or path in self.made_for_mounts:
-                    continue
+                if _inside(path, "/.radium") or path in self.made_for_mounts:
+                    continue  # the supervisor's own: init, the MPS script and binaries
                 if _inside(path, "/tmp") and not (
                     _inside(path, self.start.cwd) or _inside(self.start.cwd, path)
                 ):
@@ -525,6 +550,39 @@ class Supervisor:
         await self.send(s.WritebackEnd(run=self.job.run, changes=len(changes)))
         await self.writeback_done.wait()
         self.phase("writeback")
+
+
+# The run's own CUDA MPS control daemon (see docs/run.md, "Partial NVIDIA devices"): started
+# inside the run, as its user, before the process; it and its server end with the run's PID
+# namespace.  The defaults set here bind every client of this daemon, the process included.
+MPS_DIR = "/dev/shm/.radium-mps"  # private to the run, thrown away with it
+MPS_START = """\
+# Radium: start this run's CUDA MPS daemon with its lease's limits, then the process.
+set -e
+mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+PATH=/.radium/bin:$PATH nvidia-cuda-mps-control -d
+control() { echo "$1" | PATH=/.radium/bin:$PATH nvidia-cuda-mps-control >/dev/null; }
+control "set_default_active_thread_percentage $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+IFS=,
+for limit in $CUDA_MPS_PINNED_DEVICE_MEM_LIMIT; do
+  control "set_default_device_pinned_mem_limit ${limit%%=*} ${limit#*=}"
+done
+unset IFS
+set +e
+exec "$@"
+"""
+
+
+def mps_environment(mps: channel.Mps) -> dict[str, str]:
+    """What the process (and the MPS daemon started before it) is given for a partial lease."""
+    return {
+        "CUDA_MPS_PIPE_DIRECTORY": f"{MPS_DIR}/pipe",
+        "CUDA_MPS_LOG_DIRECTORY": f"{MPS_DIR}/log",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(mps.threads),
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": ",".join(
+            f"{index}={mib}M" for index, mib in sorted(mps.memory_mib.items())
+        ),
+    }
 
 
 # Run by the appliance's Python just before `unshare`: make the terminal on stdin the
