@@ -301,13 +301,20 @@ def _supervisors(radiumd_pid: int) -> set[int]:
     return {int(line.split()[0]) for line in out.splitlines() if "radium.remoting.run.supervisor" in line}
 
 
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def test_a_run_takes_the_spare_supervisor_and_another_is_made_ready(remote, tmp_path):
     app = remote.appliance
     pid = app.proc.pid
     spare = wait_until(lambda: _supervisors(pid), 30, "radiumd to start a spare supervisor")
     assert len(spare) == 1
-    out = run_hidden(remote, tmp_path, {"x.txt": "x"}, "--", "cat", "x.txt")
-    assert out.returncode == 0 and out.stdout == b"x", out.stderr.decode()
+    assert _niceness(next(iter(spare))) == 10  # it waits at a low priority...
+    script = "cat x.txt; echo; cut -d' ' -f19 /proc/self/stat"
+    out = run_hidden(remote, tmp_path, {"x.txt": "x"}, "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().split() == ["x", "0"]  # ...and the run has the normal one
     assert app.wait_for_log("run started")["supervisor"] in spare  # no start-up to wait for
     app.wait_for_log("run ended")
     nxt = wait_until(lambda: _supervisors(pid) - spare, 30, "the next spare supervisor")

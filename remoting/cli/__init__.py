@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -426,12 +427,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-        return result if isinstance(result, int) else emit(result, args.json)
+        code = result if isinstance(result, int) else emit(result, args.json)
     except RadiumError as exc:
-        return emit_error(PROG, exc, args.json)
+        code = emit_error(PROG, exc, args.json)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if args.func is cmd_run and argv is None:
+        # `radium run` as a command: everything it keeps is saved and its output flushed;
+        # skip the interpreter's teardown (joining idle worker threads, freeing every
+        # module: ~40 ms here), which a user would wait for after their process ended.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # closed by the reader (`| head`): nothing more can reach it anyway
+        os._exit(code)
+    return code
 
 
 __all__ = ["main", "build_parser"]

@@ -32,6 +32,7 @@ from .logs import event
 from .service import Service
 
 TINI = "/usr/bin/tini-static"
+SPARE_NICENESS = 10
 
 
 class RunsUnavailable(RadiumError):
@@ -95,7 +96,7 @@ class Runs:
         except RunsUnavailable:
             return  # said to whoever asks for a run
         for _ in range(self.config.run.spare_supervisors - len(self._spares) - len(self._launching)):
-            task = asyncio.create_task(self._launch())
+            task = asyncio.create_task(self._launch(spare=True))
             self._launching.add(task)
             task.add_done_callback(self._launched)
 
@@ -120,10 +121,13 @@ class Runs:
             spare.sock.close()
         return None
 
-    async def _launch(self) -> Supervisor:
+    async def _launch(self, spare: bool = False) -> Supervisor:
+        """Start a supervisor; a spare at low priority (it takes its normal one with its job),
+        so that its start-up yields the CPU to the runs going on meanwhile."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = await asyncio.create_subprocess_exec(
+                *(["nice", "-n", str(SPARE_NICENESS)] if spare else []),
                 "unshare",
                 "--mount",
                 "--propagation",
@@ -168,7 +172,7 @@ class Runs:
 
     async def start(self, peer: Peer, origin: bytes, msg: s.RunStart) -> s.RunAccepted:
         self.check_ready()
-        session = self.service._session(peer, origin, msg.session)
+        session = self.service.session_of(peer, origin, msg.session)
         if not msg.argv:
             raise UsageError("nothing to run: the command is empty")
         if not msg.cwd.startswith("/"):

@@ -82,7 +82,7 @@ class Service:
 
     # --- sessions -----------------------------------------------------------
 
-    def _session(self, peer: Peer, origin: bytes, session_id: str) -> Session:
+    def session_of(self, peer: Peer, origin: bytes, session_id: str) -> Session:
         session = self.sessions.get(session_id)
         if session is None or session.key != peer.key:
             raise SessionExpired(
@@ -120,11 +120,11 @@ class Service:
         )
 
     async def heartbeat(self, peer: Peer, origin: bytes, msg: s.Heartbeat) -> s.Ok:
-        self._session(peer, origin, msg.session)
+        self.session_of(peer, origin, msg.session)
         return s.Ok()
 
     async def bye(self, peer: Peer, origin: bytes, msg: s.Bye) -> s.Ok:
-        session = self._session(peer, origin, msg.session)
+        session = self.session_of(peer, origin, msg.session)
         self._drop_session(session, "closed by client")
         return s.Ok()
 
@@ -215,7 +215,7 @@ class Service:
             st.utilization_percent = usage.utilization_percent
 
     async def acquire(self, peer: Peer, origin: bytes, msg: s.Acquire) -> s.Granted:
-        session = self._session(peer, origin, msg.session)
+        session = self.session_of(peer, origin, msg.session)
         validate_request(msg.request)
         if msg.timeout < 0:
             raise UsageError(f"--timeout must be 0 or more seconds, got {msg.timeout}")
@@ -258,7 +258,7 @@ class Service:
         )
 
     async def release(self, peer: Peer, origin: bytes, msg: s.Release) -> s.Ok:
-        self._session(peer, origin, msg.session)
+        self.session_of(peer, origin, msg.session)
         if msg.lease_id not in self.allocator.leases:
             raise LeaseNotFound(f"no lease {msg.lease_id} on {self.server.name}")
         self.allocator.release(msg.lease_id, peer.name)

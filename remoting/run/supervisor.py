@@ -607,6 +607,13 @@ def _opaque(path: Path) -> bool:
     return False
 
 
+def _normal_priority() -> None:
+    """Niceness 0 for every thread of this process (on Linux, niceness is per thread)."""
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(task), 0)
+
+
 async def supervise(fd: int) -> int:
     sock = socket.socket(fileno=fd)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -618,6 +625,7 @@ async def supervise(fd: int) -> int:
     except msgspec.ValidationError as exc:
         log("bad job from radiumd", error=str(exc))
         return 2
+    _normal_priority()  # a spare waited at a low one
     sup = Supervisor(job, stream, reader)
     status, detail = 255, ""
     try:
