@@ -426,6 +426,7 @@ def test_a_working_directory_gone_on_the_client_is_a_clear_error(remote, tmp_pat
         "/a/b/",
         "/a\0b",
         "/a//b",
+        "//etc/passwd",
     ],
 )
 def test_write_back_refuses_paths_that_are_not_absolute_and_normal(path):

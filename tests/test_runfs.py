@@ -213,6 +213,36 @@ def test_prefetch_sends_trees_with_their_ancestors(tmp_path):
     assert server.handle(Prefetch(paths=[b"/"], max_entries=2)).truncated
 
 
+def test_kept_listings_are_rechecked_in_one_prefetch_and_changes_are_sent_whole(tmp_path):
+    _make_plain_tree(tmp_path)
+    (tmp_path / "sub" / "deeper").mkdir()
+    os.symlink("big.bin", tmp_path / "link-to-big")
+    server = FileServer(tmp_path)
+    first = server.handle(Prefetch(paths=[b"/sub"]))
+    digests = {listing.path: listing.digest for listing in first.listings}
+    # Kept from an earlier run: /sub and its subfolder (walked), and / (rechecked alone).
+    again = server.handle(Prefetch(paths=[b"/sub"], known=digests))
+    assert [(x.path, x.unchanged, x.entries) for x in again.listings] == [
+        (b"/", True, []), (b"/sub", True, []), (b"/sub/deeper", True, [])
+    ]  # fmt: skip
+    assert again.root is not None and stat.S_ISDIR(again.root.mode)
+    only_kept = server.handle(Prefetch(paths=[], known={b"/sub/deeper": digests[b"/sub/deeper"]}))
+    assert [(x.path, x.unchanged) for x in only_kept.listings] == [(b"/sub/deeper", True)]
+
+    # A change: that listing comes whole, and its parent's (the folder's times changed).
+    (tmp_path / "sub" / "deeper" / "new.txt").write_text("new")
+    changed = server.handle(Prefetch(paths=[b"/sub"], known=digests))
+    by_path = {x.path: x for x in changed.listings}
+    deeper = by_path[b"/sub/deeper"]
+    assert not deeper.unchanged and [e.name for e in deeper.entries] == [b"new.txt"]
+    assert not by_path[b"/sub"].unchanged and by_path[b"/"].unchanged
+    # The quick recheck and a full listing agree on every digest.
+    for path in by_path:
+        full = server.handle(ReadDir(path=path))
+        assert server._quick_digest(path)[0] == full.digest
+        assert server.handle(ReadDir(path=path, known=full.digest)).unchanged
+
+
 @needs_root
 def test_mount_rule_shows_foreign_mounts_empty_but_serves_cwd_and_named_ones(tmp_path):
     mounts = [_mount_tmpfs(tmp_path / name, "1m") for name in ("cwd", "named", "other")]

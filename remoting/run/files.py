@@ -64,6 +64,7 @@ from radium.remoting.run.fsproto import (
     chunk_hash,
     join,
     listing_digest,
+    shape_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -436,11 +437,48 @@ class FileServer:
         return entries
 
     def _readdir(self, path: bytes, known: bytes | None = None) -> DirListing:
+        if known is not None:
+            quick = self._quick_digest(path)
+            if quick is not None and quick[0] == known:
+                return DirListing(path=path, entries=[], digest=known, unchanged=True)
         listing = self._readdir_full(path)
         listing.digest = listing_digest(listing.entries)
         if known is not None and known == listing.digest:
             return DirListing(path=path, entries=[], digest=listing.digest, unchanged=True)
         return listing
+
+    def _quick_digest(self, path: bytes) -> tuple[bytes, list[bytes]] | None:
+        """A directory's `listing_digest` and the names of its subdirectories, without the listing.
+
+        For rechecking a listing the appliance kept: the same lstat of every entry,
+        but no attributes built and no hash cache asked.  None for a hidden mount point.
+        """
+        if self._check_hidden(path):
+            return None
+        real = self._real(path)
+        st = os.lstat(real)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        shape, subdirs = [], []
+        with os.scandir(real) as it:
+            for item in it:
+                try:
+                    e = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing, as in _listing
+                target = None
+                if stat.S_ISLNK(e.st_mode):
+                    try:
+                        target = os.readlink(item.path)
+                    except OSError:
+                        pass
+                elif stat.S_ISDIR(e.st_mode):
+                    subdirs.append(item.name)
+                    if e.st_dev != st.st_dev:
+                        self._maybe_new_mount(join(path, item.name))
+                shape.append((item.name, e.st_mode, e.st_uid, e.st_gid, e.st_size, e.st_mtime_ns,
+                              e.st_ctime_ns, e.st_nlink, e.st_ino, e.st_dev, e.st_rdev, target))  # fmt: skip
+        return shape_digest(shape), subdirs
 
     def _readdir_full(self, path: bytes) -> DirListing:
         hidden = self._check_hidden(path)
@@ -497,22 +535,29 @@ class FileServer:
         seen: set[bytes] = set()
         count = 0
 
-        def add(path: bytes) -> DirListing | None:
+        def add(path: bytes) -> list[bytes] | None:
+            """List (or recheck) one directory; return the names of its subdirectories."""
             nonlocal count
             if path in seen:
                 return None
             seen.add(path)
+            kept = known.get(path)
             try:
+                if kept is not None:
+                    quick = self._quick_digest(path)
+                    if quick is not None and quick[0] == kept:
+                        listings.append(DirListing(path=path, entries=[], digest=kept, unchanged=True))
+                        return quick[1]
                 full = self._readdir_full(path)
             except OSError:
                 return None  # unreadable or gone: the appliance asks again on demand
             full.digest = listing_digest(full.entries)
-            if known.get(path) == full.digest:
+            if kept == full.digest:
                 listings.append(DirListing(path=path, entries=[], digest=full.digest, unchanged=True))
             else:
                 listings.append(full)
                 count += len(full.entries)
-            return full  # the walk goes on through unchanged directories too
+            return [e.name for e in full.entries if stat.S_ISDIR(e.attr.mode)]
 
         for top in paths:
             for ancestor in reversed(list(_ancestors(top))):
@@ -522,12 +567,10 @@ class FileServer:
                 if count >= max_entries:
                     return Tree(listings=listings, truncated=True, root=root)
                 path = queue.popleft()
-                listing = add(path)
-                if listing is None:
-                    continue
-                for entry in listing.entries:
-                    child = join(path, entry.name)
-                    if stat.S_ISDIR(entry.attr.mode) and child not in self.hidden:
+                subdirs = add(path)
+                for name in subdirs or ():
+                    child = join(path, name)
+                    if child not in self.hidden:  # the walk goes on through unchanged directories too
                         queue.append(child)
         # The other directories the appliance kept (those its last run used): each one
         # rechecked, not walked; parents first, so that the appliance can place them.

@@ -217,6 +217,11 @@ def listing_digest(entries: list[DirEntry]) -> bytes:
         for e in entries
         for a in (e.attr,)
     ]
+    return shape_digest(shape)
+
+
+def shape_digest(shape: list[tuple]) -> bytes:
+    """The digest of a listing's shape: per entry, the tuple `listing_digest` makes of it."""
     return blake3.blake3(_digest_encoder.encode(shape)).digest()
 
 

@@ -21,8 +21,14 @@ from .._errors import ProtocolError
 
 
 def check_client_path(path: str) -> str:
-    """A path from the appliance must be absolute and normal: no '..', no NUL."""
-    if not path.startswith("/") or "\0" in path or os.path.normpath(path) != path or path == "/":
+    """A path from the appliance must be absolute and normal: no '..', no NUL, no '//'."""
+    if (
+        not path.startswith("/")
+        or path.startswith("//")  # normpath keeps a leading '//' (POSIX leaves its meaning open)
+        or "\0" in path
+        or os.path.normpath(path) != path
+        or path == "/"
+    ):
         raise ProtocolError(f"refused a write-back path from the appliance: {path!r}")
     if any(part == ".." for part in path.split("/")):
         raise ProtocolError(f"refused a write-back path from the appliance: {path!r}")
