@@ -645,7 +645,7 @@ class ClientTree(pyfuse3.Operations):
     def _local_piece(self, digest: bytes, lo: int, hi: int) -> bytes | None:
         data = self._recent.get(digest)
         if data is not None:
-            return data[lo:hi]
+            return bytes(data[lo:hi])
         piece = self.store.read(digest, lo, hi - lo)
         return piece if piece is not None and len(piece) == hi - lo else None
 

@@ -651,7 +651,8 @@ async def supervise(fd: int) -> int:
                 sup.tree.cache_counts() if hasattr(sup, "tree") else (0, 0)
             )
             if hasattr(sup, "tree"):
-                log("file requests", run=job.run, by_kind=dict(sup.tree.stats.requests))
+                st = sup.tree.stats
+                log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
             nursery.cancel_scope.cancel()
     finally:
