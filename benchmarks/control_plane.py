@@ -33,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from benchmarks import ROOT
+from benchmarks import ROOT, standalone, worker_result
 
 PY = sys.executable
 MODULE = "benchmarks.control_plane"
@@ -394,16 +394,6 @@ WORKERS = {
 }
 
 
-def worker_main(mode: str, spec_path: Path) -> int:
-    spec = json.loads(spec_path.read_text())
-    result = WORKERS[mode](spec)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
-    json.dump(result, sys.stdout)
-    sys.stdout.flush()
-    return 0
-
-
 # ================================================================ the driver (root namespace)
 
 
@@ -436,7 +426,7 @@ class Bench:
         )
         if out.returncode != 0:
             raise RuntimeError(f"worker {mode} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-        return json.loads(out.stdout)
+        return worker_result(out.stdout)
 
     def workers(self, mode: str, specs: list[dict], timeout: float) -> list[dict]:
         """Several workers at once in the client namespace."""
@@ -452,7 +442,7 @@ class Bench:
             stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
             if proc.returncode != 0:
                 raise RuntimeError(f"worker {mode} failed (exit {proc.returncode}):\n{stderr[-4000:]}")
-            results.append(json.loads(stdout))
+            results.append(worker_result(stdout))
         return results
 
     def log(self, text: str) -> None:
@@ -869,14 +859,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return worker_main(args.worker, args.spec)
-    return run(args)
+    return standalone(MODULE, __doc__, WORKERS, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ROOT
+from benchmarks import ROOT, standalone, worker_result
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
@@ -262,14 +262,6 @@ WORKERS = {
 }
 
 
-def worker_main(mode: str, spec_path: Path) -> int:
-    spec = json.loads(spec_path.read_text())
-    result = WORKERS[mode](spec)
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
-    sys.stdout.flush()
-    return 0
-
-
 def stage_costs(folder: Path, mib: int = 64) -> dict[str, float]:
     """One core's speed (MB/s) at each CPU step a cold chunk takes, measured alone, in this process.
 
@@ -419,10 +411,6 @@ class Bench:
     def _argv(self, mode: str, spec: dict) -> list[str]:
         return [PY, "-m", MODULE, "--worker", mode, "--spec", str(self._spec(mode, spec))]
 
-    @staticmethod
-    def _result(stdout: str) -> dict:
-        return json.loads(stdout.strip().splitlines()[-1])
-
     def hidden_worker(self, mode: str, spec: dict, mount: str, size: str, timeout: float) -> dict:
         """A worker in the client namespace and a private mount namespace with a tmpfs at `mount`."""
         script = (
@@ -433,7 +421,7 @@ class Bench:
         out = self.topo.client.run(argv, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(f"worker {mode} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-        return self._result(out.stdout)
+        return worker_result(out.stdout)
 
     def client_env(self, client: Any) -> dict[str, str]:
         """The environment of every client command: a system PATH, no bytecode writes."""
@@ -1024,14 +1012,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return worker_main(args.worker, args.spec)
-    return run(args)
+    return standalone(MODULE, __doc__, WORKERS, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

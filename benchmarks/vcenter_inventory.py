@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ROOT
+from benchmarks import ROOT, standalone, worker_result
 
 PY = sys.executable
 MODULE = "benchmarks.vcenter_inventory"
@@ -88,12 +88,6 @@ def worker_naive(spec: dict) -> dict:
     return {"hosts": msgspec.to_builtins(hosts), "round_trips": round_trips}
 
 
-def worker_main(mode: str, spec_path: Path) -> int:
-    result = {"naive": worker_naive}[mode](json.loads(spec_path.read_text()))
-    json.dump(result, sys.stdout)
-    return 0
-
-
 # ============================================================================ the driver
 
 
@@ -142,7 +136,7 @@ class Bench:
         elapsed = time.perf_counter() - started
         if out.returncode != 0:
             raise RuntimeError(f"naive worker failed (exit {out.returncode}): {out.stderr[-2000:]}")
-        return elapsed, json.loads(out.stdout)
+        return elapsed, worker_result(out.stdout)
 
     def in_process(self, s: Any, runs: int) -> dict[str, Any]:
         from radium import vcenter
@@ -350,15 +344,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=["naive"], help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="fewer runs")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.worker:
-        return worker_main(args.worker, args.spec)
-    return run(args)
+    def quick(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quick", action="store_true", help="fewer runs")
+
+    return standalone(MODULE, __doc__, {"naive": worker_naive}, add_arguments, run, argv, extra=quick)
 
 
 if __name__ == "__main__":
