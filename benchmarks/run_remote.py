@@ -571,7 +571,7 @@ class Bench:
         if src.returncode != 0:
             raise RuntimeError(f"ZMQ source failed: {src.stderr[-2000:]}")
         stdout, _ = sink.communicate(timeout=60)
-        r = self._result(stdout)
+        r = worker_result(stdout)
         return {"MBps": r["bytes"] / r["seconds"] / MB, "bytes": r["bytes"], "seconds": r["seconds"]}
 
     def import_times(self) -> dict:
