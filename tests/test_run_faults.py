@@ -20,6 +20,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from conftest import Remote
 from support import BIN, PY, Appliance, hidden, wait_until
@@ -317,6 +318,10 @@ def test_a_run_takes_the_spare_supervisor_and_another_is_made_ready(remote, tmp_
     assert out.stdout.decode().split() == ["x", "0"]  # ...and the run has the normal one
     assert app.wait_for_log("run started")["supervisor"] in spare  # no start-up to wait for
     app.wait_for_log("run ended")
+    # radiumd indexed the content store when it started; the run saved its view when it ended.
+    assert app.wait_for_log("content store indexed")["chunks"] == 0
+    index = state_dir(remote) / "cas" / "index.bin"
+    assert len(msgspec.msgpack.decode(index.read_bytes())) >= 1  # x.txt's chunk, at least
     nxt = wait_until(lambda: _supervisors(pid) - spare, 30, "the next spare supervisor")
     assert len(_supervisors(pid)) == 1
     app.stop()  # the spare reads end-of-stream and exits with radiumd

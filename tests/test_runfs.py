@@ -323,6 +323,43 @@ def test_store_evicts_least_recently_used_also_after_a_restart(tmp_path, monkeyp
     assert [f for sub in tmp_path.iterdir() for f in sub.iterdir()] == []
 
 
+def test_a_store_opened_from_its_saved_index_sees_what_others_did_since(tmp_path):
+    blobs = {name: os.urandom(1000) + name.encode() for name in "abcd"}
+    digests = {name: chunk_hash(blob) for name, blob in blobs.items()}
+    first = ContentStore(tmp_path, 10_000)  # radiumd: scans, then saves the index
+    for name in "ab":
+        first.put(digests[name], blobs[name])
+    first.save_index()
+
+    # Two runs' supervisors start from the snapshot, without scanning, and share the folder.
+    one, two = ContentStore(tmp_path, 10_000, scan=False), ContentStore(tmp_path, 10_000, scan=False)
+    assert one.stats().entries == 2 and one.get(digests["a"]) == blobs["a"]
+    one.put(digests["c"], blobs["c"])  # stored by one after two opened: two adopts it on use
+    assert two.has(digests["c"]) and two.get(digests["c"]) == blobs["c"]
+    assert two.put(digests["c"], blobs["c"]) is False  # already there: not written again
+    one.trim(0)  # one evicts everything: two finds the files gone when it reads, and forgets them
+    assert two.get(digests["a"]) is None and two.get(digests["b"]) is None
+    assert not two.has(digests["a"]) and not two.has(digests["b"])
+    two.put(digests["d"], blobs["d"])
+    two.save_index()
+    hinted = ContentStore(tmp_path, 10_000, scan=False)  # two's view: d, and c which one evicted
+    assert hinted.stats().entries == 2
+    assert hinted.get(digests["c"]) is None and hinted.get(digests["d"]) == blobs["d"]
+    assert hinted.stats().entries == 1  # the stale hint is gone once read
+    assert ContentStore(tmp_path, 10_000).stats().entries == 1  # a scan agrees
+
+    # A write in progress by another live process is never swept away as a leftover of a crash.
+    busy = tmp_path / "tmp" / f"{'0' * 64}.{os.getppid()}.1"
+    dead = tmp_path / "tmp" / f"{'1' * 64}.999999999.1"
+    busy.write_bytes(b"half")
+    dead.write_bytes(b"half")
+    ContentStore(tmp_path, 10_000)
+    assert busy.exists() and not dead.exists()
+    # A damaged snapshot: scan instead.
+    (tmp_path / "index.bin").write_bytes(b"\xc1 not msgpack")
+    assert ContentStore(tmp_path, 10_000, scan=False).stats().entries == 1
+
+
 def test_store_is_thread_safe(tmp_path):
     store = ContentStore(tmp_path, 40 * 1024)
     blobs = [os.urandom(1024) for _ in range(100)]

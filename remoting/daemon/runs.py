@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,14 @@ from .._config import DaemonConfig
 from .._errors import LeaseNotFound, RadiumError, UsageError
 from ..devices.base import Backend, MpsLimits
 from ..run import channel
+from ..run.cas import ContentStore
 from .auth import Peer
 from .logs import event
 from .service import Service
 
 TINI = "/usr/bin/tini-static"
 SPARE_NICENESS = 10
+REINDEX_INTERVAL = 60.0  # seconds: at most this often, when idle, the content store is scanned again
 
 
 class RunsUnavailable(RadiumError):
@@ -75,8 +78,21 @@ class Runs:
     def __post_init__(self) -> None:
         self._free_slots = list(range(self.config.run.id_slots))
         self._spares: list[Supervisor] = []
+        self._indexed_at = time.monotonic()
+        self._background: set[asyncio.Task] = set()  # store scans
         self._launching: set[asyncio.Task] = set()
         self._closing = False
+
+    def index_store(self) -> None:
+        """Scan the content store once and save its index: each run's supervisor starts from it."""
+        try:
+            self.check_ready()
+        except RunsUnavailable:
+            return
+        store = ContentStore(Path(self.config.server.state_dir) / "cas", self.config.run.cache_bytes)
+        store.save_index()
+        stats = store.stats()
+        event(self.log, "info", "content store indexed", chunks=stats.entries, bytes=stats.bytes_used)
 
     # --- spare supervisors ------------------------------------------------------------
 
@@ -329,6 +345,13 @@ class Runs:
         )
         run.ended.set()
         self.keep_spares()
+        if not self.runs and time.monotonic() - self._indexed_at > REINDEX_INTERVAL and not self._closing:
+            # Idle: scan the store again, so that its size limit holds across the runs that
+            # shared it (each kept it over what it knew of) and the next run's snapshot is fresh.
+            self._indexed_at = time.monotonic()
+            task = asyncio.create_task(asyncio.to_thread(self.index_store))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _release(self, lease: s.Lease) -> None:
         if lease.id in self.service.allocator.leases:
@@ -348,6 +371,8 @@ class Runs:
         self._closing = True
         for task in list(self._launching):
             task.cancel()
+        if self._background:  # a store scan in its thread: let it finish writing its index
+            await asyncio.gather(*self._background, return_exceptions=True)
         spares, self._spares = self._spares, []
         for spare in spares:
             spare.sock.close()  # it reads end-of-stream and exits

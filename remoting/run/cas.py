@@ -12,6 +12,16 @@ folder, oldest atime first.
 Without `durable=True` nothing is fsync'ed: after a crash a chunk may be left
 empty, and the scan drops empty files (no chunk is empty).  Data is checked
 against its digest when it is put, not when it is read back.
+
+Scanning costs ~16 µs a chunk (half a second for 30,000), too much for every run:
+radiumd scans once when it starts and saves the index (`index.bin`, `save_index`);
+each run's supervisor opens the store from that snapshot (`scan=False`) and saves
+its own view when it ends.  Several supervisors share the folder, so a snapshot is
+a hint: a chunk another one stored since is adopted when first asked for (one stat),
+a chunk another one evicted is forgotten when its file is found gone.  The size
+limit is therefore kept per supervisor, over what it knows of: runs going on at
+once may together pass it by what they fetch; radiumd's scan at its next start
+brings the folder back under it.
 """
 
 from __future__ import annotations
@@ -25,12 +35,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from radium.remoting._errors import ProtocolError, RadiumError
+from radium.remoting._keys import write_atomic
 from radium.remoting.run.fsproto import chunk_hash
 
 log = logging.getLogger(__name__)
 
 TOUCH_INTERVAL = 10.0  # seconds: LRU order on disk need not be finer than this
+INDEX = "index.bin"  # the saved index: [(hex digest, size)], least recently used first
+_index_decoder = msgspec.msgpack.Decoder(list[tuple[str, int]])
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -59,6 +74,14 @@ class StoreStats:
     bytes_used: int = 0
 
 
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that names a temporary file `<key>.<pid>.<thread>` still runs."""
+    parts = tmp_name.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    return os.path.exists(f"/proc/{parts[1]}")
+
+
 def _hex(digest: bytes | str) -> str:
     key = digest.hex() if isinstance(digest, bytes) else digest.lower()
     if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
@@ -72,7 +95,10 @@ class ContentStore:
     Digests may be given as 32 raw bytes or 64 hex characters.
     """
 
-    def __init__(self, path: str | os.PathLike, limit_bytes: int, *, durable: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike, limit_bytes: int, *, durable: bool = False, scan: bool = True
+    ) -> None:
+        """`scan=False`: start from the saved index when there is one (see the module's notes)."""
         self.path = Path(path)
         self.limit_bytes = limit_bytes
         self.durable = durable
@@ -86,7 +112,42 @@ class ContentStore:
         self._tmp.mkdir(parents=True, exist_ok=True)
         for i in range(256):  # made up front, so that a put never has to create a folder
             (self.path / f"{i:02x}").mkdir(exist_ok=True)
-        self._rebuild()
+        if scan or not self._load_index():
+            self._rebuild()
+
+    def _load_index(self) -> bool:
+        try:
+            rows = _index_decoder.decode((self.path / INDEX).read_bytes())
+        except (OSError, msgspec.DecodeError):
+            return False  # none yet, or damaged: scan
+        for key, size in rows:
+            if key not in self._index and size > 0:
+                self._index[key] = [size, 0.0]
+                self._used += size
+        self._unlink(self._evict(0))
+        return True
+
+    def save_index(self) -> None:
+        """Save this store's index (least recently used first), for the next one to start from."""
+        with self._lock:
+            rows = [(key, entry[0]) for key, entry in self._index.items()]
+        write_atomic(self.path / INDEX, msgspec.msgpack.encode(rows), 0o600)
+
+    def _adopt(self, key: str) -> list | None:
+        """The index entry of a chunk another process stored since our index was made (its file is there)."""
+        try:
+            st = os.stat(self._file(key))
+        except OSError:
+            return None
+        if st.st_size == 0:
+            return None  # being written by another process, or cut short by a crash
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is None:
+                entry = self._index[key] = [st.st_size, 0.0]
+                self._used += st.st_size
+                self._index.move_to_end(key, last=False)  # no use known here: first to go
+        return entry
 
     def _stamp(self) -> int:
         """A strictly increasing time for atimes (lock held): file times are coarse, the LRU order is not."""
@@ -99,7 +160,8 @@ class ContentStore:
     def _rebuild(self) -> None:
         """Index what is on disk, oldest access first; drop leftovers of interrupted writes."""
         for leftover in self._tmp.iterdir():
-            leftover.unlink(missing_ok=True)
+            if not _writer_alive(leftover.name):  # never another process's write in progress
+                leftover.unlink(missing_ok=True)
         found = []
         for sub in self.path.iterdir():
             if len(sub.name) != 2 or not sub.is_dir():
@@ -125,7 +187,8 @@ class ContentStore:
 
     def has(self, digest: bytes | str) -> bool:
         """Whether the chunk is stored (counts neither hit nor miss)."""
-        return _hex(digest) in self._index
+        key = _hex(digest)
+        return key in self._index or self._adopt(key) is not None
 
     def get(self, digest: bytes | str) -> bytes | None:
         """The whole chunk, or None when it is not stored."""
@@ -134,6 +197,8 @@ class ContentStore:
     def read(self, digest: bytes | str, offset: int, size: int) -> bytes | None:
         """`size` bytes of the chunk from `offset` (the rest when size < 0); None when not stored."""
         key = _hex(digest)
+        if key not in self._index:
+            self._adopt(key)
         with self._lock:
             entry = self._index.get(key)
             if entry is None:
@@ -175,6 +240,8 @@ class ContentStore:
         key = _hex(digest)
         if chunk_hash(data).hex() != key:
             raise HashMismatch(f"data of {len(data)} bytes does not hash to {key}")
+        if key not in self._index:
+            self._adopt(key)  # stored by another process meanwhile: nothing to write
         with self._lock:
             if key in self._index:
                 self._index.move_to_end(key)  # a use, for the LRU order

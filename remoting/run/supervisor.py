@@ -160,7 +160,7 @@ class Supervisor:
     async def prepare(self, nursery: trio.Nursery) -> None:
         for d in (self.lower, self.upper, self.work, self.root):
             d.mkdir(mode=0o755, exist_ok=True)
-        self.store = ContentStore(Path(self.job.store_dir), self.job.store_limit)
+        self.store = ContentStore(Path(self.job.store_dir), self.job.store_limit, scan=False)
         self.kept = KeptListings(self.store, Path(self.job.store_dir) / "listings" / f"{self.job.client}.idx")
         self.tree = ClientTree(self.fetch, self.store, id_offset=self.job.id_base, kept=self.kept)
         if self.start.prefetch or self.kept.previous:  # one round trip, not one per directory
@@ -266,6 +266,11 @@ class Supervisor:
         self.mounted.append(target)
 
     async def teardown(self) -> None:
+        if hasattr(self, "store"):
+            try:
+                self.store.save_index()  # for the next run to start from (no scan)
+            except OSError as exc:
+                log("could not save the content store's index", run=self.job.run, error=str(exc))
         # Nothing here may touch the mounts' contents: the FUSE daemon (us) no
         # longer answers, so a stat would hang.
         if self.mounted:
