@@ -247,6 +247,46 @@ def test_kept_listings_are_rechecked_in_one_prefetch_and_changes_are_sent_whole(
         assert server.handle(ReadDir(path=path, known=full.digest)).unchanged
 
 
+def test_only_the_folders_a_run_used_are_rechecked_by_the_next_and_its_tree_is_not_walked(tmp_path):
+    import trio
+
+    from radium.remoting.run.fs import ClientTree
+
+    client = tmp_path / "client"
+    for folder in ("used/deep", "unused/deep", "unused/other"):
+        (client / folder).mkdir(parents=True)
+    server = FileServer(client)
+    store = ContentStore(tmp_path / "store", 1 << 20)
+    replies: list = []
+
+    async def fetch(request):
+        reply = decode_reply(encode(server.handle(decode_request(encode(request)))))
+        replies.append(reply)
+        return reply
+
+    async def first_run() -> None:
+        kept = KeptListings(store, tmp_path / "kept.idx")
+        tree = ClientTree(fetch, store, kept=kept)
+        await tree.prefetch([b"/"])  # a cold start walks the whole tree...
+        assert {x.path for x in replies[-1].listings} >= {b"/unused/deep", b"/unused/other"}
+        assert await tree.stat_path(b"/used/deep") is not None  # ...the process uses / and /used
+        kept.save()
+
+    async def second_run() -> None:
+        kept = KeptListings(store, tmp_path / "kept.idx")
+        assert sorted(kept.previous) == [b"/", b"/used"]
+        tree = ClientTree(fetch, store, kept=kept)
+        replies.clear()
+        await tree.prefetch([b"/"])  # the same tree: not walked again, those two rechecked
+        (tree_reply,) = replies
+        assert [(x.path, x.unchanged) for x in tree_reply.listings] == [(b"/", True), (b"/used", True)]
+        assert await tree.stat_path(b"/unused/other") is not None  # the rest, on demand
+        assert len(replies) == 2 and isinstance(replies[-1], DirListing)
+
+    trio.run(first_run)
+    trio.run(second_run)
+
+
 @needs_root
 def test_mount_rule_shows_foreign_mounts_empty_but_serves_cwd_and_named_ones(tmp_path):
     mounts = [_mount_tmpfs(tmp_path / name, "1m") for name in ("cwd", "named", "other")]

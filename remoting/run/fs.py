@@ -95,6 +95,7 @@ class _Node:
     read_end: int = 0  # where the last read ended: a read starting there is sequential
     entry: pyfuse3.EntryAttributes | None = None
     digest: bytes | None = None  # of the listing installed (a directory's)
+    consulted: bool = False  # the process looked names up in it, or listed it
 
 
 @dataclass
@@ -325,7 +326,12 @@ class ClientTree(pyfuse3.Operations):
     async def prefetch(self, paths: Iterable[bytes | str], max_entries: int = 100_000) -> int:
         """Ask the client for the listings of whole trees ahead of use; return how many were installed."""
         tops = [check_path(p) for p in paths]
-        known = {**self.kept.recently_used(), **self.kept.under(tops)} if self.kept else {}
+        recent = self.kept.recently_used() if self.kept else {}
+        # A tree the last run worked in is not walked again: the folders it used are
+        # rechecked (walking a big project, a venv inside it, costs a second per start);
+        # what this run uses beyond them is asked for when reached.
+        tops = [t for t in tops if t not in recent]
+        known = {**recent, **self.kept.under(tops)} if self.kept and tops else recent
         reply = await self._ask(Prefetch(paths=tops, max_entries=max_entries, known=known), Tree)
         return self.install(reply)
 
@@ -346,16 +352,22 @@ class ClientTree(pyfuse3.Operations):
                 continue  # its parent was not sent: it will be asked for when reached
             node = self._nodes[ino]
             if listing.unchanged:
-                entries = self.kept.load(path) if self.kept else None
+                entries = self.kept.load(path, used=False) if self.kept else None
                 if entries is None:
                     continue  # not kept after all: asked for on demand
                 listing = DirListing(path=path, entries=entries, digest=listing.digest)
             elif self.kept is not None and listing.digest is not None:
-                self.kept.keep(path, listing.digest, listing.entries)
+                self.kept.keep(path, listing.digest, listing.entries, used=False)
             if node.children is None:
                 self._install_listing(node, listing)
                 installed += 1
         return installed
+
+    def _consulted(self, node: _Node) -> None:
+        """The process used this directory's listing: the next run rechecks it up front."""
+        if self.kept is not None and not node.consulted and node.digest is not None:
+            node.consulted = True
+            self.kept.used(node.path)
 
     def keep_learned(self) -> None:
         """Keep the hashes learned this run with the kept listings of their directories.
@@ -380,7 +392,7 @@ class ClientTree(pyfuse3.Operations):
                 entries.append(DirEntry(name=name, attr=msgspec.structs.replace(attr, data=None)))
             else:
                 if listing_digest(entries) == node.digest:
-                    self.kept.keep(node.path, node.digest, entries)
+                    self.kept.keep(node.path, node.digest, entries, used=False)
         self._learned.clear()
 
     # --- metadata operations --------------------------------------------------------------
@@ -409,6 +421,7 @@ class ClientTree(pyfuse3.Operations):
         if parent.children is None and name not in parent.missing:
             await self._ensure_listing(parent)
         if parent.children is not None:
+            self._consulted(parent)
             ino = parent.children.get(name)
             return None if ino is None else self._nodes[ino]
         # A directory we may enter but not list: one name at a time.
@@ -497,6 +510,7 @@ class ClientTree(pyfuse3.Operations):
         await self._ensure_listing(node)
         if node.children is None:
             raise pyfuse3.FUSEError(errno.EACCES)
+        self._consulted(node)
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

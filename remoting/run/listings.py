@@ -79,7 +79,8 @@ class KeptListings:
         while len(self.recent) > MAX_RECENT:
             self.recent.pop(next(iter(self.recent)))
 
-    def load(self, path: bytes) -> list[DirEntry] | None:
+    def load(self, path: bytes, used: bool = True) -> list[DirEntry] | None:
+        """The kept entries of `path`; `used`: the run consults them (not only installs them ahead)."""
         kept = self.index.get(path)
         if kept is None:
             return None
@@ -92,10 +93,11 @@ class KeptListings:
         except msgspec.DecodeError:
             del self.index[path]
             return None
-        self.used(path)
+        if used:
+            self.used(path)
         return entries
 
-    def keep(self, path: bytes, digest: bytes, entries: list[DirEntry]) -> None:
+    def keep(self, path: bytes, digest: bytes, entries: list[DirEntry], used: bool = True) -> None:
         data = _encoder.encode(entries)
         key = blake3.blake3(data).digest()
         try:
@@ -105,7 +107,8 @@ class KeptListings:
         if len(self.index) >= MAX_KEPT and path not in self.index:
             self.index.pop(next(iter(self.index)))
         self.index[path] = (digest, key)
-        self.used(path)
+        if used:
+            self.used(path)
 
     def save(self) -> None:
         if self.path is None:
