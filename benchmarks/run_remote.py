@@ -316,7 +316,9 @@ class CpuSampler:
     Each sample's deltas are put in one of three groups: the training process (`python -m
     marker ...`), this benchmark's other processes (descendants of this one: radiumd, the
     supervisor, the `radium` CLI, this driver), and everything else (other users of the machine,
-    kernel threads).  `window(t0, t1)` sums the CPU seconds of the samples taken in [t0, t1].
+    kernel threads); plus "steal", the time the hypervisor gave this VM's vCPUs to others
+    (/proc/stat), which slows whatever runs meanwhile.  `window(t0, t1)` sums the CPU
+    seconds of the samples taken in [t0, t1].
     """
 
     def __init__(self, marker: str, interval: float = 0.5) -> None:
@@ -352,12 +354,19 @@ class CpuSampler:
             out[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]), argv)
         return out
 
+    @staticmethod
+    def _steal() -> int:
+        """Ticks stolen from this VM's vCPUs by the hypervisor, all vCPUs, since boot."""
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) if len(fields) > 8 else 0
+
     def _loop(self) -> None:
         me = os.getpid()
-        prev = self._read()
+        prev, prev_steal = self._read(), self._steal()
         while not self._stop.wait(self.interval):
-            now, cur = time.time(), self._read()
-            groups = {"train": 0.0, "bench": 0.0, "other": 0.0}
+            now, cur, steal = time.time(), self._read(), self._steal()
+            groups = {"train": 0.0, "bench": 0.0, "other": 0.0, "steal": (steal - prev_steal) / self.tick}
+            prev_steal = steal
             for pid, (_ppid, ticks, argv) in cur.items():
                 delta = ticks - prev[pid][1] if pid in prev else 0
                 if delta <= 0:
@@ -374,7 +383,7 @@ class CpuSampler:
             prev = cur
 
     def window(self, t0: float, t1: float) -> dict[str, float]:
-        total = {"train": 0.0, "bench": 0.0, "other": 0.0}
+        total = {"train": 0.0, "bench": 0.0, "other": 0.0, "steal": 0.0}
         for ts, groups in self.samples:
             if t0 + self.interval <= ts <= t1 + self.interval / 2:  # samples covering [t0, t1]
                 for k, v in groups.items():
@@ -946,7 +955,8 @@ def report(r: dict, args: argparse.Namespace) -> None:
                     f"  CPU during the {where} timed loop ({wall:.1f} s; {cores * wall:.1f} CPU-s "
                     f"on {cores} cores): "
                     f"training {cpu['train']:.1f} s, this benchmark's other processes {cpu['bench']:.2f} s, "
-                    f"the rest of the machine {cpu['other']:.2f} s"
+                    f"the rest of the machine {cpu['other']:.2f} s; stolen by the hypervisor "
+                    f"{cpu.get('steal', 0.0):.2f} s"
                 )
     else:
         print(
