@@ -197,3 +197,36 @@ def hidden(client: Client, setup: str, cwd: str, *radium_args: str) -> list[str]
     script = f"set -e\n{setup}\ncd {shlex.quote(cwd)}\nexec {radium}\n"
     argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", script]
     return client.host.command(argv) if client.host else argv
+
+
+# --- radium-admin against the vCenter simulator (test_deploy, test_register) -------------------
+
+
+def admin_env(home: Path, vc: Any, user: str, password: str, **extra: str) -> dict[str, str]:
+    """`radium-admin`'s environment for simulator `vc`: a fresh home, the simulator's URL,
+    credentials and CA; nothing of this machine's own vCenter or client settings."""
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RADIUM_VCENTER_", "RADIUM_CONFIG"))}
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        RADIUM_VCENTER_URL=vc.sdk_url,
+        RADIUM_VCENTER_USER=user,
+        RADIUM_VCENTER_PASSWORD=password,
+        RADIUM_VCENTER_CA=str(vc.ca_file),
+        **extra,
+    )
+    return env
+
+
+def admin(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`radium-admin ARGS`, with no terminal input."""
+    return subprocess.run(
+        [str(BIN / "radium-admin"), *args], capture_output=True, text=True, input="", timeout=timeout, env=env
+    )
+
+
+def ok_json(out: subprocess.CompletedProcess) -> Any:
+    """The JSON a successful command printed (the test fails with its output otherwise)."""
+    assert out.returncode == 0, out.stderr + out.stdout
+    return json.loads(out.stdout)

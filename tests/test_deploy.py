@@ -13,7 +13,6 @@ which VMware Tools reports in a real vCenter, is set the simulator's way
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import stat
@@ -21,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import BIN, Appliance, free_port, wait_until
+from support import BIN, Appliance, admin, admin_env, free_port, ok_json, wait_until
 
 from radium import vcenter
 from radium.appliance import ovf
@@ -80,31 +79,14 @@ def ova(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def env(tmp_path, vc) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("RADIUM_VCENTER_", "RADIUM_CONFIG"))}
-    e.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
+    return admin_env(
+        tmp_path / "home",
+        vc,
+        USER,
+        PASSWORD,
         RADIUM_LAB_DIR=str(tmp_path / "no-lab"),
         RADIUM_ADMIN_CONFIG=str(tmp_path / "operator.toml"),  # made by the first deploy
-        RADIUM_VCENTER_URL=vc.sdk_url,
-        RADIUM_VCENTER_USER=USER,
-        RADIUM_VCENTER_PASSWORD=PASSWORD,
-        RADIUM_VCENTER_CA=str(vc.ca_file),
     )
-    return e
-
-
-def admin(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "radium-admin"), *args], capture_output=True, text=True, input="", timeout=timeout, env=env
-    )
-
-
-def ok_json(out: subprocess.CompletedProcess) -> dict:
-    assert out.returncode == 0, out.stderr + out.stdout
-    return json.loads(out.stdout)
 
 
 def refused(out: subprocess.CompletedProcess, code: int = 3) -> str:

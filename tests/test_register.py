@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import BIN, Appliance, free_port
+from support import BIN, Appliance, admin, admin_env, free_port, ok_json
 
 from radium import vcenter
 from radium.remoting import guestinfo
@@ -118,30 +118,9 @@ def appliances(tmp_path_factory):
 
 @pytest.fixture
 def env(tmp_path, vc, appliances) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("RADIUM_VCENTER_", "RADIUM_CONFIG"))}
-    e.update(
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        RADIUM_ADMIN_CONFIG=str(appliances["admin_config"]),
-        RADIUM_VCENTER_URL=vc.sdk_url,
-        RADIUM_VCENTER_USER=USER,
-        RADIUM_VCENTER_PASSWORD=PASSWORD,
-        RADIUM_VCENTER_CA=str(vc.ca_file),
+    return admin_env(
+        tmp_path / "home", vc, USER, PASSWORD, RADIUM_ADMIN_CONFIG=str(appliances["admin_config"])
     )
-    return e
-
-
-def admin(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "radium-admin"), *args], capture_output=True, text=True, input="", timeout=timeout, env=env
-    )
-
-
-def ok_json(out: subprocess.CompletedProcess) -> dict:
-    assert out.returncode == 0, out.stderr + out.stdout
-    return json.loads(out.stdout)
 
 
 def radium(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
