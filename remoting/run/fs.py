@@ -151,6 +151,9 @@ class ClientTree(pyfuse3.Operations):
         self._recent: OrderedDict[bytes, bytes] = OrderedDict()
         self.stats = TreeStats()
         self._learned: set[int] = set()  # directories with files whose hashes this run learned
+        # Listings sent ahead (Prefetch), by path, until the process reaches them: a listing,
+        # or the digest of the kept one the client said still holds.
+        self._ahead: dict[bytes, DirListing | bytes] = {}
         # Run once the kernel has finished its INIT handshake, i.e. at the first request after it.
         self.after_init: Callable[[], object] | None = None
 
@@ -311,7 +314,15 @@ class ClientTree(pyfuse3.Operations):
             await self._once(("list", node.ino), work)
 
     async def _read_dir(self, path: bytes) -> DirListing:
-        """A directory's listing: the one kept from an earlier run if the client says it still holds."""
+        """A directory's listing: one sent ahead, or the one kept from an earlier run if the
+        client said (ahead, or now) that it still holds, or the client's answer."""
+        sent = self._ahead.pop(path, None)
+        if isinstance(sent, DirListing):
+            return sent
+        if sent is not None and self.kept is not None and self.kept.digest(path) == sent:
+            entries = self.kept.load(path)
+            if entries is not None:
+                return DirListing(path=path, entries=entries, digest=sent)
         known = self.kept.digest(path) if self.kept else None
         listing = await self._ask(ReadDir(path=path, known=known), DirListing)
         if listing.unchanged:
@@ -336,32 +347,32 @@ class ClientTree(pyfuse3.Operations):
         return self.install(reply)
 
     def install(self, tree: Tree) -> int:
-        """Take listings sent ahead (ancestors before descendants); return how many were installed."""
-        installed = 0
+        """Take listings sent ahead; return how many.
+
+        They are built into the tree only when the process reaches them (`_read_dir`):
+        a warm start's rechecked folders hold thousands of entries (/usr/bin,
+        /usr/lib/...) of which a process looks at a few.
+        """
         root = self._nodes[pyfuse3.ROOT_INODE]
         if tree.root is not None and root.attr is None and stat.S_ISDIR(tree.root.mode):
             self._set_attr(root, tree.root)
+        taken = 0
         for listing in tree.listings:
             try:
                 path = check_path(listing.path)
             except BadPath:
                 log.warning("ignoring a listing of bad path %r", listing.path)
                 continue
-            ino = self._by_path.get(path)
-            if ino is None:
-                continue  # its parent was not sent: it will be asked for when reached
-            node = self._nodes[ino]
             if listing.unchanged:
-                entries = self.kept.load(path, used=False) if self.kept else None
-                if entries is None:
+                if listing.digest is None or self.kept is None or self.kept.digest(path) != listing.digest:
                     continue  # not kept after all: asked for on demand
-                listing = DirListing(path=path, entries=entries, digest=listing.digest)
-            elif self.kept is not None and listing.digest is not None:
-                self.kept.keep(path, listing.digest, listing.entries, used=False)
-            if node.children is None:
-                self._install_listing(node, listing)
-                installed += 1
-        return installed
+                self._ahead[path] = listing.digest  # the client vouched for the kept one
+            else:
+                if self.kept is not None and listing.digest is not None:
+                    self.kept.keep(path, listing.digest, listing.entries, used=False)
+                self._ahead[path] = listing
+            taken += 1
+        return taken
 
     def _consulted(self, node: _Node) -> None:
         """The process used this directory's listing: the next run rechecks it up front."""
