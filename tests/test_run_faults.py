@@ -297,6 +297,23 @@ def test_a_run_sees_only_its_allocated_opencl_devices(remote, tmp_path):
     assert seen["devices"] == 2 and len(seen["radium"].split(",")) == 2, seen
 
 
+def test_the_runs_world_is_mounted_with_the_options_that_keep_it_safe(remote, tmp_path):
+    """Lent appliance paths are read-only; the scratch folders are fresh tmpfs without suid or devices."""
+    out = run_hidden(remote, tmp_path, {"x.txt": "x"}, "--", "cat", "/proc/self/mountinfo")
+    assert out.returncode == 0, out.stderr.decode()
+    options = {}
+    for line in out.stdout.decode().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        options[fields[4]] = (set(fields[5].split(",")), fields[sep + 1])
+    lent = options["/etc/OpenCL/vendors"]
+    assert "ro" in lent[0], lent
+    for scratch in ("/tmp", "/dev/shm"):
+        flags, fstype = options[scratch]
+        assert fstype == "tmpfs" and {"nosuid", "nodev"} <= flags, (scratch, flags, fstype)
+    assert options["/"][1] == "overlay" and "/.radium/init" in options
+
+
 def _supervisors(radiumd_pid: int) -> set[int]:
     out = subprocess.run(["pgrep", "-a", "-P", str(radiumd_pid)], capture_output=True, text=True).stdout
     return {int(line.split()[0]) for line in out.splitlines() if "radium.remoting.run.supervisor" in line}

@@ -207,6 +207,24 @@ def test_file_server_hashes_each_version_once_and_keeps_hashes_across_runs(tmp_p
     assert attr.chunks[0] == chunk_hash((tree / "big.bin").read_bytes()[:CHUNK_SIZE])
 
 
+def test_reading_chunks_reuses_the_lookups_hashes_for_what_the_appliance_holds(tmp_path, monkeypatch):
+    from radium.remoting.run import files
+
+    _make_plain_tree(tmp_path)
+    server = FileServer(tmp_path)
+    attr = server.handle(Lookup(path=b"/big.bin"))  # hashes the file once
+    hashed = []
+    monkeypatch.setattr(files, "chunk_hash", lambda data: hashed.append(data) or chunk_hash(data))
+    reply = server.handle(ReadChunks(path=b"/big.bin", indexes=[1, 0]))
+    assert [chunk_hash(d) for d in reply.data] == [attr.chunks[1], attr.chunks[0]]
+    assert set(attr.chunks) <= server.delivered and hashed == []  # named by the lookup's hashes
+
+    with open(tmp_path / "big.bin", "r+b") as f:  # changed since the lookup: hashed afresh
+        f.write(b"X")
+    reply = server.handle(ReadChunks(path=b"/big.bin", indexes=[0]))
+    assert hashed == reply.data and chunk_hash(reply.data[0]) in server.delivered
+
+
 def test_prefetch_sends_trees_with_their_ancestors(tmp_path):
     _make_plain_tree(tmp_path)
     (tmp_path / "sub" / "deeper").mkdir()

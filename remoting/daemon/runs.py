@@ -59,7 +59,7 @@ class Run:
 
 
 @dataclass
-class Supervisor:
+class SupervisorProcess:
     """A supervisor process and radiumd's end of its channel; it waits for its `Job`."""
 
     proc: asyncio.subprocess.Process
@@ -77,7 +77,7 @@ class Runs:
 
     def __post_init__(self) -> None:
         self._free_slots = list(range(self.config.run.id_slots))
-        self._spares: list[Supervisor] = []
+        self._spares: list[SupervisorProcess] = []
         self._indexed_at = time.monotonic()
         self._reindex_after = REINDEX_INTERVAL
         self._background: set[asyncio.Task] = set()  # store scans
@@ -141,7 +141,7 @@ class Runs:
             return
         self._spares.append(spare)
 
-    def _take_spare(self) -> Supervisor | None:
+    def _take_spare(self) -> SupervisorProcess | None:
         while self._spares:
             spare = self._spares.pop(0)
             if spare.proc.returncode is None:
@@ -149,7 +149,7 @@ class Runs:
             spare.sock.close()
         return None
 
-    async def _launch(self, spare: bool = False) -> Supervisor:
+    async def _launch(self, spare: bool = False) -> SupervisorProcess:
         """Start a supervisor; a spare at low priority (it takes its normal one with its job),
         so that its start-up yields the CPU to the runs going on meanwhile."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -174,7 +174,7 @@ class Runs:
             raise
         finally:
             theirs.close()
-        return Supervisor(proc, ours)
+        return SupervisorProcess(proc, ours)
 
     # --- starting -------------------------------------------------------------
 

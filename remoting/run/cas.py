@@ -20,8 +20,8 @@ its own view when it ends.  Several supervisors share the folder, so a snapshot 
 a hint: a chunk another one stored since is adopted when first asked for (one stat),
 a chunk another one evicted is forgotten when its file is found gone.  The size
 limit is therefore kept per supervisor, over what it knows of: runs going on at
-once may together pass it by what they fetch; radiumd's scan at its next start
-brings the folder back under it.
+once may together pass it by what they fetch; radiumd's next scan (when it is
+idle, or restarts) brings the folder back under it.
 """
 
 from __future__ import annotations

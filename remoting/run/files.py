@@ -437,15 +437,21 @@ class FileServer:
         return entries
 
     def _readdir(self, path: bytes, known: bytes | None = None) -> DirListing:
+        return self._readdir_against(path, known)[0]
+
+    def _readdir_against(self, path: bytes, known: bytes | None) -> tuple[DirListing, list[bytes]]:
+        """`path`'s listing, or only `unchanged` when it still has digest `known` (rechecked by
+        lstat alone); and the names of its subdirectories."""
         if known is not None:
             quick = self._quick_digest(path)
             if quick is not None and quick[0] == known:
-                return DirListing(path=path, entries=[], digest=known, unchanged=True)
+                return DirListing(path=path, entries=[], digest=known, unchanged=True), quick[1]
         listing = self._readdir_full(path)
         listing.digest = listing_digest(listing.entries)
-        if known is not None and known == listing.digest:
-            return DirListing(path=path, entries=[], digest=listing.digest, unchanged=True)
-        return listing
+        subdirs = [e.name for e in listing.entries if stat.S_ISDIR(e.attr.mode)]
+        if known == listing.digest:
+            return DirListing(path=path, entries=[], digest=known, unchanged=True), subdirs
+        return listing, subdirs
 
     def _quick_digest(self, path: bytes) -> tuple[bytes, list[bytes]] | None:
         """A directory's `listing_digest` and the names of its subdirectories, without the listing.
@@ -541,23 +547,13 @@ class FileServer:
             if path in seen:
                 return None
             seen.add(path)
-            kept = known.get(path)
             try:
-                if kept is not None:
-                    quick = self._quick_digest(path)
-                    if quick is not None and quick[0] == kept:
-                        listings.append(DirListing(path=path, entries=[], digest=kept, unchanged=True))
-                        return quick[1]
-                full = self._readdir_full(path)
+                listing, subdirs = self._readdir_against(path, known.get(path))
             except OSError:
                 return None  # unreadable or gone: the appliance asks again on demand
-            full.digest = listing_digest(full.entries)
-            if kept == full.digest:
-                listings.append(DirListing(path=path, entries=[], digest=full.digest, unchanged=True))
-            else:
-                listings.append(full)
-                count += len(full.entries)
-            return [e.name for e in full.entries if stat.S_ISDIR(e.attr.mode)]
+            listings.append(listing)
+            count += len(listing.entries)
+            return subdirs
 
         for top in paths:
             for ancestor in reversed(list(_ancestors(top))):

@@ -644,13 +644,17 @@ class ClientTree(pyfuse3.Operations):
 
         for i in range(start, min(len(chunks), start + self.ahead_chunks)):
             digest = chunks[i]
-            if ("chunk", digest) in self._inflight or digest in self._recent or self.store.has(digest):
+            if self._here_or_coming(digest):
                 flush()  # requests stay runs of consecutive chunks
                 continue
             batch.append(i)
             if len(batch) == self.batch_chunks:
                 flush()
         flush()
+
+    def _here_or_coming(self, digest: bytes) -> bool:
+        """The chunk is stored, in memory, or being fetched: nothing to ask for."""
+        return ("chunk", digest) in self._inflight or digest in self._recent or self.store.has(digest)
 
     def _register(self, chunks: list[bytes], indexes: list[int]) -> dict[object, trio.Event]:
         """Mark chunks as in flight (those not already: a file may repeat a chunk)."""
@@ -703,7 +707,7 @@ class ClientTree(pyfuse3.Operations):
         if sequential:
             for i in range(index + 1, min(len(chunks), index + self.batch_chunks)):
                 digest = chunks[i]
-                if ("chunk", digest) in self._inflight or digest in self._recent or self.store.has(digest):
+                if self._here_or_coming(digest):
                     break  # keep runs consecutive: what is there ends the run
                 wanted.append(i)
         await self._fetch_chunks(node, wanted)
