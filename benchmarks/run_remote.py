@@ -478,6 +478,9 @@ class Bench:
         return client
 
     def close(self) -> None:
+        from benchmarks.control_plane import _support
+
+        _support().stop_run_agents(str(self.tmp))  # the client's run agents (their state is in tmp)
         for proc in self.children:
             if proc.poll() is None:
                 proc.terminate()

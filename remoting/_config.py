@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -205,28 +206,34 @@ def _check_listen(address: str, where: str, scheme: str = "tcp://") -> None:
         raise ConfigError(f"{where}: expected {scheme}HOST:PORT, got {address!r}")
 
 
-def client_config_path() -> Path:
-    """Where the client reads its configuration.
+def client_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the client reads its configuration (in `environ`, by default this process's).
 
     RADIUM_CONFIG, then ~/.config/radium/client.toml, then /etc/radium/client.toml,
     then the lab's profile (`radium-admin lab up`) when nothing else exists.
     """
-    env = os.environ.get("RADIUM_CONFIG")
-    if env:
-        return Path(env)
-    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    env = os.environ if environ is None else environ
+    if env.get("RADIUM_CONFIG"):
+        return Path(env["RADIUM_CONFIG"])
+    home = Path(env.get("XDG_CONFIG_HOME") or _home(env) / ".config")
     user = home / "radium" / "client.toml"
     if user.exists():
         return user
     if SYSTEM_CLIENT_CONFIG.exists():
         return SYSTEM_CLIENT_CONFIG
-    lab = lab_profile_dir() / "client.toml"
+    lab = lab_profile_dir(env) / "client.toml"
     return lab if lab.exists() else user
 
 
-def lab_profile_dir() -> Path:
-    env = os.environ.get("RADIUM_LAB_DIR")
-    return Path(env) if env else Path.home() / ".local" / "state" / "radium" / "lab"
+def lab_profile_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if env.get("RADIUM_LAB_DIR"):
+        return Path(env["RADIUM_LAB_DIR"])
+    return _home(env) / ".local" / "state" / "radium" / "lab"
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    return Path(env["HOME"]) if env.get("HOME") else Path.home()
 
 
 def load_client_config(path: Path | None = None) -> ClientConfig:

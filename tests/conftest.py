@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from support import stop_run_agents
+
+from radium.lab import netns as _netns
+
+
+@pytest.fixture(autouse=True)
+def _stop_run_agents(tmp_path_factory):
+    """After each test, end the run agents its `radium run`s started (they would idle for 15 min)."""
+    yield
+    stop_run_agents(str(tmp_path_factory.getbasetemp()))
+
 
 # --------------------------------------------------------------------------
 # Two-host network topology (radium.lab.netns): a client and an appliance in
 # separate network namespaces joined by a tbf-shaped veth pair.
 # --------------------------------------------------------------------------
-from radium.lab import netns as _netns
 
 
 @pytest.fixture

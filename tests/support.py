@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -170,6 +172,29 @@ class Client:
         return subprocess.Popen(
             self.argv(*args), env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+
+
+def stop_run_agents(marker: str) -> list[int]:
+    """SIGTERM every run agent whose command line names `marker`; wait until each has exited."""
+    from radium.remoting.client.handoff import AGENT_MODULE
+
+    waits = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if AGENT_MODULE.encode() in argv and any(marker.encode() in a for a in argv):
+            try:
+                fd = os.pidfd_open(int(entry.name))
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+            except OSError:
+                continue
+            waits.append((int(entry.name), fd))
+    for _, fd in waits:
+        select.select([fd], [], [], 15)  # readable once the process has exited
+        os.close(fd)
+    return [pid for pid, _ in waits]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:

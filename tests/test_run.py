@@ -193,8 +193,7 @@ def test_a_c_program_with_an_rpath_library(remote, tmp_path):
     files = {
         "src/lib.c": "int answer(void) { return 42; }\n",
         "src/main.c": (
-            "#include <stdio.h>\nint answer(void);\n"
-            'int main(void) { printf("%d\\n", answer()); return 0; }\n'
+            '#include <stdio.h>\nint answer(void);\nint main(void) { printf("%d\\n", answer()); return 0; }\n'
         ),
     }
     extra = (

@@ -27,16 +27,7 @@ from .._config import load_client_config
 from .._errors import RadiumError, UsageError
 from .._keys import write_atomic
 from .api import reserve
-
-
-def state_dir() -> Path:
-    env = os.environ.get("RADIUM_STATE_DIR")
-    if env:
-        return Path(env)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "radium"
-    return Path.home() / ".local" / "state" / "radium"
+from .paths import state_dir
 
 
 def reservation_path() -> Path:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import select
 import shutil
 import signal
-import sys
 import termios
 import threading
 import tty as ttymod
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,6 +31,7 @@ from ..run.files import FileServer
 from ..run.writeback import Applier
 from . import api, holder
 from .connection import Connection
+from .paths import state_dir
 from .session import Session
 
 # Not carried to the appliance: they name things that exist only on the client.
@@ -63,7 +66,7 @@ CREDIT_BATCH = 1 << 20
 MAX_DELIVERED = 1_000_000  # hashes remembered per appliance (32 MB)
 
 
-def carried_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+def carried_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if env is None else env)
     for name in DROPPED_ENV:
         env.pop(name, None)
@@ -80,17 +83,144 @@ class RunResult:
     writeback_errors: list[str] = field(default_factory=list)
 
 
+class Ends:
+    """The run's ends on the client: its three streams, its terminal, its signals.
+
+    `ProcessEnds` are this process's own; the run agent (agent.py) has the ends
+    of the `radium run` that handed it the run (its descriptors, passed over a
+    Unix socket).  `attach` starts sending the run what reaches them (signals,
+    window-size changes) and puts a terminal in raw mode; `detach` undoes both.
+    """
+
+    def __init__(self, stdin: int = 0, stdout: int = 1, stderr: int = 2, umask: int | None = None) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.tty = os.isatty(stdin) and os.isatty(stdout)
+        self.umask = _umask() if umask is None else umask  # the remote process's
+
+    def window(self) -> tuple[int, int]:
+        if not self.tty:
+            return 24, 80
+        size = os.get_terminal_size(self.stdout)
+        return size.lines, size.columns
+
+    def attach(self, run: RemoteRun) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        raise NotImplementedError
+
+
+class ProcessEnds(Ends):
+    """This process's own streams and signals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved: list | None = None
+
+    def attach(self, run: RemoteRun) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in FORWARDED_SIGNALS:
+            loop.add_signal_handler(sig, run.signal, sig)
+        if self.tty:
+            # Keys go to the remote terminal as typed: ^C becomes its SIGINT there.
+            self._saved = termios.tcgetattr(self.stdin)
+            ttymod.setraw(self.stdin)
+            loop.add_signal_handler(signal.SIGWINCH, run.resize)
+
+    def detach(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in FORWARDED_SIGNALS:
+            loop.remove_signal_handler(sig)
+        if self._saved is not None:
+            loop.remove_signal_handler(signal.SIGWINCH)
+            termios.tcsetattr(self.stdin, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+
+class Output:
+    """Writes the process's output to the client's streams in a thread of its own.
+
+    A slow reader (a pager, a full pipe) holds up only this thread; what it has
+    written is credited back to the appliance, which sends no more than its
+    window ahead.  A stream its reader closed (`| head`) swallows the rest.  It
+    writes to duplicates of the descriptors, closed when it ends: a write still
+    blocked after the run can never land in a descriptor reused since.
+    """
+
+    def __init__(self, fds: dict[int, int], written: Callable[[int], None]) -> None:
+        self.fds = {k: os.dup(fd) for k, fd in fds.items()}
+        self.written = written  # called in the loop with each piece's size
+        self.queue: queue.SimpleQueue[tuple[int, bytes] | asyncio.Future | None] = queue.SimpleQueue()
+        self.broken: set[int] = set()
+        self.closing = False
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.Thread(target=self._write_all, name="radium-output", daemon=True)
+        self.thread.start()
+
+    def write(self, fd: int, data: bytes) -> None:
+        self.queue.put((fd, data))
+
+    async def drain(self) -> None:
+        """Wait until everything queued has been written."""
+        done = self.loop.create_future()
+        self.queue.put(done)
+        await done
+
+    def close(self) -> None:
+        """Write nothing more (what is still queued is dropped); the thread ends."""
+        self.closing = True
+        self.queue.put(None)
+
+    def _write_all(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                if isinstance(item, asyncio.Future):
+                    self.loop.call_soon_threadsafe(_resolve, item)
+                elif not self.closing:
+                    fd, data = item
+                    self._write(self.fds[fd], memoryview(data))
+                    self.loop.call_soon_threadsafe(self.written, len(data))
+        except RuntimeError:
+            pass  # the loop is gone
+        finally:
+            for fd in self.fds.values():
+                os.close(fd)
+
+    def _write(self, fd: int, view: memoryview) -> None:
+        while view and fd not in self.broken and not self.closing:
+            try:
+                view = view[os.write(fd, view) :]
+            except InterruptedError:
+                continue
+            except OSError:
+                self.broken.add(fd)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class RemoteRun:
-    def __init__(self, session: Session, argv: list[str], cwd: str, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        session: Session,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        ends: Ends | None = None,
+    ) -> None:
         self.session = session
         self.conn: Connection = session.conn
         self.argv, self.cwd, self.env = argv, cwd, env
-        state = holder.state_dir()
+        self.ends = ends or ProcessEnds()
+        state = state_dir()
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.delivered_path = state / f"delivered-{self.conn.appliance.name}.bin"
         self.files = FileServer(
             root="/",
             serve_mounts=[cwd],
+            cwd=cwd,
             hash_cache=state / "hashes.cache",
             delivered=_load_hashes(self.delivered_path),
         )
@@ -108,8 +238,8 @@ class RemoteRun:
         self, lease_id: str | None, request: s.AllocationRequest | None, timeout: float
     ) -> RunResult:
         self.conn.on_notice(self._on_notice)
-        tty = os.isatty(0) and os.isatty(1)
-        rows, cols = _window() if tty else (24, 80)
+        tty = self.ends.tty
+        rows, cols = self.ends.window()
         accepted = await self.conn.request(
             s.RunStart(
                 session=self.session.id,
@@ -118,38 +248,35 @@ class RemoteRun:
                 env=self.env,
                 uid=os.getuid(),
                 gid=os.getgid(),
-                umask=_umask(),
+                umask=self.ends.umask,
                 lease_id=lease_id,
                 request=request,
                 timeout=timeout,
                 tty=tty,
                 rows=rows,
                 cols=cols,
-                prefetch=prefetch_paths(self.argv, self.cwd),
+                prefetch=prefetch_paths(self.argv, self.cwd, self.env.get("PATH")),
             ),
             timeout=None if lease_id is None else 30.0,
         )
         assert isinstance(accepted, s.RunAccepted)
         self.run_id = accepted.run
         loop = asyncio.get_running_loop()
-        for sig in FORWARDED_SIGNALS:
-            loop.add_signal_handler(sig, self._signal, sig)
-        saved = None
-        if tty:
-            # Keys go to the remote terminal as typed: ^C becomes its SIGINT there.
-            saved = termios.tcgetattr(0)
-            ttymod.setraw(0)
-            loop.add_signal_handler(signal.SIGWINCH, self._resize)
-        stdin = threading.Thread(target=self._read_stdin, args=(loop,), daemon=True)
+        self.output = Output({1: self.ends.stdout, 2: self.ends.stderr}, self._credit)
+        stop_r, stop_w = os.pipe()
+        stdin = threading.Thread(target=self._read_stdin, args=(loop, stop_r), daemon=True)
+        self.ends.attach(self)
         stdin.start()
         try:
             exit_msg = await self._serve()
+            await self.output.drain()
         finally:
-            for sig in FORWARDED_SIGNALS:
-                loop.remove_signal_handler(sig)
-            if saved is not None:
-                loop.remove_signal_handler(signal.SIGWINCH)
-                termios.tcsetattr(0, termios.TCSADRAIN, saved)
+            self.ends.detach()
+            os.write(stop_w, b"x")  # the stdin reader stops; it never reads past the run
+            stdin.join()
+            os.close(stop_r)
+            os.close(stop_w)
+            self.output.close()
             self.applier.abort()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self._save_state()
@@ -171,20 +298,32 @@ class RemoteRun:
         except OSError:
             pass  # a cache, not a record: the next run is slower, not wrong
 
-    def _resize(self) -> None:
+    def resize(self) -> None:
+        """The client's terminal changed size: so does the remote one."""
         if self.run_id is not None:
-            rows, cols = _window()
+            rows, cols = self.ends.window()
             self.conn.post(s.RunResize(run=self.run_id, rows=rows, cols=cols))
 
-    def _signal(self, sig: int) -> None:
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the remote process group."""
         if self.run_id is not None:
             self.conn.post(s.RunSignal(run=self.run_id, signal=int(sig)))
 
-    def _read_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Blocking reads of fd 0 in a thread; each chunk posted from the loop."""
+    def _read_stdin(self, loop: asyncio.AbstractEventLoop, stop: int) -> None:
+        """Reads of stdin in a thread, each chunk posted from the loop, until EOF or `stop`.
+
+        It reads only when there is input, and never after the run: a terminal
+        shared with the shell keeps the keys typed after `radium run` returned.
+        """
+        poll = select.poll()
+        poll.register(self.ends.stdin, select.POLLIN)
+        poll.register(stop, select.POLLIN)
         try:
             while True:
-                data = os.read(0, 65536)
+                ready = {fd for fd, _ in poll.poll()}
+                if stop in ready:
+                    return
+                data = os.read(self.ends.stdin, 65536)
                 loop.call_soon_threadsafe(self._post_input, data, not data)
                 if not data:
                     return
@@ -223,10 +362,7 @@ class RemoteRun:
     def _handle(self, msg: s.Message, extra: list[bytes]) -> None:
         data = extra[0] if extra else b""
         if isinstance(msg, s.RunOutput):
-            out = sys.stdout.buffer if msg.fd == 1 else sys.stderr.buffer
-            out.write(data)
-            out.flush()
-            self._credit(len(data))
+            self.output.write(1 if msg.fd == 1 else 2, data)  # credited once written
         elif isinstance(msg, s.FsCall):
             asyncio.ensure_future(self._answer(msg.id, data))
         elif isinstance(msg, s.Writeback):
@@ -276,18 +412,13 @@ def _load_hashes(path) -> set[bytes]:  # type: ignore[no-untyped-def]
     return {data[i : i + 32] for i in range(0, len(data) - 31, 32)}
 
 
-def prefetch_paths(argv: list[str], cwd: str) -> list[str]:
+def prefetch_paths(argv: list[str], cwd: str, search: str | None = None) -> list[str]:
     """What the process will surely look at first: its working directory and its program's folder."""
     paths = [cwd]
-    program = shutil.which(argv[0]) if argv else None
+    program = shutil.which(argv[0], path=search) if argv else None
     if program:
         paths.append(os.path.dirname(os.path.realpath(program)))
     return [p for p in dict.fromkeys(paths) if p != "/"]
-
-
-def _window() -> tuple[int, int]:
-    size = os.get_terminal_size(1)
-    return size.lines, size.columns
 
 
 def _umask() -> int:
@@ -302,25 +433,33 @@ async def run(
     request: s.AllocationRequest | None,
     timeout: float,
     server: str | None,
+    ends: Ends | None = None,
+    cwd: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> RunResult:
-    """Run `argv` remotely: on the reserved lease if there is one, else on a new one."""
-    env = carried_environment()
-    try:
-        cwd = os.getcwd()
-    except OSError as exc:  # removed (ENOENT) or not searchable any more (EACCES)
-        raise UsageError(f"the working directory cannot be used here: {exc.strerror}") from None
+    """Run `argv` remotely: on the reserved lease if there is one, else on a new one.
+
+    `ends`, `cwd` and `environ` are this process's unless given (the run agent
+    gives those of the `radium run` it serves).
+    """
+    env = carried_environment(environ)
+    if cwd is None:
+        try:
+            cwd = os.getcwd()
+        except OSError as exc:  # removed (ENOENT) or not searchable any more (EACCES)
+            raise UsageError(f"the working directory cannot be used here: {exc.strerror}") from None
     reservation = holder.read_reservation()
     if reservation is not None and request is None and (server in (None, reservation.appliance)):
         entry = config.appliance(reservation.appliance)
         conn = await Connection(entry, config.keys).open()
         session = await Session(conn).open()
         try:
-            return await RemoteRun(session, argv, cwd, env).execute(reservation.lease.id, None, 0)
+            return await RemoteRun(session, argv, cwd, env, ends).execute(reservation.lease.id, None, 0)
         finally:
             await session.close()
             await conn.close()
     reserved = await api.reserve(config, request or s.AllocationRequest(), timeout, server)
     try:
-        return await RemoteRun(reserved.session, argv, cwd, env).execute(reserved.lease.id, None, 0)
+        return await RemoteRun(reserved.session, argv, cwd, env, ends).execute(reserved.lease.id, None, 0)
     finally:
         await reserved.release()
