@@ -348,16 +348,17 @@ def test_a_killed_client_ends_the_remote_process_and_frees_the_lease(remote, tmp
         PROJECT,
         "run",
         "--",
-        "sh",
+        "bash",
         "-c",
         f"echo started; exec -a {marker} sleep 600",
     )
     proc = subprocess.Popen(argv, env=client.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"started\n"
-    proc.kill()
-    proc.wait()
     from support import wait_until
 
+    wait_until(lambda: not _no_process(marker), 10, "the remote process to start")
+    proc.kill()
+    proc.wait()
     wait_until(lambda: _no_process(marker), 10, "the remote process to end")
     wait_until(lambda: not any(d["leases"] for d in client.json("list-gpus")["devices"]), 10, "lease release")
 
