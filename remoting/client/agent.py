@@ -277,7 +277,7 @@ class Agent:
                 args = commands.build_parser().parse_args(["run", *run_args])
             as_json = args.json
             argv, request = commands.run_arguments(args)
-            config = load_client_config(client_config_path(environ))
+            config = load_client_config(Path(cwd) / client_config_path(environ))  # relative: to cwd
             result = await remote.run(
                 config,
                 argv,
@@ -328,6 +328,7 @@ def _ready() -> None:
 
 def main() -> int:
     directory, name = sys.argv[1:3]
+    os.environ["RADIUM_STATE_DIR"] = directory  # absolute: where this agent's runs keep their state
     os.chdir("/")  # hold no folder of the user's (a test's, a mount) busy
     logging.basicConfig(
         level=logging.INFO,

@@ -198,7 +198,7 @@ def run(args: list[str]) -> int | None:
         return None
     try:
         cwd = os.getcwd()
-        link = Link(state_dir(os.environ))
+        link = Link(os.path.abspath(state_dir(os.environ)))
         name = socket_name()
     except OSError:
         return None  # no working directory, state directory or /proc: the full path explains
