@@ -13,9 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import zmq
-import zmq.auth
-
 from ._errors import ConfigError, UsageError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -64,6 +61,8 @@ class KeyPair:
 
     @classmethod
     def generate(cls) -> KeyPair:
+        import zmq  # where used, here and below: a supervisor imports this module and needs no zmq
+
         public, secret = zmq.curve_keypair()
         return cls(public.decode(), secret.decode())
 
@@ -92,6 +91,8 @@ def save_keypair(path: Path, name: str, pair: KeyPair) -> None:
 
 
 def load_keypair(path: Path) -> KeyPair:
+    import zmq.auth
+
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
@@ -111,6 +112,8 @@ def load_or_create_server_keys(state_dir: Path, name: str) -> KeyPair:
 def is_z85_key(text: str) -> bool:
     if len(text) != 40:
         return False
+    import zmq.utils.z85
+
     try:
         return len(zmq.utils.z85.decode(text)) == 32
     except (ValueError, KeyError, TypeError):
@@ -164,6 +167,8 @@ class KeyDirectory:
         if stamp == self._stamp:
             return
         by_key: dict[str, str] = {}
+        import zmq.auth
+
         if stamp is not None:
             for f in sorted(self.path.glob("*.key")):
                 try:

@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and sys.argv[1:2] == ["run"]:
         from ..client import handoff
 
-        code = handoff.run(sys.argv[2:])
+        try:
+            code = handoff.run(sys.argv[2:])
+        except KeyboardInterrupt:  # before the handover (a run the agent took ends when we go)
+            print("radium: interrupted", file=sys.stderr)
+            code = 130
         if code is not None:
             os._exit(code)  # its output is written and its terminal restored: nothing to tear down
     from .commands import main as run_command

@@ -11,6 +11,7 @@ took for itself is released then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -282,6 +283,8 @@ class Runs:
             mps=mps,
         )
         supervisor = self._take_spare() or await self._launch()
+        with contextlib.suppress(OSError):  # a spare may still be importing: not at low priority now
+            os.setpriority(os.PRIO_PROCESS, supervisor.proc.pid, 0)
         self.keep_spares()
         run.proc = supervisor.proc
         reader, writer = await asyncio.open_unix_connection(sock=supervisor.sock)
