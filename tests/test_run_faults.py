@@ -27,6 +27,7 @@ from support import BIN, PY, Appliance, hidden, wait_until
 
 from radium.remoting import _schema as s
 from radium.remoting._errors import ProtocolError
+from radium.remoting.run import forkserver
 from radium.remoting.run.fsproto import chunk_hash
 from radium.remoting.run.writeback import Applier, check_client_path
 
@@ -90,9 +91,8 @@ def assert_nothing_left(remote, marker: str) -> None:
     app = remote.appliance
     app.wait_for_log("run ended", timeout=30)
     pid = app.proc.pid  # `ip netns exec` execs radiumd in place
-    children = subprocess.run(["pgrep", "-a", "-P", str(pid)], capture_output=True, text=True).stdout
-    supervisors = [line for line in children.splitlines() if "radium.remoting.run.supervisor" in line]
-    assert len(supervisors) <= 1, children  # the one spare radiumd keeps waiting for the next run
+    supervisors = _supervisors(pid)
+    assert len(supervisors) <= 1, supervisors  # the one spare radiumd keeps waiting for the next run
     stray = subprocess.run(["pgrep", "-a", "-f", marker], capture_output=True, text=True).stdout
     assert stray == "", f"the run's processes outlived it: {stray}"
     runs = state_dir(remote) / "runs"
@@ -314,9 +314,31 @@ def test_the_runs_world_is_mounted_with_the_options_that_keep_it_safe(remote, tm
     assert options["/"][1] == "overlay" and "/.radium/init" in options
 
 
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _supervisors(radiumd_pid: int) -> set[int]:
-    out = subprocess.run(["pgrep", "-a", "-P", str(radiumd_pid)], capture_output=True, text=True).stdout
-    return {int(line.split()[0]) for line in out.splitlines() if "radium.remoting.run.supervisor" in line}
+    """radiumd's supervisors: forked by its fork server, or (without one) started by radiumd."""
+    servers = {p for p in _children(radiumd_pid) if _comm(p) == forkserver.NAME}
+    forked = {p for s in servers for p in _children(s) if _comm(p) == forkserver.SUPERVISOR_NAME}
+    started = {p for p in _children(radiumd_pid) if "radium.remoting.run.supervisor" in _cmdline(p)}
+    return forked | started
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
 
 
 def _niceness(pid: int) -> int:

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,9 +32,9 @@ from ..run.cas import ContentStore
 from .auth import Peer
 from .logs import event
 from .service import Service
+from .supervisors import Launcher, Process, SupervisorProcess
 
 TINI = "/usr/bin/tini-static"
-SPARE_NICENESS = 10
 REINDEX_INTERVAL = 60.0  # seconds: at most this often (and 5 % of the time), the idle store is rescanned
 
 
@@ -53,18 +52,10 @@ class Run:
     lease: s.Lease
     own_lease: bool
     slot: int
-    proc: asyncio.subprocess.Process | None = None
+    proc: Process | None = None
     writer: asyncio.StreamWriter | None = None
     relay: asyncio.Task | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass
-class SupervisorProcess:
-    """A supervisor process and radiumd's end of its channel; it waits for its `Job`."""
-
-    proc: asyncio.subprocess.Process
-    sock: socket.socket
 
 
 @dataclass
@@ -84,6 +75,15 @@ class Runs:
         self._background: set[asyncio.Task] = set()  # store scans
         self._launching: set[asyncio.Task] = set()
         self._closing = False
+        self.launcher = Launcher(self.log)
+
+    def start_launcher(self) -> None:
+        """Start the supervisor fork server (if this appliance can run processes at all)."""
+        try:
+            self.check_ready()
+        except RunsUnavailable:
+            return  # said to whoever asks for a run
+        self.launcher.start()
 
     def index_store(self) -> None:
         """Scan the content store once and save its index: each run's supervisor starts from it."""
@@ -112,10 +112,9 @@ class Runs:
     def keep_spares(self) -> None:
         """Start supervisors ahead of need, up to `run.spare_supervisors`.
 
-        A supervisor's Python start-up and imports (trio, pyfuse3) take ~0.3 s of CPU; a
-        spare has done them and waits for its job, so a run does not.  Spares are refilled
-        when radiumd starts, as soon as one is taken (so that the next is ready by the
-        time a quick run ends and its user starts another), and when a run ends.
+        A spare is forked (supervisors.py) and waits for its job, so a run does not wait
+        even for the fork.  Spares are refilled when radiumd starts, as soon as one is
+        taken, and when a run ends.
         """
         self._spares = [sp for sp in self._spares if sp.proc.returncode is None]
         if self._closing:
@@ -125,7 +124,7 @@ class Runs:
         except RunsUnavailable:
             return  # said to whoever asks for a run
         for _ in range(self.config.run.spare_supervisors - len(self._spares) - len(self._launching)):
-            task = asyncio.create_task(self._launch(spare=True))
+            task = asyncio.create_task(self.launcher.launch(spare=True))
             self._launching.add(task)
             task.add_done_callback(self._launched)
 
@@ -149,33 +148,6 @@ class Runs:
                 return spare
             spare.sock.close()
         return None
-
-    async def _launch(self, spare: bool = False) -> SupervisorProcess:
-        """Start a supervisor; a spare at low priority (it takes its normal one with its job),
-        so that its start-up yields the CPU to the runs going on meanwhile."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *(["nice", "-n", str(SPARE_NICENESS)] if spare else []),
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                sys.executable,
-                "-m",
-                "radium.remoting.run.supervisor",
-                "--fd",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        return SupervisorProcess(proc, ours)
 
     # --- starting -------------------------------------------------------------
 
@@ -282,7 +254,7 @@ class Runs:
             tini=TINI,
             mps=mps,
         )
-        supervisor = self._take_spare() or await self._launch()
+        supervisor = self._take_spare() or await self.launcher.launch()
         with contextlib.suppress(OSError):  # a spare may still be importing: not at low priority now
             os.setpriority(os.PRIO_PROCESS, supervisor.proc.pid, 0)
         self.keep_spares()
@@ -401,6 +373,7 @@ class Runs:
             except TimeoutError:
                 spare.proc.kill()
                 await spare.proc.wait()
+        await self.launcher.close()
 
 
 def _delegated(path: Path, start: int, end: int) -> bool:

@@ -117,6 +117,7 @@ class Daemon:
             devices=[d.id for d in devices],
             metrics=self.metrics_address and f"{self.metrics_address[0]}:{self.metrics_address[1]}",
         )
+        self.runs.start_launcher()
         await asyncio.to_thread(self.runs.index_store)
         self.runs.keep_spares()
         if ready is not None:

@@ -57,3 +57,17 @@ def detach(target: str | os.PathLike) -> None:
     if _libc.umount2(_b(target), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"umount {os.fspath(target)}: {os.strerror(err)}")
+
+
+CLONE_NEWNS = 0x00020000
+MS_PRIVATE = 1 << 18
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+def private_mount_namespace() -> None:
+    """A mount namespace of this process's own, nothing propagating out (as `unshare --mount
+    --propagation private`)."""
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)

@@ -1,0 +1,237 @@
+"""Supervisor processes for radiumd: forked by the fork server, or started afresh.
+
+A supervisor's Python start-up and imports cost ~0.35 s of CPU.  radiumd starts
+one fork server (run/forkserver.py) that pays it once; a supervisor is then a
+fork of it (milliseconds), ready before the run that takes it has finished
+starting.  Should the fork server fail to start or die, supervisors are started
+as processes of their own (`unshare --mount --propagation private python -m
+radium.remoting.run.supervisor`), as before it existed.
+
+Either way radiumd gets a `SupervisorProcess`: the process (pid, returncode,
+wait, kill) and radiumd's end of its channel, on which it waits for its `Job`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from .logs import event
+
+SPARE_NICENESS = 10
+START_TIMEOUT = 60.0  # the fork server's imports, on a slow or busy machine
+REPORT_WAIT = 1.0  # after a forked supervisor exits, how long to wait for its status
+
+
+class Process(Protocol):
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+@dataclass
+class SupervisorProcess:
+    """A supervisor process and radiumd's end of its channel; it waits for its `Job`."""
+
+    proc: Process
+    sock: socket.socket
+
+
+class ForkServerGone(Exception):
+    pass
+
+
+class Forked:
+    """A supervisor the fork server forked, seen through a pidfd (it is not radiumd's child):
+    the part of asyncio.subprocess.Process that radiumd uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[None] = loop.create_future()
+        self._status: asyncio.Future[int] = loop.create_future()
+        loop.add_reader(self.pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        self._exited.set_result(None)
+
+    def reported(self, status: int) -> None:
+        if not self._status.done():
+            self._status.set_result(status)
+
+    @property
+    def returncode(self) -> int | None:
+        if not self._exited.done():
+            return None
+        return self._status.result() if self._status.done() else -1  # -1: exited, status unknown
+
+    async def wait(self) -> int:
+        await self._exited
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._status), REPORT_WAIT)
+        return self.returncode  # type: ignore[return-value]
+
+    def kill(self) -> None:
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+
+class Launcher:
+    """Makes supervisors: asks the fork server, or starts a process when there is none."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.control: socket.socket | None = None
+        self.server: asyncio.subprocess.Process | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._replies: deque[asyncio.Future[Forked]] = deque()
+        self._forked: dict[int, Forked] = {}
+        self._reader: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the fork server in the background; supervisors asked for meanwhile wait for it."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._start())
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.server = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "radium.remoting.run.forkserver",
+                "--fd",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            theirs.close()
+            ours.setblocking(False)
+            loop = asyncio.get_running_loop()
+            hello = await asyncio.wait_for(loop.sock_recv(ours, 64), START_TIMEOUT)
+            if hello != b"ready":
+                raise ForkServerGone(f"it said {hello!r}")
+        except (OSError, TimeoutError, ForkServerGone) as exc:
+            ours.close()
+            theirs.close()
+            self._gone(f"the fork server did not start: {exc}")
+            return
+        self.control = ours
+        self._reader = asyncio.create_task(self._read())
+        event(self.log, "info", "supervisor fork server ready", pid=self.server.pid)
+
+    async def launch(self, spare: bool = False) -> SupervisorProcess:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if self._ready is not None:
+                await self._ready
+            proc: Process | None = None
+            if self.control is not None:
+                try:
+                    proc = await self._fork(theirs, SPARE_NICENESS if spare else 0)
+                except (OSError, ForkServerGone) as exc:
+                    self._gone(f"the fork server failed: {exc}")
+            if proc is None:
+                proc = await self._exec(theirs, spare)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return SupervisorProcess(proc, ours)
+
+    async def _fork(self, theirs: socket.socket, niceness: int) -> Forked:
+        assert self.control is not None
+        reply: asyncio.Future[Forked] = asyncio.get_running_loop().create_future()
+        self._replies.append(reply)
+        socket.send_fds(self.control, [b"fork %d" % niceness], [theirs.fileno()])
+        return await reply
+
+    async def _exec(self, theirs: socket.socket, spare: bool) -> asyncio.subprocess.Process:
+        """A supervisor of its own (no fork server): spares at low priority, so that their
+        start-up yields the CPU to the runs going on meanwhile."""
+        return await asyncio.create_subprocess_exec(
+            *(["nice", "-n", str(SPARE_NICENESS)] if spare else []),
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-m",
+            "radium.remoting.run.supervisor",
+            "--fd",
+            str(theirs.fileno()),
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    async def _read(self) -> None:
+        assert self.control is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await loop.sock_recv(self.control, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                self._gone("the fork server exited")
+                return
+            kind, _, rest = data.partition(b" ")
+            if kind == b"pid" and self._replies:
+                reply = self._replies.popleft()
+                try:
+                    forked = Forked(int(rest))
+                except (ValueError, OSError) as exc:  # it died already: ask again, or start one
+                    reply.set_exception(ForkServerGone(f"no supervisor {rest!r}: {exc}"))
+                    continue
+                self._forked[forked.pid] = forked
+                reply.set_result(forked)
+            elif kind == b"error" and self._replies:
+                self._replies.popleft().set_exception(ForkServerGone(rest.decode(errors="replace")))
+            elif kind == b"exit":
+                pid, _, status = rest.partition(b" ")
+                done = self._forked.pop(int(pid), None)
+                if done is not None:
+                    done.reported(int(status))
+
+    def _gone(self, why: str) -> None:
+        """No more forks: supervisors are started afresh from now on."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        while self._replies:
+            self._replies.popleft().set_exception(ForkServerGone(why))
+        event(self.log, "warning", "supervisors are started afresh", reason=why)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.control is not None:
+            self.control.close()  # the fork server reads end-of-stream and exits
+            self.control = None
+        if self.server is not None and self.server.returncode is None:
+            try:
+                await asyncio.wait_for(self.server.wait(), 5)
+            except TimeoutError:
+                self.server.kill()
+                await self.server.wait()

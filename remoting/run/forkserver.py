@@ -1,0 +1,126 @@
+"""Supervisors forked from a warm parent: no Python start-up and imports per run.
+
+A supervisor's start-up (Python, trio, pyfuse3, msgspec, blake3) costs ~0.35 s of
+CPU; radiumd kept one started ahead, but back-to-back runs took it before it was
+ready, and its start-up competed with the run going on.  The fork server does
+that start-up once, when radiumd starts, and forks a supervisor when asked: a
+few milliseconds.  Each child makes its own private mount namespace (as
+`unshare --mount --propagation private` did) and runs `supervise` on the channel
+it was handed.
+
+Its control socket (SOCK_SEQPACKET, radiumd at the other end):
+
+    radiumd -> server   b"fork NICENESS", with one descriptor: the supervisor's channel
+    server -> radiumd   b"pid PID" (the child), or b"error MESSAGE"
+    server -> radiumd   b"exit PID STATUS" once the child is reaped (a signal N as -N)
+
+It exits when radiumd's end closes; children carry on with their own channels
+to radiumd, and end when those close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+
+import trio
+
+from . import mounts
+from .supervisor import supervise
+
+MAX_MESSAGE = 4096
+NAME = "radium-forksrv"  # process names (comm: what ps and pgrep show), 15 bytes at most
+SUPERVISOR_NAME = "radium-sup"
+
+
+def _name(name: str) -> None:
+    with open("/proc/self/comm", "w") as f:
+        f.write(name)
+
+
+def serve(control: socket.socket) -> int:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up byte is written
+    control.send(b"ready")
+    while True:
+        ready, _, _ = select.select([control.fileno(), wake_r], [], [])
+        if wake_r in ready:
+            while True:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    break
+            _reap(control)
+        if control.fileno() in ready:
+            try:
+                data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 1)
+            except InterruptedError:
+                continue
+            if not data:
+                return 0  # radiumd is gone
+            fields = data.split()
+            if fields[:1] != [b"fork"] or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                control.send(b"error expected: fork NICENESS, with one descriptor")
+                continue
+            niceness = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+            pid = os.fork()
+            if pid == 0:
+                _child(control, (wake_r, wake_w), fds[0], niceness)
+            os.close(fds[0])
+            control.send(b"pid %d" % pid)
+
+
+def _reap(control: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status)
+        try:
+            control.send(b"exit %d %d" % (pid, code))
+        except OSError:
+            pass  # radiumd is gone; the loop sees it
+
+
+def _child(control: socket.socket, pipe: tuple[int, int], channel: int, niceness: int) -> None:
+    """The forked supervisor: never returns into the server's loop."""
+    code = 70
+    try:
+        control.close()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in pipe:
+            os.close(fd)
+        _name(SUPERVISOR_NAME)
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        mounts.private_mount_namespace()
+        code = trio.run(supervise, channel)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="radium-forkserver")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args()
+    _name(NAME)
+    return serve(socket.socket(fileno=args.fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
