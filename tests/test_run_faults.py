@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import textwrap
 import time
@@ -366,6 +367,25 @@ def test_a_run_takes_the_spare_supervisor_and_another_is_made_ready(remote, tmp_
     app.stop()  # the spare reads end-of-stream and exits with radiumd
     for p in nxt:
         wait_until(lambda p=p: not Path(f"/proc/{p}").exists(), 10, f"spare supervisor {p} to exit")
+
+
+def test_without_its_fork_server_radiumd_starts_supervisors_afresh(remote, tmp_path):
+    app = remote.appliance
+    pid = app.proc.pid
+    (server,) = wait_until(
+        lambda: {p for p in _children(pid) if _comm(p) == forkserver.NAME}, 30, "the fork server to start"
+    )
+    wait_until(lambda: _supervisors(pid), 30, "a spare supervisor")
+    os.kill(server, signal.SIGKILL)
+    app.wait_for_log("supervisors are started afresh")
+    for _ in range(2):  # the spare forked before, then one started afresh
+        out = run_hidden(remote, tmp_path, {"x.txt": "x"}, "--", "cat", "x.txt")
+        assert out.returncode == 0 and out.stdout == b"x", out.stderr.decode()
+    wait_until(
+        lambda: any("radium.remoting.run.supervisor" in _cmdline(p) for p in _children(pid)),
+        30,
+        "a supervisor started afresh",
+    )
 
 
 def test_a_run_sees_neither_other_runs_nor_the_appliances_state(remote, tmp_path):

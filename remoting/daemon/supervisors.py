@@ -221,6 +221,9 @@ class Launcher:
             self.control = None
         while self._replies:
             self._replies.popleft().set_exception(ForkServerGone(why))
+        for orphan in self._forked.values():  # their statuses went with it
+            orphan.reported(-1)
+        self._forked.clear()
         event(self.log, "warning", "supervisors are started afresh", reason=why)
 
     async def close(self) -> None:
