@@ -40,6 +40,7 @@ from . import handoff
 from . import run as remote
 
 IDLE = 900.0
+HELLO_TIMEOUT = 10.0  # seconds from connecting to the request
 RunRequest = tuple[list[str], str, int, dict[str, str]]
 log = logging.getLogger("radium.agent")
 
@@ -177,7 +178,10 @@ class Agent:
             if uid != os.getuid():
                 return
             loop = asyncio.get_running_loop()
-            await _readable(loop, conn)
+            try:
+                await asyncio.wait_for(_readable(loop, conn), HELLO_TIMEOUT)
+            except TimeoutError:
+                return  # connected and said nothing: not a `radium run`
             data, fds, _, _ = socket.recv_fds(conn, handoff.MAX_MESSAGE, 3)
             fields = handoff.unpack(data)
             if fields[0] == "status":
