@@ -228,3 +228,28 @@ def test_the_agent_survives_malformed_requests_and_refuses_other_users(remote):
 
 def _fds(*fds: int) -> bytes:
     return b"".join(fd.to_bytes(4, "little", signed=True) for fd in fds)
+
+
+def test_runs_at_once_through_one_agent_keep_their_own_streams_and_status(remote):
+    client = remote.client()
+    assert client.run("run", "--", "true").returncode == 0  # the agent is up
+    script = "import sys\nprint('ready', flush=True)\nline = sys.stdin.readline()\nprint(line.upper(), end='')\n"
+
+    def start(code: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            client.argv("run", "-p", "0.25", "--", "python3", "-c", script + f"sys.exit({code})"),
+            env=client.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    procs = [start(code) for code in (3, 4, 5)]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n"  # all three run at once
+    (agent,) = agents(client)
+    assert agent["runs"] == 3
+    outs = [p.communicate(input=f"run {i}\n", timeout=60) for i, p in reversed(list(enumerate(procs)))]
+    assert [o for o, _ in reversed(outs)] == ["RUN 0\n", "RUN 1\n", "RUN 2\n"]
+    assert [p.returncode for p in procs] == [3, 4, 5]
