@@ -69,6 +69,19 @@ def test_one_warm_agent_serves_the_runs_of_one_view(remote, tmp_path):
     assert len(pids) == 2 and agent["pid"] in pids
 
 
+def test_the_agent_keeps_no_variable_of_the_run_that_started_it(remote):
+    client = remote.client()
+    env = dict(client.env(), RADIUM_TEST_ONLY_FOR_THIS_RUN="yes", PYTHONWARNINGS="ignore")
+    argv = client.argv("run", "--", "sh", "-c", "echo $RADIUM_TEST_ONLY_FOR_THIS_RUN")
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "yes\n", out.stderr  # the run has it
+    (agent,) = agents(client)
+    environ = Path(f"/proc/{agent['pid']}/environ").read_bytes().split(b"\0")
+    assert not any(v.startswith((b"RADIUM_TEST_ONLY", b"PYTHONWARNINGS=")) for v in environ)
+    out = client.run("run", "--", "sh", "-c", "echo ${RADIUM_TEST_ONLY_FOR_THIS_RUN:-unset}")
+    assert out.stdout == "unset\n", out.stderr  # nor does the next run
+
+
 def test_the_agent_leaves_when_idle(remote):
     client = remote.client()
     env = dict(client.env(), RADIUM_AGENT_IDLE="0.5")
@@ -233,7 +246,9 @@ def _fds(*fds: int) -> bytes:
 def test_runs_at_once_through_one_agent_keep_their_own_streams_and_status(remote):
     client = remote.client()
     assert client.run("run", "--", "true").returncode == 0  # the agent is up
-    script = "import sys\nprint('ready', flush=True)\nline = sys.stdin.readline()\nprint(line.upper(), end='')\n"
+    script = (
+        "import sys\nprint('ready', flush=True)\nline = sys.stdin.readline()\nprint(line.upper(), end='')\n"
+    )
 
     def start(code: int) -> subprocess.Popen:
         return subprocess.Popen(

@@ -41,6 +41,20 @@ except ImportError:  # a Python built without it
     from hashlib import blake2b
 
 AGENT_MODULE = "radium.remoting.client.agent"
+# The agent's own environment: only these of the `radium run` that starts it. It outlives
+# that run, and each run brings its environment along: a variable meant for one remote
+# program (LD_PRELOAD, PYTHONPATH, ...) must not shape the agent that serves the next ones.
+AGENT_ENVIRONMENT = (
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "RADIUM_AGENT_IDLE",
+)
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 MAX_MESSAGE = 1 << 20
 AGENT_GONE = 69  # EX_UNAVAILABLE, as for an appliance that stops answering
@@ -173,6 +187,7 @@ def start_agent(link: Link, name: str) -> bool:
             stdout=ready_w,
             stderr=log,
             start_new_session=True,  # no terminal's signals; it outlives this process
+            env={k: v for k, v in os.environ.items() if k in AGENT_ENVIRONMENT},
         )
     except OSError:
         return False
