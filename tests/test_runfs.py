@@ -44,8 +44,10 @@ from radium.remoting.run.fsproto import (
     check_path,
     chunk_hash,
     decode_reply,
+    decode_reply_frames,
     decode_request,
     encode,
+    reply_frames,
 )
 from radium.remoting.run.listings import KeptListings
 
@@ -129,6 +131,15 @@ def test_messages_round_trip_and_refuse_unknown_fields():
         decode_request(msgspec.msgpack.encode({"kind": "fs-lookup", "path": b"/", "extra": 1}))
     with pytest.raises(ProtocolError):
         decode_request(encode(LinkTarget(target=b"/")))  # a reply is no request
+    # Chunks asked for `framed` travel as frames of their own after the reply.
+    framed = reply_frames(ReadChunks(path=b"/f", indexes=[0, 1], framed=True), Chunks(data=[b"a", b"bc"]))
+    assert framed[1:] == [b"a", b"bc"] and len(framed[0]) < 20
+    back = decode_reply_frames(framed)
+    assert [bytes(d) for d in back.data] == [b"a", b"bc"]
+    assert all(isinstance(d, memoryview) for d in back.data)
+    assert len(reply_frames(ReadChunks(path=b"/f", indexes=[0]), Chunks(data=[b"a"]))) == 1  # not asked
+    with pytest.raises(ProtocolError):
+        decode_reply_frames(framed[:2])  # a chunk missing
 
 
 # --- the client's FileServer ---------------------------------------------------------------------
@@ -847,8 +858,9 @@ def _serve(config: dict) -> int:
 
     async def fetch(request):
         # Exactly what would cross the network, and on the client a worker thread answers.
-        reply = await trio.to_thread.run_sync(server.handle, decode_request(encode(request)))
-        return decode_reply(encode(reply))
+        decoded = decode_request(encode(request))
+        reply = await trio.to_thread.run_sync(server.handle, decoded)
+        return decode_reply_frames(reply_frames(decoded, reply))
 
     kept = KeptListings(store, Path(config["kept"])) if config.get("kept") else None
     tree = ClientTree(fetch, store, id_offset=config["id_offset"], kept=kept)

@@ -389,19 +389,19 @@ class RemoteRun:
 
     async def _answer(self, call_id: int, body: bytes) -> None:
         loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self.pool, self._file_reply, body)
+        frames = await loop.run_in_executor(self.pool, self._file_reply, body)
         if self.run_id is not None:
             try:
-                self.conn.post(s.FsAnswer(run=self.run_id, id=call_id), [reply])
+                self.conn.post(s.FsAnswer(run=self.run_id, id=call_id), frames)
             except RadiumError:
                 pass
 
-    def _file_reply(self, body: bytes) -> bytes:
+    def _file_reply(self, body: bytes) -> list[bytes]:
         try:
             request = fsproto.decode_request(body)
         except Exception as exc:  # a request we cannot read still gets an answer
-            return fsproto.encode(fsproto.FsError(errno=22, message=f"bad request: {exc}"))
-        return fsproto.encode(self.files.handle(request))
+            return [fsproto.encode(fsproto.FsError(errno=22, message=f"bad request: {exc}"))]
+        return fsproto.reply_frames(request, self.files.handle(request))
 
 
 def _load_hashes(path) -> set[bytes]:  # type: ignore[no-untyped-def]

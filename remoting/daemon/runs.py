@@ -294,11 +294,14 @@ class Runs:
         finally:
             await self._finish(run, exited)
 
-    def forward(self, peer: Peer, msg: s.Message, extra: list[bytes]) -> None:
+    def forward(self, peer: Peer, msg: s.Message, extra: list[memoryview]) -> None:
         run = self.runs.get(getattr(msg, "run", ""))
         if run is None or run.client != peer.name or run.writer is None:
             return  # a late message for a finished run: nothing to do
-        run.writer.write(channel.pack(msg, extra))
+        # Piece by piece: what the socket does not take at once is copied into the
+        # transport's buffer, once (packing into one bytes object first was a second copy).
+        for piece in channel.pack_pieces(msg, extra):
+            run.writer.write(piece)
 
     async def _finish(self, run: Run, exited: bool) -> None:
         if run.proc is not None:

@@ -28,6 +28,16 @@ def pack(msg: msgspec.Struct, extra: tuple[bytes, ...] | list[bytes] = ()) -> by
     return pack_frames([_encoder.encode(msg), *extra])
 
 
+def pack_pieces(msg: msgspec.Struct, extra: list[memoryview]) -> list[bytes | memoryview]:
+    """`pack(msg, extra)` as pieces to write one after the other, the frames uncopied."""
+    head = _encoder.encode(msg)
+    pieces: list[bytes | memoryview] = [_u32.pack(1 + len(extra)) + _u32.pack(len(head)) + head]
+    for f in extra:
+        pieces.append(_u32.pack(f.nbytes))
+        pieces.append(f)
+    return pieces
+
+
 def pack_frames(frames: list[bytes]) -> bytes:
     parts = [_u32.pack(len(frames))]
     for f in frames:

@@ -725,7 +725,7 @@ class ClientTree(pyfuse3.Operations):
         if events is None:
             events = self._register(chunks, wanted)
         try:
-            reply = await self._ask(ReadChunks(path=node.path, indexes=wanted), Chunks)
+            reply = await self._ask(ReadChunks(path=node.path, indexes=wanted, framed=True), Chunks)
             if len(reply.data) != len(wanted):
                 raise pyfuse3.FUSEError(errno.EIO)
             self.stats.chunks_fetched += len(wanted)

@@ -125,6 +125,7 @@ class ReadChunks(FsMessage, tag="fs-read-chunks"):
 
     path: bytes
     indexes: list[int]
+    framed: bool = False  # the content may come as frames of its own after the reply (see Chunks)
 
 
 class Prefetch(FsMessage, tag="fs-prefetch"):
@@ -230,9 +231,13 @@ class LinkTarget(FsReplyMessage, tag="fs-link"):
 
 
 class Chunks(FsReplyMessage, tag="fs-chunks"):
-    """Content of the chunks asked for, in the same order; the last chunk of a file may be short."""
+    """Content of the chunks asked for, in the same order; the last chunk of a file may be short.
+
+    Asked with `framed`, the client sends `data` empty and the content as `framed` frames
+    after this one (`reply_frames`): no copy of it into the message on either end."""
 
     data: list[bytes]
+    framed: int = 0
 
 
 class Tree(FsReplyMessage, tag="fs-tree"):
@@ -273,6 +278,23 @@ _reply_decoder = msgspec.msgpack.Decoder(Attr | DirListing | LinkTarget | Chunks
 def encode(message: FsMessage) -> bytes:
     """A request or reply as msgpack."""
     return _encoder.encode(message)
+
+
+def reply_frames(request: FsRequest, reply: FsReply) -> list[bytes]:
+    """The frames that carry `reply` to `request`: chunk content in frames of its own when asked so."""
+    if isinstance(request, ReadChunks) and request.framed and type(reply) is Chunks and reply.data:
+        return [encode(Chunks(data=[], framed=len(reply.data))), *reply.data]
+    return [encode(reply)]
+
+
+def decode_reply_frames(frames: list[bytes] | list[memoryview]) -> FsReply:
+    """Decode a reply and the frames of content that follow it; `ProtocolError` when malformed."""
+    reply = decode_reply(frames[0])
+    if isinstance(reply, ChunksView) and reply.framed:
+        if reply.data or len(frames) != 1 + reply.framed:
+            raise ProtocolError(f"malformed file reply: {len(frames) - 1} frames for {reply.framed} chunks")
+        reply.data = [memoryview(f) for f in frames[1:]]
+    return reply
 
 
 def decode_request(buf: bytes | memoryview) -> FsRequest:

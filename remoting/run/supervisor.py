@@ -98,8 +98,8 @@ class Supervisor:
         await self.send(s.FsCall(run=self.job.run, id=call_id), [fsproto.encode(request)])
         await done.wait()
         _, frames = self.pending.pop(call_id)
-        self.stats.bytes_fetched += len(frames[0])
-        return fsproto.decode_reply(frames[0])
+        self.stats.bytes_fetched += sum(len(f) for f in frames)
+        return fsproto.decode_reply_frames(frames)
 
     async def read_loop(self, cancel: trio.CancelScope) -> None:
         try:
@@ -119,7 +119,7 @@ class Supervisor:
         if isinstance(msg, s.FsAnswer):
             entry = self.pending.get(msg.id)
             if entry is not None and extra:
-                entry[1].append(extra[0])
+                entry[1].extend(extra)
                 entry[0].set()
         elif isinstance(msg, s.RunInput):
             self.stdin_send.send_nowait((extra[0] if extra else b"", msg.eof))
