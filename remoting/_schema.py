@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+# Raised whenever a message (or the file protocol, run/fsproto.py) changes so that an older
+# peer would refuse it: the Hello then says "upgrade the older side" instead of a run failing
+# on "malformed file request". 2: ReadChunks.framed and Chunks.framed.
+PROTOCOL_VERSION = 2
 
 
 class Model(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
