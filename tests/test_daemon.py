@@ -181,8 +181,8 @@ def test_a_wrong_protocol_version_gets_a_typed_error(appliance, raw):
     raw.send([header(3, protocol=99), msgspec.msgpack.encode(s.ListDevices())])
     hdr, reply = raw.reply()
     assert isinstance(reply, s.Error) and reply.code == "protocol"
-    assert "speaks protocol 99" in reply.message and reply.detail["server_protocol"] == 1
-    raw.send(wire.encode(s.Hello(protocol=2, client_version="x"), 4))
+    assert "speaks protocol 99" in reply.message and reply.detail["server_protocol"] == s.PROTOCOL_VERSION
+    raw.send(wire.encode(s.Hello(protocol=s.PROTOCOL_VERSION + 1, client_version="x"), 4))
     hdr, reply = raw.reply()
     assert isinstance(reply, s.Error) and "upgrade the older side" in reply.message
     assert raw.alive()
