@@ -11,6 +11,7 @@ import pytest
 from support import BIN, Client
 
 from radium.remoting._config import load_client_config
+from radium.remoting._schema import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +32,7 @@ def radium(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_versions():
     out = radium("version", "--json", env=dict(os.environ))
-    assert out.returncode == 0 and json.loads(out.stdout)["protocol"] == 1
+    assert out.returncode == 0 and json.loads(out.stdout)["protocol"] == PROTOCOL_VERSION
     out = admin("version", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["radium"]
 
