@@ -57,6 +57,7 @@ AGENT_ENVIRONMENT = (
 )
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 MAX_MESSAGE = 1 << 20
+START_TIMEOUT = 30.0  # seconds for a new agent to say it listens
 AGENT_GONE = 69  # EX_UNAVAILABLE, as for an appliance that stops answering
 DISABLED = ("0", "off", "no", "false")
 
@@ -195,6 +196,12 @@ def start_agent(link: Link, name: str) -> bool:
         os.close(ready_w)
         os.close(log)
     with os.fdopen(ready_r, "rb") as ready:
+        # Its imports take a fraction of a second; an agent stuck past this (a hung file
+        # system) is left to itself, and this run goes on in its own process.
+        import select
+
+        if not select.select([ready], [], [], START_TIMEOUT)[0]:
+            return False
         return ready.readline() == b"ready\n"
 
 
