@@ -12,7 +12,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _schema as s
 from .._config import (
@@ -50,7 +50,7 @@ def _failures(results: list[api.PerAppliance]) -> tuple[list[str], int]:
 def cmd_list_gpus(args: argparse.Namespace) -> Result:
     config = load_client_config()
     results = asyncio.run(api.list_devices(config, usage=False, server=args.server))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in results:
         if r.value is None:
             continue
@@ -105,7 +105,7 @@ def _errors_json(results: list[api.PerAppliance]) -> list[dict]:
 def cmd_smi(args: argparse.Namespace) -> Result:
     config = load_client_config()
     results = asyncio.run(api.list_devices(config, usage=True, server=args.server))
-    appliances = [
+    appliances: list[dict[str, Any]] = [
         {
             "appliance": r.appliance.name,
             "server": r.value.server,

@@ -188,11 +188,12 @@ class Runs:
             )
             lease = granted.lease
         else:
-            lease = self.service.allocator.leases.get(msg.lease_id or "")
-            if lease is None or lease.client != peer.name:
+            found = self.service.allocator.leases.get(msg.lease_id or "")
+            if found is None or found.client != peer.name:
                 raise LeaseNotFound(
                     f"no lease {msg.lease_id} held by {peer.name} on {self.service.server.name}"
                 )
+            lease = found
         run = Run(
             id="R-" + secrets.token_hex(6),
             client=peer.name,

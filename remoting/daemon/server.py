@@ -175,7 +175,7 @@ class Daemon:
             return
         msg_id = header.id
         key = frames[1].get("User-Id")
-        peer = self.keys.lookup(key) if key else None
+        peer = self.keys.lookup(str(key)) if key else None
         if peer is None:
             self.metrics.refused.inc()
             event(self.log, "warning", "message from revoked key refused", key=key)

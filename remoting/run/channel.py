@@ -8,6 +8,8 @@ with asyncio, the supervisor (which serves FUSE through pyfuse3) with trio.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -24,7 +26,7 @@ class ChannelClosed(Exception):
     pass
 
 
-def pack(msg: msgspec.Struct, extra: tuple[bytes, ...] | list[bytes] = ()) -> bytes:
+def pack(msg: msgspec.Struct, extra: Sequence[bytes | bytearray | memoryview] = ()) -> bytes:
     return pack_frames([_encoder.encode(msg), *extra])
 
 
@@ -38,7 +40,7 @@ def pack_pieces(msg: msgspec.Struct, extra: list[memoryview]) -> list[bytes | me
     return pieces
 
 
-def pack_frames(frames: list[bytes]) -> bytes:
+def pack_frames(frames: Sequence[bytes | bytearray | memoryview]) -> bytes:
     parts = [_u32.pack(len(frames))]
     for f in frames:
         parts.append(_u32.pack(len(f)))
@@ -72,14 +74,14 @@ class Job(msgspec.Struct, kw_only=True):
     mps: Mps | None = None
 
 
-_decoders = {
+_decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {
     "job": msgspec.msgpack.Decoder(Job),
     "traffic": msgspec.msgpack.Decoder(s.RunTraffic),
     "notice": msgspec.msgpack.Decoder(s.Notice),
 }
 
 
-def decode(kind: str, frame: bytes):  # type: ignore[no-untyped-def]
+def decode(kind: str, frame: bytes | bytearray | memoryview) -> Any:
     return _decoders[kind].decode(frame)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Sequence
 
 import blake3
 import msgspec
@@ -287,7 +288,7 @@ def reply_frames(request: FsRequest, reply: FsReply) -> list[bytes]:
     return [encode(reply)]
 
 
-def decode_reply_frames(frames: list[bytes] | list[memoryview]) -> FsReply:
+def decode_reply_frames(frames: Sequence[bytes | bytearray | memoryview]) -> FsReply:
     """Decode a reply and the frames of content that follow it; `ProtocolError` when malformed."""
     reply = decode_reply(frames[0])
     if isinstance(reply, ChunksView) and reply.framed:
@@ -305,7 +306,7 @@ def decode_request(buf: bytes | memoryview) -> FsRequest:
         raise ProtocolError(f"malformed file request: {exc}") from None
 
 
-def decode_reply(buf: bytes | memoryview) -> FsReply:
+def decode_reply(buf: bytes | bytearray | memoryview) -> FsReply:
     """Decode one reply; raise `ProtocolError` when it is malformed."""
     try:
         return _reply_decoder.decode(buf)

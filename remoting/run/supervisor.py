@@ -33,7 +33,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +67,15 @@ class Supervisor:
         self.reader = reader
         self.send_lock = trio.Lock()
         self.ids = itertools.count(1)
-        self.pending: dict[int, tuple[trio.Event, list[bytes]]] = {}
+        self.pending: dict[int, tuple[trio.Event, list[bytearray]]] = {}
         self.credit = OUTPUT_WINDOW
         self.credit_changed = trio.Event()
         self.writeback_done = trio.Event()
         self.writeback_result: s.WritebackAck | None = None
         self.proc: subprocess.Popen | None = None
         # Input can arrive before the process exists: it waits here, in order.
-        self.stdin_send, self.stdin_recv = trio.open_memory_channel[tuple[bytes, bool]](float("inf"))
+        stdin = trio.open_memory_channel[tuple[bytes | bytearray, bool]](float("inf"))
+        self.stdin_send, self.stdin_recv = stdin
         self.stats = s.RunStats()
         self.phase_started = time.monotonic()
         run_dir = Path(job.run_dir)
@@ -85,11 +86,11 @@ class Supervisor:
 
     # --- the channel -----------------------------------------------------------
 
-    async def send(self, msg: msgspec.Struct, extra: tuple[bytes, ...] | list[bytes] = ()) -> None:
+    async def send(self, msg: msgspec.Struct, extra: Sequence[bytes | bytearray | memoryview] = ()) -> None:
         async with self.send_lock:
             await self.stream.send_all(channel.pack(msg, extra))
 
-    async def fetch(self, request: msgspec.Struct) -> msgspec.Struct:
+    async def fetch(self, request: fsproto.FsRequest) -> fsproto.FsReply:
         """One file-protocol round trip to the client."""
         call_id = next(self.ids)
         done = trio.Event()
@@ -115,7 +116,7 @@ class Supervisor:
             self.kill(signal.SIGKILL)
             cancel.cancel()
 
-    async def on_traffic(self, msg: msgspec.Struct, extra: list[bytes]) -> None:
+    async def on_traffic(self, msg: msgspec.Struct, extra: Sequence[bytearray]) -> None:
         if isinstance(msg, s.FsAnswer):
             entry = self.pending.get(msg.id)
             if entry is not None and extra:
