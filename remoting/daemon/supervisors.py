@@ -114,16 +114,7 @@ class Launcher:
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.server = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "radium.remoting.run.forkserver",
-                "--fd",
-                str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+            self.server = await _start_module([], "radium.remoting.run.forkserver", theirs)
             theirs.close()
             ours.setblocking(False)
             loop = asyncio.get_running_loop()
@@ -169,21 +160,9 @@ class Launcher:
     async def _exec(self, theirs: socket.socket, spare: bool) -> asyncio.subprocess.Process:
         """A supervisor of its own (no fork server): spares at low priority, so that their
         start-up yields the CPU to the runs going on meanwhile."""
-        return await asyncio.create_subprocess_exec(
-            *(["nice", "-n", str(SPARE_NICENESS)] if spare else []),
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            sys.executable,
-            "-m",
-            "radium.remoting.run.supervisor",
-            "--fd",
-            str(theirs.fileno()),
-            pass_fds=(theirs.fileno(),),
-            stdin=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        nice = ["nice", "-n", str(SPARE_NICENESS)] if spare else []
+        unshare = ["unshare", "--mount", "--propagation", "private"]
+        return await _start_module([*nice, *unshare], "radium.remoting.run.supervisor", theirs)
 
     async def _read(self) -> None:
         assert self.control is not None
@@ -238,3 +217,18 @@ class Launcher:
             except TimeoutError:
                 self.server.kill()
                 await self.server.wait()
+
+
+async def _start_module(prefix: list[str], module: str, channel: socket.socket) -> asyncio.subprocess.Process:
+    """`prefix python -m module --fd N`, with `channel` as descriptor N."""
+    return await asyncio.create_subprocess_exec(
+        *prefix,
+        sys.executable,
+        "-m",
+        module,
+        "--fd",
+        str(channel.fileno()),
+        pass_fds=(channel.fileno(),),
+        stdin=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
