@@ -193,8 +193,21 @@ class RunResize(Message, tag="run-resize"):
     cols: int
 
 
+MIN_CREDIT = 4096
+
+
+def credit_cost(size: int) -> int:
+    """What a credited message (output, write-back) costs of the window: its size, but at
+    least MIN_CREDIT, so that the messages in flight stay few (a 16 MiB window holds at
+    most 4,096) whatever their size: radiumd's queue to a client never overflows with
+    them (it would drop one, and its output and credit with it), and a process printing
+    a line at a time cannot pile millions of messages up in the client."""
+    return max(size, MIN_CREDIT)
+
+
 class RunCredit(Message, tag="run-credit"):
-    """The client consumed `bytes` of output: the appliance may send that much more."""
+    """The client consumed `bytes` of credit (`credit_cost` of each message it handled):
+    the appliance may send that much more."""
 
     run: str
     bytes: int

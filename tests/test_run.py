@@ -107,6 +107,15 @@ def test_a_hundred_megabytes_of_output_arrive_intact(remote, tmp_path):
     assert hashlib.sha256(out.stdout).digest() == hashlib.sha256(expected).digest()
 
 
+def test_many_tiny_writes_arrive_intact_and_in_order(remote, tmp_path):
+    """A process that flushes every line sends a message per line: none may be dropped on
+    the way (a lost message would lose its output and the credit it carries)."""
+    script = "import sys\nfor i in range(300000):\n    print(i, flush=True)\n"
+    out = run_hidden(remote, tmp_path, {"tiny.py": script}, "--", "python3", "tiny.py", timeout=300)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().split() == [str(i) for i in range(300000)]
+
+
 def test_writes_come_back_and_tmp_is_private(remote, tmp_path):
     client = remote.client()
     result = tmp_path / "result"
@@ -134,6 +143,27 @@ def test_writes_come_back_and_tmp_is_private(remote, tmp_path):
     assert os.readlink(result / "link") == "new.txt"
     assert not [p for p in os.listdir(result) if ".radium-" in p]  # no temporary left behind
     assert not os.path.exists("/tmp/scratch")
+
+
+def test_many_small_files_all_come_back(remote, tmp_path):
+    """Each file written back is two messages or more: none may be lost on the way, however many."""
+    result = tmp_path / "result"
+    client = remote.client()
+    count = 6000  # more than the window holds at one credit cost per message (4,096)
+    script = (
+        "import os\n"
+        "os.makedirs('many')\n"
+        f"for i in range({count}):\n"
+        "    open(f'many/{i}.txt', 'w').write(str(i))\n"
+    )
+    setup = project_setup(tmp_path, {"w.py": script})
+    argv = hidden(client, setup, PROJECT, "run", "--", "python3", "w.py")
+    argv[-1] = argv[-1].replace("exec ", "").rstrip("\n") + f"; cp -a {PROJECT}/many {result}"
+    out = subprocess.run(argv, env=client.env(), capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr.decode()
+    names = os.listdir(result)
+    assert len(names) == count
+    assert all((result / f"{i}.txt").read_text() == str(i) for i in range(0, count, 97))
 
 
 def test_it_runs_unprivileged(remote, tmp_path):

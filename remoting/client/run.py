@@ -367,12 +367,13 @@ class RemoteRun:
             asyncio.ensure_future(self._answer(msg.id, data))
         elif isinstance(msg, s.Writeback):
             self.applier.change(msg.change)
+            self._credit(0)
         elif isinstance(msg, s.WritebackData):
             self.applier.data(msg.path, msg.offset, data, msg.last)
             self._credit(len(data))
         elif isinstance(msg, s.WritebackEnd):
             self.applier.finish()
-            self._credit(0, flush=True)
+            self._flush_credit()
             assert self.run_id is not None
             self.conn.post(
                 s.WritebackAck(
@@ -380,9 +381,14 @@ class RemoteRun:
                 )
             )
 
-    def _credit(self, n: int, flush: bool = False) -> None:
-        self.unacked += n
-        if self.unacked >= CREDIT_BATCH or (flush and self.unacked):
+    def _credit(self, size: int) -> None:
+        """A credited message of `size` bytes was handled: return its cost, in batches."""
+        self.unacked += s.credit_cost(size)
+        if self.unacked >= CREDIT_BATCH:
+            self._flush_credit()
+
+    def _flush_credit(self) -> None:
+        if self.unacked:
             assert self.run_id is not None
             self.conn.post(s.RunCredit(run=self.run_id, bytes=self.unacked))
             self.unacked = 0

@@ -90,6 +90,13 @@ class Supervisor:
         async with self.send_lock:
             await self.stream.send_all(channel.pack(msg, extra))
 
+    async def take_credit(self, size: int) -> None:
+        """Wait until the window has room for a message of `size` bytes (s.credit_cost), take it."""
+        cost = s.credit_cost(size)
+        while self.credit < cost:
+            await self.credit_changed.wait()
+        self.credit -= cost
+
     async def fetch(self, request: fsproto.FsRequest) -> fsproto.FsReply:
         """One file-protocol round trip to the client."""
         call_id = next(self.ids)
@@ -389,9 +396,7 @@ class Supervisor:
                 return  # EIO (trio: BrokenResourceError): the terminal's last holder closed it
             if not data:
                 return
-            while self.credit < len(data):
-                await self.credit_changed.wait()
-            self.credit -= len(data)
+            await self.take_credit(len(data))
             self.stats.output_bytes += len(data)
             await self.send(s.RunOutput(run=self.job.run, fd=fd), [data])
 
@@ -533,6 +538,7 @@ class Supervisor:
     async def write_back(self) -> None:
         changes = self.changes()
         for change, source in changes:
+            await self.take_credit(0)
             await self.send(s.Writeback(run=self.job.run, change=change))
             if source is None:
                 continue
@@ -541,9 +547,7 @@ class Supervisor:
                 while True:
                     data = f.read(WRITEBACK_CHUNK)
                     last = f.tell() >= change.size or not data
-                    while self.credit < len(data):
-                        await self.credit_changed.wait()
-                    self.credit -= len(data)
+                    await self.take_credit(len(data))
                     self.stats.bytes_written_back += len(data)
                     await self.send(
                         s.WritebackData(run=self.job.run, path=change.path, offset=offset, last=last), [data]
