@@ -174,23 +174,31 @@ class Client:
         )
 
 
-def stop_run_agents(marker: str) -> list[int]:
-    """SIGTERM every run agent whose command line names `marker`; wait until each has exited."""
+def run_agents(marker: str) -> list[int]:
+    """The pids of the run agents whose command line names `marker` (a state folder, or above)."""
     from radium.remoting.client.handoff import AGENT_MODULE
 
-    waits = []
+    pids = []
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if AGENT_MODULE.encode() in argv and any(marker.encode() in a for a in argv):
-            try:
-                fd = os.pidfd_open(int(entry.name))
-                signal.pidfd_send_signal(fd, signal.SIGTERM)
-            except OSError:
-                continue
-            waits.append((int(entry.name), fd))
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_run_agents(marker: str) -> list[int]:
+    """SIGTERM every run agent whose command line names `marker`; wait until each has exited."""
+    waits = []
+    for pid in run_agents(marker):
+        try:
+            fd = os.pidfd_open(pid)
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+        except OSError:
+            continue
+        waits.append((pid, fd))
     for _, fd in waits:
         select.select([fd], [], [], 15)  # readable once the process has exited
         os.close(fd)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import hidden, wait_until
+from support import hidden, run_agents, wait_until
 
 from radium.remoting.client import agent as agent_module
 
@@ -91,19 +91,11 @@ def test_the_agent_leaves_when_idle(remote):
     assert out.returncode == 0, out.stderr
     sockets = list(client.state.glob("agent-*.sock"))
     assert len(sockets) == 1
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_agent(p, client.state)]
+    pids = run_agents(str(client.state))
     assert len(pids) == 1
     assert wait_exit(pids[0], 20), "the idle agent did not exit"
     assert not sockets[0].exists()
     assert client.run("run", "--", "true").returncode == 0  # and the next run starts another
-
-
-def _is_agent(proc: Path, state: Path) -> bool:
-    try:
-        argv = (proc / "cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"radium.remoting.client.agent" in argv and os.fsencode(state) in argv
 
 
 def test_a_killed_agent_ends_the_run_and_says_so(remote):

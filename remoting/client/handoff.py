@@ -205,7 +205,7 @@ def start_agent(link: Link, name: str) -> bool:
         return ready.readline() == b"ready\n"
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -224,7 +224,7 @@ def run(args: list[str]) -> int | None:
         name = socket_name()
     except OSError:
         return None  # no working directory, state directory or /proc: the full path explains
-    request = run_request(args, cwd, _umask(), dict(os.environb))
+    request = run_request(args, cwd, umask(), dict(os.environb))
     try:
         for _ in range(3):
             sock = connect_or_start(link, name)

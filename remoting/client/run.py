@@ -29,7 +29,7 @@ from .._keys import write_atomic
 from ..run import fsproto
 from ..run.files import FileServer
 from ..run.writeback import Applier
-from . import api, holder
+from . import api, handoff, holder
 from .connection import Connection
 from .paths import state_dir
 from .session import Session
@@ -95,7 +95,7 @@ class Ends:
     def __init__(self, stdin: int = 0, stdout: int = 1, stderr: int = 2, umask: int | None = None) -> None:
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
         self.tty = os.isatty(stdin) and os.isatty(stdout)
-        self.umask = _umask() if umask is None else umask  # the remote process's
+        self.umask = handoff.umask() if umask is None else umask  # the remote process's
 
     def window(self) -> tuple[int, int]:
         if not self.tty:
@@ -425,12 +425,6 @@ def prefetch_paths(argv: list[str], cwd: str, search: str | None = None) -> list
     if program:
         paths.append(os.path.dirname(os.path.realpath(program)))
     return [p for p in dict.fromkeys(paths) if p != "/"]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 async def run(
