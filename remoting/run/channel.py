@@ -27,25 +27,20 @@ class ChannelClosed(Exception):
 
 
 def pack(msg: msgspec.Struct, extra: Sequence[bytes | bytearray | memoryview] = ()) -> bytes:
-    return pack_frames([_encoder.encode(msg), *extra])
+    """A message and its extra frames as one buffer: a frame count, then each frame's length and bytes."""
+    return b"".join(pack_pieces(msg, extra))
 
 
-def pack_pieces(msg: msgspec.Struct, extra: list[memoryview]) -> list[bytes | memoryview]:
+def pack_pieces(
+    msg: msgspec.Struct, extra: Sequence[bytes | bytearray | memoryview] = ()
+) -> list[bytes | bytearray | memoryview]:
     """`pack(msg, extra)` as pieces to write one after the other, the frames uncopied."""
     head = _encoder.encode(msg)
-    pieces: list[bytes | memoryview] = [_u32.pack(1 + len(extra)) + _u32.pack(len(head)) + head]
+    pieces: list[bytes | bytearray | memoryview] = [_u32.pack(1 + len(extra)) + _u32.pack(len(head)) + head]
     for f in extra:
-        pieces.append(_u32.pack(f.nbytes))
+        pieces.append(_u32.pack(memoryview(f).nbytes))
         pieces.append(f)
     return pieces
-
-
-def pack_frames(frames: Sequence[bytes | bytearray | memoryview]) -> bytes:
-    parts = [_u32.pack(len(frames))]
-    for f in frames:
-        parts.append(_u32.pack(len(f)))
-        parts.append(bytes(f))
-    return b"".join(parts)
 
 
 class Mps(msgspec.Struct, kw_only=True):
