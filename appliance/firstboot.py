@@ -45,9 +45,18 @@ from pathlib import Path
 
 import zmq.auth
 
-from radium.remoting._config import DaemonConfig, convert, dump_toml, load_daemon_config
-from radium.remoting._errors import ConfigError, RadiumError
-from radium.remoting._keys import KeyDirectory, KeyPair, save_keypair, write_atomic
+from radium.remoting import (
+    ConfigError,
+    DaemonConfig,
+    KeyDirectory,
+    KeyPair,
+    RadiumError,
+    convert,
+    dump_toml,
+    load_daemon_config,
+    save_keypair,
+    write_atomic,
+)
 
 from . import ovf
 from .properties import BY_KEY, GUESTINFO_PREFIX, Settings, parse, unknown

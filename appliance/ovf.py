@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 
-from radium.remoting._version import VERSION
+from radium.remoting import VERSION
 
 from . import vmdk
 from .properties import BY_KEY, PROPERTIES, REQUIRED, SECRET, PropertySpec

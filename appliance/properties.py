@@ -31,9 +31,7 @@ from typing import Literal
 
 import zmq
 
-from radium.remoting._config import DEFAULT_PORT
-from radium.remoting._errors import ConfigError
-from radium.remoting._keys import NAME_RE, is_z85_key
+from radium.remoting import DEFAULT_PORT, NAME_RE, ConfigError, is_z85_key
 
 GUESTINFO_PREFIX = "guestinfo."
 

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime
 import json
+import os
+import platform
+import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +30,7 @@ BENCHMARKS = ["control_plane", "vcenter_inventory", "run_remote"]
 def standalone(
     module: str,
     doc: str | None,
-    workers: dict[str, Callable[[dict], Any]],
+    workers: Mapping[str, Callable[[dict], Any]],
     add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace], int],
     argv: list[str] | None = None,
@@ -53,6 +59,62 @@ def standalone(
     return 0
 
 
+def tests_support() -> Any:
+    """tests/support.py (Appliance, Client, stop_run_agents): shared with the tests, not copied."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import support
+
+    return support
+
+
 def worker_result(stdout: str) -> Any:
     """What a worker printed as its result (the last line of its output)."""
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    """This machine, in words: cores, CPU model, OS."""
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {cpu}, {platform.platform()}"
+
+
+def revision() -> str:
+    """The code measured: `git describe --always --dirty` of the repository."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def measured(name: str, bench: Any, report: Callable[[dict], bool], json_path: Path | None) -> int:
+    """Run `bench` (its `setup` if it has one, `run`, then always `close`), stamped with the date,
+    this machine and the revision; print its report; write its results to `json_path` when given.
+
+    Non-zero when the report says a checked invariant failed.
+    """
+    started = time.monotonic()
+    when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"  {when}; {machine()}; radium {revision()}", flush=True)
+    try:
+        if hasattr(bench, "setup"):
+            bench.setup()
+        results = bench.run()
+    finally:
+        bench.close()
+    results["date"], results["machine"], results["revision"] = when, machine(), revision()
+    results["wall_s"] = time.monotonic() - started
+    passed = report(results)
+    print(f"{name}: {results['wall_s']:.0f} s in all")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if passed else 1

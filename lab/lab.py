@@ -34,11 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from radium.remoting import enrolment
-from radium.remoting._config import lab_profile_dir, load_client_config, save_client_config
-from radium.remoting._errors import RadiumError
-from radium.remoting._keys import load_keypair, write_atomic
-from radium.remoting.client import api
+from radium.remoting import (
+    RadiumError,
+    enroll,
+    lab_profile_dir,
+    list_devices,
+    load_client_config,
+    load_keypair,
+    write_atomic,
+)
 
 from . import netns
 
@@ -81,6 +85,11 @@ class LabStatus:
     appliance_vm: str | None = None  #: "lab-appliance on HOST (GPU)" as vCenter has it
     vcenter_error: str | None = None  #: why the simulator or the registration is missing
     vcenter_unavailable: str | None = None  #: the simulator cannot be built here (not an error)
+
+    @property
+    def healthy(self) -> bool:
+        """radiumd is up and answers, and the simulator, where it can run, runs with its appliance VM."""
+        return self.up and self.error is None and self.vcenter_error is None
 
 
 class Lab:
@@ -137,7 +146,7 @@ class Lab:
         st.client_config, st.admin_config = str(self.client_path), str(self.admin_path)
         try:
             config = load_client_config(self.client_path)
-            (result,) = asyncio.run(api.list_devices(config))
+            (result,) = asyncio.run(list_devices(config))
             if result.error is not None:
                 raise result.error
             assert result.value is not None
@@ -165,14 +174,8 @@ class Lab:
         for name in ("lab-client", "lab-admin"):
             (self.dir / "clients.d" / f"{name}.key").unlink(missing_ok=True)
         address = f"tcp://{self.address}:{PORT}"
-        save_client_config(
-            enrolment.enroll_local(self.config_path, "lab-client", address=address),
-            self.client_path,
-        )
-        save_client_config(
-            enrolment.enroll_local(self.config_path, "lab-admin", role="admin", address=address),
-            self.admin_path,
-        )
+        enroll("lab-client", str(self.config_path), address=address, output=self.client_path)
+        enroll("lab-admin", str(self.config_path), role="admin", address=address, output=self.admin_path)
         self._start_daemon(timeout)
 
     def down(self) -> bool:
@@ -245,12 +248,12 @@ class Lab:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(0.02)
         parts = urlsplit(self.vcsim_url_path.read_text().strip())
-        from radium.vcenter.settings import Profile, save_profile
+        from radium import vcenter
 
         self.vcenter_profile_path.unlink(missing_ok=True)
-        save_profile(
+        vcenter.write_profile(
             VCENTER_PROFILE,
-            Profile(
+            vcenter.Profile(
                 url=f"https://{parts.hostname}:{parts.port}/sdk",
                 user=VCENTER_USER,
                 ca=str(self.vcsim_ca_path),
@@ -262,18 +265,18 @@ class Lab:
 
     def vcenter_settings(self):  # type: ignore[no-untyped-def]
         """Settings for the lab's simulator (from the lab profile, whatever the environment says)."""
-        from radium.vcenter import settings
+        from radium import vcenter
 
-        return settings.resolve(profile=VCENTER_PROFILE, profiles_file=self.vcenter_profile_path, env={})
+        return vcenter.resolve(profile=VCENTER_PROFILE, profiles_file=self.vcenter_profile_path, env={})
 
     def _register_appliance(self) -> None:
         """Make the VM `lab-appliance` stand for the lab's radiumd in the simulator (once)."""
-        from radium.vcenter import appliances, connect
+        from radium import vcenter
 
-        with connect(self.vcenter_settings()) as vc:
-            if any(a.vm == APPLIANCE_NAME for a in appliances.appliances(vc)):
+        with vcenter.connect(self.vcenter_settings()) as vc:
+            if any(a.vm == APPLIANCE_NAME for a in vcenter.list_appliances(vc)):
                 return
-            register_appliance(
+            vcenter.register_standin(
                 vc,
                 name=APPLIANCE_NAME,
                 address=self.address,
@@ -299,12 +302,12 @@ class Lab:
             return
         st.vcenter_profile = str(self.vcenter_profile_path)
         try:
-            from radium.vcenter import appliances, connect
+            from radium import vcenter
 
             settings = self.vcenter_settings()
             st.vcenter = settings.url
-            with connect(settings) as vc:
-                a = appliances.find(vc, APPLIANCE_NAME)
+            with vcenter.connect(settings) as vc:
+                a = vcenter.find_appliance(vc, APPLIANCE_NAME)
             gpus = ", ".join(g.address for g in a.gpus)
             st.appliance_vm = f"{a.vm} on {a.host} ({gpus}), {a.power_state}, {a.address}"
         except RadiumError as exc:
@@ -408,7 +411,7 @@ format = "json"
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 self._teardown_network()
                 raise LabError(f"radiumd exited with {proc.returncode}; its log ends:\n{tail}")
-            (result,) = asyncio.run(api.list_devices(config, timeout=1.0))
+            (result,) = asyncio.run(list_devices(config, timeout=1.0))
             if result.error is None:
                 return
             if time.monotonic() > deadline:
@@ -426,70 +429,3 @@ def _stop(pid: int, alive) -> None:  # type: ignore[no-untyped-def]
     if alive() is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def register_appliance(vc, *, name: str, address: str, port: int, server_public_key: str, admin) -> str:  # type: ignore[no-untyped-def]
-    """Create a powered-on VM `name` standing for a radiumd that runs elsewhere (the lab's, at `address`).
-
-    It looks like a deployed appliance: on the first host (by name) with an
-    enabled, active, free GPU, that GPU passed through, memory reservation locked,
-    EFI, the 64-bit MMIO keys, the guestinfo.radium.* keys, the radium.appliance
-    attribute with radiumd's server key, and `address` as the IP the guest reports.
-    Returns the host's name.
-    """
-    from pyVmomi import vim
-
-    from radium.vcenter import appliances, deploy, pciids
-    from radium.vcenter.inventory import collect
-    from radium.vcenter.tasks import wait
-
-    inv = collect(vc)
-    for host in inv.hosts:
-        free = [d for d in host.accelerators if d.enabled and d.active and d.held_by is None]
-        if free and host.connection_state == "connected":
-            break
-    else:
-        raise LabError("no simulated host has a free passthrough GPU for the lab appliance")
-    device = free[0]
-    host_ref = vim.HostSystem(host.id, vc.stub)
-    pci, system_id = deploy.passthrough_targets(vc, host_ref)[device.address]
-    memory, _ = pciids.memory_gib(int(device.vendor_id, 16), int(device.device_id, 16))
-    values = {
-        "radium.name": name,
-        "radium.admin_public_key": admin.client.public_key,
-        "radium.admin_name": admin.client.name,
-        "radium.listen_port": str(port),
-        "radium.network.ip": f"{address}/24",
-    }
-    spec = deploy.hardware_spec(
-        [(pci, system_id)], deploy.mmio_size_gib([memory]), deploy.guestinfo_values(values)
-    )
-    network = next((n for n in host_ref.network if n.name == "VM Network"), host_ref.network[0])
-    nic = vim.vm.device.VirtualVmxnet3(
-        key=-1,
-        backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
-            deviceName=network.name, network=network
-        ),
-        connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, connected=True),
-    )
-    spec.deviceChange.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
-    spec.name = name
-    spec.memoryMB = 4096
-    spec.numCPUs = 4
-    spec.guestId = "otherGuest64"
-    spec.files = vim.vm.FileInfo(vmPathName=f"[{host_ref.datastore[0].name}]")
-    dc = deploy.datacenter_of(host_ref)
-    vm = wait(vc, dc.vmFolder.CreateVM_Task(config=spec, pool=host_ref.parent.resourcePool, host=host_ref))  # type: ignore[union-attr]
-    record = appliances.ApplianceRecord(
-        name=name,
-        server_public_key=server_public_key,
-        port=port,
-        ip=address,
-        admin_public_key=admin.client.public_key,
-    )
-    appliances.set_record(vc, vm, record)
-    wait(vc, vm.PowerOnVM_Task())
-    # What VMware Tools would report from inside the guest (the simulator takes it from extraConfig).
-    guest = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key="SET.guest.ipAddress", value=address)])
-    wait(vc, vm.ReconfigVM_Task(spec=guest))
-    return host.name

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ._errors import LeaseNotFound, NotAvailable, Unsatisfiable, UsageError
 from ._filters import describe, matches_all
-from ._schema import (
+from .schema import (
     AllocationRequest,
     Device,
     DeviceStatus,

@@ -134,7 +134,7 @@ C = TypeVar("C", bound=Section)
 _PATH_RE = re.compile(r"at `\$\.?(.*)`$")
 
 
-def _explain(exc: msgspec.ValidationError) -> tuple[str, str]:
+def explain_validation(exc: msgspec.ValidationError) -> tuple[str, str]:
     """Turn msgspec's 'Expected `int`, got `str` - at `$.server.port`' into (key, what)."""
     text = str(exc)
     key = ""
@@ -154,7 +154,7 @@ def convert(data: dict[str, Any], model: type[C], source: str) -> C:
     try:
         config = msgspec.convert(data, model)
     except msgspec.ValidationError as exc:
-        key, what = _explain(exc)
+        key, what = explain_validation(exc)
         raise ConfigError(f"{source}: {key}: {what}", file=source, key=key) from None
     config.source = source  # type: ignore[attr-defined]
     return config

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from ._errors import UsageError
-from ._schema import Device, Filter, ServerInfo
+from .schema import Device, Filter, ServerInfo
 
 KEYS = {
     "device.id": "the device's stable id",

@@ -7,6 +7,13 @@ already trusts (an `Enroll` request).  Either way the result is a client
 bundle: a client configuration (keys and appliances) to install with
 `radium configure --bundle FILE`.
 
+The operator actions `enroll` and `revoke` (what `radium-admin enroll|revoke`,
+the console and Ansible call) choose the way from the reference they are given:
+
+    done = enroll("vm1", "/etc/radium/radiumd.toml")     # or an appliance name/address: with the operator key
+    print(done.bundle, done.summary())                   # the bundle file (0600), and what --json shows
+    revoke("vm1", "gpu1")
+
 One identity on several appliances, without a bundle file in between
 (what `radium-admin register-vm` does):
 
@@ -19,7 +26,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from ._config import (
     DEFAULT_PORT,
@@ -30,10 +41,34 @@ from ._config import (
     load_client_config,
     load_daemon_config,
     load_toml,
+    save_client_config,
 )
 from ._errors import ConfigError, RadiumError, UsageError
 from ._keys import KeyDirectory, KeyPair, check_name, load_or_create_server_keys
 from .client import api
+
+__all__ = [
+    "ROLES",
+    "Enrolment",
+    "Revocation",
+    "admin_config_path",
+    "enroll",
+    "enroll_local",
+    "enroll_many",
+    "enroll_remote",
+    "find_appliance",
+    "is_local_reference",
+    "load_admin_config",
+    "new_identity",
+    "public_address",
+    "revoke",
+    "revoke_local",
+    "revoke_many",
+    "revoke_remote",
+]
+
+#: Who a key is enrolled as: a client (runs work) or an operator (enrols and revokes keys).
+ROLES = ("client", "admin")
 
 
 def admin_config_path() -> Path:
@@ -224,3 +259,87 @@ def revoke_remote(ref: str, name: str, role: str = "client") -> bool:
 def is_local_reference(ref: str) -> bool:
     """A path to a radiumd configuration, rather than an address or a name."""
     return not ref.startswith("tcp://") and Path(ref).is_file()
+
+
+# --- the operator actions -------------------------------------------------------
+
+
+@dataclass
+class Enrolment:
+    """What `enroll` did.  `summary()` is what a face shows (never the secret key)."""
+
+    name: str
+    role: str
+    bundle: Path  #: the bundle file written (0600)
+    config: ClientConfig  #: its content: the key pair (secret included) and the appliances
+    how: str  #: where and how the key was authorised, in words
+
+    @property
+    def appliance(self) -> ApplianceEntry:
+        """The appliance enrolled on (the bundle's last)."""
+        return self.config.appliances[-1]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "bundle": str(self.bundle),
+            "public_key": self.config.client.public_key,
+            "appliance": self.appliance.name,
+            "address": self.appliance.address,
+        }
+
+
+class Revocation(msgspec.Struct, kw_only=True):
+    """What `revoke` did."""
+
+    name: str
+    revoked: bool
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+
+
+def enroll(
+    name: str,
+    appliance: str,
+    *,
+    role: str = "client",
+    address: str | None = None,
+    from_bundle: Path | None = None,
+    output: Path | None = None,
+) -> Enrolment:
+    """Authorise a key for `name` on `appliance` and write its bundle (`output`, default NAME.radium.toml).
+
+    `appliance` is a radiumd configuration file on this machine (the key goes into
+    its clients folder; `address` is what clients dial, by default from its listen
+    address), or an appliance's name or address in the operator configuration
+    (the key is enrolled over the network with the operator key).  `from_bundle`
+    reuses that bundle's key pair and adds the appliance to it.
+    """
+    check_name(name, "client name")
+    _check_role(role)
+    if is_local_reference(appliance):
+        bundle = enroll_local(Path(appliance), name, role, address, from_bundle)
+        how = f"authorised in the clients folder of {appliance}"
+    else:
+        if address:
+            raise UsageError("--address applies only when enrolling through a radiumd config file")
+        bundle = enroll_remote(appliance, name, role, from_bundle)
+        how = f"authorised on {appliance} with the operator key"
+    path = Path(output) if output is not None else Path(f"{name}.radium.toml")
+    save_client_config(bundle, path)  # 0600: it holds the secret key
+    return Enrolment(name=name, role=role, bundle=path, config=bundle, how=how)
+
+
+def revoke(name: str, appliance: str, *, role: str = "client") -> Revocation:
+    """Remove the key of `name` from `appliance` (a radiumd configuration here, or a name/address)."""
+    _check_role(role)
+    if is_local_reference(appliance):
+        if not revoke_local(Path(appliance), name, role):
+            raise UsageError(f"no {role} named {name!r} is enrolled in {appliance}")
+    else:
+        revoke_remote(appliance, name, role)
+    return Revocation(name=name, revoked=True)

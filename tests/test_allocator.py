@@ -17,7 +17,7 @@ from radium.remoting._errors import (
     UsageError,
 )
 from radium.remoting._filters import parse_filter
-from radium.remoting._schema import AllocationRequest, Device, ServerInfo
+from radium.remoting.schema import AllocationRequest, Device, ServerInfo
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -11,7 +11,7 @@ import pytest
 from support import BIN, Client
 
 from radium.remoting._config import load_client_config
-from radium.remoting._schema import PROTOCOL_VERSION
+from radium.remoting.schema import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 

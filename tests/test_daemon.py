@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import Client
 
-from radium.remoting import _schema as s
-from radium.remoting import _wire as wire
+from radium.remoting import schema as s
+from radium.remoting import wire as wire
 from radium.remoting._config import ApplianceEntry, load_client_config, save_client_config
 from radium.remoting._errors import ApplianceShutdown, AuthError
 from radium.remoting._keys import KeyPair

@@ -24,11 +24,12 @@ from support import BIN, Appliance, admin, admin_env, free_port, ok_json, wait_u
 
 from radium import vcenter
 from radium.appliance import ovf
+from radium.remoting import RadiumError
 from radium.remoting._config import load_client_config
 from radium.remoting._errors import ConfigError
 from radium.vcenter import pciids, sim
 from radium.vcenter import settings as vsettings
-from radium.vcenter.deploy import mmio_size_gib
+from radium.vcenter.hardware import mmio_size_gib
 
 pytest.importorskip("pyVmomi", reason="pyvmomi is not installed")
 from pyVmomi import vim  # noqa: E402
@@ -235,7 +236,7 @@ def test_a_device_held_by_a_powered_on_vm_is_refused(session, ova, env):
     host = vim.HostSystem(vcenter.collect_inventory(session).host("DC0_H0").id, session.stub)
     target = host.parent.environmentBrowser.QueryConfigTarget(host=host)
     pci = next(d for d in host.hardware.pciDevice if d.id == ENABLED)
-    from radium.vcenter.deploy import passthrough_device
+    from radium.vcenter.hardware import passthrough_device
 
     spec = vim.vm.ConfigSpec(
         name="holder",
@@ -482,7 +483,7 @@ def test_the_lab_profile_is_the_fallback_and_its_password_file_must_be_private(t
     secret = tmp_path / "lab" / "pw"
     secret.write_text("lab-pass\n")
     secret.chmod(0o600)
-    vsettings.save_profile(
+    vsettings.write_profile(
         "lab",
         vsettings.Profile(url="127.0.0.1:1234", user="lab", password_file=str(secret)),
         path=tmp_path / "lab" / "vcenter.toml",
@@ -496,7 +497,7 @@ def test_the_lab_profile_is_the_fallback_and_its_password_file_must_be_private(t
     with pytest.raises(vsettings.UsageError, match="chmod 600"):
         vsettings.resolve(env={})
     # Once the user has profiles of their own, those are used; --profile lab still finds the lab's.
-    vsettings.save_profile("mine", vsettings.Profile(url="vc.example.com", user="me"))
+    vsettings.write_profile("mine", vsettings.Profile(url="vc.example.com", user="me"))
     secret.chmod(0o600)
     assert vsettings.resolve(env={}, need_password=False).url == "https://vc.example.com/sdk"
     assert vsettings.resolve(env={}, profile="lab").password == "lab-pass"
@@ -509,3 +510,51 @@ def test_deploy_is_a_radium_admin_verb():
     assert out.returncode == 0
     for verb in ("deploy", "list", "status", "remove"):
         assert verb in out.stdout
+
+
+# ---------------------------------------------------------------------------
+# the library face, as the console and the Ansible modules call it
+# ---------------------------------------------------------------------------
+
+
+@needs_vcsim
+def test_deploy_and_remove_report_their_progress_as_a_stream_of_events(session, ova, tmp_path, monkeypatch):
+    """One call each, no command line: the events come in order, and vCenter holds what they said."""
+    monkeypatch.setenv("RADIUM_ADMIN_CONFIG", str(tmp_path / "operator.toml"))
+    events: list = []
+    request = vcenter.DeployRequest(name="gpu-lib", host="DC0_C0_H0", package=ova, gpus=ENABLED, wait=False)
+    done = vcenter.deploy_appliance(session, request, progress=events.append)
+
+    steps = [e.text for e in events if isinstance(e, vcenter.Step)]
+    assert steps[0] == "checking DC0_C0_H0 and its devices"
+    assert any(s.startswith("made an operator key") for s in steps)
+    assert any(s.startswith("importing radium-appliance.ova as gpu-lib") for s in steps)
+    upload = [e for e in events if isinstance(e, vcenter.Transfer)]
+    assert upload[0].done == 0 and upload[-1].finished and upload[-1].done == upload[0].total > 0
+    assert [e.done for e in upload] == sorted(e.done for e in upload)
+    tasks = [e for e in events if isinstance(e, vcenter.TaskProgress)]
+    finished = [e.description for e in tasks if e.done]
+    assert len(finished) == 2 and all(e.state == "success" for e in tasks if e.done)  # reconfigure, power on
+    kinds = [type(e).__name__ for e in events]  # steps, then the upload, then the tasks
+    assert kinds.index("Transfer") < kinds.index("TaskProgress")
+
+    vm = the_vm(session, "gpu-lib")
+    assert vm._moId == done.id and vm.runtime.powerState == "poweredOn"
+    assert [a.vm for a in vcenter.list_appliances(session)].count("gpu-lib") == 1
+
+    events.clear()
+    removal = vcenter.remove_appliance(session, "gpu-lib", progress=events.append)
+    assert removal.powered_off and removal.id == done.id
+    assert [e.state for e in events if isinstance(e, vcenter.TaskProgress) and e.done] == ["success"] * 2
+    assert vms_named(session, "gpu-lib") == []
+
+
+@needs_vcsim
+def test_a_request_no_deploy_could_use_is_refused_before_vcenter_is_asked(session, ova):
+    for bad, message in (({"port": 0}, "--port 0: expected 1-65535"), ({"timeout": 0}, "--timeout")):
+        request = vcenter.DeployRequest(name="gpu-bad", host="DC0_C0_H0", package=ova, **bad)
+        before = session.round_trips
+        with pytest.raises(RadiumError) as refused_:
+            vcenter.deploy_appliance(session, request)
+        assert message in refused_.value.message and refused_.value.code == "usage"
+        assert session.round_trips == before

@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from radium.remoting._schema import Device, LeasePart
 from radium.remoting.devices import discover_all, load_backends
 from radium.remoting.devices.base import MpsLimits
 from radium.remoting.devices.nvml import NvmlBackend, normalise_pci
 from radium.remoting.devices.opencl import OpenCLBackend, _raw_device_info
+from radium.remoting.schema import Device, LeasePart
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,7 @@ import pytest
 
 from radium.remoting._errors import UsageError
 from radium.remoting._filters import KEYS, NUMERIC, describe, matches, matches_all, parse_filter
-from radium.remoting._schema import Device, Filter, ServerInfo
+from radium.remoting.schema import Device, Filter, ServerInfo
 
 MIB = 1 << 20
 

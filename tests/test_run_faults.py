@@ -26,7 +26,7 @@ import pytest
 from conftest import Remote
 from support import BIN, PY, Appliance, hidden, wait_until
 
-from radium.remoting import _schema as s
+from radium.remoting import schema as s
 from radium.remoting._errors import ProtocolError
 from radium.remoting.run import forkserver
 from radium.remoting.run.fsproto import chunk_hash

@@ -511,7 +511,7 @@ def test_client_tree_copes_with_a_full_store_changed_files_and_absent_names(tmp_
         # The client's file changes during the run: the hashes no longer match, the tree asks again.
         changed = os.urandom(len(big))
         (tree_dir / "big.bin").write_bytes(changed)
-        tree._recent.clear()
+        tree.contents.recent.clear()
         assert await tree.read(fh, CHUNK_SIZE, 1234) == changed[CHUNK_SIZE:]
         assert asked[-3:] == ["ReadChunks", "Lookup", "ReadChunks"]  # mismatch, new hashes, again
 
@@ -663,7 +663,7 @@ class Served:
         return self._expect("stats")
 
     def stop(self) -> dict | None:
-        from radium.remoting.run.fs import unmount
+        from radium.remoting.run.fsmount import unmount
 
         try:
             if self.proc.poll() is None:
@@ -849,7 +849,8 @@ def _serve(config: dict) -> int:
     """Mount a ClientTree fed by a FileServer in this process; report on stdout (see Served)."""
     import trio
 
-    from radium.remoting.run.fs import ClientTree, mount_and_serve
+    from radium.remoting.run.fs import ClientTree
+    from radium.remoting.run.fsmount import mount_and_serve
 
     server = FileServer(
         "/", cwd=config["cwd"], serve_mounts=config["serve_mounts"], hash_cache=config["hash_cache"]

@@ -1,37 +1,47 @@
-"""Radium's management plane over vCenter (pyVmomi).
+"""Radium's management plane over vCenter (pyVmomi): this module's names are its whole public face.
 
     from radium import vcenter
 
     settings = vcenter.resolve(profile="lab")          # flags > environment > profile
     with vcenter.connect(settings) as vc:               # one session, logged out at exit
-        inv = vcenter.collect_inventory(vc)             # one property collection
-        for host in inv.hosts:
+        for host in vcenter.hosts(vc):                  # one property collection
             print(host.name, [d.model for d in host.accelerators])
         vcenter.set_passthrough(vc, "esx1", ["0000:3b:00.0"], enable=True)
+        request = vcenter.DeployRequest(name="gpu1", host="esx1", package=ova)
+        done = vcenter.deploy_appliance(vc, request, progress=print)   # steps, task reports, upload bytes
 
-Modules: `settings` (flags, environment, profiles), `connection` (TLS trust,
-login, round trips), `inventory` and `model` (hosts, accelerators, VMs),
-`passthrough`, `tasks` (progress streams), `deploy` (an appliance from its OVF),
-`appliances` (finding, checking, removing them), `registration` (client VMs),
-`names` (close matches), `errors` (the exception tree), `pciids`, and `sim` (the
-simulator for tests and the lab).
-Names are loaded on first use; pyVmomi only when a session is opened.
+Every operator action is one function here, with its checks, its steps, its
+progress events (`Step`, `TaskProgress`, `Transfer`, sent to the caller's
+`progress`) and its error texts (`VCenterError` and its tree, all
+`RadiumError`s); `radium-admin`, the console and the Ansible modules only
+parse, call and render:
+
+    hosts / collect_inventory      list hosts and their accelerators
+    estate_changes                 the estate as it changes (what a live view waits on)
+    set_passthrough                passthrough enable | disable
+    deploy_appliance               appliance deploy
+    list_appliances / appliance_status / remove_appliance   appliance list | status | remove
+    register_vm / unregister_vm / list_clients              register-vm | unregister-vm | clients
+    save_profile / load_profiles / remove_profile        profile save | list | remove
+
+(enrol and revoke are `radium.remoting.enroll` / `revoke`; the lab is `radium.lab.Lab`.)
+Names are loaded on first use, pyVmomi only when a session is opened.
 """
 
-from __future__ import annotations
+from radium.remoting import lazy_exports
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False
 
-# Public name -> (module, attribute).  Loaded on first use, so that `radium-admin version`
-# (whose code lives in radium.vcenter.cli) does not pay for what it does not use.
-_EXPORTS: dict[str, tuple[str, str]] = {
-    "Session": (".connection", "Session"),
-    "connect": (".connection", "connect"),
-    "server_thumbprint": (".connection", "server_thumbprint"),
-    **{
-        name: (".errors", name)
-        for name in (
+EXPORTS: dict[str, str] = {
+    # connection and settings
+    **dict.fromkeys(("Session", "connect", "check_server", "server_thumbprint"), ".connection"),
+    **dict.fromkeys(("ConnectionSettings", "Profile", "ProfileFile", "resolve"), ".settings"),
+    **dict.fromkeys(("active_profiles_path", "load_profiles", "write_profile"), ".settings"),
+    **dict.fromkeys(("RemovedProfile", "SavedProfile", "check_keyring", "remove_profile"), ".profiles"),
+    "save_profile": ".profiles",
+    # errors
+    **dict.fromkeys(
+        (
             "CertificateError",
             "Fault",
             "LoginFailed",
@@ -41,72 +51,63 @@ _EXPORTS: dict[str, tuple[str, str]] = {
             "TaskFailed",
             "Unreachable",
             "VCenterError",
-        )
-    },
-    "Inventory": (".inventory", "Inventory"),
-    "collect_inventory": (".inventory", "collect"),
-    "hosts": (".inventory", "hosts"),
-    "Host": (".model", "Host"),
-    "PassthroughDevice": (".model", "PassthroughDevice"),
-    "VirtualMachine": (".model", "VirtualMachine"),
-    "PassthroughChange": (".passthrough", "PassthroughChange"),
-    "check_assignable": (".passthrough", "check_assignable"),
-    "set_passthrough": (".passthrough", "set_passthrough"),
-    "ConnectionSettings": (".settings", "ConnectionSettings"),
-    "Profile": (".settings", "Profile"),
-    "resolve": (".settings", "resolve"),
-    "TaskProgress": (".tasks", "TaskProgress"),
-    "wait": (".tasks", "wait"),
-    "watch": (".tasks", "watch"),
+        ),
+        ".errors",
+    ),
+    "Interrupted": ".deploy",
+    "SshError": ".ssh",
+    "HostKeyRefused": ".ssh",
+    # progress
+    **dict.fromkeys(("Progress", "ProgressEvent", "Step", "TaskProgress", "Transfer"), ".progress"),
+    "wait": ".tasks",
+    "watch": ".tasks",
+    # inventory and passthrough
+    "Inventory": ".inventory",
+    "collect_inventory": ".inventory:collect",
+    "hosts": ".inventory",
+    "estate_changes": ".collect",
+    **dict.fromkeys(("Host", "PassthroughDevice", "VirtualMachine"), ".model"),
+    **dict.fromkeys(("DeviceChange", "PassthroughChange"), ".passthrough"),
+    **dict.fromkeys(("check_assignable", "set_passthrough"), ".passthrough"),
+    # appliances
+    **dict.fromkeys(("DEFAULT_TIMEOUT", "DeployRequest", "DeployedGpu"), ".plan"),
+    **dict.fromkeys(("Deployment", "OperatorKey"), ".deploy"),
+    "deploy_appliance": ".deploy:deploy",
+    "mmio_size_gib": ".hardware",
+    **dict.fromkeys(
+        ("Appliance", "ApplianceGpu", "ApplianceStatus", "Health", "Probe", "Removal"), ".appliances"
+    ),
+    "probe_appliance": ".appliances:probe",
+    "list_appliances": ".appliances:appliances",
+    "find_appliance": ".appliances:find",
+    "appliance_status": ".appliances:status",
+    "remove_appliance": ".appliances:remove",
+    "register_standin": ".standin",
+    # client VMs
+    **dict.fromkeys(("ClientVM", "Registration", "SshInstall", "Unregistration"), ".registration"),
+    "PushResult": ".ssh",
+    "register_vm": ".registration",
+    "unregister_vm": ".registration:unregister",
+    "list_clients": ".registration:registered",
+    # the simulator (tests and the lab)
+    "sim": ".sim:",
 }
 
-__all__ = [
-    "CertificateError",
-    "ConnectionSettings",
-    "Fault",
-    "Host",
-    "Inventory",
-    "LoginFailed",
-    "NotFound",
-    "NotPermitted",
-    "PassthroughChange",
-    "PassthroughDevice",
-    "Profile",
-    "Refused",
-    "Session",
-    "TaskFailed",
-    "TaskProgress",
-    "Unreachable",
-    "VCenterError",
-    "VirtualMachine",
-    "check_assignable",
-    "collect_inventory",
-    "connect",
-    "hosts",
-    "resolve",
-    "server_thumbprint",
-    "set_passthrough",
-    "wait",
-    "watch",
-]
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module, attribute = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module, __name__), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
+__all__ = sorted(EXPORTS)
 
 if TYPE_CHECKING:
-    from .connection import Session, connect, server_thumbprint
+    from . import sim
+    from .appliances import Appliance, ApplianceGpu, ApplianceStatus, Health, Probe, Removal
+    from .appliances import appliances as list_appliances
+    from .appliances import find as find_appliance
+    from .appliances import probe as probe_appliance
+    from .appliances import remove as remove_appliance
+    from .appliances import status as appliance_status
+    from .collect import estate_changes
+    from .connection import Session, check_server, connect, server_thumbprint
+    from .deploy import Deployment, Interrupted, OperatorKey
+    from .deploy import deploy as deploy_appliance
     from .errors import (
         CertificateError,
         Fault,
@@ -118,9 +119,26 @@ if TYPE_CHECKING:
         Unreachable,
         VCenterError,
     )
+    from .hardware import mmio_size_gib
     from .inventory import Inventory, hosts
     from .inventory import collect as collect_inventory
     from .model import Host, PassthroughDevice, VirtualMachine
-    from .passthrough import PassthroughChange, check_assignable, set_passthrough
-    from .settings import ConnectionSettings, Profile, resolve
-    from .tasks import TaskProgress, wait, watch
+    from .passthrough import DeviceChange, PassthroughChange, check_assignable, set_passthrough
+    from .plan import DEFAULT_TIMEOUT, DeployedGpu, DeployRequest
+    from .profiles import RemovedProfile, SavedProfile, check_keyring, remove_profile, save_profile
+    from .progress import Progress, ProgressEvent, Step, TaskProgress, Transfer
+    from .registration import ClientVM, Registration, SshInstall, Unregistration, register_vm
+    from .registration import registered as list_clients
+    from .registration import unregister as unregister_vm
+    from .settings import (
+        ConnectionSettings,
+        Profile,
+        ProfileFile,
+        active_profiles_path,
+        load_profiles,
+        resolve,
+        write_profile,
+    )
+    from .ssh import HostKeyRefused, PushResult, SshError
+    from .standin import register_standin
+    from .tasks import wait, watch

@@ -23,20 +23,30 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from radium.remoting._config import DEFAULT_PORT, ApplianceEntry, ClientConfig
-from radium.remoting._errors import RadiumError
+from radium.remoting import (
+    DEFAULT_PORT,
+    ApplianceEntry,
+    ClientConfig,
+    DeviceStatus,
+    RadiumError,
+    admin_config_path,
+    load_client_config,
+    save_client_config,
+)
 
 from . import pciids
-from .collect import retrieve, vm_field_key
+from .collect import custom_value, vm_field_key, vm_properties
 from .connection import Session
 from .errors import NotFound, Refused, translated
 from .names import closest, resolve
-from .tasks import TaskProgress, watch
+from .progress import Progress
+from .tasks import wait
 
 __all__ = [
     "FIELD",
@@ -45,11 +55,13 @@ __all__ = [
     "ApplianceRecord",
     "ApplianceStatus",
     "Health",
+    "Probe",
     "Removal",
     "address_of",
     "appliances",
     "field_key",
     "find",
+    "probe",
     "remove",
     "set_record",
     "status",
@@ -60,8 +72,6 @@ FIELD = "radium.appliance"
 
 GUESTINFO_NAME = "guestinfo.radium.name"
 GUESTINFO_PORT = "guestinfo.radium.listen_port"
-
-Progress = Callable[[Iterable[TaskProgress]], Any]
 
 
 class ApplianceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -187,46 +197,9 @@ def _gpus(devices: list[Any]) -> list[ApplianceGpu]:
     return out
 
 
-def _collect(session: Session) -> list[tuple[Any, dict[str, Any]]]:
-    """(vm ref, properties) of every VM, with host names resolved; one property collection."""
-    from pyVmomi import vim
-
-    objects = retrieve(
-        session,
-        {
-            vim.VirtualMachine: [
-                "name",
-                "runtime.host",
-                "runtime.powerState",
-                "guest.ipAddress",
-                "config.hardware.device",
-                "config.extraConfig",
-                "customValue",
-            ],
-            vim.HostSystem: ["name"],
-        },
-    )
-    hosts: dict[str, str] = {}
-    vms = []
-    for oc in objects:
-        props = {p.name: p.val for p in oc.propSet or []}
-        if isinstance(oc.obj, vim.HostSystem):
-            hosts[oc.obj._moId] = str(props.get("name", oc.obj._moId))
-        else:
-            vms.append((oc.obj, props))
-    for _, props in vms:
-        host = props.get("runtime.host")
-        props["runtime.host"] = hosts.get(host._moId, host._moId) if host is not None else None
-    return vms
-
-
 def _appliance(ref: Any, props: dict[str, Any], key: int | None) -> Appliance | None:
     extra = {str(o.key): str(o.value) for o in props.get("config.extraConfig") or [] if o.value}
-    value = None
-    if key is not None:
-        for v in props.get("customValue") or []:
-            if v.key == key and getattr(v, "value", ""):
-                value = str(v.value)
+    value = custom_value(props, key)
     if value is None and not extra.get(GUESTINFO_NAME):
         return None
     record = ApplianceRecord.decode(value) if value else None
@@ -254,7 +227,18 @@ def _all(session: Session) -> tuple[list[tuple[Any, Appliance]], list[str]]:
     """The appliances (with their refs), and the names of every VM."""
     with translated(session.settings.where):
         key = field_key(session)
-        vms = _collect(session)
+        vms = vm_properties(
+            session,
+            [
+                "name",
+                "runtime.host",
+                "runtime.powerState",
+                "guest.ipAddress",
+                "config.hardware.device",
+                "config.extraConfig",
+                "customValue",
+            ],
+        )
     found = []
     for ref, props in vms:
         a = _appliance(ref, props, key)
@@ -306,42 +290,70 @@ def find(session: Session, name: str) -> Appliance:
 # --- health ------------------------------------------------------------------------------------
 
 
-def check(appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0) -> Health:
-    """Ask radiumd for its devices, with the operator's key and the recorded address and server key."""
+class Probe(msgspec.Struct, kw_only=True):
+    """What radiumd answered the operator's key: its health, and its devices with their load and leases."""
+
+    health: Health
+    devices: list[DeviceStatus] = msgspec.field(default_factory=list)
+    queue_length: int = 0  #: requests waiting in its first-come-first-served queue
+
+
+def probe(
+    appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0, usage: bool = True
+) -> Probe:
+    """Ask radiumd for its devices (`usage`: with memory used and utilisation), with the operator's key
+    and the recorded address and server key."""
     if appliance.address is None:
         why = "powered off" if appliance.power_state != "poweredOn" else "the guest reports no IP address yet"
-        return Health(reachable=False, error=f"no address to reach it at ({why})")
+        return Probe(health=Health(reachable=False, error=f"no address to reach it at ({why})"))
     if appliance.server_public_key is None:
-        return Health(
-            reachable=False,
-            error=f"its server key is unknown (no {FIELD} attribute: not deployed by radium-admin)",
+        return Probe(
+            health=Health(
+                reachable=False,
+                error=f"its server key is unknown (no {FIELD} attribute: not deployed by radium-admin)",
+            )
         )
     if admin is None:
-        return Health(
-            reachable=False, error="no operator configuration (RADIUM_ADMIN_CONFIG) to reach it with"
+        return Probe(
+            health=Health(
+                reachable=False, error="no operator configuration (RADIUM_ADMIN_CONFIG) to reach it with"
+            )
         )
-    from radium.remoting.client import api
+    from radium.remoting import list_devices  # (ZeroMQ: only when an appliance is asked)
 
     entry = ApplianceEntry(
         name=appliance.name, address=appliance.address, public_key=appliance.server_public_key
     )
     config = ClientConfig(client=admin.client, appliances=[entry], source=admin.source)
     try:
-        (result,) = asyncio.run(api.list_devices(config, timeout=timeout))
+        (result,) = asyncio.run(list_devices(config, usage=usage, timeout=timeout))
     except RadiumError as exc:
-        return Health(reachable=False, error=exc.message)
+        return Probe(health=Health(reachable=False, error=exc.message))
     if result.error is not None:
-        return Health(reachable=False, error=result.error.message)
+        return Probe(health=Health(reachable=False, error=result.error.message))
     reply = result.value
     assert reply is not None
     devices = [f"{d.device.id} {d.device.model} ({d.device.health})" for d in reply.devices]
-    return Health(reachable=True, server=reply.server.name, version=reply.server.version, devices=devices)
+    health = Health(reachable=True, server=reply.server.name, version=reply.server.version, devices=devices)
+    return Probe(health=health, devices=list(reply.devices), queue_length=reply.queue_length)
+
+
+def check(appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0) -> Health:
+    """Whether radiumd answers the operator's key (`probe`'s health)."""
+    return probe(appliance, admin, timeout, usage=False).health
 
 
 def status(
     session: Session, name: str, admin: ClientConfig | None = None, timeout: float = 5.0
 ) -> ApplianceStatus:
-    """vCenter's view of appliance `name`, and whether radiumd answers there."""
+    """vCenter's view of appliance `name`, and whether radiumd answers there.
+
+    radiumd is asked with the operator key of `admin`, by default the operator
+    configuration in effect (``RADIUM_ADMIN_CONFIG``, ...) when there is one.
+    """
+    if admin is None:
+        path = admin_config_path()
+        admin = load_client_config(path) if path.exists() else None
     a = find(session, name)
     health = check(a, admin, timeout)
     healthy = a.power_state == "poweredOn" and health.reachable and bool(health.devices)
@@ -351,31 +363,22 @@ def status(
 # --- removing ------------------------------------------------------------------------------------
 
 
-def _silently(stream: Iterable[TaskProgress]) -> None:
-    for _ in stream:
-        pass
-
-
-def destroy_vm(session: Session, vm: Any, progress: Progress | None = None) -> bool:
+def destroy_vm(
+    session: Session, vm: Any, progress: Progress | None = None, check: Callable[[], None] | None = None
+) -> bool:
     """Power `vm` off (when on) and destroy it; whether it had to be powered off."""
-    progress = progress or _silently
     where = session.settings.where
     with translated(where):
         powered_on = str(vm.runtime.powerState) != "poweredOff"
         if powered_on:
-            progress(watch(session, vm.PowerOffVM_Task()))
-        progress(watch(session, vm.Destroy_Task()))
+            wait(session, vm.PowerOffVM_Task(), progress, check)
+        wait(session, vm.Destroy_Task(), progress, check)
     return powered_on
 
 
 def forget(name: str, admin_path: Any = None) -> str | None:
     """Drop appliance `name` from the operator configuration; the file it was dropped from, or None."""
-    from pathlib import Path
-
-    from radium.remoting import enrolment
-    from radium.remoting._config import load_client_config, save_client_config
-
-    path = Path(admin_path) if admin_path else enrolment.admin_config_path()
+    path = Path(admin_path) if admin_path else admin_config_path()
     if not path.exists():
         return None
     try:

@@ -26,7 +26,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
-from radium.remoting._errors import RadiumError
+from radium.remoting import RadiumError
 
 __all__ = [
     "CertificateError",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import _soap, pciids
+from .collect import view_spec
 from .connection import Session
 from .errors import translated
 from .model import Host, PassthroughDevice, VirtualMachine
@@ -162,26 +163,9 @@ def normalize_pci_id(address: str) -> str:
 
 
 def _filter_spec(view: Any) -> Any:
-    from pyVmomi import vim, vmodl
+    from pyVmomi import vim
 
-    pc = vmodl.query.PropertyCollector
-    types = {
-        "HostSystem": vim.HostSystem,
-        "VirtualMachine": vim.VirtualMachine,
-        "ComputeResource": vim.ComputeResource,
-    }
-    return pc.FilterSpec(
-        objectSet=[
-            pc.ObjectSpec(
-                obj=view,
-                skip=True,
-                selectSet=[
-                    pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view", skip=False)
-                ],
-            )
-        ],
-        propSet=[pc.PropertySpec(type=types[t], pathSet=paths) for t, paths in PROPERTIES.items()],
-    )
+    return view_spec(view, {getattr(vim, name): paths for name, paths in PROPERTIES.items()})
 
 
 def _collect_fast(session: Session, spec: Any) -> Iterator[_Object]:

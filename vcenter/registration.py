@@ -12,45 +12,60 @@ vCenter when nothing differs.  `unregister` revokes the key on every appliance
 the VM names and clears what `register` wrote.  `registered` lists the VMs that
 carry either mark, read in one property collection.
 
-Long tasks (the reconfiguration) are handed to `progress` as a stream of
-`TaskProgress` reports (`radium.vcenter.tasks.watch`) for the caller to render.
+`register_vm` is the operator action (`radium-admin register-vm`, the console,
+Ansible): `register`, and with `ssh` the same configuration installed in the VM
+over SSH (`radium.vcenter.ssh`; the VM is reached, and its host key trusted,
+before anything changes).  Long tasks (the reconfiguration) report to `progress`
+(`radium.vcenter.progress`) for the caller to render.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from radium.remoting import enrolment, guestinfo
-from radium.remoting._config import ApplianceEntry, ClientConfig, ClientSection
-from radium.remoting._errors import ConfigError, RadiumError
-from radium.remoting._keys import check_name
+from radium.remoting import (
+    ApplianceEntry,
+    ClientConfig,
+    ClientSection,
+    ConfigError,
+    RadiumError,
+    check_name,
+    enroll_many,
+    find_appliance,
+    guestinfo,
+    load_admin_config,
+    new_identity,
+    revoke_many,
+)
 
-from .collect import retrieve, vm_field_key
+from .collect import custom_value, vm_field_key, vm_properties
 from .connection import Session
 from .errors import Refused, translated
 from .names import resolve
-from .tasks import TaskProgress, watch
+from .progress import Progress, silent
+from .ssh import PushResult
+from .tasks import wait
 
 __all__ = [
     "FIELD",
     "ClientVM",
     "Registration",
+    "SshInstall",
     "Unregistration",
     "client_name_for",
     "register",
+    "register_vm",
     "registered",
     "unregister",
 ]
 
 #: The custom attribute (CustomFieldDef on VirtualMachine) that tags registered VMs.
 FIELD = "radium.client"
-
-Progress = Callable[[Iterable[TaskProgress]], Any]
 
 
 class ApplianceRef(msgspec.Struct, kw_only=True):
@@ -85,6 +100,15 @@ class Registration(msgspec.Struct, kw_only=True):
     revoked: dict[str, str]  #: appliance → client name revoked there (no longer named)
     not_revoked: dict[str, str]  #: appliance → why the old key could not be revoked there
     changed: bool
+    ssh: PushResult | None = None  #: what `register_vm` installed in the VM over SSH
+
+    @property
+    def warnings(self) -> list[str]:
+        """What did not go as asked, though the VM is registered (a face exits non-zero on any)."""
+        out = [f"the old key could not be revoked on {a}: {why}" for a, why in self.not_revoked.items()]
+        if self.ssh is not None and not self.ssh.healthy:
+            out.append(f"on {self.ssh.target}: radium health: {self.ssh.error}")
+        return out
 
 
 class Unregistration(msgspec.Struct, kw_only=True):
@@ -97,6 +121,10 @@ class Unregistration(msgspec.Struct, kw_only=True):
     guestinfo_cleared: list[str]
     attribute_cleared: bool
     changed: bool
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"the key is still authorised on {a}: {why}" for a, why in self.not_revoked.items()]
 
 
 # --- reading VMs ---------------------------------------------------------------------
@@ -139,31 +167,10 @@ def _vm_states(session: Session) -> list[_VmState]:
 
     One property collection over a container view (VMs and hosts).
     """
-    from pyVmomi import vim
-
     field_key = _field_key(session)
-    objects = retrieve(
-        session,
-        {
-            vim.VirtualMachine: [
-                "name",
-                "runtime.host",
-                "runtime.powerState",
-                "config.extraConfig",
-                "customValue",
-            ],
-            vim.HostSystem: ["name"],
-        },
+    vms = vm_properties(
+        session, ["name", "runtime.host", "runtime.powerState", "config.extraConfig", "customValue"]
     )
-
-    host_names = {}
-    vms = []
-    for oc in objects:
-        props = {p.name: p.val for p in oc.propSet or []}
-        if isinstance(oc.obj, vim.HostSystem):
-            host_names[oc.obj._moId] = str(props.get("name", oc.obj._moId))
-        else:
-            vms.append((oc.obj, props))
     states = []
     for ref, props in vms:
         extra = {
@@ -171,20 +178,14 @@ def _vm_states(session: Session) -> list[_VmState]:
             for o in props.get("config.extraConfig") or []
             if str(o.key).startswith(guestinfo.PREFIX) and o.value not in (None, "")
         }
-        attribute = None
-        if field_key is not None:
-            for v in props.get("customValue") or []:
-                if v.key == field_key and getattr(v, "value", ""):
-                    attribute = str(v.value)
-        host = props.get("runtime.host")
         states.append(
             _VmState(
                 ref=ref,
                 name=str(props.get("name", ref._moId)),
-                host=host_names.get(host._moId, host._moId) if host is not None else None,
+                host=props.get("runtime.host"),
                 power_state=str(props.get("runtime.powerState", "")),
                 guestinfo=extra,
-                attribute=attribute,
+                attribute=custom_value(props, field_key),
             )
         )
     states.sort(key=lambda s: s.name)
@@ -241,11 +242,6 @@ def client_name_for(vm_name: str) -> str:
     return name or "vm"
 
 
-def _silently(stream: Iterable[TaskProgress]) -> None:
-    for _ in stream:
-        pass
-
-
 def _reconfigure(session: Session, state: _VmState, changes: dict[str, str], progress: Progress) -> None:
     """Set (or, with an empty value, remove) extraConfig keys of the VM, following the task."""
     from pyVmomi import vim
@@ -253,7 +249,7 @@ def _reconfigure(session: Session, state: _VmState, changes: dict[str, str], pro
     spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in changes.items()])
     with translated(session.settings.where):
         task = state.ref.ReconfigVM_Task(spec=spec)
-    progress(watch(session, task))
+    wait(session, task, progress)
 
 
 def _set_attribute(session: Session, state: _VmState, value: str) -> None:
@@ -270,10 +266,10 @@ def _appliances_for_revocation(
     found, missing = [], {}
     for e in entries:
         try:
-            found.append(enrolment.find_appliance(admin, e.name))
+            found.append(find_appliance(admin, e.name))
         except ConfigError:
             try:
-                found.append(enrolment.find_appliance(admin, e.address))
+                found.append(find_appliance(admin, e.address))
             except ConfigError:
                 missing[e.name] = f"not in the operator configuration {admin.source}"
     return found, missing
@@ -297,11 +293,11 @@ def register(
     """
     if not appliances:
         raise Refused("name at least one appliance (--appliance NAME)")
-    progress = progress or _silently
-    admin = admin or enrolment.load_admin_config()
+    progress = progress or silent
+    admin = admin or load_admin_config()
     entries: list[ApplianceEntry] = []
     for ref in appliances:
-        entry = enrolment.find_appliance(admin, ref)
+        entry = find_appliance(admin, ref)
         if entry.name not in {e.name for e in entries}:
             entries.append(entry)
     with translated(session.settings.where):
@@ -319,11 +315,11 @@ def register(
         )
         made_key = False
     else:
-        identity = enrolment.new_identity(name)
+        identity = new_identity(name)
         made_key = True
 
     # Authorise the key first: a VM is never told about a key its appliances do not know.
-    config = enrolment.enroll_many(admin, entries, identity)
+    config = enroll_many(admin, entries, identity)
 
     wanted = guestinfo.encode(config)
     changes = {k: v for k, v in wanted.items() if state.guestinfo.get(k) != v}
@@ -342,7 +338,7 @@ def register(
         kept = {e.name for e in entries}
         stale = [a for a in current.appliances if current.client.name != name or a.name not in kept]
         targets, not_revoked = _appliances_for_revocation(admin, stale)
-        errors = enrolment.revoke_many(admin, targets, current.client.name) if targets else {}
+        errors = revoke_many(admin, targets, current.client.name) if targets else {}
         revoked = {a: current.client.name for a, e in errors.items() if e is None}
         not_revoked.update({a: e.message for a, e in errors.items() if e is not None})
 
@@ -375,16 +371,16 @@ def unregister(
     When a revocation fails nothing in vCenter is cleared (the guestinfo is the
     record of where the key is authorised), unless `force`.
     """
-    progress = progress or _silently
+    progress = progress or silent
     with translated(session.settings.where):
         state = _find(_vm_states(session), vm_name)
     current = state.client_config()
     revoked: list[str] = []
     not_revoked: dict[str, str] = {}
     if current is not None and current.appliances:
-        admin = admin or enrolment.load_admin_config()
+        admin = admin or load_admin_config()
         targets, not_revoked = _appliances_for_revocation(admin, current.appliances)
-        errors = enrolment.revoke_many(admin, targets, current.client.name) if targets else {}
+        errors = revoke_many(admin, targets, current.client.name) if targets else {}
         revoked = [a for a, e in errors.items() if e is None]
         not_revoked.update({a: e.message for a, e in errors.items() if e is not None})
         if not_revoked and not force:
@@ -408,3 +404,60 @@ def unregister(
         attribute_cleared=attribute_cleared,
         changed=bool(revoked or cleared or attribute_cleared),
     )
+
+
+# --- the operator action: register, and install over SSH --------------------------------
+
+
+@dataclass(frozen=True)
+class SshInstall:
+    """Where and how `register_vm` installs the configuration in the VM (`radium.vcenter.ssh`)."""
+
+    target: str  #: USER@HOST[:PORT]
+    key_file: Path | None = None  #: SSH private key (default: the agent and ~/.ssh keys)
+    known_hosts: Path | None = None  #: default ~/.ssh/known_hosts
+    accept_new_host_key: bool = False  #: record a host key seen for the first time (a changed one: never)
+    radium: str = "radium"  #: the radium command on the VM
+
+
+def register_vm(
+    session: Session,
+    vm_name: str,
+    appliances: list[str],
+    *,
+    client_name: str | None = None,
+    new_key: bool = False,
+    ssh: SshInstall | None = None,
+    admin: ClientConfig | None = None,
+    progress: Progress | None = None,
+) -> Registration:
+    """Register the VM (`register`); with `ssh`, install the configuration in it and check its health.
+
+    A VM that cannot be reached over SSH, or whose host key is not trusted, stops
+    the registration before anything changes.  `Registration.warnings` says what
+    did not go as asked (an old key left authorised, an unhealthy VM).
+    """
+    from . import ssh as ssh_
+
+    client = target = None
+    if ssh is not None:
+        target = ssh_.SshTarget.parse(ssh.target)
+        client = ssh_.connect(
+            target, key_file=ssh.key_file, known_hosts=ssh.known_hosts, accept_new=ssh.accept_new_host_key
+        )
+    try:
+        registration, config = register(
+            session,
+            vm_name,
+            appliances,
+            client_name=client_name,
+            new_key=new_key,
+            admin=admin,
+            progress=progress,
+        )
+        if client is not None and target is not None and ssh is not None:
+            registration.ssh = ssh_.push_config(client, target, config, radium=ssh.radium)
+    finally:
+        if client is not None:
+            client.close()
+    return registration

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radium.remoting._errors import UsageError
+from radium.remoting import UsageError
 
 __all__ = ["SERVICE", "available", "delete_password", "get_password", "require", "set_password"]
 

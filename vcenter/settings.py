@@ -31,9 +31,15 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from radium.remoting._config import Section, _explain, dump_toml, load_toml
-from radium.remoting._errors import ConfigError, UsageError
-from radium.remoting._keys import write_atomic
+from radium.remoting import (
+    ConfigError,
+    Section,
+    UsageError,
+    dump_toml,
+    explain_validation,
+    load_toml,
+    write_atomic,
+)
 
 from . import secrets
 
@@ -51,9 +57,9 @@ __all__ = [
     "normalize_url",
     "parse_thumbprint",
     "profiles_path",
-    "remove_profile",
+    "delete_profile",
     "resolve",
-    "save_profile",
+    "write_profile",
 ]
 
 #: The environment variables, by setting.
@@ -110,7 +116,7 @@ def profiles_path() -> Path:
 
 def lab_profiles_path() -> Path:
     """The lab's profiles (`radium-admin lab up` writes them for its vCenter simulator)."""
-    from radium.remoting._config import lab_profile_dir
+    from radium.remoting import lab_profile_dir
 
     return lab_profile_dir() / "vcenter.toml"
 
@@ -135,7 +141,7 @@ def load_profiles(path: Path | None = None) -> ProfileFile:
         try:
             loaded.profiles[name] = p = msgspec.convert(body, Profile)
         except msgspec.ValidationError as exc:
-            key, what = _explain(exc)  # msgspec's path stops at a table's key; name it ourselves
+            key, what = explain_validation(exc)  # msgspec's path stops at a table's key; name it ourselves
             raise ConfigError(f"{path}: profiles.{name}.{key}: {what}", file=str(path)) from None
         if not _NAME.match(name):
             raise ConfigError(f"{path}: profiles.{name}: not a valid profile name", file=str(path))
@@ -155,7 +161,7 @@ def _write(profiles: ProfileFile, path: Path) -> None:
     os.chmod(path, 0o600)  # an existing file keeps no wider mode
 
 
-def save_profile(name: str, profile: Profile, *, default: bool = False, path: Path | None = None) -> Path:
+def write_profile(name: str, profile: Profile, *, default: bool = False, path: Path | None = None) -> Path:
     """Add or replace profile `name`; it becomes the default when asked or when there is none."""
     if not _NAME.match(name):
         raise UsageError(f"profile name {name!r}: use letters, digits, '.', '_' and '-' (64 at most)")
@@ -170,7 +176,7 @@ def save_profile(name: str, profile: Profile, *, default: bool = False, path: Pa
     return path
 
 
-def remove_profile(name: str, path: Path | None = None) -> Profile:
+def delete_profile(name: str, path: Path | None = None) -> Profile:
     """Remove profile `name` (and the default mark if it had it); return what it was."""
     path = path or profiles_path()
     profiles = load_profiles(path)

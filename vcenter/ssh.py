@@ -27,9 +27,7 @@ from typing import Any
 
 import msgspec
 
-from radium.remoting import guestinfo
-from radium.remoting._config import ClientConfig
-from radium.remoting._errors import RadiumError, UsageError
+from radium.remoting import ClientConfig, RadiumError, UsageError, guestinfo
 
 __all__ = [
     "HostKeyRefused",

@@ -4,43 +4,30 @@
 progress or description changes (it listens with ``WaitForUpdatesEx`` on a
 property collector of its own, so no polling), and ends with a report in state
 ``success``, or raises `TaskFailed` carrying the task's own error text (the
-fault's ``localizedMessage``).  The command line renders the stream with rich
-progress bars (`radium.vcenter.cli.progress`); the TUI and Ansible can render
-the same stream their own way.
+fault's ``localizedMessage``).  `wait` follows a task to its end, handing each
+report to an operation's `Progress` sink (`radium.vcenter.progress`), which each
+face renders its own way.
 
     for report in watch(vc, vm.PowerOnVM_Task()):
         print(report.percent, report.description)
+    vm = wait(vc, folder.CreateVM_Task(...), progress)   # the task's result
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
+from .collect import NO_CHANGE, updates
 from .connection import Session
-from .errors import TaskFailed, fault_message, translated
+from .errors import TaskFailed, fault_message
+from .progress import Progress, TaskProgress
 
 __all__ = ["TaskProgress", "wait", "watch"]
 
 #: Longest single WaitForUpdatesEx; well under the session's request timeout.
 MAX_WAIT_SECONDS = 20
-
-
-@dataclass(frozen=True)
-class TaskProgress:
-    """One report about a task."""
-
-    task: str  #: the task's managed object id
-    description: str  #: what it does, as vCenter names it
-    state: str  #: queued | running | success | error
-    percent: int | None = None  #: 0-100 when the task reports progress
-    error: str | None = None  #: the task's own error text, when it failed
-    result: Any = field(default=None, compare=False, repr=False)  #: the task's result, when it succeeded
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("success", "error")
 
 
 def _describe(info: Any) -> str:
@@ -69,56 +56,44 @@ def _report(task_id: str, info: Any) -> TaskProgress:
 
 def watch(session: Session, task: Any) -> Iterator[TaskProgress]:
     """Yield progress reports of `task` until it ends; raise `TaskFailed` if it fails."""
-    from pyVmomi import vim, vmodl
-
-    pc_type = vmodl.query.PropertyCollector
-    where = session.settings.where
-    with translated(where):
-        collector = session.content.propertyCollector.CreatePropertyCollector()
-    try:
-        with translated(where):
-            collector.CreateFilter(
-                pc_type.FilterSpec(
-                    objectSet=[pc_type.ObjectSpec(obj=task)],
-                    propSet=[pc_type.PropertySpec(type=vim.Task, pathSet=["info"])],
-                ),
-                partialUpdates=False,
-            )
-        version, last = "", None
-        while last is None or not last.done:
-            with translated(where):
-                update = collector.WaitForUpdatesEx(
-                    version, pc_type.WaitOptions(maxWaitSeconds=MAX_WAIT_SECONDS)
-                )
-            if update is None:
-                continue  # nothing changed within MAX_WAIT_SECONDS
-            version = update.version
-            for fs in update.filterSet or []:
-                for oc in fs.objectSet or []:
-                    for change in oc.changeSet or []:
-                        if change.name == "info" and change.val is not None:
-                            report = _report(task._moId, change.val)
-                            if report != last:
-                                last = report
-                                yield report
-        if last.state == "error":
-            raise TaskFailed(
-                f"{last.description} failed: {last.error or 'no reason given'}",
-                task=last.task,
-                error=last.error,
-            )
-    finally:
-        try:
-            collector.DestroyPropertyCollector()
-        except Exception:  # the session may be gone (Ctrl-C, logout); the collector goes with it
-            pass
+    last = None
+    with contextlib.closing(updates(session, task, "info", MAX_WAIT_SECONDS)) as infos:
+        for info in infos:
+            if info is NO_CHANGE or info is None:
+                continue
+            report = _report(task._moId, info)
+            if report != last:
+                last = report
+                yield report
+            if last.done:
+                break
+    assert last is not None
+    if last.state == "error":
+        raise TaskFailed(
+            f"{last.description} failed: {last.error or 'no reason given'}",
+            task=last.task,
+            error=last.error,
+        )
 
 
-def wait(session: Session, task: Any, on_progress: Callable[[TaskProgress], None] | None = None) -> Any:
-    """Wait for `task`, passing each report to `on_progress`; return the task's result."""
+def wait(
+    session: Session,
+    task: Any,
+    progress: Progress | None = None,
+    check: Callable[[], None] | None = None,
+) -> Any:
+    """Wait for `task`, passing each report to `progress`; return the task's result.
+
+    `check` is called before each report is passed on and once at the end (a deploy
+    raises there when it was interrupted).  A failed task raises `TaskFailed`.
+    """
     last = None
     for report in watch(session, task):
+        if check is not None:
+            check()
         last = report
-        if on_progress is not None:
-            on_progress(report)
+        if progress is not None:
+            progress(report)
+    if check is not None:
+        check()
     return last.result if last is not None else None

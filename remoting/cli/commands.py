@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import _schema as s
+from .. import schema as s
 from .._config import (
     SYSTEM_CLIENT_CONFIG,
     ClientConfig,
@@ -28,7 +28,7 @@ from .._errors import ConfigError, RadiumError, UsageError
 from .._filters import parse_filter
 from .._version import VERSION
 from ..client import api, holder
-from .output import Result, emit, emit_error, mib, percent
+from ..output import Result, emit, emit_error, mib, percent
 
 if TYPE_CHECKING:  # rich is imported when a table is drawn: `radium run` never needs it
     from rich.console import Console

@@ -35,7 +35,7 @@ from pathlib import Path
 from .._config import client_config_path, load_client_config
 from .._errors import RadiumError
 from ..cli import commands
-from ..cli.output import emit_error
+from ..output import emit_error
 from . import handoff
 from . import run as remote
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .. import _schema as s
+from .. import schema as s
 from .._config import ApplianceEntry, ClientConfig
 from .._errors import (
     AllocationError,

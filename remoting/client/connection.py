@@ -16,8 +16,8 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from .. import _schema as s
-from .. import _wire as wire
+from .. import schema as s
+from .. import wire as wire
 from .._config import ApplianceEntry
 from .._errors import (
     ApplianceShutdown,

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from .. import _schema as s
+from .. import schema as s
 from .._config import load_client_config
 from .._errors import RadiumError, UsageError
 from .._keys import write_atomic

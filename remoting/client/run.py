@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .. import _schema as s
+from .. import schema as s
 from .._config import ClientConfig
 from .._errors import RadiumError, TransportError, UsageError
 from .._keys import write_atomic

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from .. import _schema as s
+from .. import schema as s
 from .._errors import RadiumError
 from .._version import VERSION
 from .connection import Connection

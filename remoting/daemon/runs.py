@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import _schema as s
-from .. import _wire as wire
+from .. import schema as s
+from .. import wire as wire
 from .._config import DaemonConfig
 from .._errors import LeaseNotFound, RadiumError, UsageError
 from ..devices.base import Backend, MpsLimits

@@ -18,8 +18,8 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from .. import _schema as s
-from .. import _wire as wire
+from .. import schema as s
+from .. import wire as wire
 from .._allocator import Allocator
 from .._config import DaemonConfig
 from .._errors import AuthError, ProtocolError, RadiumError

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _schema as s
+from .. import schema as s
 from .._allocator import Allocator, Waiter, describe_request, validate_request
 from .._errors import (
     ApplianceShutdown,

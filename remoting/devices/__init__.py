@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .._schema import Device
+from ..schema import Device
 from .base import Backend, HealthResult, Usage, Visibility
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._schema import Device, LeasePart
+from ..schema import Device, LeasePart
 
 
 @dataclass(frozen=True)

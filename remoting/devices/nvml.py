@@ -11,7 +11,7 @@ import math
 import threading
 from typing import Any
 
-from .._schema import Device, LeasePart
+from ..schema import Device, LeasePart
 from .base import (
     HEALTH_A,
     HEALTH_B,

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .._schema import Device, LeasePart
+from ..schema import Device, LeasePart
 from .base import (
     HEALTH_A,
     HEALTH_B,

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from .. import _schema as s
+from .. import schema as s
 
 MAX_FRAMES = 16
 MAX_FRAME = 80 << 20  # a ReadChunks reply carries up to 64 MiB

@@ -40,10 +40,11 @@ from typing import Any
 import msgspec
 import trio
 
-from .. import _schema as s
+from .. import schema as s
 from . import channel, fsproto, mounts
 from .cas import ContentStore
-from .fs import ClientTree, mount_and_serve, unmount
+from .fs import ClientTree
+from .fsmount import mount_and_serve, unmount
 from .listings import KeptListings
 
 CHUNK = 64 * 1024

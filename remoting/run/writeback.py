@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import _schema as s
+from .. import schema as s
 from .._errors import ProtocolError
 
 

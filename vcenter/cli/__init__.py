@@ -15,9 +15,7 @@ import importlib
 import sys
 from types import ModuleType
 
-from radium.remoting._errors import RadiumError
-from radium.remoting._version import VERSION
-from radium.remoting.cli.output import emit, emit_error
+from radium.remoting import VERSION, RadiumError, emit, emit_error
 
 from . import flags
 from .command import Context
@@ -42,6 +40,9 @@ COMMANDS: dict[str, str] = {
     "profile save": "profile.save",
     "profile list": "profile.list",
     "profile remove": "profile.remove",
+    "lab up": "lab.up",
+    "lab down": "lab.down",
+    "lab status": "lab.status",
 }
 
 
@@ -73,16 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
             p = sub.add_parser(noun, help=package.HELP, description=package.HELP)
             nouns[noun] = p.add_subparsers(dest=f"{noun}_command", metavar="VERB", required=True)
         _add_verb(nouns[noun], verb, module)
-
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
-        """The older registration style (a function of args), still used by `lab`."""
-        p = sub.add_parser(name, help=help, description=help, parents=[flags.OUTPUT])
-        p.set_defaults(func=func)
-        return p
-
-    from radium.lab import cli as lab_cli
-
-    lab_cli.add_parser(sub, command)
     return parser
 
 
@@ -90,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ctx = Context(args)
     try:
-        run = getattr(args, "run", None)
-        result = run(ctx) if run is not None else args.func(args)
-        return emit(result, ctx.json)
+        return emit(args.run(ctx), ctx.json)
     except RadiumError as exc:
         return emit_error(PROG, exc, ctx.json)
     except KeyboardInterrupt:

@@ -6,7 +6,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from .command import Context
 
@@ -17,9 +17,9 @@ _POWER = {"poweredOn": "on", "poweredOff": "off", "suspended": "suspended"}
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter.registration import registered
+    from radium import vcenter
 
-    clients = registered(ctx.session())
+    clients = vcenter.list_clients(ctx.session())
 
     def render(c: Console) -> None:
         if not clients:

@@ -8,7 +8,11 @@ commands) with:
     def add_arguments(parser)        optional: its own arguments
     def run(ctx: Context) -> Result  do it; return what to print (text or JSON), or raise a RadiumError
 
-Errors take the same path as results (`emit_error`), so `--json` errors are JSON too.
+`run` parses what argparse could not, calls one operation of the library (the
+faces `radium.vcenter`, `radium.remoting`, `radium.lab`: the same functions the
+console and the Ansible modules call) and renders its result; it repeats no
+step and no rule of the operation.  Errors take the same path as results
+(`emit_error`), so `--json` errors are JSON too.
 """
 
 from __future__ import annotations
@@ -16,16 +20,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from radium.remoting._errors import UsageError
-from radium.remoting.cli.output import Result
+from radium.remoting import Result, UsageError
 
 if TYPE_CHECKING:
-    from radium.vcenter.connection import Session
-    from radium.vcenter.settings import ConnectionSettings
-    from radium.vcenter.tasks import TaskProgress
+    from radium.vcenter import ConnectionSettings, Session
+
+    from .progress import ProgressView
 
 __all__ = ["Context", "Verb"]
 
@@ -44,6 +47,7 @@ class Context:
         self.args = args
         self._session: Session | None = None
         self._password: str | None = None
+        self._progress: ProgressView | None = None
 
     @property
     def json(self) -> bool:
@@ -69,10 +73,10 @@ class Context:
 
     def settings(self, *, need_password: bool = True, use_profiles: bool = True) -> ConnectionSettings:
         """The connection settings from this command's flags, the environment and the profile."""
-        from radium.vcenter import settings
+        from radium import vcenter
 
         a = self.args
-        return settings.resolve(
+        return vcenter.resolve(
             url=getattr(a, "url", None),
             user=getattr(a, "user", None),
             thumbprint=getattr(a, "thumbprint", None),
@@ -88,18 +92,23 @@ class Context:
     def session(self) -> Session:
         """The invocation's vCenter session (logged in once, logged out by `close`)."""
         if self._session is None:
-            from radium.vcenter.connection import connect
+            from radium import vcenter
 
-            self._session = connect(self.settings())
+            self._session = vcenter.connect(self.settings())
         return self._session
 
-    def progress(self, stream: Iterable[TaskProgress]) -> TaskProgress | None:
-        """Show a task's progress on standard error; return its last report."""
-        from .progress import render
+    @property
+    def progress(self) -> ProgressView:
+        """The operation's progress sink: its events drawn on standard error."""
+        if self._progress is None:
+            from .progress import ProgressView
 
-        return render(stream)
+            self._progress = ProgressView()
+        return self._progress
 
     def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
         if self._session is not None:
             self._session.close()
             self._session = None

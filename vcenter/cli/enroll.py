@@ -7,10 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from radium.remoting import enrolment
-from radium.remoting._config import save_client_config
-from radium.remoting._errors import UsageError
-from radium.remoting.cli.output import Result
+from radium.remoting import ROLES, Result, enroll
 
 from .command import Context
 
@@ -30,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--address", help="the address clients dial (with a config file; default: from its listen address)"
     )
-    p.add_argument("--role", choices=["client", "admin"], default="client")
+    p.add_argument("--role", choices=ROLES, default="client")
     p.add_argument(
         "--from-bundle",
         type=Path,
@@ -41,35 +38,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    args = ctx.args
-    if enrolment.is_local_reference(args.appliance):
-        bundle = enrolment.enroll_local(
-            Path(args.appliance), args.name, args.role, args.address, args.from_bundle
-        )
-        how = f"authorised in the clients folder of {args.appliance}"
-    else:
-        if args.address:
-            raise UsageError("--address applies only when enrolling through a radiumd config file")
-        bundle = enrolment.enroll_remote(args.appliance, args.name, args.role, args.from_bundle)
-        how = f"authorised on {args.appliance} with the operator key"
-    output = args.output or Path(f"{args.name}.radium.toml")
-    save_client_config(bundle, output)  # 0600: it holds the secret key
-    entry = bundle.appliances[-1]
-    data = {
-        "name": args.name,
-        "role": args.role,
-        "bundle": str(output),
-        "public_key": bundle.client.public_key,
-        "appliance": entry.name,
-        "address": entry.address,
-    }
+    a = ctx.args
+    done = enroll(
+        a.name, a.appliance, role=a.role, address=a.address, from_bundle=a.from_bundle, output=a.output
+    )
 
     def render(c: Console) -> None:
-        c.print(f"{args.role} {args.name}: key {bundle.client.public_key} {how}", markup=False)
-        c.print(f"bundle written to {output} (mode 0600; it holds the secret key)")
-        if args.role == "client":
-            c.print(f"on the client: radium configure --bundle {output}")
+        c.print(f"{done.role} {done.name}: key {done.config.client.public_key} {done.how}", markup=False)
+        c.print(f"bundle written to {done.bundle} (mode 0600; it holds the secret key)")
+        if done.role == "client":
+            c.print(f"on the client: radium configure --bundle {done.bundle}")
         else:
-            c.print(f"use it with: export RADIUM_ADMIN_CONFIG={output.resolve()}")
+            c.print(f"use it with: export RADIUM_ADMIN_CONFIG={done.bundle.resolve()}")
 
-    return Result(data, render)
+    return Result(done.summary(), render)

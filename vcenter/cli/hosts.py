@@ -9,12 +9,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from .command import Context
 
 if TYPE_CHECKING:
-    from radium.vcenter.model import Host, PassthroughDevice
+    from radium.vcenter import Host, PassthroughDevice
 
 HELP = "list hosts and their accelerators: passthrough capable/enabled/active, and the VM holding each"
 FLAGS = ("output", "connection")
@@ -84,8 +84,8 @@ def render_hosts(hosts: list[Host], round_trips: int) -> Callable[[Console], Non
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter.inventory import collect
+    from radium import vcenter
 
-    inv = collect(ctx.session())
+    inv = vcenter.collect_inventory(ctx.session())
     data = {"hosts": inv.hosts, "round_trips": inv.round_trips}
     return Result(data, render_hosts(inv.hosts, inv.round_trips))

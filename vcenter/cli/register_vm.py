@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
-from radium.remoting._errors import UsageError
-from radium.remoting.cli.output import Result
+from radium.remoting import Result, UsageError
 
 from .command import Context
 
@@ -59,44 +57,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter import registration
+    from radium import vcenter
 
     args = ctx.args
     ssh_options = (args.key, args.known_hosts, args.accept_new_host_key, args.remote_radium != "radium")
     if not args.ssh and any(ssh_options):
         raise UsageError("--key, --known-hosts, --accept-new-host-key and --remote-radium go with --ssh")
-    ssh_client = target = None
+    ssh = None
     if args.ssh:
-        from radium.vcenter import ssh
-
-        # Before anything changes: a VM we cannot reach, or do not trust, stops here.
-        target = ssh.SshTarget.parse(args.ssh)
-        ssh_client = ssh.connect(
-            target, key_file=args.key, known_hosts=args.known_hosts, accept_new=args.accept_new_host_key
+        ssh = vcenter.SshInstall(
+            target=args.ssh,
+            key_file=args.key,
+            known_hosts=args.known_hosts,
+            accept_new_host_key=args.accept_new_host_key,
+            radium=args.remote_radium,
         )
-    try:
-        reg, config = registration.register(
-            ctx.session(),
-            args.vm,
-            args.appliance,
-            client_name=args.name,
-            new_key=args.new_key,
-            progress=ctx.progress,
-        )
-        pushed = None
-        if ssh_client is not None and target is not None:
-            from radium.vcenter import ssh
-
-            pushed = ssh.push_config(ssh_client, target, config, radium=args.remote_radium)
-    finally:
-        if ssh_client is not None:
-            ssh_client.close()
-
-    data: dict[str, Any] = {**_builtins(reg), "ssh": pushed}
-    warnings = [f"the old key could not be revoked on {a}: {why}" for a, why in reg.not_revoked.items()]
-    if pushed is not None and not pushed.healthy:
-        warnings.append(f"on {pushed.target}: radium health: {pushed.error}")
-    code = 1 if warnings else 0
+    reg = vcenter.register_vm(
+        ctx.session(),
+        args.vm,
+        args.appliance,
+        client_name=args.name,
+        new_key=args.new_key,
+        ssh=ssh,
+        progress=ctx.progress,
+    )
+    pushed = reg.ssh
 
     def render(c: Console) -> None:
         key = "a new key" if reg.new_key else "its key"
@@ -121,10 +106,5 @@ def run(ctx: Context) -> Result:
             state = "healthy" if pushed.healthy else f"NOT healthy: {pushed.error}"
             c.print(f"{pushed.target}: radium health: {state}")
 
-    return Result(data, render, code, warnings)
-
-
-def _builtins(reg: Any) -> dict[str, Any]:
-    import msgspec
-
-    return msgspec.to_builtins(reg)
+    warnings = reg.warnings
+    return Result(reg, render, 1 if warnings else 0, warnings)

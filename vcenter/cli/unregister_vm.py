@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import msgspec
 from rich.console import Console
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from .command import Context
 
@@ -25,10 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter import registration
+    from radium import vcenter
 
-    done = registration.unregister(ctx.session(), ctx.args.vm, force=ctx.args.force, progress=ctx.progress)
-    warnings = [f"the key is still authorised on {a}: {why}" for a, why in done.not_revoked.items()]
+    done = vcenter.unregister_vm(ctx.session(), ctx.args.vm, force=ctx.args.force, progress=ctx.progress)
+    warnings = done.warnings
 
     def render(c: Console) -> None:
         if not done.changed and not done.not_revoked:
@@ -41,4 +40,4 @@ def run(ctx: Context) -> Result:
         if done.attribute_cleared:
             c.print(f"custom attribute radium.client removed from {done.vm}")
 
-    return Result(msgspec.to_builtins(done), render, 1 if warnings else 0, warnings)
+    return Result(done, render, 1 if warnings else 0, warnings)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from radium.remoting._version import VERSION
-from radium.remoting.cli.output import Result
+from radium.remoting import VERSION, Result
 
 from .command import Context
 

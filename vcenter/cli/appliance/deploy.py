@@ -7,9 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from radium.remoting._config import DEFAULT_PORT
-from radium.remoting._errors import UsageError
-from radium.remoting.cli.output import Result
+from radium.remoting import DEFAULT_PORT, Result, UsageError
 
 from ..command import Context
 
@@ -21,7 +19,7 @@ FLAGS = ("output", "connection")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from radium.vcenter.deploy import DEFAULT_TIMEOUT
+    from radium.vcenter import DEFAULT_TIMEOUT
 
     p.add_argument(
         "name",
@@ -84,23 +82,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter.cli.progress import Reporter
-    from radium.vcenter.deploy import DeployRequest, deploy
+    from radium import vcenter
 
     a = ctx.args
-    package = a.ova or a.ovf
     if a.ova is not None and a.ova.suffix.lower() != ".ova":
         raise UsageError(f"--ova {a.ova}: expected a .ova file (use --ovf for a .ovf or a package folder)")
     if a.ovf is not None and a.ovf.suffix.lower() == ".ova":
         raise UsageError(f"--ovf {a.ovf}: that is an OVA; use --ova")
-    if not 1 <= a.port <= 65535:
-        raise UsageError(f"--port {a.port}: expected 1-65535")
-    if a.timeout <= 0:
-        raise UsageError("--timeout: expected a positive number of seconds")
-    request = DeployRequest(
+    request = vcenter.DeployRequest(
         name=a.name,
         host=a.host,
-        package=package,
+        package=a.ova or a.ovf,
         gpus=a.gpus,
         datastore=a.datastore,
         network=a.network,
@@ -114,7 +106,8 @@ def run(ctx: Context) -> Result:
         timeout=a.timeout,
         keys_out=a.keys_out,
     )
-    d = deploy(ctx.session(), request, Reporter())
+    request.check()  # before logging in to vCenter
+    d = vcenter.deploy_appliance(ctx.session(), request, ctx.progress)
 
     def render(c: Console) -> None:
         c.print(

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 
@@ -18,9 +18,9 @@ POWER = {"poweredOn": "on", "poweredOff": "off", "suspended": "suspended"}
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter.appliances import appliances
+    from radium import vcenter
 
-    found = appliances(ctx.session())
+    found = vcenter.list_appliances(ctx.session())
 
     def render(c: Console) -> None:
         if not found:

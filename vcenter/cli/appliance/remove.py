@@ -6,7 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 
@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter.appliances import remove
+    from radium import vcenter
 
-    r = remove(ctx.session(), ctx.args.name, ctx.progress)
+    r = vcenter.remove_appliance(ctx.session(), ctx.args.name, ctx.progress)
 
     def render(c: Console) -> None:
         how = "powered off and destroyed" if r.powered_off else "destroyed (it was off)"

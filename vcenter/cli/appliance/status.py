@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.markup import escape
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 
@@ -21,13 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from radium.remoting import enrolment
-    from radium.remoting._config import load_client_config
-    from radium.vcenter.appliances import status
+    from radium import vcenter
 
-    path = enrolment.admin_config_path()
-    admin = load_client_config(path) if path.exists() else None
-    st = status(ctx.session(), ctx.args.name, admin, timeout=ctx.args.timeout)
+    st = vcenter.appliance_status(ctx.session(), ctx.args.name, timeout=ctx.args.timeout)
     a, h = st.appliance, st.health
 
     def render(c: Console) -> None:

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 
 if TYPE_CHECKING:
-    from radium.vcenter.passthrough import PassthroughChange
+    from radium.vcenter import PassthroughChange
 
 HELP = "switch a host's PCI devices to passthrough (DirectPath I/O) or back"
 
@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def change(ctx: Context, enable: bool) -> Result:
-    from radium.vcenter.passthrough import set_passthrough
+    from radium import vcenter
 
-    result = set_passthrough(ctx.session(), ctx.args.host, ctx.args.devices, enable)
+    result = vcenter.set_passthrough(ctx.session(), ctx.args.host, ctx.args.devices, enable)
     return Result(result, _render(result))
 
 

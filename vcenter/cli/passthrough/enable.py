@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 from . import add_arguments, change

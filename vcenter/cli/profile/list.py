@@ -8,12 +8,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 
 if TYPE_CHECKING:
-    from radium.vcenter.settings import Profile
+    from radium.vcenter import Profile
 
 HELP = "list the saved vCenter profiles (the lab's when none are saved)"
 FLAGS = ("output",)
@@ -28,9 +28,9 @@ def _trust(p: Profile) -> str:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter.settings import active_profiles_path, load_profiles
+    from radium import vcenter
 
-    saved = load_profiles(active_profiles_path())
+    saved = vcenter.load_profiles(vcenter.active_profiles_path())
     data = {"file": saved.source, "default": saved.default or None, "profiles": saved.profiles}
 
     def render(c: Console) -> None:

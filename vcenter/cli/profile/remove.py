@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 
@@ -17,13 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter import secrets
-    from radium.vcenter.settings import remove_profile
+    from radium import vcenter
 
-    removed = remove_profile(ctx.args.name)
-    forgot = secrets.delete_password(removed.url, removed.user) if removed.keyring else False
-    note = " and its password from the system keyring" if forgot else ""
-    return Result(
-        {"removed": ctx.args.name, "keyring_entry_removed": forgot},
-        lambda c: c.print(f"removed profile {ctx.args.name}{note}"),
-    )
+    done = vcenter.remove_profile(ctx.args.name)
+    note = " and its password from the system keyring" if done.keyring_entry_removed else ""
+    return Result(done, lambda c: c.print(f"removed profile {done.removed}{note}"))

@@ -6,8 +6,7 @@ import argparse
 
 from rich.console import Console
 
-from radium.remoting._errors import UsageError
-from radium.remoting.cli.output import Result
+from radium.remoting import Result
 
 from ..command import Context
 
@@ -33,59 +32,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
-    from radium.vcenter import secrets
-    from radium.vcenter.connection import check_server, server_thumbprint
-    from radium.vcenter.settings import Profile, load_profiles, save_profile
+    from radium import vcenter
 
     args = ctx.args
     if args.keyring:
-        secrets.require()  # before asking for a password that could not be stored
-    s = ctx.settings(need_password=args.keyring, use_profiles=False)
-    warnings = []
-    pinned_now = None
-    if args.pin:
-        if s.thumbprint:
-            raise UsageError(
-                "--pin pins the thumbprint the server presents; do not give one with --thumbprint"
-            )
-        if s.insecure:
-            raise UsageError("--pin and --insecure contradict each other")
-        if s.ca:
-            pinned_now = check_server(s)  # verified by the CA, then pinned
-        else:
-            pinned_now = server_thumbprint(s)
-            warnings.append(
-                f"pinned the thumbprint {s.host}:{s.port} presents now, unverified: {pinned_now}; "
-                "check it against the vCenter's certificate"
-            )
-    profile = Profile(
-        url=s.url,
-        user=s.user,
-        thumbprint=pinned_now or s.thumbprint or "",
-        ca=str(s.ca.resolve()) if s.ca and not pinned_now else "",
-        insecure=s.insecure,
-        keyring=bool(args.keyring),
+        vcenter.check_keyring()  # before asking for a password that could not be stored
+    settings = ctx.settings(need_password=args.keyring, use_profiles=False)
+    saved = vcenter.save_profile(
+        args.name, settings, pin=args.pin, keyring=args.keyring, default=args.default
     )
-    if args.keyring:
-        assert s.password is not None
-        secrets.set_password(s.url, s.user, s.password)
-    path = save_profile(args.name, profile, default=args.default)
-    is_default = load_profiles(path).default == args.name
-    data = {"name": args.name, "file": str(path), "default": is_default, "profile": profile}
-    trust = (
-        f"pinned SHA-256 {profile.thumbprint}"
-        if profile.thumbprint
-        else (
-            "not verified (--insecure)"
-            if profile.insecure
-            else (f"CA {profile.ca}" if profile.ca else "system CAs")
-        )
-    )
+    profile = saved.profile
 
     def render(c: Console) -> None:
-        c.print(f"profile {args.name}{' (default)' if is_default else ''}: {profile.user} at {profile.url}")
-        c.print(f"  certificate: {trust}")
-        c.print(f"  password: {'in the system keyring' if args.keyring else 'asked at each use (not saved)'}")
-        c.print(f"  saved in {path} (mode 0600)")
+        c.print(
+            f"profile {saved.name}{' (default)' if saved.default else ''}: {profile.user} at {profile.url}"
+        )
+        c.print(f"  certificate: {saved.trust}")
+        c.print(
+            f"  password: {'in the system keyring' if profile.keyring else 'asked at each use (not saved)'}"
+        )
+        c.print(f"  saved in {saved.path} (mode 0600)")
 
-    return Result(data, render, warnings=warnings)
+    return Result(saved.summary(), render, warnings=saved.warnings)

@@ -3,7 +3,7 @@
 A message is two frames: a header and a body.  The header is a msgpack array
 `["radium", protocol, id]`: the protocol version is stamped on every message,
 and `id` pairs a reply with its request (0 for notices).  The body is the
-msgpack encoding of one tagged struct from `_schema`.  Bulk payloads (issue 3)
+msgpack encoding of one tagged struct from `schema`.  Bulk payloads (issue 3)
 travel as extra frames after the body, never inside it.
 """
 
@@ -14,7 +14,7 @@ from typing import TypeVar
 import msgspec
 
 from ._errors import MessageTooLarge, ProtocolError
-from ._schema import PROTOCOL_VERSION, AnyMessage, Notice, Reply, Request
+from .schema import PROTOCOL_VERSION, AnyMessage, Notice, Reply, Request
 
 MAGIC = "radium"
 # Control messages are small; anything larger is refused before decoding.

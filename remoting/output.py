@@ -1,4 +1,4 @@
-"""How command results reach the user: text (rich tables) or `--json`.
+"""How command results reach the user, for both command lines (`radium` and `radium-admin`): text or `--json`.
 
 A command returns a `Result`; errors take the same path, so with `--json`
 they are machine-readable too: `{"error": {"code": ..., "message": ...}}`.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .._errors import RadiumError
+from ._errors import RadiumError
 
 if TYPE_CHECKING:  # rich is imported when something is rendered: `radium run` never needs it
     from rich.console import Console

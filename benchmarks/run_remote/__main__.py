@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.run_remote import main
+
+sys.exit(main())

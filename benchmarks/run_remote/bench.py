@@ -1,0 +1,399 @@
+"""The run benchmark's driver, in the root namespace: the topology, radiumd, the measurements."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import ROOT, tests_support, worker_result
+
+from .cpu import CpuSampler
+from .workers import (
+    APPLIANCE_PORT,
+    CURVE_PORT,
+    DATA,
+    IPERF_PORT,
+    KEYS_SETTLE_S,
+    MB,
+    MODULE,
+    PROJECT,
+    PY,
+    RADIUM,
+    START_COMMAND,
+    STD_PATH,
+    _check,
+    stage_costs,
+    timed,
+)
+
+# ================================================================ the driver (root namespace)
+
+
+class Bench:
+    """One run: a topology, radiumd (fresh for the cold transfer), and the workers."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="radium-bench-run-"))
+        self.topo: Any = None
+        self.app: Any = None
+        self.apps: list[Any] = []
+        self.children: list[subprocess.Popen] = []
+        self._specs = 0
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        print(f"  [{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def _spec(self, mode: str, spec: dict) -> Path:
+        self._specs += 1
+        path = self.tmp / f"{self._specs:02d}-{mode}.json"
+        path.write_text(json.dumps(spec))
+        return path
+
+    def _argv(self, mode: str, spec: dict) -> list[str]:
+        return [PY, "-m", MODULE, "--worker", mode, "--spec", str(self._spec(mode, spec))]
+
+    def hidden_worker(self, mode: str, spec: dict, mount: str, size: str, timeout: float) -> dict:
+        """A worker in the client namespace and a private mount namespace with a tmpfs at `mount`."""
+        script = (
+            f"set -e\nmkdir -p {mount}\nmount -t tmpfs -o size={size} tmpfs {mount}\n"
+            f"cd {shlex.quote(str(ROOT))}\nexec {shlex.join(self._argv(mode, spec))}\n"
+        )
+        argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", script]
+        out = self.topo.client.run(argv, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"worker {mode} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+        return worker_result(out.stdout)
+
+    def client_env(self, client: Any) -> dict[str, str]:
+        """The environment of every client command: a system PATH, no bytecode writes."""
+        env = dict(client.env(), PATH=STD_PATH, PYTHONDONTWRITEBYTECODE="1")
+        for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
+            env.pop(name, None)
+        return env
+
+    # --- setup and teardown -------------------------------------------------------
+
+    def setup(self) -> None:
+        from radium.lab import netns
+
+        netns.cleanup_stale()
+        self.topo = netns.create_topology()
+        self.log(
+            f"topology: {self.topo.client.name} {self.topo.client.address} <-> "
+            f"{self.topo.appliance.name} {self.topo.appliance.address}, tbf {self.topo.rate}"
+        )
+
+    def start_appliance(self, name: str) -> Any:
+        """A radiumd with a fresh state directory (an empty content store) and a fresh client."""
+        support = tests_support()
+        if self.app is not None:
+            self.app.stop()
+        t = time.perf_counter()
+        self.app = support.Appliance(
+            self.tmp / name,
+            name=name,
+            host=self.topo.appliance,
+            address=self.topo.appliance.address,
+            port=APPLIANCE_PORT,
+        ).start()
+        self.apps.append(self.app)
+        client = support.Client(
+            self.app.enroll("bench"), self.tmp / f"client-state-{name}", host=self.topo.client
+        )
+        self.log(
+            f"radiumd {name} serving at {self.app.endpoint} ({time.perf_counter() - t:.1f} s), "
+            "client enrolled"
+        )
+        time.sleep(KEYS_SETTLE_S)
+        return client
+
+    def close(self) -> None:
+        tests_support().stop_run_agents(str(self.tmp))  # the client's run agents (their state is in tmp)
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+            if proc.poll() is None:
+                proc.kill()
+        for app in self.apps:
+            if app.proc is not None:
+                with contextlib.suppress(Exception):
+                    app.stop("KILL" if app.proc.poll() is None else "TERM")
+        try:
+            if self.topo is not None:
+                self.topo.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            for point in (PROJECT, DATA):  # the empty mount points the private tmpfs covered
+                with contextlib.suppress(OSError):
+                    os.rmdir(point)
+
+    # --- baselines of the link -------------------------------------------------------
+
+    def iperf(self) -> dict:
+        a = self.topo.appliance.address
+        server = self.topo.appliance.popen(
+            ["iperf3", "-s", "-B", a, "-p", str(IPERF_PORT), "-1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.children.append(server)
+        try:
+            for _ in range(50):  # until it listens (a probe connection would end a -1 server)
+                probe = self.topo.appliance.run(
+                    ["ss", "-Hltn", f"sport = :{IPERF_PORT}"], capture_output=True, text=True
+                )
+                if probe.stdout.strip():
+                    break
+                time.sleep(0.1)
+            out = self.topo.client.run(
+                [
+                    "iperf3",
+                    "-c",
+                    a,
+                    "-p",
+                    str(IPERF_PORT),
+                    "-t",
+                    str(self.args.iperf_seconds),
+                    "-O",
+                    "1",
+                    "-J",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=self.args.iperf_seconds + 30,
+            )
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(5)
+            if server.poll() is None:
+                server.kill()
+        if out.returncode != 0:
+            raise RuntimeError(f"iperf3 failed: {out.stdout[-2000:]}{out.stderr[-2000:]}")
+        end = json.loads(out.stdout)["end"]
+        return {
+            "received_MBps": end["sum_received"]["bits_per_second"] / 8 / MB,
+            "sent_MBps": end["sum_sent"]["bits_per_second"] / 8 / MB,
+            "retransmits": end["sum_sent"].get("retransmits"),
+            "seconds": self.args.iperf_seconds,
+        }
+
+    def zmq_stream(self, curve: bool) -> dict:
+        """Raw (Curve)ZMQ PUSH→PULL of 1 MiB messages across the link: the transport alone, no radium."""
+        import zmq
+
+        public, secret = zmq.curve_keypair() if curve else (b"", b"")
+        endpoint = f"tcp://{self.topo.appliance.address}:{CURVE_PORT}"
+        count = self.args.curve_mib
+        sink = self.topo.appliance.popen(
+            self._argv(
+                "curve-sink",
+                {"public": public.decode(), "secret": secret.decode(), "listen": endpoint, "count": count},
+            ),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.children.append(sink)
+        if sink.stdout.readline().strip() != "ready":
+            raise RuntimeError("ZMQ sink did not start")
+        src = self.topo.client.run(
+            self._argv(
+                "curve-source",
+                {"server": public.decode(), "endpoint": endpoint, "size": 1 << 20, "count": count},
+            ),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if src.returncode != 0:
+            raise RuntimeError(f"ZMQ source failed: {src.stderr[-2000:]}")
+        stdout, _ = sink.communicate(timeout=60)
+        r = worker_result(stdout)
+        return {"MBps": r["bytes"] / r["seconds"] / MB, "bytes": r["bytes"], "seconds": r["seconds"]}
+
+    def import_times(self) -> dict:
+        """Process start + imports of the CLI (client) and of the supervisor (appliance): median of 3;
+        and how fast one core hashes 1 MiB chunks (BLAKE3, as the file plane does)."""
+        from radium.remoting.run import fsproto
+
+        def median_wall(host: Any, code: str) -> float:
+            walls = []
+            for _ in range(3):
+                t = time.perf_counter()
+                out = host.run([PY, "-c", code], capture_output=True, cwd=ROOT)
+                walls.append(time.perf_counter() - t)
+                if out.returncode != 0:
+                    raise RuntimeError(f"{code!r} failed: {out.stderr[-2000:]}")
+            return statistics.median(walls)
+
+        chunk = os.urandom(1 << 20)
+        t = time.perf_counter()
+        for _ in range(128):
+            fsproto.chunk_hash(chunk)
+        hash_mbps = 128 * len(chunk) / (time.perf_counter() - t) / MB
+        return {
+            "blake3_MBps": hash_mbps,
+            "python_pass": median_wall(self.topo.client, "pass"),
+            "cli": median_wall(self.topo.client, "import radium.remoting.cli, radium.remoting.client.run"),
+            "supervisor": median_wall(self.topo.appliance, "import radium.remoting.run.supervisor"),
+        }
+
+    # --- the benchmarks -------------------------------------------------------------
+
+    def timeline(self, run: dict) -> dict[str, float]:
+        """radiumd's log events of one `radium run` (its run and lease ids), as seconds from its start."""
+        lines = list(self.app.lines)
+        started = [
+            e for e in lines if e.get("event") == "run started" and run["t0"] <= e.get("ts", 0) <= run["t1"]
+        ]
+        marks: dict[str, float] = {"exit": run["t1"] - run["t0"]}
+        if len(started) != 1:
+            return marks
+        run_id, lease_id = started[0].get("run"), started[0].get("lease")
+        for e in lines:
+            name = e.get("event")
+            if (name == "run started" and e.get("run") == run_id) or (
+                name == "run ended" and e.get("run") == run_id
+            ):
+                marks[name] = e["ts"] - run["t0"]
+            elif name in ("lease granted", "lease released") and e.get("lease") == lease_id:
+                marks.setdefault(name, e["ts"] - run["t0"])
+        return marks
+
+    def starts(self, client: Any) -> dict:
+        a = self.args
+        spec = {
+            "project": PROJECT,
+            "env": self.client_env(client),
+            "command": START_COMMAND,
+            "n": a.run_starts,
+            "warmup": a.run_start_warmups,
+        }
+        r = self.hidden_worker("starts", spec, PROJECT, "64m", timeout=600)
+        for run in r["remote"]:
+            run["timeline"] = self.timeline(run)
+        warm = r["remote"][1 + a.run_start_warmups :]
+        local = r["local"][1 + a.run_start_warmups :]
+        out = {
+            "cold": r["remote"][0],
+            "warmups": r["remote"][1 : 1 + a.run_start_warmups],
+            "warm": warm,
+            "warm_median": statistics.median(x["wall"] for x in warm),
+            "local_median": statistics.median(local),
+            "local": r["local"],
+        }
+        out["overhead"] = out["warm_median"] - out["local_median"]
+        self.log(
+            f"start: cold {out['cold']['wall']:.3f} s, warm median {out['warm_median']:.3f} s, "
+            f"local median {out['local_median']:.3f} s: overhead {out['overhead']:.3f} s"
+        )
+        return out
+
+    def resnet(self, client: Any) -> dict:
+        a = self.args
+        env = self.client_env(client)
+        argv = [PY, "-m", "benchmarks.resnet", "--steps", str(a.run_steps), "--batch", str(a.run_batch),
+                "--warmup", "10"]  # fmt: skip
+        rounds: list[dict] = []
+        for i in range(a.run_rounds):
+            pair = {}
+            for where in ("local", "remote") if i % 2 == 0 else ("remote", "local"):  # ABBA order
+                cmd = argv if where == "local" else [RADIUM, "run", "--stats", "--", *argv]
+                with CpuSampler("benchmarks.resnet") as cpu:
+                    r = timed(
+                        self.topo.client.command(cmd), self.topo.client.name, cwd=ROOT, env=env, timeout=900
+                    )
+                _check(r, f"ResNet-20 {where}")
+                r["result"] = res = json.loads(r["stdout"].strip().splitlines()[-1])
+                r["cpu"] = cpu.window(res["timed_start_unix"], res["timed_start_unix"] + res["timed_wall_s"])
+                del r["stdout"], r["stderr"]
+                pair[where] = r
+                self.log(
+                    f"ResNet-20 round {i + 1} {where}: {r['result']['images_per_s']:.1f} images/s "
+                    f"(import {r['result']['import_s']:.1f} s, wall {r['wall']:.1f} s)"
+                )
+            rounds.append(pair)
+
+        def pooled(where: str) -> float:
+            images = sum(p[where]["result"]["steps"] * p[where]["result"]["batch"] for p in rounds)
+            return images / sum(p[where]["result"]["timed_wall_s"] for p in rounds)
+
+        def by_median_step(where: str) -> float:
+            steps = [s for p in rounds for s in p[where]["result"]["step_s"]]
+            return a.run_batch / statistics.median(steps)
+
+        return {
+            "rounds": rounds,
+            "local": pooled("local"),
+            "remote": pooled("remote"),
+            "local_median_step": by_median_step("local"),
+            "remote_median_step": by_median_step("remote"),
+            "ratios": [
+                p["remote"]["result"]["images_per_s"] / p["local"]["result"]["images_per_s"] for p in rounds
+            ],
+        }
+
+    def cold(self, client: Any) -> dict:
+        a = self.args
+        spec = {
+            "data": DATA,
+            "files": a.run_files,
+            "file_bytes": a.run_file_mib << 20,
+            "env": self.client_env(client),
+        }
+        size = f"{(a.run_files * a.run_file_mib) + 64}m"
+        r = self.hidden_worker("cold", spec, DATA, size, timeout=900)
+        for run in r["runs"].values():
+            if run.get("stats"):
+                run["timeline"] = self.timeline(run)
+        total = a.run_files * (a.run_file_mib << 20)
+        for name, run in r["runs"].items():
+            rd = run["reader"]
+            if rd["bytes"] != total:
+                raise RuntimeError(f"{name} read {rd['bytes']} bytes, expected {total}")
+            run["reader_MBps"] = rd["bytes"] / rd["seconds"] / MB
+            run["wall_MBps"] = rd["bytes"] / run["wall"] / MB
+            self.log(
+                f"1 GiB tree, {name}: {run['reader_MBps']:.0f} MB/s in the process, "
+                f"{run['wall_MBps']:.0f} MB/s over the whole run ({run['wall']:.1f} s)"
+            )
+        r["bytes"] = total
+        return r
+
+    def run(self) -> dict:
+        a = self.args
+        r: dict[str, Any] = {}
+        r["iperf"] = self.iperf()
+        self.log(f"iperf3 client -> appliance: {r['iperf']['received_MBps']:.0f} MB/s")
+        r["curve"] = self.zmq_stream(curve=True)
+        self.log(f"raw CurveZMQ stream client -> appliance: {r['curve']['MBps']:.0f} MB/s")
+        r["plain"] = self.zmq_stream(curve=False)
+        self.log(f"raw ZMQ stream (no encryption) client -> appliance: {r['plain']['MBps']:.0f} MB/s")
+        r["imports"] = self.import_times()
+        r["stages"] = stage_costs(self.tmp)
+
+        client = self.start_appliance("app1")
+        r["starts"] = self.starts(client)
+        if a.torch:
+            r["resnet"] = self.resnet(client)
+
+        # A new radiumd with a new state directory: its content store is empty.
+        client = self.start_appliance("app2")
+        r["cold"] = self.cold(client)
+        return r

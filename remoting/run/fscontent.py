@@ -1,0 +1,248 @@
+"""File content on the appliance end of the file plane: chunks from the content store, or fetched.
+
+Content comes from the `ContentStore` by chunk hash; missing chunks are fetched
+with ReadChunks, consecutive ones in one request (and ahead of a sequential
+reader, several requests in flight), verified and stored; small files come
+whole with their attributes on open (`keep_inline`).  A chunk the store cannot
+take (full) is served from a few kept in memory.  If the client's file changed
+since its hashes were sent, the data does not match them: `Changed` is raised
+and the tree asks for the file's attributes again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import pyfuse3
+import trio
+
+from radium.remoting.run.cas import ContentStore, HashMismatch, StoreFull
+from radium.remoting.run.fsnodes import Node, TreeStats
+from radium.remoting.run.fsproto import (
+    CHUNK_SIZE,
+    MAX_CHUNKS_PER_REQUEST,
+    Attr,
+    Chunks,
+    FsReply,
+    FsRequest,
+    ReadChunks,
+    chunk_count,
+)
+
+log = logging.getLogger(__name__)
+
+RECENT_CHUNKS = 16  # fetched chunks kept in memory for reads the store could not serve (store full)
+
+#: Sends a request to the client: its reply, of the type expected, or a FUSEError.
+Ask = Callable[[FsRequest, type], Awaitable[FsReply]]
+
+__all__ = ["Changed", "Contents"]
+
+
+class Changed(Exception):
+    """The client's file no longer matches the hashes we hold."""
+
+
+class Contents:
+    """Reading files' content for a `ClientTree`: from the store, from memory, or asked for."""
+
+    def __init__(
+        self,
+        ask: Ask,
+        store: ContentStore,
+        stats: TreeStats,
+        *,
+        batch_chunks: int = 4,
+        ahead_chunks: int = 32,
+    ) -> None:
+        self._ask = ask
+        self.store = store
+        self.stats = stats
+        self.batch_chunks = max(1, min(batch_chunks, MAX_CHUNKS_PER_REQUEST))
+        self.ahead_chunks = max(0, ahead_chunks)
+        # Where read-ahead fetches run; set by mount_and_serve while it serves.
+        self.background: trio.Nursery | None = None
+        self._inflight: dict[object, trio.Event] = {}
+        self.recent: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def keep_inline(self, node: Node, attr: Attr) -> None:
+        """Put a small file's inline data into the store (or keep it here if the store refuses)."""
+        if attr.data is None:
+            return
+        data, attr.data = attr.data, None
+        self.stats.bytes_fetched += len(data)
+        if not data:
+            return
+        if attr.chunks and len(attr.chunks) == 1:
+            try:
+                self.store.put(attr.chunks[0], data)
+                return
+            except StoreFull:
+                self.stats.store_full += 1
+            except HashMismatch:
+                log.warning("inline data of %r does not match its hash", node.path)
+        node.data = data
+
+    async def read(self, node: Node, off: int, size: int) -> bytes:
+        """Bytes [off, off+size) of the node's file; `Changed` when the client's file no longer matches."""
+        attr = node.attr
+        assert attr is not None
+        end = min(attr.size, off + size)
+        if off >= end:
+            return b""
+        if node.data is not None:
+            return node.data[off:end]
+        chunks = attr.chunks
+        if chunks is None or len(chunks) != chunk_count(attr.size):
+            raise pyfuse3.FUSEError(errno.EIO)
+        sequential = off == node.read_end
+        last = (end - 1) // CHUNK_SIZE
+        if sequential:
+            self._read_ahead(node, last + 1)
+        parts = []
+        for i in range(off // CHUNK_SIZE, last + 1):
+            base = i * CHUNK_SIZE
+            lo, hi = max(off, base) - base, min(end, base + CHUNK_SIZE) - base
+            parts.append(await self._piece(node, i, lo, hi, sequential))
+        node.read_end = end
+        return b"".join(parts)
+
+    def _read_ahead(self, node: Node, start: int) -> None:
+        """For a sequential reader: fetch the missing chunks of the next `ahead_chunks` in the background.
+
+        Several requests are in flight at once (one per `batch_chunks`), so that the
+        client reading, the link and this side storing overlap instead of taking turns.
+        """
+        if self.background is None or not self.ahead_chunks:
+            return
+        assert node.attr is not None and node.attr.chunks is not None
+        chunks = node.attr.chunks
+        batch: list[int] = []
+
+        def flush() -> None:
+            if batch:
+                # Registered now, not when the task starts: the next read must see them in flight.
+                events = self._register(chunks, batch)
+                assert self.background is not None
+                self.background.start_soon(self._fetch_quietly, node, list(batch), events)
+                batch.clear()
+
+        for i in range(start, min(len(chunks), start + self.ahead_chunks)):
+            digest = chunks[i]
+            if self._here_or_coming(digest):
+                flush()  # requests stay runs of consecutive chunks
+                continue
+            batch.append(i)
+            if len(batch) == self.batch_chunks:
+                flush()
+        flush()
+
+    def _here_or_coming(self, digest: bytes) -> bool:
+        """The chunk is stored, in memory, or being fetched: nothing to ask for."""
+        return ("chunk", digest) in self._inflight or digest in self.recent or self.store.has(digest)
+
+    def _register(self, chunks: list[bytes], indexes: list[int]) -> dict[object, trio.Event]:
+        """Mark chunks as in flight (those not already: a file may repeat a chunk)."""
+        events: dict[object, trio.Event] = {}
+        for i in indexes:
+            key = ("chunk", chunks[i])
+            if key not in self._inflight:
+                events[key] = self._inflight[key] = trio.Event()
+        return events
+
+    async def _fetch_quietly(self, node: Node, indexes: list[int], events: dict[object, trio.Event]) -> None:
+        try:
+            await self._fetch_chunks(node, indexes, events)
+        except (pyfuse3.FUSEError, Changed):
+            pass  # the reader's own fetch will try again and report
+
+    def _local_piece(self, digest: bytes, lo: int, hi: int) -> bytes | None:
+        data = self.recent.get(digest)
+        if data is not None:
+            return bytes(data[lo:hi])
+        piece = self.store.read(digest, lo, hi - lo)
+        return piece if piece is not None and len(piece) == hi - lo else None
+
+    async def _piece(self, node: Node, index: int, lo: int, hi: int, sequential: bool) -> bytes:
+        """Bytes [lo, hi) of chunk `index` of the node's file, fetching it if need be."""
+        assert node.attr is not None and node.attr.chunks is not None
+        digest = node.attr.chunks[index]
+        piece = self._local_piece(digest, lo, hi)
+        if piece is not None:
+            self.stats.chunk_hits += 1
+            return piece
+        self.stats.chunk_misses += 1
+        for _ in range(3):  # another task's fetch may fail, or the store may lose it at once
+            if ("chunk", digest) in self._inflight:
+                await self._inflight[("chunk", digest)].wait()
+            else:
+                await self._fetch_run(node, index, sequential)
+            piece = self._local_piece(digest, lo, hi)
+            if piece is not None:
+                return piece
+        log.warning("chunk %d of %r could not be read back after fetching it", index, node.path)
+        raise pyfuse3.FUSEError(errno.EIO)
+
+    async def _fetch_run(self, node: Node, index: int, sequential: bool) -> None:
+        """Fetch chunk `index` and, for a sequential reader, the missing chunks after it, in one request."""
+        attr = node.attr
+        assert attr is not None and attr.chunks is not None
+        chunks = attr.chunks
+        wanted = [index]
+        if sequential:
+            for i in range(index + 1, min(len(chunks), index + self.batch_chunks)):
+                digest = chunks[i]
+                if self._here_or_coming(digest):
+                    break  # keep runs consecutive: what is there ends the run
+                wanted.append(i)
+        await self._fetch_chunks(node, wanted)
+
+    async def _fetch_chunks(
+        self, node: Node, wanted: list[int], events: dict[object, trio.Event] | None = None
+    ) -> None:
+        """Fetch chunks `wanted` (ascending indexes) of the node's file in one request, and store them.
+
+        `events`: their in-flight marks, when the caller registered them already.
+        """
+        attr = node.attr
+        assert attr is not None and attr.chunks is not None
+        chunks = attr.chunks
+        if events is None:
+            events = self._register(chunks, wanted)
+        try:
+            reply = await self._ask(ReadChunks(path=node.path, indexes=wanted, framed=True), Chunks)
+            if len(reply.data) != len(wanted):
+                raise pyfuse3.FUSEError(errno.EIO)
+            self.stats.chunks_fetched += len(wanted)
+            self.stats.bytes_fetched += sum(map(len, reply.data))
+            pairs = [(chunks[i], data) for i, data in zip(wanted, reply.data, strict=True)]
+            results = await trio.to_thread.run_sync(self._store_chunks, pairs)
+            for (digest, data), result in zip(pairs, results, strict=True):
+                if result == "full":
+                    # Verified by put before it found no room: safe to serve from memory.
+                    self.stats.store_full += 1
+                    self.recent[digest] = data
+                    while len(self.recent) > RECENT_CHUNKS:
+                        self.recent.popitem(last=False)
+        finally:
+            for key, event in events.items():
+                del self._inflight[key]
+                event.set()
+        if "mismatch" in results:
+            raise Changed()
+
+    def _store_chunks(self, pairs: list[tuple[bytes, bytes]]) -> list[str]:
+        """Store fetched chunks (in a worker thread: hashing takes time); each: stored, full or mismatch."""
+        results = []
+        for digest, data in pairs:
+            try:
+                self.store.put(digest, data)
+                results.append("stored")
+            except HashMismatch:
+                results.append("mismatch")
+            except StoreFull:
+                results.append("full")
+        return results
