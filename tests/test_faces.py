@@ -192,6 +192,7 @@ FACES: dict[str, set[str]] = {
         "SECRET_PROPERTIES",
     },
     "radium.lab": {"Lab", "LabError", "LabStatus", "netns"},
+    "radium.tui": {"Console", "Estate", "Snapshot"},
 }
 
 
@@ -238,7 +239,7 @@ ARROWS: dict[str, set[str]] = {
     "appliance": {"remoting"},
     "vcenter": {"remoting", "appliance"},
     "lab": {"remoting", "vcenter"},
-    "vcenter.cli": {"remoting", "vcenter", "lab"},
+    "vcenter.cli": {"remoting", "vcenter", "lab", "tui"},
     "tui": {"remoting", "vcenter"},
     "ansible": {"remoting", "vcenter"},
     "benchmarks": {"remoting", "vcenter", "lab", "appliance"},

@@ -189,10 +189,11 @@ def estate_changes(session: Session, max_wait: int = 30) -> Generator[int, None,
 
     One property collector of its own with one filter over every host, VM and
     cluster (a container view), fed by ``WaitForUpdatesEx``: nothing is polled.
-    The first batch (everything, as it is now) is not reported; after that, a
-    count of the objects added, changed or removed whenever something changes,
-    and 0 whenever `max_wait` seconds pass without a change (so that the caller
-    can stop).  The collector and view are destroyed when the caller stops.
+    First a 0 once the watch is up (the first batch, everything as it is now, is
+    not counted); after that a count of the objects added, changed or removed
+    whenever something changes, and 0 whenever `max_wait` seconds pass without a
+    change (so that the caller can stop).  The collector and view are destroyed
+    when the caller stops.
     """
     from pyVmomi import vim, vmodl
 
@@ -218,7 +219,9 @@ def estate_changes(session: Session, max_wait: int = 30) -> Generator[int, None,
                 continue
             first, version = not version, update.version
             touched = sum(len(fs.objectSet or []) for fs in update.filterSet or [])
-            if not first and touched:
+            if first:
+                yield 0
+            elif touched:
                 yield touched
     finally:
         with contextlib.suppress(Exception):  # the session may be gone; the collector goes with it

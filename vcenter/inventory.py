@@ -344,6 +344,7 @@ def _build(
                 capable=f.capable,
                 enabled=f.enabled,
                 active=f.active,
+                memory_gib=_known_memory(f.vendor_id, f.device_id),
                 held_by=held.get((o.id, f.address)),
                 configured_in=sorted(configured.get((o.id, f.address), [])),
             )
@@ -364,6 +365,11 @@ def _build(
     hosts.sort(key=lambda h: h.name)
     vms.sort(key=lambda v: v.name)
     return hosts, vms, pci
+
+
+def _known_memory(vendor_id: int, device_id: int) -> int | None:
+    gib, known = pciids.memory_gib(vendor_id, device_id)
+    return gib if known else None
 
 
 def collect(session: Session, decoder: Decoder = "fast") -> Inventory:

@@ -23,6 +23,7 @@ class PassthroughDevice(msgspec.Struct, kw_only=True):
     capable: bool  #: the host can pass it through
     enabled: bool  #: passthrough is configured on
     active: bool  #: passthrough is in effect (enabled, and the host rebooted since)
+    memory_gib: int | None = None  #: its memory, where the model is known (`pciids.MEMORY_GIB`)
     held_by: str | None = None  #: the powered-on VM using it
     configured_in: list[str] = msgspec.field(default_factory=list)  #: VMs configured with it, any power state
 
@@ -30,6 +31,11 @@ class PassthroughDevice(msgspec.Struct, kw_only=True):
     def reboot_pending(self) -> bool:
         """Configured one way, in effect the other: the host needs a reboot."""
         return self.enabled != self.active
+
+    @property
+    def free(self) -> bool:
+        """Ready for an appliance: passthrough enabled and in effect, and no powered-on VM holds it."""
+        return self.enabled and self.active and self.held_by is None
 
 
 class Host(msgspec.Struct, kw_only=True):

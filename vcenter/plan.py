@@ -72,6 +72,57 @@ class DeployRequest:
         if self.timeout <= 0:
             raise UsageError("--timeout: expected a positive number of seconds")
 
+    def problems(self) -> dict[str, str]:
+        """What is wrong with each field, before vCenter is asked: {field: message}, empty when none.
+
+        The same rules as the deploy itself (`check`, and the appliance's property
+        contract for the name and the network), for a form that checks as you type;
+        the package and everything in vCenter are checked by the deploy.
+        """
+        found: dict[str, str] = {}
+        try:
+            self.check()
+        except UsageError as exc:
+            found["port" if exc.message.startswith("--port") else "timeout"] = exc.message
+        placeholder = KeyPair.generate()
+        values = property_values(self, placeholder.secret or "", placeholder.public, "operator")
+        try:
+            appliance.parse_properties(values)
+        except appliance.PropertyError as exc:
+            for line in exc.problems:
+                key, _, why = line.partition(": ")
+                field_name = PROPERTY_FIELDS.get(key)
+                if field_name is not None:
+                    found.setdefault(field_name, why)
+        return found
+
+
+#: The request's fields that become the appliance's properties.
+PROPERTY_FIELDS = {
+    "radium.name": "name",
+    "radium.listen_port": "port",
+    "radium.network.ip": "ip",
+    "radium.network.gateway": "gateway",
+    "radium.network.dns": "dns",
+}
+
+
+def property_values(
+    request: DeployRequest, server_secret: str, admin_key: str, admin_name: str
+) -> dict[str, str]:
+    """The property values the appliance gets from `request` (empty ones left out)."""
+    values = {
+        "radium.name": request.name,
+        "radium.server_secret_key": server_secret,
+        "radium.admin_public_key": admin_key,
+        "radium.admin_name": admin_name,
+        "radium.listen_port": str(request.port),
+        "radium.network.ip": request.ip or "dhcp",
+        "radium.network.gateway": request.gateway or "",
+        "radium.network.dns": request.dns or "",
+    }
+    return {k: v for k, v in values.items() if v}
+
 
 class DeployedGpu(msgspec.Struct, kw_only=True):
     address: str
@@ -133,17 +184,7 @@ def plan(session: Session, request: DeployRequest, progress: Progress) -> Deploy
     operator, operator_path, operator_new = _operator()
     server = KeyPair.generate()
     assert server.secret is not None
-    values = {
-        "radium.name": request.name,
-        "radium.server_secret_key": server.secret,
-        "radium.admin_public_key": operator.client.public_key,
-        "radium.admin_name": operator.client.name,
-        "radium.listen_port": str(request.port),
-        "radium.network.ip": request.ip or "dhcp",
-        "radium.network.gateway": request.gateway or "",
-        "radium.network.dns": request.dns or "",
-    }
-    values = {k: v for k, v in values.items() if v}
+    values = property_values(request, server.secret, operator.client.public_key, operator.client.name)
     settings = appliance.parse_properties(values)  # PropertyError lists every bad value; nothing exists yet
 
     progress(Step(f"checking {request.host} and its devices"))

@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "lab up": "lab.up",
     "lab down": "lab.down",
     "lab status": "lab.status",
+    "tui": "tui",
 }
 
 
@@ -75,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
             nouns[noun] = p.add_subparsers(dest=f"{noun}_command", metavar="VERB", required=True)
         _add_verb(nouns[noun], verb, module)
     return parser
+
+
+def tui_main(argv: list[str] | None = None) -> int:
+    """`radium-tui`: `radium-admin tui`."""
+    return main(["tui", *(sys.argv[1:] if argv is None else argv)])
 
 
 def main(argv: list[str] | None = None) -> int:

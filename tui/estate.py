@@ -1,0 +1,213 @@
+"""What the console sees of the estate and does to it: one plain interface over the library's faces.
+
+The console's screens talk to an `Estate` and to nothing else (as harlequin's
+screens talk to its adapter): it reads vCenter (`radium.vcenter`), asks the
+appliances' radiumd with the operator key (`radium.remoting`), and calls the same
+operations as `radium-admin`, with the same checks and error texts.  Every method
+blocks (pyVmomi, ZeroMQ): the app calls them from worker threads only, never on
+its event loop.
+
+Sessions: reading and watching each keep a vCenter session of their own (a
+pyVmomi session is not shared between threads); each action logs in afresh and
+out again, so a long deploy never holds up a refresh.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from radium import vcenter
+from radium.remoting import ClientConfig, admin_config_path, enroll, load_client_config, revoke
+
+if TYPE_CHECKING:
+    from radium.remoting import Enrolment, Revocation
+
+__all__ = ["Estate", "Snapshot", "Lease"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The estate as vCenter showed it at one moment (one read, three property collections)."""
+
+    hosts: list[vcenter.Host]
+    appliances: list[vcenter.Appliance]
+    clients: list[vcenter.ClientVM]
+    read_at: float = field(default_factory=time.time)
+    seconds: float = 0.0  #: how long the read took
+
+    def free_gpus(self) -> dict[str, int]:
+        """Free DirectPath GPUs per cluster ("standalone" for hosts outside one)."""
+        free: dict[str, int] = {}
+        for h in self.hosts:
+            key = h.cluster or "standalone"
+            free[key] = free.get(key, 0) + sum(1 for d in h.accelerators if d.free)
+        return free
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A live lease on one appliance, as the Sessions view lists it."""
+
+    appliance: str
+    lease_id: str
+    client: str
+    devices: list[str]
+    share: float  #: of each device (1.0: whole)
+    memory_bytes: int
+
+
+def leases_of(appliance: str, probe: vcenter.Probe) -> list[Lease]:
+    """The leases radiumd reported, one per lease (a lease may span devices)."""
+    found: dict[str, Lease] = {}
+    for status in probe.devices:
+        for held in status.leases:
+            old = found.get(held.lease_id)
+            devices = [*old.devices, status.device.id] if old else [status.device.id]
+            memory = (old.memory_bytes if old else 0) + held.memory_bytes
+            found[held.lease_id] = Lease(
+                appliance=appliance,
+                lease_id=held.lease_id,
+                client=held.client,
+                devices=devices,
+                share=held.fraction,
+                memory_bytes=memory,
+            )
+    return list(found.values())
+
+
+class Estate:
+    """One vCenter (its connection settings) and the operator key the appliances know."""
+
+    def __init__(self, settings: vcenter.ConnectionSettings, admin_path: Path | None = None) -> None:
+        self.settings = settings
+        self.admin_path = admin_path
+        self._reader: vcenter.Session | None = None
+        self._lock = threading.Lock()  # one read at a time on the reader session
+
+    @property
+    def where(self) -> str:
+        """vCenter, as messages name it."""
+        return self.settings.where
+
+    # --- reading -------------------------------------------------------------------------
+
+    def read(self) -> Snapshot:
+        """Hosts with their accelerators, appliances and client VMs, as vCenter holds them now."""
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                if self._reader is None:
+                    self._reader = vcenter.connect(self.settings)
+                session = self._reader
+                hosts = vcenter.collect_inventory(session).hosts
+                appliances = vcenter.list_appliances(session)
+                clients = vcenter.list_clients(session)
+            except BaseException:
+                self._drop_reader()  # the next read logs in afresh
+                raise
+            return Snapshot(hosts, appliances, clients, seconds=time.perf_counter() - started)
+
+    def changes(self, stop: threading.Event, max_wait: int = 1) -> Iterator[int]:
+        """0 once the watch is up, then each batch of changes vCenter pushes (the count of objects
+        touched), until `stop` is set.
+
+        Logs in with a session of its own; raises (a `VCenterError`) when vCenter
+        goes away, and the caller starts it again.
+        """
+        with vcenter.connect(self.settings) as session:
+            up = False
+            for touched in vcenter.estate_changes(session, max_wait=max_wait):
+                if stop.is_set():
+                    return
+                if touched or not up:
+                    up = True
+                    yield touched
+
+    def admin(self) -> ClientConfig | None:
+        """The operator configuration in effect (`RADIUM_ADMIN_CONFIG`, ...), if there is one."""
+        path = self.admin_path or admin_config_path()
+        return load_client_config(path) if path.exists() else None
+
+    def probe(self, appliances: list[vcenter.Appliance], timeout: float = 3.0) -> dict[str, vcenter.Probe]:
+        """What each powered-on appliance's radiumd answers the operator key (by appliance name)."""
+        admin = self.admin()
+        out: dict[str, vcenter.Probe] = {}
+        threads = []
+
+        def ask(a: vcenter.Appliance) -> None:
+            out[a.name] = vcenter.probe_appliance(a, admin, timeout=timeout)
+
+        for a in appliances:
+            t = threading.Thread(target=ask, args=(a,), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(timeout + 2)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_reader()
+
+    def _drop_reader(self) -> None:
+        if self._reader is not None:
+            try:
+                self._reader.close()
+            except Exception:  # noqa: BLE001 (vCenter may be gone: the session goes with it)
+                pass
+            self._reader = None
+
+    # --- actions: each one operation of the library ------------------------------------
+
+    def _session(self) -> vcenter.Session:
+        return vcenter.connect(self.settings)
+
+    def set_passthrough(self, host: str, addresses: list[str], enable: bool) -> vcenter.PassthroughChange:
+        with self._session() as s:
+            return vcenter.set_passthrough(s, host, addresses, enable)
+
+    def deploy(self, request: vcenter.DeployRequest, progress: vcenter.Progress) -> vcenter.Deployment:
+        with self._session() as s:
+            return vcenter.deploy_appliance(s, request, progress)
+
+    def remove(self, name: str, progress: vcenter.Progress) -> vcenter.Removal:
+        with self._session() as s:
+            return vcenter.remove_appliance(s, name, progress)
+
+    def register(
+        self, vm: str, appliances: list[str], client_name: str | None, progress: vcenter.Progress
+    ) -> vcenter.Registration:
+        with self._session() as s:
+            return vcenter.register_vm(s, vm, appliances, client_name=client_name, progress=progress)
+
+    def unregister(self, vm: str, force: bool, progress: vcenter.Progress) -> vcenter.Unregistration:
+        with self._session() as s:
+            return vcenter.unregister_vm(s, vm, force=force, progress=progress)
+
+    def enroll(self, name: str, appliance: str, output: Path) -> Enrolment:
+        return enroll(name, appliance, output=output)
+
+    def revoke(self, name: str, appliance: str) -> Revocation:
+        return revoke(name, appliance)
+
+
+def retrying(delays: tuple[float, ...] = (1, 2, 4, 8, 15)) -> Callable[[int], float]:
+    """Backoff: the wait before try `n` (1, 2, 4, 8, then 15 s)."""
+
+    def delay(n: int) -> float:
+        return delays[min(n, len(delays) - 1)]
+
+    return delay
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure: a `RadiumError`'s message, else the exception's type and text."""
+    message = getattr(exc, "message", None)
+    if isinstance(message, str) and message:
+        return message.splitlines()[0] if len(message) > 300 else message
+    return f"{type(exc).__name__}: {exc}"
