@@ -187,7 +187,8 @@ class Console(App[None]):
                 self.recovered(Recovered("vCenter"))
             for view in (self.hosts, self.appliances, self.clients):
                 view.show(message.snapshot)
-            self.probe()
+            if self._probe_interval > 0:
+                self.probe()
         if self._read_again:
             self._read_again = False
             self.read()
