@@ -24,7 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root
 
-BENCHMARKS = ["control_plane", "vcenter_inventory", "run_remote"]
+BENCHMARKS = ["control_plane", "vcenter_inventory", "run_remote", "console"]
 
 
 def standalone(

@@ -242,7 +242,7 @@ ARROWS: dict[str, set[str]] = {
     "vcenter.cli": {"remoting", "vcenter", "lab", "tui"},
     "tui": {"remoting", "vcenter"},
     "ansible": {"remoting", "vcenter"},
-    "benchmarks": {"remoting", "vcenter", "lab", "appliance"},
+    "benchmarks": {"remoting", "vcenter", "lab", "appliance", "tui"},
 }
 #: Benchmarks measure pieces (the content store, the file protocol): they may import public
 #: modules below a face, never a private one or a command line.
