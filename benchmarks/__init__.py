@@ -69,6 +69,27 @@ def tests_support() -> Any:
     return support
 
 
+def ratio_table(
+    title: str, rows: list[tuple[str, float, float, str, Callable[[float], str]]], digits: int = 2
+) -> Any:
+    """The benchmarks' table: rows of (metric, value, baseline, what the baseline is, format)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{title}; ratio = value / baseline", box=box.SIMPLE_HEAD)
+    for col, justify in (
+        ("metric", "left"),
+        ("value", "right"),
+        ("baseline", "right"),
+        ("ratio", "right"),
+        ("baseline is", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, value, base, what, fmt in rows:
+        table.add_row(name, fmt(value), fmt(base), f"{value / base:.{digits}f}×", what)
+    return table
+
+
 def worker_result(stdout: str) -> Any:
     """What a worker printed as its result (the last line of its output)."""
     return json.loads(stdout.strip().splitlines()[-1])

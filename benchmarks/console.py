@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import measured, standalone
+from benchmarks import measured, ratio_table, standalone
 
 MODULE = "benchmarks.console"
 USER, PASSWORD = "bench", "bench-password"
@@ -216,9 +216,7 @@ def _s(v: float) -> str:
 
 
 def report(r: dict) -> bool:
-    from rich import box
     from rich.console import Console
-    from rich.table import Table
 
     med = statistics.median
     rows = [
@@ -248,21 +246,10 @@ def report(r: dict) -> bool:
             "the same key, idle",
         ),
     ]
-    table = Table(
-        title=f"Radium console: {r['hosts']} hosts, {r['gpus']} GPUs, {r['vms']} VMs, govmomi simulator "
-        "(loopback); ratio = value / baseline",
-        box=box.SIMPLE_HEAD,
+    title = (
+        f"Radium console: {r['hosts']} hosts, {r['gpus']} GPUs, {r['vms']} VMs, govmomi simulator (loopback)"
     )
-    for col, justify in (
-        ("metric", "left"),
-        ("value", "right"),
-        ("baseline", "right"),
-        ("ratio", "right"),
-        ("baseline is", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for name, value, base, what in rows:
-        table.add_row(name, _s(value), _s(base), f"{value / base:.2f}×", what)
+    table = ratio_table(title, [(name, value, base, what, _s) for name, value, base, what in rows])
     Console(width=None if sys.stdout.isatty() else 130).print(table)
     checks = {
         f"first data within {FIRST_DATA_TARGET_S:g} s": med(r["first_data_s"]) <= FIRST_DATA_TARGET_S,

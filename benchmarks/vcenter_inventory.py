@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ROOT, measured, standalone, worker_result
+from benchmarks import ROOT, measured, ratio_table, standalone, worker_result
 
 PY = sys.executable
 MODULE = "benchmarks.vcenter_inventory"
@@ -229,9 +229,7 @@ def _s(seconds: float) -> str:
 
 
 def report(r: dict) -> bool:
-    from rich import box
     from rich.console import Console
-    from rich.table import Table
 
     big, small = r["big"], r["small"]
     med = statistics.median
@@ -266,20 +264,7 @@ def report(r: dict) -> bool:
             _s,
         ),
     ]
-    table = Table(
-        title=f"Radium vCenter inventory: {label}, govmomi simulator (loopback); ratio = value / baseline",
-        box=box.SIMPLE_HEAD,
-    )
-    for col, justify in (
-        ("metric", "left"),
-        ("value", "right"),
-        ("baseline", "right"),
-        ("ratio", "right"),
-        ("baseline is", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for name, value, base, what, fmt in rows:
-        table.add_row(name, fmt(value), fmt(base), f"{value / base:.3f}×", what)
+    table = ratio_table(f"Radium vCenter inventory: {label}, govmomi simulator (loopback)", rows, digits=3)
     Console(width=None if sys.stdout.isatty() else 130).print(table)
     print(
         f"all runs at {big['hosts']} hosts: {', '.join(_s(t) for t in big['cli_s'])}; "

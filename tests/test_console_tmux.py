@@ -41,9 +41,8 @@ class Terminal:
         return out.stdout
 
     def alternate_screen(self) -> bool:
-        out = subprocess.run(
-            [TMUX, "display-message", "-p", "-t", self.name, "#{alternate_on}"], capture_output=True, text=True
-        )
+        argv = [TMUX, "display-message", "-p", "-t", self.name, "#{alternate_on}"]
+        out = subprocess.run(argv, capture_output=True, text=True)
         return out.stdout.strip() == "1"
 
     def wait_for(self, text: str, timeout: float = 30.0, gone: bool = False) -> str:

@@ -249,44 +249,12 @@ class Enrolling:
     bundle: Path
 
 
-class EnrollForm(Form):
-    """A client key to enrol on an appliance, for a machine outside vCenter (as `radium-admin enroll`)."""
-
-    TITLE = "Enrol a client key"
-    SUBMIT = "Enrol"
-    FIELDS = (
-        ("name", "Client name", "laptop1"),
-        ("appliance", "Appliance (name or address in the operator configuration)", ""),
-        ("bundle", "Write its bundle (secret key, 0600) to", ""),
-    )
-
-    def __init__(self, values: dict[str, str] | None = None, appliances: list[str] | None = None) -> None:
-        super().__init__(values)
-        self.known = appliances or []
-
-    def problems(self, values: dict[str, str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        if why := _name_problem(values["name"], "client name"):
-            found["name"] = why
-        if not values["appliance"]:
-            found["appliance"] = "which appliance" + (f": {', '.join(self.known)}" if self.known else "")
-        bundle = values["bundle"] or f"{values['name']}.radium.toml"
-        parent = Path(bundle).expanduser().parent
-        if not parent.is_dir():
-            found["bundle"] = f"{parent}: no such folder"
-        return found
-
-    def result(self, values: dict[str, str]) -> Enrolling:
-        bundle = Path(values["bundle"] or f"{values['name']}.radium.toml").expanduser()
-        return Enrolling(values["name"], values["appliance"], bundle)
-
-
 class RevokeForm(Form):
     """A client key to revoke on an appliance (as `radium-admin revoke`)."""
 
     TITLE = "Revoke a client key"
     SUBMIT = "Revoke"
-    FIELDS = (
+    FIELDS: tuple[tuple[str, str, str], ...] = (
         ("name", "Client name", ""),
         ("appliance", "Appliance (name or address in the operator configuration)", ""),
     )
@@ -302,3 +270,27 @@ class RevokeForm(Form):
         if not values["appliance"]:
             found["appliance"] = "which appliance" + (f": {', '.join(self.known)}" if self.known else "")
         return found
+
+
+class EnrollForm(RevokeForm):
+    """A client key to enrol on an appliance, for a machine outside vCenter (as `radium-admin enroll`)."""
+
+    TITLE = "Enrol a client key"
+    SUBMIT = "Enrol"
+    FIELDS = (
+        ("name", "Client name", "laptop1"),
+        ("appliance", "Appliance (name or address in the operator configuration)", ""),
+        ("bundle", "Write its bundle (secret key, 0600) to", ""),
+    )
+
+    def problems(self, values: dict[str, str]) -> dict[str, str]:
+        found = super().problems(values)
+        bundle = values["bundle"] or f"{values['name']}.radium.toml"
+        parent = Path(bundle).expanduser().parent
+        if not parent.is_dir():
+            found["bundle"] = f"{parent}: no such folder"
+        return found
+
+    def result(self, values: dict[str, str]) -> Enrolling:
+        bundle = Path(values["bundle"] or f"{values['name']}.radium.toml").expanduser()
+        return Enrolling(values["name"], values["appliance"], bundle)

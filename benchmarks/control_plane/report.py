@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 
+from benchmarks import ratio_table
+
 
 def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} µs" if seconds < 0.01 else f"{seconds * 1e3:,.1f} ms"
 
 
 def report(r: dict) -> bool:
-    from rich import box
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     c = r["concurrent"]
@@ -55,20 +55,7 @@ def report(r: dict) -> bool:
             lambda v: f"{v:,.0f}/s",
         ),
     ]
-    table = Table(
-        title="Radium control plane, two-host topology (veth, tbf 4.75 Gbit/s); ratio = value / baseline",
-        box=box.SIMPLE_HEAD,
-    )
-    for col, justify in (
-        ("metric", "left"),
-        ("value", "right"),
-        ("baseline", "right"),
-        ("ratio", "right"),
-        ("baseline is", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for name, value, base, what, fmt in rows:
-        table.add_row(name, fmt(value), fmt(base), f"{value / base:.2f}×", what)
+    table = ratio_table("Radium control plane, two-host topology (veth, tbf 4.75 Gbit/s)", rows)
     console.print(table)
 
     counts = c["counts"]
