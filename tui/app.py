@@ -173,7 +173,7 @@ class Console(App[None]):
             snapshot = self.estate.read()
         except Exception as exc:  # noqa: BLE001 (the banner says it; the watcher retries)
             self.post_message(Problem("vCenter", describe(exc)))
-            self.post_message(EstateRead(None))  # type: ignore[arg-type]
+            self.post_message(EstateRead(None))
             return
         self.post_message(EstateRead(snapshot))
 
@@ -205,7 +205,12 @@ class Console(App[None]):
 
     @work(thread=True, group="probe")
     def _probe_worker(self, appliances: list[vcenter.Appliance]) -> None:
-        self.post_message(Probed(self.estate.probe(appliances)))
+        try:
+            probes = self.estate.probe(appliances)
+        except Exception as exc:  # noqa: BLE001 (e.g. an unreadable operator configuration)
+            self.post_message(Problem("appliances", describe(exc)))
+            probes = {}
+        self.post_message(Probed(probes))
 
     @on(Probed)
     def probed(self, message: Probed) -> None:
@@ -213,6 +218,10 @@ class Console(App[None]):
         self.probes = message.probes
         self.appliances.probed(message.probes)
         self.sessions.probed(message.probes)
+        for source in [s for s in self.problems if s.startswith("appliance ")]:
+            if source.removeprefix("appliance ") not in message.probes:  # gone from vCenter: no banner
+                del self.problems[source]
+                self._show_banner()
         for name, p in message.probes.items():
             source = f"appliance {name}"
             a = self.appliances.appliances.get(name)

@@ -10,9 +10,9 @@ from .estate import Snapshot
 
 
 class EstateRead(Message):
-    """A fresh read of vCenter."""
+    """A read of vCenter ended: what it found, or None when it failed (a `Problem` says why)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot | None) -> None:
         super().__init__()
         self.snapshot = snapshot
 
