@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -88,6 +89,15 @@ def ratio_table(
     for name, value, base, what, fmt in rows:
         table.add_row(name, fmt(value), fmt(base), f"{value / base:.{digits}f}×", what)
     return table
+
+
+def worker_argv(module: str, folder: Path, mode: str, spec: dict) -> list[str]:
+    """`python -m MODULE --worker MODE --spec FILE`, with `spec` written to a file of its own in `folder`."""
+    fd, path = tempfile.mkstemp(prefix=f"{mode}-", suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f)
+    os.chmod(path, 0o644)  # as a plain file would be: a worker may run as another user
+    return [sys.executable, "-m", module, "--worker", mode, "--spec", path]
 
 
 def worker_result(stdout: str) -> Any:

@@ -164,6 +164,7 @@ FACES: dict[str, set[str]] = {
         "Health",
         "Probe",
         "probe_appliance",
+        "probe_appliances",
         "Removal",
         "list_appliances",
         "find_appliance",

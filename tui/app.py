@@ -31,7 +31,7 @@ from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPan
 from radium import vcenter
 from radium.remoting import VERSION
 
-from .estate import Estate, Snapshot, describe, retrying
+from .estate import BACKOFF_S, Estate, Snapshot, describe
 from .forms import Confirm, DeployForm, EnrollForm, Enrolling, RegisterForm, Registering, RevokeForm
 from .help import HelpScreen
 from .messages import ActionDone, EstateChanged, EstateRead, Probed, Problem, Progressed, Recovered
@@ -80,7 +80,6 @@ class Console(App[None]):
         super().__init__()
         self.estate = estate
         self.snapshot: Snapshot | None = None
-        self.probes: dict[str, vcenter.Probe] = {}
         self.problems: dict[str, str] = {}
         self.running: str | None = None  #: the action in flight, if any
         self._watch = watch
@@ -140,7 +139,6 @@ class Console(App[None]):
 
     def _watch_vcenter(self) -> None:
         """vCenter's pushed changes, for as long as the console runs (a thread of its own)."""
-        delay = retrying()
         failures = 0
         while not self._stop.is_set():
             try:
@@ -153,7 +151,7 @@ class Console(App[None]):
                         continue
                     self.post_message(EstateChanged(touched))
             except Exception as exc:  # noqa: BLE001 (any failure: say it, wait, try again)
-                wait = delay(failures)
+                wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                 failures += 1
                 self.post_message(Problem("vCenter", describe(exc), retry_in=wait))
                 if self._stop.wait(wait):
@@ -215,7 +213,6 @@ class Console(App[None]):
     @on(Probed)
     def probed(self, message: Probed) -> None:
         self._probing = False
-        self.probes = message.probes
         self.appliances.probed(message.probes)
         self.sessions.probed(message.probes)
         for source in [s for s in self.problems if s.startswith("appliance ")]:

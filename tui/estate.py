@@ -15,9 +15,8 @@ out again, so a long deploy never holds up a refresh.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +36,6 @@ class Snapshot:
     hosts: list[vcenter.Host]
     appliances: list[vcenter.Appliance]
     clients: list[vcenter.ClientVM]
-    read_at: float = field(default_factory=time.time)
-    seconds: float = 0.0  #: how long the read took
 
     def free_gpus(self) -> dict[str, int]:
         """Free DirectPath GPUs per cluster ("standalone" for hosts outside one)."""
@@ -99,7 +96,6 @@ class Estate:
     def read(self) -> Snapshot:
         """Hosts with their accelerators, appliances and client VMs, as vCenter holds them now."""
         with self._lock:
-            started = time.perf_counter()
             try:
                 if self._reader is None:
                     self._reader = vcenter.connect(self.settings)
@@ -110,7 +106,7 @@ class Estate:
             except BaseException:
                 self._drop_reader()  # the next read logs in afresh
                 raise
-            return Snapshot(hosts, appliances, clients, seconds=time.perf_counter() - started)
+            return Snapshot(hosts, appliances, clients)
 
     def changes(self, stop: threading.Event, max_wait: int = 1) -> Iterator[int]:
         """0 once the watch is up, then each batch of changes vCenter pushes (the count of objects
@@ -134,21 +130,9 @@ class Estate:
         return load_client_config(path) if path.exists() else None
 
     def probe(self, appliances: list[vcenter.Appliance], timeout: float = 3.0) -> dict[str, vcenter.Probe]:
-        """What each powered-on appliance's radiumd answers the operator key (by appliance name)."""
-        admin = self.admin()
-        out: dict[str, vcenter.Probe] = {}
-        threads = []
-
-        def ask(a: vcenter.Appliance) -> None:
-            out[a.name] = vcenter.probe_appliance(a, admin, timeout=timeout)
-
-        for a in appliances:
-            t = threading.Thread(target=ask, args=(a,), daemon=True)
-            t.start()
-            threads.append(t)
-        for t in threads:
-            t.join(timeout + 2)
-        return out
+        """What each appliance's radiumd answers the operator key, all asked at once (by appliance name)."""
+        probes = vcenter.probe_appliances(appliances, self.admin(), timeout=timeout)
+        return {a.name: p for a, p in zip(appliances, probes, strict=True)}
 
     def close(self) -> None:
         with self._lock:
@@ -196,13 +180,8 @@ class Estate:
         return revoke(name, appliance)
 
 
-def retrying(delays: tuple[float, ...] = (1, 2, 4, 8, 15)) -> Callable[[int], float]:
-    """Backoff: the wait before try `n` (1, 2, 4, 8, then 15 s)."""
-
-    def delay(n: int) -> float:
-        return delays[min(n, len(delays) - 1)]
-
-    return delay
+#: How long the console waits before trying vCenter again, after the 1st, 2nd, ... failure in a row.
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 
 
 def describe(exc: BaseException) -> str:

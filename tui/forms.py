@@ -277,11 +277,7 @@ class EnrollForm(RevokeForm):
 
     TITLE = "Enrol a client key"
     SUBMIT = "Enrol"
-    FIELDS = (
-        ("name", "Client name", "laptop1"),
-        ("appliance", "Appliance (name or address in the operator configuration)", ""),
-        ("bundle", "Write its bundle (secret key, 0600) to", ""),
-    )
+    FIELDS = (*RevokeForm.FIELDS, ("bundle", "Write its bundle (secret key, 0600) to", ""))
 
     def problems(self, values: dict[str, str]) -> dict[str, str]:
         found = super().problems(values)

@@ -78,6 +78,7 @@ EXPORTS: dict[str, str] = {
         ("Appliance", "ApplianceGpu", "ApplianceStatus", "Health", "Probe", "Removal"), ".appliances"
     ),
     "probe_appliance": ".appliances:probe",
+    "probe_appliances": ".appliances:probe_many",
     "list_appliances": ".appliances:appliances",
     "find_appliance": ".appliances:find",
     "appliance_status": ".appliances:status",
@@ -102,6 +103,7 @@ if TYPE_CHECKING:
     from .appliances import appliances as list_appliances
     from .appliances import find as find_appliance
     from .appliances import probe as probe_appliance
+    from .appliances import probe_many as probe_appliances
     from .appliances import remove as remove_appliance
     from .appliances import status as appliance_status
     from .collect import estate_changes

@@ -33,6 +33,7 @@ from radium.remoting import (
     DEFAULT_PORT,
     ApplianceEntry,
     ClientConfig,
+    DeviceList,
     DeviceStatus,
     RadiumError,
     admin_config_path,
@@ -62,6 +63,7 @@ __all__ = [
     "field_key",
     "find",
     "probe",
+    "probe_many",
     "remove",
     "set_record",
     "status",
@@ -298,44 +300,66 @@ class Probe(msgspec.Struct, kw_only=True):
     queue_length: int = 0  #: requests waiting in its first-come-first-served queue
 
 
-def probe(
-    appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0, usage: bool = True
-) -> Probe:
-    """Ask radiumd for its devices (`usage`: with memory used and utilisation), with the operator's key
-    and the recorded address and server key."""
+def _why_unreachable(appliance: Appliance, admin: ClientConfig | None) -> str | None:
     if appliance.address is None:
         why = "powered off" if appliance.power_state != "poweredOn" else "the guest reports no IP address yet"
-        return Probe(health=Health(reachable=False, error=f"no address to reach it at ({why})"))
+        return f"no address to reach it at ({why})"
     if appliance.server_public_key is None:
-        return Probe(
-            health=Health(
-                reachable=False,
-                error=f"its server key is unknown (no {FIELD} attribute: not deployed by radium-admin)",
-            )
-        )
+        return f"its server key is unknown (no {FIELD} attribute: not deployed by radium-admin)"
     if admin is None:
-        return Probe(
-            health=Health(
-                reachable=False, error="no operator configuration (RADIUM_ADMIN_CONFIG) to reach it with"
-            )
-        )
-    from radium.remoting import list_devices  # (ZeroMQ: only when an appliance is asked)
+        return "no operator configuration (RADIUM_ADMIN_CONFIG) to reach it with"
+    return None
 
-    entry = ApplianceEntry(
-        name=appliance.name, address=appliance.address, public_key=appliance.server_public_key
-    )
-    config = ClientConfig(client=admin.client, appliances=[entry], source=admin.source)
-    try:
-        (result,) = asyncio.run(list_devices(config, usage=usage, timeout=timeout))
-    except RadiumError as exc:
-        return Probe(health=Health(reachable=False, error=exc.message))
-    if result.error is not None:
-        return Probe(health=Health(reachable=False, error=result.error.message))
-    reply = result.value
-    assert reply is not None
+
+def probe_many(
+    appliances: list[Appliance], admin: ClientConfig | None, timeout: float = 5.0, usage: bool = True
+) -> list[Probe]:
+    """Ask each appliance's radiumd for its devices (`usage`: with memory used and utilisation), with the
+    operator's key and the recorded address and server key: one `Probe` per appliance, in order.
+
+    The reachable ones are asked together, in one fan-out of the client API (`list_devices`).
+    """
+    probes: list[Probe | None] = []
+    entries: list[ApplianceEntry] = []
+    for a in appliances:
+        why = _why_unreachable(a, admin)
+        probes.append(Probe(health=Health(reachable=False, error=why)) if why else None)
+        if why is None:
+            assert a.address is not None and a.server_public_key is not None
+            entries.append(ApplianceEntry(name=a.name, address=a.address, public_key=a.server_public_key))
+    if entries:
+        from radium.remoting import list_devices  # (ZeroMQ: only when an appliance is asked)
+
+        assert admin is not None
+        config = ClientConfig(client=admin.client, appliances=entries, source=admin.source)
+        try:
+            answers = [
+                (r.value, r.error.message if r.error else None)
+                for r in asyncio.run(list_devices(config, usage=usage, timeout=timeout))
+            ]
+        except RadiumError as exc:
+            answers = [(None, exc.message)] * len(entries)
+        asked = iter(answers)
+        for i, p in enumerate(probes):
+            if p is None:
+                reply, error = next(asked)
+                probes[i] = _probe_of(reply, error)
+    return [p for p in probes if p is not None]
+
+
+def _probe_of(reply: DeviceList | None, error: str | None) -> Probe:
+    if reply is None:
+        return Probe(health=Health(reachable=False, error=error or "no answer"))
     devices = [f"{d.device.id} {d.device.model} ({d.device.health})" for d in reply.devices]
     health = Health(reachable=True, server=reply.server.name, version=reply.server.version, devices=devices)
     return Probe(health=health, devices=list(reply.devices), queue_length=reply.queue_length)
+
+
+def probe(
+    appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0, usage: bool = True
+) -> Probe:
+    """`probe_many` of one appliance."""
+    return probe_many([appliance], admin, timeout, usage)[0]
 
 
 def check(appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0) -> Health:

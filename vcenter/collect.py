@@ -118,6 +118,33 @@ def custom_value(props: dict[str, Any], key: int | None) -> str | None:
     return None
 
 
+def _pushed(session: Session, spec: Any, partial: bool, max_wait: int) -> Generator[Any, None, None]:
+    """Each `UpdateSet` vCenter pushes for the filter `spec`, on a property collector of its own.
+
+    The first holds everything as it is now; None whenever `max_wait` seconds pass
+    without a change.  The collector is destroyed when the caller stops iterating.
+    """
+    from pyVmomi import vmodl
+
+    wait = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=max_wait)
+    where = session.settings.where
+    with translated(where):
+        collector = session.content.propertyCollector.CreatePropertyCollector()
+    try:
+        with translated(where):
+            collector.CreateFilter(spec, partialUpdates=partial)
+        version = ""
+        while True:
+            with translated(where):
+                update = collector.WaitForUpdatesEx(version, wait)
+            if update is not None:
+                version = update.version
+            yield update
+    finally:
+        with contextlib.suppress(Exception):  # the session may be gone (Ctrl-C, logout); it goes with it
+            collector.DestroyPropertyCollector()
+
+
 def updates(session: Session, obj: Any, path: str, max_wait: int) -> Generator[Any, None, None]:
     """Each new value of property `path` of `obj`, as vCenter pushes it (``WaitForUpdatesEx``, no polling).
 
@@ -129,34 +156,19 @@ def updates(session: Session, obj: Any, path: str, max_wait: int) -> Generator[A
     from pyVmomi import vmodl
 
     pc = vmodl.query.PropertyCollector
-    where = session.settings.where
-    with translated(where):
-        collector = session.content.propertyCollector.CreatePropertyCollector()
-    try:
-        with translated(where):
-            collector.CreateFilter(
-                pc.FilterSpec(
-                    objectSet=[pc.ObjectSpec(obj=obj)],
-                    propSet=[pc.PropertySpec(type=type(obj), pathSet=[path])],
-                ),
-                partialUpdates=False,
-            )
-        version = ""
-        while True:
-            with translated(where):
-                update = collector.WaitForUpdatesEx(version, pc.WaitOptions(maxWaitSeconds=max_wait))
+    spec = pc.FilterSpec(
+        objectSet=[pc.ObjectSpec(obj=obj)], propSet=[pc.PropertySpec(type=type(obj), pathSet=[path])]
+    )
+    with contextlib.closing(_pushed(session, spec, False, max_wait)) as pushed:
+        for update in pushed:
             if update is None:
                 yield NO_CHANGE
                 continue
-            version = update.version
             for fs in update.filterSet or []:
                 for oc in fs.objectSet or []:
                     for change in oc.changeSet or []:
                         if change.name == path:
                             yield change.val
-    finally:
-        with contextlib.suppress(Exception):  # the session may be gone (Ctrl-C, logout); it goes with it
-            collector.DestroyPropertyCollector()
 
 
 #: What `updates` yields when nothing changed within its wait.
@@ -195,36 +207,19 @@ def estate_changes(session: Session, max_wait: int = 30) -> Generator[int, None,
     change (so that the caller can stop).  The collector and view are destroyed
     when the caller stops.
     """
-    from pyVmomi import vim, vmodl
+    from pyVmomi import vim
 
-    pc = vmodl.query.PropertyCollector
-    where = session.settings.where
     types = {getattr(vim, name): paths for name, paths in WATCHED.items()}
-    with translated(where):
+    with translated(session.settings.where):
         content = session.content
-        collector = content.propertyCollector.CreatePropertyCollector()
         view = content.viewManager.CreateContainerView(content.rootFolder, list(types), True)
     try:
-        with translated(where):
-            collector.CreateFilter(
-                view_spec(view, types),
-                partialUpdates=True,
-            )
-        version = ""
-        while True:
-            with translated(where):
-                update = collector.WaitForUpdatesEx(version, pc.WaitOptions(maxWaitSeconds=max_wait))
-            if update is None:
-                yield 0
-                continue
-            first, version = not version, update.version
-            touched = sum(len(fs.objectSet or []) for fs in update.filterSet or [])
-            if first:
-                yield 0
-            elif touched:
-                yield touched
+        with contextlib.closing(_pushed(session, view_spec(view, types), True, max_wait)) as pushed:
+            for n, update in enumerate(pushed):
+                if update is None or n == 0:  # nothing changed; or the first batch: the watch is up
+                    yield 0
+                elif touched := sum(len(fs.objectSet or []) for fs in update.filterSet or []):
+                    yield touched
     finally:
-        with contextlib.suppress(Exception):  # the session may be gone; the collector goes with it
-            collector.DestroyPropertyCollector()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the session may be gone; the view goes with it
             view.DestroyView()

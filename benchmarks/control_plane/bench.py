@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import subprocess
 import tempfile
@@ -15,9 +14,9 @@ from typing import Any
 
 import zmq
 
-from benchmarks import ROOT, tests_support, worker_result
+from benchmarks import ROOT, tests_support, worker_argv, worker_result
 
-from .workers import APPLIANCE_PORT, ECHO_PORT, FRACTION, KEYS_SETTLE_S, MODULE, PY, summary
+from .workers import APPLIANCE_PORT, ECHO_PORT, FRACTION, KEYS_SETTLE_S, MODULE, summary
 
 
 class Bench:
@@ -29,18 +28,11 @@ class Bench:
         self.topo = None
         self.app = None
         self.echo: subprocess.Popen | None = None
-        self._specs = 0
 
     # --- plumbing ---------------------------------------------------------------
 
-    def _spec(self, mode: str, spec: dict) -> Path:
-        self._specs += 1
-        path = self.tmp / f"{self._specs:02d}-{mode}.json"
-        path.write_text(json.dumps(spec))
-        return path
-
     def _argv(self, mode: str, spec: dict) -> list[str]:
-        return [PY, "-m", MODULE, "--worker", mode, "--spec", str(self._spec(mode, spec))]
+        return worker_argv(MODULE, self.tmp, mode, spec)
 
     def worker(self, mode: str, spec: dict, timeout: float = 300) -> dict:
         """Run one worker in the client namespace to completion; its JSON result."""

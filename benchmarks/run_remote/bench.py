@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ROOT, tests_support, worker_result
+from benchmarks import ROOT, tests_support, worker_argv, worker_result
 
 from .cpu import CpuSampler
 from .workers import (
@@ -49,21 +49,14 @@ class Bench:
         self.app: Any = None
         self.apps: list[Any] = []
         self.children: list[subprocess.Popen] = []
-        self._specs = 0
 
     # --- plumbing ---------------------------------------------------------------
 
     def log(self, text: str) -> None:
         print(f"  [{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    def _spec(self, mode: str, spec: dict) -> Path:
-        self._specs += 1
-        path = self.tmp / f"{self._specs:02d}-{mode}.json"
-        path.write_text(json.dumps(spec))
-        return path
-
     def _argv(self, mode: str, spec: dict) -> list[str]:
-        return [PY, "-m", MODULE, "--worker", mode, "--spec", str(self._spec(mode, spec))]
+        return worker_argv(MODULE, self.tmp, mode, spec)
 
     def hidden_worker(self, mode: str, spec: dict, mount: str, size: str, timeout: float) -> dict:
         """A worker in the client namespace and a private mount namespace with a tmpfs at `mount`."""
