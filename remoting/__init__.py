@@ -23,8 +23,9 @@ importing this package costs nothing: `radium run` starts through it.
 - **keys**: CURVE key pairs, key folders, atomic 0600 writes, names;
 - **enrolment**: `enroll` / `revoke` (the operator actions) and the pieces they are made of;
 - **guestinfo**: the module of the `guestinfo.radium.*` contract with client VMs;
-- **the client API**: `list_devices`, `check_health`, `reserve` (fan-out over appliances) and the
-  shared data model they answer with (`Device`, `DeviceStatus`, `Lease`, ...);
+- **the client API**: `list_devices`, `check_health`, `reserve` (fan-out over appliances), the
+  operator's `list_sessions` / `survey` / `end_session`, and the shared data model they answer
+  with (`Device`, `DeviceStatus`, `Lease`, `SessionInfo`, ...);
 - **output**: `Result`, `emit`, `emit_error`: how both command lines print a result or an error.
 """
 
@@ -102,10 +103,23 @@ _MODEL = (
     "LeaseHolding",
     "LeasePart",
     "PROTOCOL_VERSION",
+    "RunInfo",
     "ServerInfo",
+    "SessionInfo",
+    "SessionList",
 )
 
-_CLIENT_API = ("PerAppliance", "Reservation", "check_health", "list_devices", "reserve")
+_CLIENT_API = (
+    "PerAppliance",
+    "Reservation",
+    "Survey",
+    "check_health",
+    "end_session",
+    "list_devices",
+    "list_sessions",
+    "reserve",
+    "survey",
+)
 
 EXPORTS: dict[str, str] = {
     "VERSION": "._version",
@@ -176,7 +190,17 @@ if TYPE_CHECKING:
         write_atomic,
     )
     from ._version import VERSION
-    from .client.api import PerAppliance, Reservation, check_health, list_devices, reserve
+    from .client.api import (
+        PerAppliance,
+        Reservation,
+        Survey,
+        check_health,
+        end_session,
+        list_devices,
+        list_sessions,
+        reserve,
+        survey,
+    )
     from .enrolment import (
         ROLES,
         Enrolment,
@@ -203,5 +227,8 @@ if TYPE_CHECKING:
         Lease,
         LeaseHolding,
         LeasePart,
+        RunInfo,
         ServerInfo,
+        SessionInfo,
+        SessionList,
     )

@@ -82,6 +82,31 @@ class DeviceStatus(Model):
     leases: list[LeaseHolding] = []
 
 
+class RunInfo(Model):
+    """A process carried to the appliance (`radium run`), as operators see it."""
+
+    id: str
+    argv: list[str]  # the command, its first words (ARGV_SHOWN) with each word cut at 200 characters
+    lease_id: str
+    started_at: float  # seconds since the epoch, the appliance's clock
+
+
+ARGV_SHOWN = 16
+
+
+class SessionInfo(Model):
+    """A client's session on the appliance: what it holds and runs."""
+
+    id: str
+    client: str
+    client_host: str
+    client_version: str
+    opened_at: float  # seconds since the epoch, the appliance's clock
+    idle_s: float  # since its last message (heartbeats every few seconds keep this small)
+    leases: list[Lease] = []
+    runs: list[RunInfo] = []
+
+
 class ServerInfo(Model):
     name: str
     hostname: str
@@ -151,6 +176,17 @@ class Enroll(Message, tag="enroll"):
 class Revoke(Message, tag="revoke"):
     name: str
     role: Literal["client", "admin"] = "client"
+
+
+class ListSessions(Message, tag="list-sessions"):
+    """Every open session with its leases and runs (admins only)."""
+
+
+class EndSession(Message, tag="end-session"):
+    """End a client's session: its runs are killed, its leases released, its client told (admins only)."""
+
+    session: str
+    reason: str = ""
 
 
 class RunStart(Message, tag="run-start"):
@@ -236,6 +272,8 @@ Request = (
     | CheckHealth
     | Enroll
     | Revoke
+    | ListSessions
+    | EndSession
     | RunStart
     | RunInput
     | RunSignal
@@ -277,6 +315,11 @@ class HealthReport(Message, tag="health-report"):
     client: str
 
 
+class SessionList(Message, tag="session-list"):
+    server: ServerInfo
+    sessions: list[SessionInfo]
+
+
 class Error(Message, tag="error"):
     code: str
     message: str
@@ -289,7 +332,7 @@ class RunAccepted(Message, tag="run-accepted"):
     hostname: str
 
 
-Reply = Welcome | Ok | DeviceList | Granted | HealthReport | Error | RunAccepted
+Reply = Welcome | Ok | DeviceList | Granted | HealthReport | SessionList | Error | RunAccepted
 
 
 # --- notices: sent by the appliance unasked ------------------------------------
@@ -301,6 +344,8 @@ class Shutdown(Message, tag="shutdown"):
 
 
 class LeaseLost(Message, tag="lease-lost"):
+    """A lease of the client's session was taken away (an operator ended the session)."""
+
     lease_id: str
     reason: str
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from support import Appliance, Client
+from support import Appliance, Client, hidden
 
 from radium import vcenter
 from radium.appliance import ovf
-from radium.remoting import load_client_config
+from radium.remoting import list_devices, load_client_config
 from radium.tui import Console, Estate
 from radium.vcenter import sim
 
@@ -186,15 +187,55 @@ def test_appliances_and_sessions_views_show_what_radiumd_answers(estate, tmp_pat
             devices = [r for r in cells(app, "appliances") if r[5].startswith("ocl-")]
             assert len(devices) == 2  # PoCL: two devices
             await pilot.press("4")
-            leases = await until(
-                pilot, lambda: [r for r in cells(app, "sessions") if r[2] == "vm-tui"], "lease"
+            sessions = await until(
+                pilot, lambda: [r for r in cells(app, "sessions") if r[2].startswith("vm-tui@")], "session"
             )
-            assert leases[0][0] == "app1" and leases[0][1] == granted["lease"]["id"]
-            assert leases[0][4] == "0.50"
+            assert sessions[0][0] == "app1" and sessions[0][3] == granted["lease"]["parts"][0]["device_id"]
+            assert sessions[0][4] == "0.50" and sessions[0][6] == "-"  # a reservation: nothing runs
 
         drive(estate, script, probe_interval=0.5)
     finally:
         client.run("release-gpus")
+
+
+SLEEPER = "import time; print('ready', flush=True); time.sleep(300)"
+
+
+def test_end_a_session_kills_its_run_and_frees_its_lease(estate, tmp_path):
+    client = Client(estate["app1"].enroll("vm-run"), tmp_path / "state")
+    work = tmp_path / "work"
+    argv = hidden(client, f"mkdir -p {work}", str(work), "run", "-p", "0.25", "--", "python3", "-c", SLEEPER)
+    run = subprocess.Popen(argv, env=client.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout is not None and run.stdout.readline().strip() == "ready"
+    ops = load_client_config(estate["ops"])
+
+    def held_by(name: str) -> int:
+        [answer] = asyncio.run(list_devices(ops))
+        assert answer.value is not None
+        return sum(1 for d in answer.value.devices for lease in d.leases if lease.client == name)
+
+    try:
+        assert held_by("vm-run") == 1
+
+        async def script(app: Console, pilot: Any) -> None:
+            await pilot.press("4")
+            await until(pilot, lambda: any("python3 -c" in r[6] for r in cells(app, "sessions")), "the run")
+            await choose(app, pilot, "sessions", "vm-run")
+            await pilot.press("e")
+            question = str(app.screen.query_one(".question").render())
+            assert "python3 -c" in question and "vm-run" in question
+            await pilot.press("y")
+            await until(pilot, lambda: app.running is None and run.poll() is not None, "the session ended")
+            assert any(text.startswith("ended session") for _, _, text, _ in app.log_view.entries)
+            await until(pilot, lambda: not any("vm-run" in r[2] for r in cells(app, "sessions")), "row gone")
+
+        drive(estate, script, probe_interval=0.5)
+        assert run.wait(10) == 137
+        assert "ended by operator ops" in (run.stderr.read() if run.stderr else "")
+        assert held_by("vm-run") == 0  # radiumd holds nothing for it any more
+    finally:
+        if run.poll() is None:
+            run.kill()
 
 
 # --- actions: each checked in vCenter or radiumd afterwards ------------------------------------

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import BIN, Appliance, admin, admin_env, free_port, ok_json, wait_until
+from support import BIN, Appliance, Client, admin, admin_env, free_port, ok_json, wait_until
 
 from radium import vcenter
 from radium.appliance import ovf
@@ -436,6 +436,23 @@ def test_deploy_waits_for_the_guest_ip_and_radiumd(session, ova, env, tmp_path):
         text = admin("appliance", "status", "gpu-live", env=env)
         assert text.returncode == 0 and "healthy" in text.stdout
 
+        # Its clients' sessions, seen and ended with the operator key the deploy made.
+        user = Client(app.enroll("vm9"), keys / "vm9-state")
+        lease = user.json("request-gpus", "-n", "1")["lease"]
+        listed = ok_json(admin("appliance", "sessions", "--json", env=env))["appliances"]
+        [mine] = [
+            x for a in listed if a["appliance"] == "gpu-live" for x in a["sessions"] if x["client"] == "vm9"
+        ]
+        assert [held["id"] for held in mine["leases"]] == [lease["id"]]
+        text = admin("appliance", "sessions", "gpu-live", env=env)
+        assert text.returncode == 0 and mine["id"] in text.stdout and lease["id"] in text.stdout
+        ended = ok_json(admin("appliance", "end-session", "gpu-live", mine["id"][:8], "--json", env=env))
+        assert ended["session"] == mine["id"] and ended["leases"] == [lease["id"]]
+        listed = ok_json(admin("appliance", "sessions", "gpu-live", "--json", env=env))["appliances"]
+        assert [x for x in listed[0]["sessions"] if x["client"] == "vm9"] == []
+        wrong = admin("appliance", "end-session", "gpu-live", mine["id"], env=env)
+        assert wrong.returncode == 2 and "no session" in wrong.stderr and "Traceback" not in wrong.stderr
+
         ok_json(admin("appliance", "remove", "gpu-live", "--json", env=env))
         with pytest.raises(ConfigError, match="no appliance named"):
             load_client_config(Path(env["RADIUM_ADMIN_CONFIG"])).appliance("gpu-live")
@@ -508,7 +525,7 @@ def test_deploy_is_a_radium_admin_verb():
         [str(BIN / "radium-admin"), "appliance", "--help"], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0
-    for verb in ("deploy", "list", "status", "remove"):
+    for verb in ("deploy", "list", "status", "sessions", "end-session", "remove"):
         assert verb in out.stdout
 
 

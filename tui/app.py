@@ -70,6 +70,7 @@ class Console(App[None]):
         Binding("u", "unregister", "Unregister", id="client.unregister"),
         Binding("k", "enroll", "Enrol key", id="key.enroll"),
         Binding("K", "revoke", "Revoke key", id="key.revoke"),
+        Binding("e", "end_session", "End session", id="session.end"),
         Binding("f5", "refresh", "Refresh", id="refresh", show=False),
         Binding("t", "toggle_dark", "Theme", id="theme", show=False),
         Binding("question_mark", "help", "Help", id="help"),
@@ -523,6 +524,40 @@ class Console(App[None]):
             self.start(f"revoke {r['name']}", call)
 
         self.push_screen(RevokeForm(values, self._known_appliances()), go)
+
+    # sessions
+
+    def action_end_session(self) -> None:
+        row = self.sessions.selected_session() if self._active() == "sessions" else None
+        if row is None:
+            self.notify("choose a session in the Sessions view (4) first", severity="warning")
+            return
+        if not row.session:
+            self.notify(
+                f"{row.appliance}'s radiumd does not list sessions (an older version): "
+                "end it from the client, or upgrade the appliance",
+                severity="warning",
+            )
+            return
+        a = self.appliances.appliances.get(row.appliance)
+        target = a.id if a is not None else row.appliance
+
+        def go(yes: bool | None) -> None:
+            if not yes:
+                return
+
+            def call(progress: vcenter.Progress) -> list[str]:
+                return [self.estate.end_session(target, row.session).summary()]
+
+            self.start(f"end session {row.session[:12]}", call)
+
+        runs = "\n".join(f"  {vcenter.command_of(r, 60)}" for r in row.runs) or "  (no process)"
+        question = (
+            f"End {row.client}'s session {row.session[:12]} on {row.appliance}?\n"
+            f"Its processes are killed (exit 137, the client is told why):\n{runs}\n"
+            f"and its leases released: {', '.join(row.devices) or 'none'}."
+        )
+        self.push_screen(Confirm(question, yes="End session"), go)
 
     def _active(self) -> str:
         return self.tabs.active

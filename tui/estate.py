@@ -21,12 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from radium import vcenter
-from radium.remoting import ClientConfig, admin_config_path, enroll, load_client_config, revoke
+from radium.remoting import (
+    ClientConfig,
+    RunInfo,
+    admin_config_path,
+    enroll,
+    load_client_config,
+    revoke,
+)
 
 if TYPE_CHECKING:
     from radium.remoting import Enrolment, Revocation
 
-__all__ = ["Estate", "Snapshot", "Lease"]
+__all__ = ["Estate", "Snapshot", "SessionRow", "sessions_of"]
 
 
 @dataclass(frozen=True)
@@ -47,32 +54,52 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class Lease:
-    """A live lease on one appliance, as the Sessions view lists it."""
+class SessionRow:
+    """A client's session on one appliance, as the Sessions view lists it."""
 
-    appliance: str
-    lease_id: str
+    appliance: str  #: radiumd's name (the key of the probes)
+    session: str  #: its id; "" when radiumd does not list sessions (older): then one row per lease
     client: str
+    host: str  #: the client's host name, as its Hello said
     devices: list[str]
-    share: float  #: of each device (1.0: whole)
+    share: float  #: of each device (1.0: whole; 0: no lease)
     memory_bytes: int
+    runs: list[RunInfo]
+    opened_at: float | None  #: seconds since the epoch (the appliance's clock)
 
 
-def leases_of(appliance: str, probe: vcenter.Probe) -> list[Lease]:
-    """The leases radiumd reported, one per lease (a lease may span devices)."""
-    found: dict[str, Lease] = {}
+def sessions_of(appliance: str, probe: vcenter.Probe) -> list[SessionRow]:
+    """The sessions radiumd reported with what they hold and run; its leases alone when it would not
+    list sessions."""
+    if probe.sessions is not None:
+        return [
+            SessionRow(
+                appliance=appliance,
+                session=x.id,
+                client=x.client,
+                host=x.client_host,
+                devices=[p.device_id for lease in x.leases for p in lease.parts],
+                share=max((p.fraction for lease in x.leases for p in lease.parts), default=0.0),
+                memory_bytes=sum(p.memory_bytes for lease in x.leases for p in lease.parts),
+                runs=list(x.runs),
+                opened_at=x.opened_at,
+            )
+            for x in probe.sessions
+        ]
+    found: dict[str, SessionRow] = {}
     for status in probe.devices:
         for held in status.leases:
             old = found.get(held.lease_id)
-            devices = [*old.devices, status.device.id] if old else [status.device.id]
-            memory = (old.memory_bytes if old else 0) + held.memory_bytes
-            found[held.lease_id] = Lease(
+            found[held.lease_id] = SessionRow(
                 appliance=appliance,
-                lease_id=held.lease_id,
+                session="",
                 client=held.client,
-                devices=devices,
+                host="",
+                devices=[*old.devices, status.device.id] if old else [status.device.id],
                 share=held.fraction,
-                memory_bytes=memory,
+                memory_bytes=(old.memory_bytes if old else 0) + held.memory_bytes,
+                runs=[],
+                opened_at=None,
             )
     return list(found.values())
 
@@ -178,6 +205,11 @@ class Estate:
 
     def revoke(self, name: str, appliance: str) -> Revocation:
         return revoke(name, appliance)
+
+    def end_session(self, appliance: str, session_id: str) -> vcenter.SessionEnd:
+        """`appliance`: the VM's name or managed object id."""
+        with self._session() as s:
+            return vcenter.end_session(s, appliance, session_id, admin=self.admin())
 
 
 #: How long the console waits before trying vCenter again, after the 1st, 2nd, ... failure in a row.

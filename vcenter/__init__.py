@@ -21,6 +21,7 @@ parse, call and render:
     set_passthrough                passthrough enable | disable
     deploy_appliance               appliance deploy
     list_appliances / appliance_status / remove_appliance   appliance list | status | remove
+    appliance_sessions / end_session                        appliance sessions | end-session
     register_vm / unregister_vm / list_clients              register-vm | unregister-vm | clients
     save_profile / load_profiles / remove_profile        profile save | list | remove
 
@@ -84,6 +85,8 @@ EXPORTS: dict[str, str] = {
     "appliance_status": ".appliances:status",
     "remove_appliance": ".appliances:remove",
     "register_standin": ".standin",
+    **dict.fromkeys(("ApplianceSessions", "SessionEnd", "end_session", "command_of", "age"), ".sessions"),
+    "appliance_sessions": ".sessions:sessions",
     # client VMs
     **dict.fromkeys(("ClientVM", "Registration", "SshInstall", "Unregistration"), ".registration"),
     "PushResult": ".ssh",
@@ -132,6 +135,8 @@ if TYPE_CHECKING:
     from .registration import ClientVM, Registration, SshInstall, Unregistration, register_vm
     from .registration import registered as list_clients
     from .registration import unregister as unregister_vm
+    from .sessions import ApplianceSessions, SessionEnd, age, command_of, end_session
+    from .sessions import sessions as appliance_sessions
     from .settings import (
         ConnectionSettings,
         Profile,

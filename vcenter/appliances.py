@@ -25,7 +25,7 @@ import asyncio
 import ipaddress
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -33,9 +33,9 @@ from radium.remoting import (
     DEFAULT_PORT,
     ApplianceEntry,
     ClientConfig,
-    DeviceList,
     DeviceStatus,
     RadiumError,
+    SessionInfo,
     admin_config_path,
     load_client_config,
     save_client_config,
@@ -49,6 +49,9 @@ from .names import closest, resolve
 from .progress import Progress
 from .tasks import wait
 
+if TYPE_CHECKING:
+    from radium.remoting import Survey
+
 __all__ = [
     "FIELD",
     "Appliance",
@@ -60,6 +63,8 @@ __all__ = [
     "Removal",
     "address_of",
     "appliances",
+    "default_admin",
+    "entry_of",
     "field_key",
     "find",
     "probe",
@@ -298,6 +303,9 @@ class Probe(msgspec.Struct, kw_only=True):
     health: Health
     devices: list[DeviceStatus] = msgspec.field(default_factory=list)
     queue_length: int = 0  #: requests waiting in its first-come-first-served queue
+    #: its clients' open sessions with their leases and runs; None when it would not say (`sessions_error`)
+    sessions: list[SessionInfo] | None = None
+    sessions_error: str | None = None
 
 
 def _why_unreachable(appliance: Appliance, admin: ClientConfig | None) -> str | None:
@@ -311,13 +319,34 @@ def _why_unreachable(appliance: Appliance, admin: ClientConfig | None) -> str | 
     return None
 
 
+def entry_of(appliance: Appliance, admin: ClientConfig | None) -> ApplianceEntry:
+    """How the operator dials `appliance` (its recorded address and server key); `Refused` saying why
+    when it cannot be reached."""
+    why = _why_unreachable(appliance, admin)
+    if why is not None:
+        raise Refused(f"cannot reach appliance {appliance.vm}: {why}")
+    assert appliance.address is not None and appliance.server_public_key is not None
+    return ApplianceEntry(
+        name=appliance.name, address=appliance.address, public_key=appliance.server_public_key
+    )
+
+
+def default_admin(admin: ClientConfig | None = None) -> ClientConfig | None:
+    """`admin`, else the operator configuration in effect (``RADIUM_ADMIN_CONFIG``, ...) when there is one."""
+    if admin is None:
+        path = admin_config_path()
+        admin = load_client_config(path) if path.exists() else None
+    return admin
+
+
 def probe_many(
     appliances: list[Appliance], admin: ClientConfig | None, timeout: float = 5.0, usage: bool = True
 ) -> list[Probe]:
-    """Ask each appliance's radiumd for its devices (`usage`: with memory used and utilisation), with the
-    operator's key and the recorded address and server key: one `Probe` per appliance, in order.
+    """Ask each appliance's radiumd for its devices (`usage`: with memory used and utilisation) and its
+    sessions, with the operator's key and the recorded address and server key: one `Probe` per
+    appliance, in order.
 
-    The reachable ones are asked together, in one fan-out of the client API (`list_devices`).
+    The reachable ones are asked together, in one fan-out of the client API (`survey`).
     """
     probes: list[Probe | None] = []
     entries: list[ApplianceEntry] = []
@@ -325,17 +354,16 @@ def probe_many(
         why = _why_unreachable(a, admin)
         probes.append(Probe(health=Health(reachable=False, error=why)) if why else None)
         if why is None:
-            assert a.address is not None and a.server_public_key is not None
-            entries.append(ApplianceEntry(name=a.name, address=a.address, public_key=a.server_public_key))
+            entries.append(entry_of(a, admin))
     if entries:
-        from radium.remoting import list_devices  # (ZeroMQ: only when an appliance is asked)
+        from radium.remoting import survey  # (ZeroMQ: only when an appliance is asked)
 
         assert admin is not None
         config = ClientConfig(client=admin.client, appliances=entries, source=admin.source)
         try:
             answers = [
                 (r.value, r.error.message if r.error else None)
-                for r in asyncio.run(list_devices(config, usage=usage, timeout=timeout))
+                for r in asyncio.run(survey(config, usage=usage, timeout=timeout))
             ]
         except RadiumError as exc:
             answers = [(None, exc.message)] * len(entries)
@@ -347,12 +375,19 @@ def probe_many(
     return [p for p in probes if p is not None]
 
 
-def _probe_of(reply: DeviceList | None, error: str | None) -> Probe:
+def _probe_of(reply: Survey | None, error: str | None) -> Probe:
     if reply is None:
         return Probe(health=Health(reachable=False, error=error or "no answer"))
-    devices = [f"{d.device.id} {d.device.model} ({d.device.health})" for d in reply.devices]
-    health = Health(reachable=True, server=reply.server.name, version=reply.server.version, devices=devices)
-    return Probe(health=health, devices=list(reply.devices), queue_length=reply.queue_length)
+    listed = reply.devices
+    devices = [f"{d.device.id} {d.device.model} ({d.device.health})" for d in listed.devices]
+    health = Health(reachable=True, server=listed.server.name, version=listed.server.version, devices=devices)
+    return Probe(
+        health=health,
+        devices=list(listed.devices),
+        queue_length=listed.queue_length,
+        sessions=list(reply.sessions.sessions) if reply.sessions else None,
+        sessions_error=reply.sessions_error or None,
+    )
 
 
 def probe(
@@ -375,11 +410,8 @@ def status(
     radiumd is asked with the operator key of `admin`, by default the operator
     configuration in effect (``RADIUM_ADMIN_CONFIG``, ...) when there is one.
     """
-    if admin is None:
-        path = admin_config_path()
-        admin = load_client_config(path) if path.exists() else None
     a = find(session, name)
-    health = check(a, admin, timeout)
+    health = check(a, default_admin(admin), timeout)
     healthy = a.power_state == "poweredOn" and health.reachable and bool(health.devices)
     return ApplianceStatus(appliance=a, health=health, healthy=healthy)
 

@@ -84,6 +84,52 @@ async def check_health(
     return await _each(config, select(config, server), call)
 
 
+async def list_sessions(
+    config: ClientConfig, server: str | None = None, timeout: float = 5.0
+) -> list[PerAppliance[s.SessionList]]:
+    """Every open session on each appliance, with its leases and runs (needs an operator key)."""
+
+    async def call(conn: Connection) -> s.SessionList:
+        reply = await conn.request(s.ListSessions(), timeout=timeout)
+        assert isinstance(reply, s.SessionList)
+        return reply
+
+    return await _each(config, select(config, server), call)
+
+
+@dataclass
+class Survey:
+    """What an operator asks an appliance in one visit: its devices, and its sessions."""
+
+    devices: s.DeviceList
+    sessions: s.SessionList | None  #: None when radiumd would not say (`sessions_error`)
+    sessions_error: str = ""
+
+
+async def survey(
+    config: ClientConfig, usage: bool = True, timeout: float = 5.0
+) -> list[PerAppliance[Survey]]:
+    """`list_devices` and `list_sessions` of every appliance, both over one connection to each."""
+
+    async def call(conn: Connection) -> Survey:
+        devices = await conn.request(s.ListDevices(usage=usage), timeout=timeout)
+        assert isinstance(devices, s.DeviceList)
+        try:
+            sessions = await conn.request(s.ListSessions(), timeout=timeout)
+        except RadiumError as exc:  # a client key, or a radiumd older than ListSessions
+            return Survey(devices, None, exc.message)
+        assert isinstance(sessions, s.SessionList)
+        return Survey(devices, sessions)
+
+    return await _each(config, select(config), call)
+
+
+async def end_session(admin: ClientConfig, appliance: ApplianceEntry, session: str, reason: str = "") -> None:
+    """End a client's session on an appliance: its runs are killed, its leases released (operator key)."""
+    async with Connection(appliance, admin.keys) as conn:
+        await conn.request(s.EndSession(session=session, reason=reason))
+
+
 @dataclass
 class Reservation:
     """A granted lease with the session that keeps it alive."""

@@ -12,7 +12,7 @@ import asyncio
 import socket
 
 from .. import schema as s
-from .._errors import RadiumError
+from .._errors import RadiumError, SessionExpired
 from .._version import VERSION
 from .connection import Connection
 
@@ -28,6 +28,7 @@ class Session:
         self.leases: dict[str, s.Lease] = {}
         self.error: RadiumError | None = None
         self.ended = asyncio.Event()
+        self.lost: dict[str, str] = {}  # lease id -> why the appliance took it away (LeaseLost)
 
     @property
     def id(self) -> str:
@@ -40,8 +41,16 @@ class Session:
         )
         assert isinstance(reply, s.Welcome)
         self.welcome = reply
+        self.conn.on_notice(self._on_notice)
         self._heartbeat = asyncio.create_task(self._beat())
         return self
+
+    def _on_notice(self, notice: s.Message, extra: list[bytes]) -> None:
+        # An operator ended the session: its runs get their own RunExit saying so, and the
+        # next heartbeat fails (SessionExpired), with this reason rather than "missed heartbeats".
+        if isinstance(notice, s.LeaseLost):
+            self.lost[notice.lease_id] = notice.reason
+            self.leases.pop(notice.lease_id, None)
 
     async def _beat(self) -> None:
         assert self.welcome is not None
@@ -52,6 +61,12 @@ class Session:
                 try:
                     await self.conn.request(s.Heartbeat(session=self.id), timeout=self.dead_after)
                 except RadiumError as exc:
+                    if isinstance(exc, SessionExpired) and self.lost:
+                        leases = ", ".join(sorted(self.lost))
+                        exc = SessionExpired(
+                            f"{self.conn.label} ended this session (lease {leases}): "
+                            f"{next(iter(self.lost.values()))}"
+                        )
                     self.error = exc
                     self.conn.fail(exc)
                     self.ended.set()
@@ -69,6 +84,8 @@ class Session:
         return reply.lease
 
     async def release(self, lease_id: str) -> None:
+        if lease_id in self.lost:
+            return  # the appliance took it back already (and the session with it)
         await self.conn.request(s.Release(session=self.id, lease_id=lease_id))
         self.leases.pop(lease_id, None)
 
@@ -77,7 +94,7 @@ class Session:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)
-        if self.welcome is not None and self.error is None:
+        if self.welcome is not None and self.error is None and not self.lost:
             try:
                 await self.conn.request(s.Bye(session=self.id), timeout=2.0)
             except RadiumError:

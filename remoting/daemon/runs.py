@@ -52,6 +52,9 @@ class Run:
     lease: s.Lease
     own_lease: bool
     slot: int
+    argv: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    ended_because: str = ""  # set when radiumd ends it (its session ended), for the client's RunExit
     proc: Process | None = None
     writer: asyncio.StreamWriter | None = None
     relay: asyncio.Task | None = None
@@ -202,6 +205,7 @@ class Runs:
             lease=lease,
             own_lease=own,
             slot=self._free_slots.pop(0),
+            argv=[word[:200] for word in msg.argv[: s.ARGV_SHOWN]],
         )
         try:
             await self._spawn(run, msg)
@@ -317,7 +321,9 @@ class Runs:
         self._free_slots.append(run.slot)
         if run.own_lease:
             self._release(run.lease)
-        if not exited:
+        if run.ended_because and not exited:  # killed by radiumd: why, with SIGKILL's status
+            self.send(run.origin, wire.encode(s.RunExit(run=run.id, status=137, detail=run.ended_because), 0))
+        elif not exited:
             self.send(
                 run.origin,
                 wire.encode(
@@ -351,11 +357,20 @@ class Runs:
 
     # --- ending ------------------------------------------------------------------
 
-    def end_session(self, session_id: str) -> None:
+    def of_session(self, session_id: str) -> list[s.RunInfo]:
+        """The session's runs, for operators (`ListSessions`)."""
+        return [
+            s.RunInfo(id=r.id, argv=r.argv, lease_id=r.lease.id, started_at=r.started_at)
+            for r in self.runs.values()
+            if r.session == session_id
+        ]
+
+    def end_session(self, session_id: str, reason: str) -> None:
         """The client's session is gone: end its runs (closing the channel kills them)."""
         for run in list(self.runs.values()):
             if run.session == session_id and run.writer is not None:
-                event(self.log, "info", "run killed: its client is gone", run=run.id)
+                event(self.log, "info", "run killed: its session ended", run=run.id, reason=reason)
+                run.ended_because = f"the run was killed: its session ended ({reason})"
                 run.writer.close()
 
     async def shutdown(self) -> None:

@@ -88,6 +88,7 @@ class Daemon:
         )
         self.runs = Runs(cfg, self.service, self.backends, self._send, self.log)
         self.service.on_session_end = self.runs.end_session
+        self.service.runs_of = self.runs.of_session
         self.service.handlers[s.RunStart] = self.runs.start
         self.metrics_address = None
         if cfg.metrics.enabled:

@@ -43,6 +43,9 @@ class Session:
     key: str
     origin: bytes  # the connection to send notices to
     last_seen: float
+    host: str = ""  # as the client's Hello gave them
+    version: str = ""
+    opened_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -59,7 +62,8 @@ class Service:
     sessions: dict[str, Session] = field(default_factory=dict)
     _waiting: dict[int, asyncio.Future[s.Lease]] = field(default_factory=dict)
     on_expired: Callable[[], None] = lambda: None
-    on_session_end: Callable[[str], None] = lambda session_id: None
+    on_session_end: Callable[[str, str], None] = lambda session_id, reason: None
+    runs_of: Callable[[str], list[s.RunInfo]] = lambda session_id: []
 
     def __post_init__(self) -> None:
         self.handlers: dict[type, Callable[[Peer, bytes, Any], Awaitable[s.Message]]] = {
@@ -72,6 +76,8 @@ class Service:
             s.CheckHealth: self.check_health,
             s.Enroll: self.enroll,
             s.Revoke: self.revoke,
+            s.ListSessions: self.list_sessions,
+            s.EndSession: self.end_session,
         }
 
     async def handle(self, peer: Peer, origin: bytes, request: s.Message) -> s.Message:
@@ -100,7 +106,15 @@ class Service:
                 f"{s.PROTOCOL_VERSION}: upgrade the older side",
                 server_protocol=s.PROTOCOL_VERSION,
             )
-        session = Session(secrets.token_hex(12), peer.name, peer.key, origin, self.clock())
+        session = Session(
+            secrets.token_hex(12),
+            peer.name,
+            peer.key,
+            origin,
+            self.clock(),
+            host=msg.hostname[:255],
+            version=msg.client_version[:64],
+        )
         self.sessions[session.id] = session
         event(
             self.log,
@@ -128,14 +142,18 @@ class Service:
         self._drop_session(session, "closed by client")
         return s.Ok()
 
-    def _drop_session(self, session: Session, reason: str) -> None:
+    def _drop_session(self, session: Session, reason: str, tell: bool = False) -> None:
+        """End `session`: its runs, its waiters, its leases; `tell`: send its client a `LeaseLost`
+        for each lease (it is alive, and would otherwise learn it at its next heartbeat)."""
         self.sessions.pop(session.id, None)
-        self.on_session_end(session.id)
+        self.on_session_end(session.id, reason)
         released, dropped = self.allocator.release_session(session.id)
         for waiter in dropped:
             self._resolve(waiter, SessionExpired(f"session ended: {reason}"))
         for lease in released:
             event(self.log, "info", "lease released", lease=lease.id, client=lease.client, reason=reason)
+            if tell:
+                self.notify(session.origin, s.LeaseLost(lease_id=lease.id, reason=reason))
         event(
             self.log,
             "info",
@@ -298,9 +316,9 @@ class Service:
 
     # --- enrolment (operators only) ---------------------------------------
 
-    def _require_admin(self, peer: Peer) -> None:
+    def _require_admin(self, peer: Peer, what: str = "enrolment") -> None:
         if peer.role != "admin":
-            raise NotPermitted(f"{peer.name} is a client key; enrolment needs an operator key")
+            raise NotPermitted(f"{peer.name} is a client key; {what} needs an operator key")
 
     async def enroll(self, peer: Peer, origin: bytes, msg: s.Enroll) -> s.Ok:
         self._require_admin(peer)
@@ -318,6 +336,46 @@ class Service:
             raise UsageError(f"no {msg.role} named {msg.name!r} is enrolled on {self.server.name}")
         self.revoked(msg.name)
         event(self.log, "info", "key revoked", name=msg.name, role=msg.role, by=peer.name)
+        return s.Ok()
+
+    # --- sessions (operators only) ----------------------------------------
+
+    async def list_sessions(self, peer: Peer, origin: bytes, msg: s.ListSessions) -> s.SessionList:
+        self._require_admin(peer, "listing sessions")
+        now = self.clock()
+        leases = self.allocator.leases
+        sessions = [
+            s.SessionInfo(
+                id=sess.id,
+                client=sess.client,
+                client_host=sess.host,
+                client_version=sess.version,
+                opened_at=sess.opened_at,
+                idle_s=round(max(0.0, now - sess.last_seen), 1),
+                leases=[leases[i] for i in self.allocator.session_leases(sess.id) if i in leases],
+                runs=self.runs_of(sess.id),
+            )
+            for sess in sorted(self.sessions.values(), key=lambda x: x.opened_at)
+        ]
+        return s.SessionList(server=self.server, sessions=sessions)
+
+    async def end_session(self, peer: Peer, origin: bytes, msg: s.EndSession) -> s.Ok:
+        self._require_admin(peer, "ending a session")
+        session = self.sessions.get(msg.session)
+        if session is None:
+            raise UsageError(
+                f"no session {msg.session!r} is open on {self.server.name} (it may have ended already)"
+            )
+        reason = f"ended by operator {peer.name}" + (f": {msg.reason[:200]}" if msg.reason else "")
+        self._drop_session(session, reason, tell=True)
+        event(
+            self.log,
+            "info",
+            "session ended by operator",
+            session=session.id,
+            client=session.client,
+            by=peer.name,
+        )
         return s.Ok()
 
     def revoked(self, client: str) -> None:

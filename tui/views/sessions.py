@@ -1,41 +1,59 @@
-"""Sessions: the live leases across all appliances (client, devices, share)."""
+"""Sessions: every client's session across the appliances: what it holds, what it runs, since when."""
 
 from __future__ import annotations
 
+import time
+
+from rich.text import Text
+
 from radium import vcenter
 
-from ..estate import Lease, leases_of
+from ..estate import SessionRow, sessions_of
 from .base import Row, TableView, mib
 
 
 class SessionsView(TableView):
-    COLUMNS = ("Appliance", "Lease", "Client", "Devices", "Share", "MiB")
-    EMPTY = "asking the appliances for their leases..."
+    COLUMNS = ("Appliance", "Session", "Client", "Devices", "Share", "MiB", "Runs", "Since")
+    EMPTY = "asking the appliances for their sessions..."
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.leases: dict[str, Lease] = {}
+        self.rows: dict[str, SessionRow] = {}
 
     def probed(self, probes: dict[str, vcenter.Probe]) -> None:
-        leases = [lease for name, p in sorted(probes.items()) for lease in leases_of(name, p)]
-        self.leases = {f"{lease.appliance}/{lease.lease_id}": lease for lease in leases}
-        rows: list[Row] = [
-            (
-                key,
-                (
-                    lease.appliance,
-                    lease.lease_id,
-                    lease.client,
-                    ", ".join(lease.devices),
-                    "whole" if lease.share >= 1 else f"{lease.share:.2f}",
-                    mib(lease.memory_bytes),
-                ),
-            )
-            for key, lease in self.leases.items()
-        ]
-        self.set_summary(f"{len(rows)} live leases across {len(probes)} appliances")
+        found = [row for name, p in sorted(probes.items()) for row in sessions_of(name, p)]
+        self.rows = {f"{r.appliance}/{r.session or r.devices[0]}/{i}": r for i, r in enumerate(found)}
+        now = time.time()
+        rows: list[Row] = [(key, _cells(r, now)) for key, r in self.rows.items()]
+        runs = sum(len(r.runs) for r in found)
+        self.set_summary(
+            f"{len(found)} sessions with {runs} carried processes across {len(probes)} appliances"
+            "  (e: end the session under the cursor)"
+        )
         self.set_rows(rows)
 
-    def selected_lease(self) -> Lease | None:
+    def selected_session(self) -> SessionRow | None:
         key = self.selected_key()
-        return self.leases.get(key) if key else None
+        return self.rows.get(key) if key else None
+
+
+def _cells(r: SessionRow, now: float) -> tuple[object, ...]:
+    if r.runs:
+        first = vcenter.command_of(r.runs[0], 40)
+        runs: str | Text = first + (f" (+{len(r.runs) - 1})" if len(r.runs) > 1 else "")
+    else:
+        runs = Text("-", style="dim")
+    if not r.devices:
+        share = "-"
+    else:
+        share = "whole" if r.share >= 1 else f"{r.share:.2f}"
+    return (
+        r.appliance,
+        r.session[:12] or Text("(lease only)", style="dim"),
+        f"{r.client}@{r.host}" if r.host else r.client,
+        ", ".join(r.devices) or "-",
+        share,
+        mib(r.memory_bytes) if r.devices else "-",
+        runs,
+        vcenter.age(now - r.opened_at) if r.opened_at is not None else "-",
+    )

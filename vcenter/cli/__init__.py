@@ -37,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "appliance list": "appliance.list",
     "appliance status": "appliance.status",
     "appliance remove": "appliance.remove",
+    "appliance sessions": "appliance.sessions",
+    "appliance end-session": "appliance.end_session",
     "profile save": "profile.save",
     "profile list": "profile.list",
     "profile remove": "profile.remove",
