@@ -5,9 +5,10 @@ hosts × 4 GPUs, 500 VMs, as `vcenter_inventory`); the console is `radium.tui.Co
 driven by Textual's pilot at 160×48, in this process.  Each metric has a baseline
 measured in the same run:
 
-- time to first data: from starting the console to the hosts table holding every
-  accelerator, against `Estate.read()` alone (the three collections the screen needs,
-  without a screen);
+- time to first data: from starting the console to the first rows of the hosts table
+  (the first page of hosts, `vcenter.inventory_pages`), and to the table holding every
+  accelerator, against `Estate.read()` alone (every page, the appliances and the
+  clients, without a screen);
 - change to screen: from `set_passthrough` returning (done in vCenter, by another
   session) to the hosts table showing it, against the bare change stream
   (`vcenter.estate_changes`) seeing the same kind of change;
@@ -32,7 +33,8 @@ from benchmarks import measured, ratio_table, standalone
 
 MODULE = "benchmarks.console"
 USER, PASSWORD = "bench", "bench-password"
-FIRST_DATA_TARGET_S = 2.0
+FIRST_DATA_TARGET_S = 2.0  # up to 64 hosts and 500 VMs
+LARGE_FIRST_DATA_TARGET_S = 3.0  # beyond, up to 1,000 hosts and 10,000 VMs (issue 11)
 CHANGE_TARGET_S = 2.0
 KEY_TARGET_S = 0.1
 
@@ -86,14 +88,15 @@ class Bench:
             bare_read.append(time.perf_counter() - t)
         estate.close()
         gpus = sum(len(h.accelerators) for h in snapshot.hosts)
-        first = [self._first_data(gpus) for _ in range(rounds)]
+        first, whole = zip(*(self._first_data(gpus) for _ in range(rounds)), strict=True)
         stream = self._bare_change_latency(rounds)
         change, key_idle, key_busy = asyncio.run(self._live(rounds))
         return {
             "hosts": len(snapshot.hosts),
             "gpus": gpus,
             "vms": self.args.console_vms,
-            "first_data_s": first,
+            "first_data_s": list(first),
+            "all_hosts_s": list(whole),
             "bare_read_s": bare_read,
             "change_s": change,
             "bare_change_s": stream,
@@ -101,7 +104,8 @@ class Bench:
             "key_idle_s": key_idle,
         }
 
-    def _first_data(self, gpus: int) -> float:
+    def _first_data(self, gpus: int) -> tuple[float, float]:
+        """From start to the first rows of hosts on screen, and to every accelerator's row."""
         from radium.tui import Console, Estate
 
         app = Console(Estate(self.settings), watch=False, probe_interval=0)
@@ -110,13 +114,16 @@ class Bench:
         async def go() -> None:
             t = time.perf_counter()
             async with app.run_test(size=(160, 48)) as pilot:
+                while app.hosts.table.row_count == 0:
+                    await pilot.pause(0.005)
+                took.append(time.perf_counter() - t)
                 while app.hosts.table.row_count < gpus:
                     await pilot.pause(0.005)
                 took.append(time.perf_counter() - t)
 
         asyncio.run(go())
         app.estate.close()
-        return took[0]
+        return took[0], took[1]
 
     def _device(self, session: Any) -> tuple[str, str, bool]:
         from radium import vcenter
@@ -222,6 +229,12 @@ def report(r: dict) -> bool:
     rows = [
         ("time to first data: median", med(r["first_data_s"]), med(r["bare_read_s"]), "Estate.read() alone"),
         (
+            "time to every host on screen: median",
+            med(r["all_hosts_s"]),
+            med(r["bare_read_s"]),
+            "Estate.read() alone",
+        ),
+        (
             "change in vCenter to screen: median",
             med(r["change_s"]),
             med(r["bare_change_s"]),
@@ -251,8 +264,9 @@ def report(r: dict) -> bool:
     )
     table = ratio_table(title, [(name, value, base, what, _s) for name, value, base, what in rows])
     Console(width=None if sys.stdout.isatty() else 130).print(table)
+    first_target = FIRST_DATA_TARGET_S if r["hosts"] <= 64 else LARGE_FIRST_DATA_TARGET_S
     checks = {
-        f"first data within {FIRST_DATA_TARGET_S:g} s": med(r["first_data_s"]) <= FIRST_DATA_TARGET_S,
+        f"first data within {first_target:g} s": med(r["first_data_s"]) <= first_target,
         f"a change on screen within {CHANGE_TARGET_S:g} s": max(r["change_s"]) <= CHANGE_TARGET_S,
         f"a key answered within {KEY_TARGET_S * 1000:g} ms while a read is in flight (median)": med(
             r["key_busy_s"]

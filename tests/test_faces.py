@@ -149,6 +149,7 @@ FACES: dict[str, set[str]] = {
         "watch",
         "Inventory",
         "collect_inventory",
+        "inventory_pages",
         "hosts",
         "estate_changes",
         "Host",

@@ -214,7 +214,8 @@ def test_hosts_lists_every_host_and_its_gpus_as_the_simulator_has_them(vc, env):
             assert (d["vendor"], d["model"]) == (vendor, model)
             assert (d["capable"], d["enabled"], d["active"]) == (True, enabled, enabled), (name, d)
             assert d["held_by"] is None and d["configured_in"] == []
-    assert data["round_trips"] == 3  # CreateContainerView, RetrievePropertiesEx, DestroyView
+    # The host list (CreateContainerView, RetrievePropertiesEx, DestroyView), then one page.
+    assert data["round_trips"] == 4
 
 
 @needs_vcsim
@@ -613,10 +614,33 @@ def test_the_inventory_takes_the_same_round_trips_for_2_and_8_hosts(env):
                 counts[n] = inv.round_trips
                 assert session.calls["RetrievePropertiesEx"] == 1
             data = ok_json(admin("hosts", "--json", *flags(s), env=with_password(env)))
-            assert len(data["hosts"]) == n and data["round_trips"] == counts[n]
+            assert len(data["hosts"]) == n and data["round_trips"] == counts[n] + 1  # + the host list
         finally:
             s.stop()
     assert counts == {2: 3, 8: 3}
+
+
+@needs_vcsim
+def test_inventory_pages_come_in_host_order_and_add_up_to_the_whole(session):
+    vm = gpu_vm(session, "DC0_H0", "pages-vm", "0000:86:00.0")
+    try:
+        vcenter.wait(session, vm.PowerOnVM_Task())
+        whole = vcenter.collect_inventory(session)
+        before = session.calls["RetrievePropertiesEx"]
+        pages = list(vcenter.inventory_pages(session, first=1, size=2))
+        # The host list, then pages of 1 and 2 hosts: a round trip each, whatever their VMs.
+        assert [len(p.hosts) for p in pages] == [1, 2]
+        assert session.calls["RetrievePropertiesEx"] - before == 1 + len(pages)
+        assert pages[-1].round_trips == 3 + len(pages)
+        hosts = [h for p in pages for h in p.hosts]
+        assert [h.name for h in hosts] == sorted(h.name for h in whole.hosts)
+        assert msgspec.to_builtins(hosts) == msgspec.to_builtins(whole.hosts)  # holders and all
+        assert any(d.held_by == "pages-vm" for h in hosts for d in h.accelerators)
+        assert sorted(v.name for p in pages for v in p.vms) == sorted(v.name for v in whole.vms)
+        slow = list(vcenter.inventory_pages(session, first=1, size=2, decoder="pyvmomi"))
+        assert msgspec.to_builtins([h for p in slow for h in p.hosts]) == msgspec.to_builtins(hosts)
+    finally:
+        destroy(session, vm)
 
 
 @needs_vcsim

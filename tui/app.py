@@ -168,16 +168,24 @@ class Console(App[None]):
 
     @work(thread=True, exclusive=False, group="read")
     def _read_worker(self) -> None:
+        # The first read shows each part as it comes (a screen of hosts in a fraction of a second
+        # on a large estate); later ones replace the whole at once, without a table growing again.
+        first = self.snapshot is None
         try:
-            snapshot = self.estate.read()
+            for snapshot in self.estate.read_parts(partial=first, last=self.snapshot):
+                self.post_message(EstateRead(snapshot))
         except Exception as exc:  # noqa: BLE001 (the banner says it; the watcher retries)
             self.post_message(Problem("vCenter", describe(exc)))
             self.post_message(EstateRead(None))
-            return
-        self.post_message(EstateRead(snapshot))
 
     @on(EstateRead)
     def estate_read(self, message: EstateRead) -> None:
+        if message.snapshot is not None and not message.snapshot.complete:
+            if self.snapshot is None:  # only the first read is shown in parts
+                self.hosts.show(message.snapshot)
+                if message.snapshot.reading == "clients":  # the appliances are read
+                    self.appliances.show(message.snapshot)
+            return
         self._reading = False
         if message.snapshot is not None:
             self.reads += 1

@@ -43,6 +43,12 @@ class Snapshot:
     hosts: list[vcenter.Host]
     appliances: list[vcenter.Appliance]
     clients: list[vcenter.ClientVM]
+    #: what a read in progress is still reading ("hosts", then "clients"); "" when whole (`Estate.read_parts`)
+    reading: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return not self.reading
 
     def free_gpus(self) -> dict[str, int]:
         """Free DirectPath GPUs per cluster ("standalone" for hosts outside one)."""
@@ -122,18 +128,33 @@ class Estate:
 
     def read(self) -> Snapshot:
         """Hosts with their accelerators, appliances and client VMs, as vCenter holds them now."""
+        *_, whole = self.read_parts(partial=False)
+        return whole
+
+    def read_parts(self, partial: bool = True, last: Snapshot | None = None) -> Iterator[Snapshot]:
+        """`read`, as it comes: with `partial`, a snapshot after each page of hosts (in name order: the
+        first screen first), then the appliances, then the clients; the last one is whole
+        (`complete`).  Until they are read, the appliances and clients are those of `last`."""
         with self._lock:
             try:
                 if self._reader is None:
                     self._reader = vcenter.connect(self.settings)
                 session = self._reader
-                hosts = vcenter.collect_inventory(session).hosts
+                hosts: list[vcenter.Host] = []
+                appliances = last.appliances if last else []
+                clients = last.clients if last else []
+                for page in vcenter.inventory_pages(session):
+                    hosts = hosts + page.hosts
+                    if partial:
+                        yield Snapshot(hosts, appliances, clients, reading="hosts")
                 appliances = vcenter.list_appliances(session)
+                if partial:
+                    yield Snapshot(hosts, appliances, clients, reading="clients")
                 clients = vcenter.list_clients(session)
             except BaseException:
                 self._drop_reader()  # the next read logs in afresh
                 raise
-            return Snapshot(hosts, appliances, clients)
+            yield Snapshot(hosts, appliances, clients)
 
     def changes(self, stop: threading.Event, max_wait: int = 1) -> Iterator[int]:
         """0 once the watch is up, then each batch of changes vCenter pushes (the count of objects

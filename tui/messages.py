@@ -10,7 +10,8 @@ from .estate import Snapshot
 
 
 class EstateRead(Message):
-    """A read of vCenter ended: what it found, or None when it failed (a `Problem` says why)."""
+    """A read of vCenter ended: what it found, or None when it failed (a `Problem` says why); or, on the
+    first read, a part of it (`snapshot.complete` False)."""
 
     def __init__(self, snapshot: Snapshot | None) -> None:
         super().__init__()

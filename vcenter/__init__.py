@@ -17,6 +17,7 @@ progress events (`Step`, `TaskProgress`, `Transfer`, sent to the caller's
 parse, call and render:
 
     hosts / collect_inventory      list hosts and their accelerators
+    inventory_pages                the same a page of hosts at a time (a first screen at once)
     estate_changes                 the estate as it changes (what a live view waits on)
     set_passthrough                passthrough enable | disable
     deploy_appliance               appliance deploy
@@ -65,6 +66,7 @@ EXPORTS: dict[str, str] = {
     # inventory and passthrough
     "Inventory": ".inventory",
     "collect_inventory": ".inventory:collect",
+    "inventory_pages": ".inventory:pages",
     "hosts": ".inventory",
     "estate_changes": ".collect",
     **dict.fromkeys(("Host", "PassthroughDevice", "VirtualMachine"), ".model"),
@@ -127,6 +129,7 @@ if TYPE_CHECKING:
     from .hardware import mmio_size_gib
     from .inventory import Inventory, hosts
     from .inventory import collect as collect_inventory
+    from .inventory import pages as inventory_pages
     from .model import Host, PassthroughDevice, VirtualMachine
     from .passthrough import DeviceChange, PassthroughChange, check_assignable, set_passthrough
     from .plan import DEFAULT_TIMEOUT, DeployedGpu, DeployRequest

@@ -48,8 +48,32 @@ def invoke(session: Session, mo: Any, method: str, args: list[Any]) -> ElementTr
 
     A fault answer raises the pyVmomi fault, as a normal call would.
     """
-    from pyVmomi.SoapAdapter import SoapResponseDeserializer
+    return call(session, mo, method, args).returnval()
 
+
+class Answer:
+    """An answer as it came (`call`); `returnval()` parses it, or raises its fault."""
+
+    def __init__(self, stub: Any, info: Any, status: int, body: bytes) -> None:
+        self.stub, self.info, self.status, self.body = stub, info, status, body
+
+    def returnval(self) -> ElementTree.Element:
+        from pyVmomi.SoapAdapter import SoapResponseDeserializer
+
+        if self.status == 500:
+            raise SoapResponseDeserializer(self.stub).Deserialize(io.BytesIO(self.body), self.info.result)
+        root = ElementTree.fromstring(self.body)
+        body_el = root.find(SOAP_BODY)
+        response = body_el[0] if body_el is not None and len(body_el) else None
+        returnval = response.find(VIM + "returnval") if response is not None else None
+        if returnval is None:
+            return ElementTree.Element(VIM + "returnval")  # an empty answer (no objects)
+        return returnval
+
+
+def call(session: Session, mo: Any, method: str, args: list[Any]) -> Answer:
+    """Send the request and read its answer, unparsed: the network part of `invoke`, which a
+    thread can do while another parses the previous answer (it waits on the socket, without the GIL)."""
     stub = session.stub
     info = _method_info(mo, method)
     session.count(method)
@@ -85,16 +109,7 @@ def invoke(session: Session, mo: Any, method: str, args: list[Any]) -> ElementTr
         conn.close()
         raise http.client.HTTPException(f"{resp.status} {resp.reason}")
     stub.ReturnConnection(conn)
-    if resp.status == 500:
-        fault = SoapResponseDeserializer(stub).Deserialize(io.BytesIO(body), info.result)
-        raise fault
-    root = ElementTree.fromstring(body)
-    body_el = root.find(SOAP_BODY)
-    response = body_el[0] if body_el is not None and len(body_el) else None
-    returnval = response.find(VIM + "returnval") if response is not None else None
-    if returnval is None:
-        return ElementTree.Element(VIM + "returnval")  # an empty answer (no objects)
-    return returnval
+    return Answer(stub, info, resp.status, body)
 
 
 def local(tag: str) -> str:

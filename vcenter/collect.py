@@ -18,6 +18,7 @@ __all__ = [
     "NO_CHANGE",
     "custom_value",
     "estate_changes",
+    "properties_of",
     "retrieve",
     "updates",
     "view_spec",
@@ -106,6 +107,36 @@ def vm_properties(session: Session, paths: list[str]) -> list[tuple[Any, dict[st
             host = props.get("runtime.host")
             props["runtime.host"] = hosts.get(host._moId, host._moId) if host is not None else None
     return vms
+
+
+def properties_of(session: Session, refs: list[Any], paths: list[str]) -> dict[str, dict[str, Any]]:
+    """{managed object id: {path: value}} of the objects `refs` (all of one type), in one property
+    collection: how a listing reads the heavy properties of the few objects it keeps, after a light
+    pass over all of them.  ``runtime.host``, when asked for, is given as the host's name."""
+    from pyVmomi import vmodl
+
+    if not refs:
+        return {}
+    pc = vmodl.query.PropertyCollector
+    spec = pc.FilterSpec(
+        objectSet=[pc.ObjectSpec(obj=r, skip=False) for r in refs],
+        propSet=[pc.PropertySpec(type=type(refs[0]), pathSet=paths)],
+    )
+    collector = session.content.propertyCollector
+    found: dict[str, dict[str, Any]] = {}
+    result = collector.RetrievePropertiesEx(specSet=[spec], options=pc.RetrieveOptions())
+    while result is not None:
+        for oc in result.objects:
+            found[oc.obj._moId] = {p.name: p.val for p in oc.propSet or []}
+        result = collector.ContinueRetrievePropertiesEx(token=result.token) if result.token else None
+    if "runtime.host" in paths:
+        hosts = {h._moId: h for props in found.values() if (h := props.get("runtime.host")) is not None}
+        names = properties_of(session, list(hosts.values()), ["name"]) if hosts else {}
+        for props in found.values():
+            h = props.get("runtime.host")
+            if h is not None:
+                props["runtime.host"] = str(names.get(h._moId, {}).get("name", h._moId))
+    return found
 
 
 def custom_value(props: dict[str, Any], key: int | None) -> str | None:

@@ -64,6 +64,7 @@ FORWARDED_SIGNALS = (
 )
 CREDIT_BATCH = 1 << 20
 MAX_DELIVERED = 1_000_000  # hashes remembered per appliance (32 MB)
+LOST_GRACE_S = 15.0  # how long a run whose session an operator ended waits for its RunExit
 
 
 def carried_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -343,6 +344,10 @@ class RemoteRun:
             while True:
                 get = asyncio.ensure_future(self.queue.get())
                 done, _ = await asyncio.wait({get, wait_dead}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done and self.session.lost:
+                    # An operator ended the session: radiumd kills the run and sends its RunExit
+                    # (with the reason); the heartbeat may fail first.  Wait for it, a while.
+                    done, _ = await asyncio.wait({get}, timeout=LOST_GRACE_S)
                 if get not in done:
                     get.cancel()
                     raise self.session.error or TransportError(

@@ -76,8 +76,9 @@ class HostsView(TableView):
         free = snapshot.free_gpus()
         total = sum(len(h.accelerators) for h in snapshot.hosts)
         parts = ", ".join(f"{cluster} {n}" for cluster, n in sorted(free.items()))
+        more = "  (reading more hosts from vCenter...)" if snapshot.reading == "hosts" else ""
         self.set_summary(
-            f"{len(snapshot.hosts)} hosts, {total} accelerators; free for appliances: {parts or 'none'}"
+            f"{len(snapshot.hosts)} hosts, {total} accelerators; free for appliances: {parts or 'none'}{more}"
         )
         self.set_rows(rows)
 

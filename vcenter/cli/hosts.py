@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from rich import box
@@ -14,7 +14,7 @@ from radium.remoting import Result
 from .command import Context
 
 if TYPE_CHECKING:
-    from radium.vcenter import Host, PassthroughDevice
+    from radium.vcenter import Host, Inventory, PassthroughDevice
 
 HELP = "list hosts and their accelerators: passthrough capable/enabled/active, and the VM holding each"
 FLAGS = ("output", "connection")
@@ -34,41 +34,56 @@ def _active(d: PassthroughDevice) -> str:
     return _yes(d.active) + (" (reboot pending)" if d.reboot_pending else "")
 
 
-def render_hosts(hosts: list[Host], round_trips: int) -> Callable[[Console], None]:
+COLUMNS = ("host", "cluster", "state", "device", "vendor / model", "capable", "enabled", "active", "held by")
+
+
+def _rows(hosts: list[Host]) -> Iterator[tuple[list[str], bool]]:
+    """Each line of the table, and whether it ends its host's section."""
+    for h in hosts:
+        first = [h.name, h.cluster or "-", _state(h)]
+        if not h.accelerators:
+            yield [*first, "-", "no accelerators", "", "", "", ""], True
+        for i, d in enumerate(h.accelerators):
+            lead = first if i == 0 else ["", "", ""]
+            cells = [d.address, f"{d.vendor} {d.model}", _yes(d.capable), _yes(d.enabled), _active(d)]
+            yield [*lead, *cells, d.held_by or "-"], i == len(h.accelerators) - 1
+
+
+def _table(hosts: list[Host], widths: list[int], header: bool) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=header)
+    for col, width in zip(COLUMNS, widths, strict=True):
+        table.add_column(col, width=width, overflow="fold")
+    for cells, end in _rows(hosts):
+        table.add_row(*cells, end_section=end)
+    return table
+
+
+def _widths(hosts: list[Host]) -> list[int]:
+    """Widths that fit the first page, with room to spare, kept for the pages after it (so they line up)."""
+    widths = [len(col) for col in COLUMNS]
+    for cells, _ in _rows(hosts):
+        widths = [max(w, len(cell)) for w, cell in zip(widths, cells, strict=True)]
+    return [w + 2 if i in (0, 1, 8) else w for i, w in enumerate(widths)]  # names vary; the rest hardly
+
+
+def render_pages(pages: Iterable[Inventory]) -> Callable[[Console], None]:
+    """Print each page of hosts as it arrives (a first screen in a fraction of the whole), then totals."""
+
     def render(c: Console) -> None:
+        hosts: list[Host] = []
+        widths: list[int] | None = None
+        round_trips = 0
+        for page in pages:
+            round_trips = page.round_trips
+            if not page.hosts:
+                continue
+            first = widths is None
+            widths = widths or _widths(page.hosts)
+            c.print(_table(page.hosts, widths, header=first))
+            hosts += page.hosts
         if not hosts:
             c.print("no hosts in this vCenter")
             return
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-        for col in (
-            "host",
-            "cluster",
-            "state",
-            "device",
-            "vendor / model",
-            "capable",
-            "enabled",
-            "active",
-            "held by",
-        ):
-            table.add_column(col)
-        for h in hosts:
-            first = [h.name, h.cluster or "-", _state(h)]
-            if not h.accelerators:
-                table.add_row(*first, "-", "no accelerators", "", "", "", "")
-            for i, d in enumerate(h.accelerators):
-                lead = first if i == 0 else ["", "", ""]
-                table.add_row(
-                    *lead,
-                    d.address,
-                    f"{d.vendor} {d.model}",
-                    _yes(d.capable),
-                    _yes(d.enabled),
-                    _active(d),
-                    d.held_by or "-",
-                    end_section=i == len(h.accelerators) - 1,
-                )
-        c.print(table)
         devices = [d for h in hosts for d in h.accelerators]
         enabled = sum(d.enabled for d in devices)
         held = sum(bool(d.held_by) for d in devices)
@@ -86,6 +101,9 @@ def render_hosts(hosts: list[Host], round_trips: int) -> Callable[[Console], Non
 def run(ctx: Context) -> Result:
     from radium import vcenter
 
-    inv = vcenter.collect_inventory(ctx.session())
-    data = {"hosts": inv.hosts, "round_trips": inv.round_trips}
-    return Result(data, render_hosts(inv.hosts, inv.round_trips))
+    pages = vcenter.inventory_pages(ctx.session())
+    if not ctx.json:  # printed page by page, as vCenter answers
+        return Result(None, render_pages(pages))
+    read = list(pages)
+    data = {"hosts": [h for p in read for h in p.hosts], "round_trips": read[-1].round_trips}
+    return Result(data, render_pages(read))
