@@ -87,7 +87,8 @@ def ratio_table(
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for name, value, base, what, fmt in rows:
-        table.add_row(name, fmt(value), fmt(base), f"{value / base:.{digits}f}×", what)
+        ratio = f"{value / base:.{digits}f}×" if base == base else "-"  # (NaN: a baseline not measured)
+        table.add_row(name, fmt(value), fmt(base), ratio, what)
     return table
 
 

@@ -277,8 +277,35 @@ def test_a_change_made_behind_the_consoles_back_appears_by_itself(estate, vc):
             assert app.reads > reads  # read again because vCenter pushed the change, no key pressed
         finally:
             vcenter.set_passthrough(vc, "DC0_H0", [DISABLED], enable=False)
+        # A VM powered off behind its back: the appliance standing in vCenter as app1.
+        vm = next(v for v in vm_refs(vc) if v.name == "app1")
+        vcenter.wait(vc, vm.PowerOffVM_Task())
+        try:
+            await until(
+                pilot,
+                lambda: any(r[0] == "app1" and r[2] == "poweredOff" for r in cells(app, "appliances")),
+                "the appliance powered off on screen",
+            )
+        finally:
+            vcenter.wait(vc, vm.PowerOnVM_Task())
+        await until(
+            pilot,
+            lambda: any(r[0] == "app1" and r[2] == "poweredOn" for r in cells(app, "appliances")),
+            "the appliance powered on again",
+        )
 
     drive(estate, script, probe_interval=0)
+
+
+def vm_refs(vc: vcenter.Session) -> list[Any]:
+    from pyVmomi import vim
+
+    content = vc.content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        return list(view.view)
+    finally:
+        view.DestroyView()
 
 
 def test_register_and_unregister_a_client_vm(estate, vc):

@@ -834,3 +834,47 @@ def test_every_vcenter_error_is_a_radium_error():
         assert issubclass(getattr(vcenter, name), vcenter.VCenterError)
     assert issubclass(vcenter.VCenterError, RadiumError)
     assert issubclass(vcenter.Interrupted, vcenter.VCenterError)
+
+
+@needs_vcsim
+def test_estate_touches_names_what_each_change_touched(vc, session):
+    """The change stream a live view waits on: what a passthrough change and a VM's power touched."""
+    import queue
+    import threading
+
+    seen: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def watch() -> None:
+        with vcenter.connect(settings_for(vc)) as watcher:
+            for touched in vcenter.estate_touches(watcher, max_wait=1):
+                seen.put(touched)
+                if stop.is_set():
+                    return
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert seen.get(timeout=30) is None  # the watch is up; the estate as it is is not reported
+
+    def next_touch() -> vcenter.Touched:
+        while (touched := seen.get(timeout=30)) is None:
+            pass
+        return touched
+
+    host = host_ref(session, "DC0_H0")
+    vcenter.set_passthrough(session, "DC0_H0", ["0000:5e:00.0"], enable=True)
+    try:
+        touched = next_touch()
+        assert host._moId in touched.hosts and not touched.gone
+    finally:
+        vcenter.set_passthrough(session, "DC0_H0", ["0000:5e:00.0"], enable=False)
+    next_touch()
+    vm = gpu_vm(session, "DC0_C0_H1", "touch-vm", "0000:86:00.0")  # made: a VM enters
+    touched = next_touch()
+    assert vm._moId in touched.vms
+    destroy(session, vm)  # and leaves
+    while vm._moId not in (touched := next_touch()).gone:
+        pass
+    assert len(touched) >= 1
+    stop.set()
+    thread.join(10)

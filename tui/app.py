@@ -4,9 +4,12 @@ Views (1-5): Hosts, Appliances, Clients, Sessions, Log.  Every operator action i
 one key away and calls one operation of the library through `Estate`; nothing
 that waits ever runs on Textual's event loop:
 
-- a watcher thread follows vCenter's pushed changes (`vcenter.estate_changes`) and
-  posts `EstateChanged`; a read worker then reads the estate once more (one read at
-  a time: changes that arrive during a read make one more read after it);
+- the first read shows the estate as it comes (a page of hosts at a time,
+  `vcenter.inventory_pages`), so a large estate fills the screen at once;
+- a watcher thread follows vCenter's pushed changes (`vcenter.estate_touches`) and
+  posts `EstateChanged`; a read worker then reads again what they touched (the hosts
+  touched and those of the VMs touched; appliances and clients when a VM changed),
+  one read at a time: changes that arrive during a read make one more after it;
 - a probe worker asks every appliance's radiumd (every `PROBE_INTERVAL` s, and after
   each read) for its devices, load, leases and queue;
 - an action runs in a worker of its own; its progress events reach the status line
@@ -30,6 +33,7 @@ from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPan
 
 from radium import vcenter
 from radium.remoting import VERSION
+from radium.vcenter import VCenterError
 
 from .estate import BACKOFF_S, Estate, Snapshot, describe
 from .forms import Confirm, DeployForm, EnrollForm, Enrolling, RegisterForm, Registering, RevokeForm
@@ -88,6 +92,9 @@ class Console(App[None]):
         self._stop = threading.Event()
         self._reading = False
         self._read_again = False
+        self._read_whole = False  # a whole read is asked for (not only what changes touched)
+        self._touched: vcenter.Touched | None = None  # what changes not yet read touched (watcher thread)
+        self._touched_lock = threading.Lock()
         self._probing = False
         self.reads = 0  #: reads done (for tests and the benchmark)
         self.sub_title = estate.where
@@ -144,12 +151,16 @@ class Console(App[None]):
         while not self._stop.is_set():
             try:
                 for touched in self.estate.changes(self._stop):
-                    if not touched:  # the watch is up: after a failure, that is the recovery
+                    if touched is None:  # the watch is up: after a failure, that is the recovery
                         if failures:
                             failures = 0
                             self.post_message(Recovered("vCenter"))
-                            self.post_message(EstateChanged(0))  # what changed while it was away
+                            self.post_message(EstateChanged(None))  # what changed while it was away
                         continue
+                    with self._touched_lock:
+                        if self._touched is None:
+                            self._touched = vcenter.Touched()
+                        self._touched.update(touched)
                     self.post_message(EstateChanged(touched))
             except Exception as exc:  # noqa: BLE001 (any failure: say it, wait, try again)
                 wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
@@ -158,22 +169,34 @@ class Console(App[None]):
                 if self._stop.wait(wait):
                     return
 
-    def read(self) -> None:
-        """Read the estate (now, or once the read in flight ends)."""
+    def read(self, whole: bool = True) -> None:
+        """Read the estate (now, or once the read in flight ends): all of it, or (`whole` False) what
+        the changes vCenter pushed since the last read touched."""
+        self._read_whole = self._read_whole or whole
         if self._reading:
             self._read_again = True
             return
         self._reading = True
-        self._read_worker()
+        whole, self._read_whole = self._read_whole, False
+        with self._touched_lock:
+            touched, self._touched = self._touched, None
+        self._read_worker(whole or touched is None, touched)
 
     @work(thread=True, exclusive=False, group="read")
-    def _read_worker(self) -> None:
+    def _read_worker(self, whole: bool, touched: vcenter.Touched | None) -> None:
         # The first read shows each part as it comes (a screen of hosts in a fraction of a second
         # on a large estate); later ones replace the whole at once, without a table growing again.
-        first = self.snapshot is None
+        # A change re-reads what it touched (a host: one small page), whole reads the rest.
+        last = self.snapshot
         try:
-            for snapshot in self.estate.read_parts(partial=first, last=self.snapshot):
-                self.post_message(EstateRead(snapshot))
+            if whole or last is None or touched is None:
+                for snapshot in self.estate.read_parts(partial=last is None, last=last):
+                    self.post_message(EstateRead(snapshot))
+            else:
+                try:
+                    self.post_message(EstateRead(self.estate.refresh(last, touched)))
+                except VCenterError:  # e.g. an object gone meanwhile: read everything
+                    self.post_message(EstateRead(self.estate.read()))
         except Exception as exc:  # noqa: BLE001 (the banner says it; the watcher retries)
             self.post_message(Problem("vCenter", describe(exc)))
             self.post_message(EstateRead(None))
@@ -196,13 +219,15 @@ class Console(App[None]):
                 view.show(message.snapshot)
             if self._probe_interval > 0:
                 self.probe()
+        else:
+            self._read_whole = True  # what the failed read was to re-read is not known any more
         if self._read_again:
             self._read_again = False
-            self.read()
+            self.read(whole=False)  # (or whole, if a whole read was asked for meanwhile)
 
     @on(EstateChanged)
     def estate_changed(self, message: EstateChanged) -> None:
-        self.read()
+        self.read(whole=message.touched is None)
 
     def probe(self) -> None:
         if self._probing or self.snapshot is None:

@@ -117,6 +117,7 @@ class Estate:
         self.settings = settings
         self.admin_path = admin_path
         self._reader: vcenter.Session | None = None
+        self._vm_hosts: dict[str, str] = {}  # VM id -> its host's name, as last read
         self._lock = threading.Lock()  # one read at a time on the reader session
 
     @property
@@ -143,8 +144,10 @@ class Estate:
                 hosts: list[vcenter.Host] = []
                 appliances = last.appliances if last else []
                 clients = last.clients if last else []
+                vm_hosts: dict[str, str] = {}
                 for page in vcenter.inventory_pages(session):
                     hosts = hosts + page.hosts
+                    vm_hosts.update((v.id, v.host) for v in page.vms if v.host)
                     if partial:
                         yield Snapshot(hosts, appliances, clients, reading="hosts")
                 appliances = vcenter.list_appliances(session)
@@ -154,18 +157,52 @@ class Estate:
             except BaseException:
                 self._drop_reader()  # the next read logs in afresh
                 raise
+            self._vm_hosts = vm_hosts
             yield Snapshot(hosts, appliances, clients)
 
-    def changes(self, stop: threading.Event, max_wait: int = 1) -> Iterator[int]:
-        """0 once the watch is up, then each batch of changes vCenter pushes (the count of objects
-        touched), until `stop` is set.
+    def refresh(self, last: Snapshot, touched: vcenter.Touched) -> Snapshot:
+        """`last` with what `touched` names read again: the hosts touched and those of the VMs touched
+        (which hold devices there), and the appliances and clients when a VM was touched.  A change
+        to a cluster reads everything again."""
+        if touched.others:
+            return self.read()
+        with self._lock:
+            try:
+                if self._reader is None:
+                    self._reader = vcenter.connect(self.settings)
+                session = self._reader
+                by_name = {h.name: h.id for h in last.hosts}
+                # A VM's host before the change (it may have moved) and after.
+                ids = set(touched.hosts) | {
+                    by_name[name] for v in touched.vms if (name := self._vm_hosts.get(v)) in by_name
+                }
+                ids |= set(vcenter.vm_host_ids(session, sorted(touched.vms - touched.gone)).values())
+                ids -= touched.gone
+                fresh = vcenter.hosts_inventory(session, sorted(ids))
+                appliances, clients = last.appliances, last.clients
+                if touched.vms:
+                    appliances = vcenter.list_appliances(session)
+                    clients = vcenter.list_clients(session)
+            except BaseException:
+                self._drop_reader()
+                raise
+        for v in touched.vms:
+            self._vm_hosts.pop(v, None)
+        self._vm_hosts.update((v.id, v.host) for v in fresh.vms if v.host)
+        kept = [h for h in last.hosts if h.id not in ids and h.id not in touched.gone]
+        hosts = sorted([*kept, *fresh.hosts], key=lambda h: h.name)
+        return Snapshot(hosts, appliances, clients)
+
+    def changes(self, stop: threading.Event, max_wait: int = 1) -> Iterator[vcenter.Touched | None]:
+        """None once the watch is up, then what each batch of changes vCenter pushes touched, until
+        `stop` is set.
 
         Logs in with a session of its own; raises (a `VCenterError`) when vCenter
         goes away, and the caller starts it again.
         """
         with vcenter.connect(self.settings) as session:
             up = False
-            for touched in vcenter.estate_changes(session, max_wait=max_wait):
+            for touched in vcenter.estate_touches(session, max_wait=max_wait):
                 if stop.is_set():
                     return
                 if touched or not up:

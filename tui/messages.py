@@ -19,9 +19,10 @@ class EstateRead(Message):
 
 
 class EstateChanged(Message):
-    """vCenter pushed a change (a count of objects touched): read again."""
+    """vCenter pushed a change: read what it touched again (the watcher keeps the union of what the
+    changes not yet read touched); None: anything may have changed (the watch was down), read all."""
 
-    def __init__(self, touched: int) -> None:
+    def __init__(self, touched: vcenter.Touched | None) -> None:
         super().__init__()
         self.touched = touched
 

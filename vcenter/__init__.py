@@ -18,7 +18,8 @@ parse, call and render:
 
     hosts / collect_inventory      list hosts and their accelerators
     inventory_pages                the same a page of hosts at a time (a first screen at once)
-    estate_changes                 the estate as it changes (what a live view waits on)
+    estate_changes / estate_touches   the estate as it changes (what a live view waits on)
+    hosts_inventory                some hosts again, with the VMs on them (after a change)
     set_passthrough                passthrough enable | disable
     deploy_appliance               appliance deploy
     list_appliances / appliance_status / remove_appliance   appliance list | status | remove
@@ -69,6 +70,10 @@ EXPORTS: dict[str, str] = {
     "inventory_pages": ".inventory:pages",
     "hosts": ".inventory",
     "estate_changes": ".collect",
+    "estate_touches": ".collect",
+    "Touched": ".collect",
+    "hosts_inventory": ".inventory:of_hosts",
+    "vm_host_ids": ".collect",
     **dict.fromkeys(("Host", "PassthroughDevice", "VirtualMachine"), ".model"),
     **dict.fromkeys(("DeviceChange", "PassthroughChange"), ".passthrough"),
     **dict.fromkeys(("check_assignable", "set_passthrough"), ".passthrough"),
@@ -111,7 +116,7 @@ if TYPE_CHECKING:
     from .appliances import probe_many as probe_appliances
     from .appliances import remove as remove_appliance
     from .appliances import status as appliance_status
-    from .collect import estate_changes
+    from .collect import Touched, estate_changes, estate_touches, vm_host_ids
     from .connection import Session, check_server, connect, server_thumbprint
     from .deploy import Deployment, Interrupted, OperatorKey
     from .deploy import deploy as deploy_appliance
@@ -129,6 +134,7 @@ if TYPE_CHECKING:
     from .hardware import mmio_size_gib
     from .inventory import Inventory, hosts
     from .inventory import collect as collect_inventory
+    from .inventory import of_hosts as hosts_inventory
     from .inventory import pages as inventory_pages
     from .model import Host, PassthroughDevice, VirtualMachine
     from .passthrough import DeviceChange, PassthroughChange, check_assignable, set_passthrough
