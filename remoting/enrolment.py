@@ -43,7 +43,7 @@ from ._config import (
     load_toml,
     save_client_config,
 )
-from ._errors import ConfigError, RadiumError, UsageError
+from ._errors import AuthError, ConfigError, RadiumError, UsageError
 from ._keys import KeyDirectory, KeyPair, check_name, load_or_create_server_keys
 from .client import api
 
@@ -332,6 +332,40 @@ def enroll(
     path = Path(output) if output is not None else Path(f"{name}.radium.toml")
     save_client_config(bundle, path)  # 0600: it holds the secret key
     return Enrolment(name=name, role=role, bundle=path, config=bundle, how=how)
+
+
+def is_enrolled(
+    name: str, appliance: str, *, bundle: Path | None = None, role: str = "client"
+) -> bool | None:
+    """Whether `appliance` authorises `name`: in its keys folder (a radiumd configuration here: with the
+    key of `bundle` when given), or, over the network, whether it accepts the key of `bundle` (an
+    appliance's name or address).  None when that cannot be known: over the network without the
+    client's bundle (radiumd does not list its keys).
+
+    What makes enrolling and revoking idempotent for Ansible's `client_key`.
+    """
+    _check_role(role)
+    check_name(name, "client name")
+    mine = load_client_config(bundle) if bundle is not None and Path(bundle).exists() else None
+    if is_local_reference(appliance):
+        config = load_daemon_config(Path(appliance))
+        folder = Path(config.server.admins_dir if role == "admin" else config.server.clients_dir)
+        known = KeyDirectory(folder, role).names()
+        return name in known and (mine is None or known[name] == mine.client.public_key)
+    if mine is None:
+        return None
+    if mine.client.name != name:
+        return False
+    entry = next((a for a in mine.appliances if appliance in (a.name, a.address)), None)
+    if entry is None:
+        return False
+    single = ClientConfig(client=mine.client, appliances=[entry], source=mine.source)
+    [answer] = asyncio.run(api.check_health(single, timeout=5.0))
+    if isinstance(answer.error, AuthError):
+        return False
+    if answer.error is not None:
+        raise answer.error
+    return True
 
 
 def revoke(name: str, appliance: str, *, role: str = "client") -> Revocation:

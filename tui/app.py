@@ -140,6 +140,10 @@ class Console(App[None]):
     def on_unmount(self) -> None:
         self._stop.set()
 
+    def _showing(self) -> bool:
+        """Whether the views are there to show what a worker found (not when the console is closing)."""
+        return not self._stop.is_set() and self.hosts.is_attached
+
     def view(self, vid: str | None = None) -> TableView:
         return self.views[vid or self.tabs.active]
 
@@ -203,6 +207,8 @@ class Console(App[None]):
 
     @on(EstateRead)
     def estate_read(self, message: EstateRead) -> None:
+        if not self._showing():
+            return
         if message.snapshot is not None and not message.snapshot.complete:
             if self.snapshot is None:  # only the first read is shown in parts
                 self.hosts.show(message.snapshot)
@@ -247,6 +253,8 @@ class Console(App[None]):
     @on(Probed)
     def probed(self, message: Probed) -> None:
         self._probing = False
+        if not self._showing():
+            return
         self.appliances.probed(message.probes)
         self.sessions.probed(message.probes)
         for source in [s for s in self.problems if s.startswith("appliance ")]:

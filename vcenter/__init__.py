@@ -91,6 +91,7 @@ EXPORTS: dict[str, str] = {
     "find_appliance": ".appliances:find",
     "appliance_status": ".appliances:status",
     "remove_appliance": ".appliances:remove",
+    "start_appliance": ".appliances:start",
     "register_standin": ".standin",
     **dict.fromkeys(("ApplianceSessions", "SessionEnd", "end_session", "command_of", "age"), ".sessions"),
     "appliance_sessions": ".sessions:sessions",
@@ -115,6 +116,7 @@ if TYPE_CHECKING:
     from .appliances import probe as probe_appliance
     from .appliances import probe_many as probe_appliances
     from .appliances import remove as remove_appliance
+    from .appliances import start as start_appliance
     from .appliances import status as appliance_status
     from .collect import Touched, estate_changes, estate_touches, vm_host_ids
     from .connection import Session, check_server, connect, server_thumbprint

@@ -71,6 +71,7 @@ __all__ = [
     "probe_many",
     "remove",
     "set_record",
+    "start",
     "status",
 ]
 
@@ -447,6 +448,17 @@ def forget(name: str, admin_path: Any = None) -> str | None:
     config.appliances = kept
     save_client_config(config, path)
     return str(path)
+
+
+def start(session: Session, name: str, progress: Progress | None = None, dry_run: bool = False) -> bool:
+    """Power appliance `name` on, unless it is on; whether it had to be (`dry_run`: would have to be)."""
+    ref, a = _find(session, name)
+    if a.power_state == "poweredOn":
+        return False
+    if not dry_run:
+        with translated(session.settings.where):
+            wait(session, ref.PowerOnVM_Task(), progress)
+    return True
 
 
 def remove(session: Session, name: str, progress: Progress | None = None) -> Removal:

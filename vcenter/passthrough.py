@@ -12,6 +12,8 @@ powered-on VM; otherwise the error says what to do.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import msgspec
 
 from .connection import Session
@@ -42,6 +44,11 @@ class PassthroughChange(msgspec.Struct, kw_only=True):
     note: str = ""
 
 
+class _Planned(NamedTuple):
+    passthruEnabled: bool  # noqa: N815 (as vCenter's PciPassthruInfo spells it)
+    passthruActive: bool  # noqa: N815
+
+
 def _what_to_do_not_capable(host: str, fn: PciFunction, capable: list[str]) -> str:
     others = f"; the passthrough-capable accelerators of {host} are {', '.join(capable)}" if capable else ""
     return (
@@ -58,11 +65,14 @@ def set_passthrough(
     enable: bool,
     *,
     inv: Inventory | None = None,
+    dry_run: bool = False,
 ) -> PassthroughChange:
     """Enable or disable passthrough of `addresses` on the host called `host_name`.
 
     Refused (nothing changed) when a device is unknown (`NotFound`, with close
     matches), not passthrough-capable, or, when disabling, held by a powered-on VM.
+    `dry_run`: check the same, change nothing, and say what would change (with the
+    state each device would have; Ansible's check mode).
     """
     if not addresses:
         raise Refused("name at least one PCI device (its address, e.g. 0000:3b:00.0)")
@@ -87,7 +97,10 @@ def set_passthrough(
                 )
 
     to_change = [fn for fn in functions if fn.enabled != enable]
-    if to_change:
+    state: dict[str, Any] = {}
+    if dry_run:
+        state = {f.address: _Planned(enable if f in to_change else f.enabled, f.active) for f in functions}
+    elif to_change:
         from pyVmomi import vim
 
         with translated(session.settings.where):
@@ -100,8 +113,6 @@ def set_passthrough(
             )
             config = ref.config
             state = {p.id: p for p in (config.pciPassthruInfo if config is not None else [])}
-    else:
-        state = {}
 
     devices = []
     for fn in functions:
