@@ -330,8 +330,9 @@ def report(r: dict) -> bool:
         "pyVmomi and ElementTree decoding agree": big["in_process"]["same"],
         f"every host listed ({big['hosts']} and {small['hosts']})": big["listed_hosts"] == big["hosts"]
         and small["listed_hosts"] == small["hosts"],
-        f"under {TARGET_S:g} s (median wall, {big['hosts']} hosts)": med(big["cli_s"]) < TARGET_S,
     }
+    if big["hosts"] <= 64:  # issue 4's target, for its estate; beyond, the first screen's (above)
+        checks[f"under {TARGET_S:g} s (median wall, {big['hosts']} hosts)"] = med(big["cli_s"]) < TARGET_S
     ok = True
     for name, passed in checks.items():
         print(f"{'PASS' if passed else 'FAIL'}  {name}")
