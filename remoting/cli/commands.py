@@ -363,16 +363,19 @@ def cmd_configure(args: argparse.Namespace) -> Result:
             merged.appliances = [a for a in current.appliances if a.name not in names] + list(
                 bundle.appliances
             )
+    before = target.read_bytes() if target.exists() else None
     save_client_config(merged, target)
     data = {
         "config": str(target),
         "client": merged.client.name,
         "appliances": [a.name for a in merged.appliances],
+        "changed": target.read_bytes() != before,  # (what Ansible's radium_client role reports)
     }
+    verb = "configured" if data["changed"] else "already configured:"
     return Result(
         data,
         lambda c: c.print(
-            f"configured client {merged.client.name} in {target} "
+            f"{verb} client {merged.client.name} in {target} "
             f"with appliances: {', '.join(data['appliances']) or 'none'}"
         ),
     )
