@@ -271,3 +271,26 @@ def test_ansible_lint_production_profile_passes(estate):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "it passed" in out.stdout + out.stderr
+
+
+def test_the_collection_builds_and_carries_radiums_version(tmp_path):
+    from radium.remoting import VERSION
+
+    galaxy = yaml.safe_load((ROOT / "ansible" / "galaxy.yml").read_text())
+    assert galaxy["version"] == VERSION  # one release: the collection and the package it drives
+    out = subprocess.run(
+        [
+            str(BIN / "ansible-galaxy"),
+            "collection",
+            "build",
+            str(ROOT / "ansible"),
+            "--output-path",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    [built] = tmp_path.glob("radium-estate-*.tar.gz")
+    assert built.name == f"radium-estate-{VERSION}.tar.gz"
