@@ -247,6 +247,15 @@ def test_client_key_enrols_once_and_revokes(estate, tmp_path):
     assert adhoc(absent)["changed"] is False
     assert adhoc("name=ws1 appliance=app1 state=absent")["changed"] is False  # not there: nothing to do
 
+    # On the appliance itself, through its radiumd configuration: the keys folder says.
+    config = estate["app1"].config
+    local = f"name=ws2 appliance={config} bundle={tmp_path / 'ws2.toml'}"
+    assert adhoc(local)["changed"] is True and (key.parent / "ws2.key").exists()
+    assert adhoc(local)["changed"] is False
+    assert adhoc(f"name=ws2 appliance={config} state=absent")["changed"] is True
+    assert not (key.parent / "ws2.key").exists()
+    assert adhoc(f"name=ws2 appliance={config} state=absent", "--check")["changed"] is False
+
 
 def test_every_module_is_documented_for_ansible_doc(estate):
     for module in ("gpu_hosts_info", "passthrough", "appliance", "client_vm", "client_key"):

@@ -98,8 +98,10 @@ def main() -> None:
     bundle = Path(p["bundle"]) if p["bundle"] else None
 
     def body() -> dict:
-        enrolled = is_enrolled(p["name"], p["appliance"], bundle=bundle, role=p["role"])
         if p["state"] == "absent":
+            # By name, whatever its key: exact for a radiumd configuration here, unknown over the
+            # network (None), where the revocation itself says whether it was there.
+            enrolled = is_enrolled(p["name"], p["appliance"], role=p["role"])
             if enrolled is False:
                 return {"changed": False}
             if module.check_mode:  # (None: not knowable without the bundle; it may be)
@@ -111,7 +113,7 @@ def main() -> None:
                     return {"changed": False}
                 raise
             return {"changed": True}
-        if enrolled:
+        if is_enrolled(p["name"], p["appliance"], bundle=bundle, role=p["role"]):
             return {"changed": False}
         if module.check_mode:
             return {"changed": True}
