@@ -23,6 +23,8 @@ import pytest
 import yaml
 from support import Appliance
 
+from radium.remoting import guestinfo, load_client_config
+
 pytest.importorskip("ansible", reason="ansible-core is not installed (./dev setup installs it)")
 
 pytestmark = pytest.mark.timeout(900)
@@ -32,6 +34,13 @@ BIN = Path(sys.executable).parent
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 NC = shutil.which("nc")
 PORTS = {"c1": 2201, "c2": 2202, "c3": 2203}  # c3: no sshd there (an unreachable host)
+# vmware-rpctool as the hypervisor answers it: c2 is a VM configured from its guestinfo.
+FAKE_RPCTOOL = """#!/bin/sh
+set -eu
+cmd=${1%% *}; key=${1#* }
+[ "$cmd" = info-get ] && [ -s "GUESTINFO/$key" ] || { echo "No value found" >&2; exit 1; }
+cat "GUESTINFO/$key"; echo
+"""
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +76,14 @@ def estate(two_hosts, tmp_path):
     user_pub = keygen(ssh / "user_key")
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     client = two_hosts.client
+    # c2's guest variables: what `radium-admin register-vm` writes into a VM, for its bundle.
+    variables = tmp_path / "guestinfo-c2"
+    variables.mkdir()
+    for key, value in guestinfo.encode(load_client_config(app.enroll("c2"))).items():
+        (variables / key).write_text(value)
+    tool = tmp_path / "c2-rpctool"
+    tool.write_text(FAKE_RPCTOOL.replace("GUESTINFO", str(variables)))
+    tool.chmod(0o755)
     sshds = []
     try:
         for name, port in PORTS.items():
@@ -92,6 +109,8 @@ def estate(two_hosts, tmp_path):
                 for m in /opt /root /usr/local/bin; do mount -t tmpfs -o mode=0755 tmpfs "$m"; done
                 mkdir -m 700 /root/.ssh
                 echo '{user_pub}' > /root/.ssh/authorized_keys
+                tool={tmp_path}/{name}-rpctool
+                if [ -e "$tool" ]; then cp "$tool" /usr/local/bin/vmware-rpctool; fi
                 exec {SSHD} -D -e -f {cfg}
             """)
             argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", script]
@@ -104,7 +123,7 @@ def estate(two_hosts, tmp_path):
                 time.sleep(0.05)
         bundles = tmp_path / "bundles"
         bundles.mkdir()
-        for name in PORTS:
+        for name in ("c1", "c3"):
             shutil.copy(app.enroll(name), bundles / f"{name}.toml")
         collections = tmp_path / "collections" / "ansible_collections" / "radium"
         collections.mkdir(parents=True)
@@ -115,8 +134,14 @@ def estate(two_hosts, tmp_path):
             ANSIBLE_HOME=str(tmp_path / "ansible-home"),
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_HOST_KEY_CHECKING="false",
+            # SSH's shared connections of this test's own, never a master left by an earlier
+            # test to a host at the same address (a namespace since deleted).
+            ANSIBLE_SSH_CONTROL_PATH_DIR=str(tmp_path / "cp"),
         )
-        proxy = f"-o ProxyCommand='ip netns exec {client.name} nc %h %p' -o UserKnownHostsFile=/dev/null"
+        proxy = (
+            f"-o ProxyCommand='ip netns exec {client.name} nc %h %p' -o UserKnownHostsFile=/dev/null "
+            "-o ServerAliveInterval=5 -o ServerAliveCountMax=3"
+        )
         yield {
             "app": app,
             "client": client,
@@ -134,6 +159,7 @@ def inventory(estate: dict, wheelhouse: Path, **extra: object) -> Path:
     hosts = {
         name: {"ansible_host": estate["client"].address, "ansible_port": port} for name, port in PORTS.items()
     }
+    hosts["c2"]["radium_client_config_from"] = "guestinfo"  # a VM: what register-vm wrote
     data = {
         "all": {
             "vars": {
@@ -158,7 +184,7 @@ def inventory(estate: dict, wheelhouse: Path, **extra: object) -> Path:
 def play(estate: dict, inv: Path) -> subprocess.CompletedProcess:
     playbook = ROOT / "ansible" / "playbooks" / "install-clients.yml"
     argv = [str(BIN / "ansible-playbook"), "-i", str(inv), str(playbook)]
-    return subprocess.run(argv, capture_output=True, text=True, env=estate["env"], timeout=600)
+    return subprocess.run(argv, capture_output=True, text=True, env=estate["env"], timeout=240)
 
 
 def recap(out: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
@@ -200,15 +226,17 @@ def test_the_client_role_installs_configures_and_radium_run_works(estate, wheelh
         assert r[name]["failed"] == 0 and r[name]["unreachable"] == 0 and r[name]["changed"] >= 3, out.stdout
     assert "Traceback" not in out.stdout + out.stderr
 
-    # Each host has its own installation and configuration, the one its bundle holds.
+    # Each host has its own installation and configuration: c1 the one its bundle holds, c2 the
+    # one its guestinfo does.
     for name in ("c1", "c2"):
         done = on_host(estate, name, "readlink /usr/local/bin/radium && cat ~/.config/radium/client.toml")
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("/opt/radium/bin/radium") and f'name = "{name}"' in done.stdout
     # From a client host, a program runs on the appliance host and its output comes back.
-    ran = on_host(estate, "c1", "cd /root && radium run -- ip -o -4 addr show")
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert estate["app"].address in ran.stdout  # the appliance host's interface, not the client's
+    for name in ("c1", "c2"):
+        ran = on_host(estate, name, "cd /root && radium run -- ip -o -4 addr show")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert estate["app"].address in ran.stdout  # the appliance host's interface, not the client's
 
     again = play(estate, inv)
     r = recap(again)
