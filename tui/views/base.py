@@ -84,6 +84,11 @@ def yes_no(value: bool, yes: str = "yes", no: str = "no") -> Text:
     return Text(yes, style="green") if value else Text(no, style="dim")
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """ "1 session", "2 sessions"."""
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
 def mib(n_bytes: int | None) -> str:
     return "-" if n_bytes is None else f"{n_bytes / 2**20:,.0f}"
 

@@ -9,7 +9,7 @@ from rich.text import Text
 from radium import vcenter
 
 from ..estate import SessionRow, sessions_of
-from .base import Row, TableView, mib
+from .base import Row, TableView, count, mib
 
 
 class SessionsView(TableView):
@@ -27,8 +27,8 @@ class SessionsView(TableView):
         rows: list[Row] = [(key, _cells(r, now)) for key, r in self.rows.items()]
         runs = sum(len(r.runs) for r in found)
         self.set_summary(
-            f"{len(found)} sessions with {runs} carried processes across {len(probes)} appliances"
-            "  (e: end the session under the cursor)"
+            f"{count(len(found), 'session')} with {count(runs, 'carried process', 'carried processes')} "
+            f"across {count(len(probes), 'appliance')}  (e: end the session under the cursor)"
         )
         self.set_rows(rows)
 
