@@ -46,6 +46,10 @@ def test_configure_installs_a_bundle_and_merges_appliances(appliance, tmp_path):
     assert out.returncode == 0, out.stderr
     installed = home / ".config" / "radium" / "client.toml"
     assert stat.S_IMODE(installed.stat().st_mode) == 0o600
+    # Again: nothing to change, and it says so (what makes Ansible's radium_client idempotent).
+    again_out = radium("configure", "--bundle", str(bundle), "--json", env=env)
+    assert again_out.returncode == 0 and json.loads(again_out.stdout)["changed"] is False
+    assert "already configured" in radium("configure", "--bundle", str(bundle), env=env).stdout
     out = radium("list-gpus", "--json", env=env)
     assert out.returncode == 0 and len(json.loads(out.stdout)["devices"]) == 2
 

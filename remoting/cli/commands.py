@@ -365,18 +365,15 @@ def cmd_configure(args: argparse.Namespace) -> Result:
             )
     before = target.read_bytes() if target.exists() else None
     save_client_config(merged, target)
-    data = {
-        "config": str(target),
-        "client": merged.client.name,
-        "appliances": [a.name for a in merged.appliances],
-        "changed": target.read_bytes() != before,  # (what Ansible's radium_client role reports)
-    }
-    verb = "configured" if data["changed"] else "already configured:"
+    changed = target.read_bytes() != before  # (what Ansible's radium_client role reports)
+    appliances = [a.name for a in merged.appliances]
+    data = {"config": str(target), "client": merged.client.name, "appliances": appliances, "changed": changed}
+    verb = "configured" if changed else "already configured:"
     return Result(
         data,
         lambda c: c.print(
             f"{verb} client {merged.client.name} in {target} "
-            f"with appliances: {', '.join(data['appliances']) or 'none'}"
+            f"with appliances: {', '.join(appliances) or 'none'}"
         ),
     )
 
