@@ -263,3 +263,35 @@ def ok_json(out: subprocess.CompletedProcess) -> Any:
     """The JSON a successful command printed (the test fails with its output otherwise)."""
     assert out.returncode == 0, out.stderr + out.stdout
     return json.loads(out.stdout)
+
+
+def stand_in(settings: Any, app: Appliance) -> Path:
+    """Enrol an operator key on radiumd `app` and make it an appliance in the vCenter of `settings`
+    (`vcenter.register_standin`, as the lab does); the operator's bundle."""
+    from radium import vcenter
+    from radium.remoting import load_client_config
+
+    ops = app.enroll("ops", role="admin")
+    admin = load_client_config(ops)
+    with vcenter.connect(settings) as s:
+        vcenter.register_standin(
+            s,
+            name=app.name,
+            address="127.0.0.1",
+            port=app.port,
+            server_public_key=admin.appliances[0].public_key,
+            admin=admin,
+        )
+    return ops
+
+
+def recap(out: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
+    """`ansible-playbook`'s PLAY RECAP, per host: {"ok": .., "changed": .., "failed": .., ...}."""
+    import re
+
+    found = {}
+    for line in out.stdout.split("PLAY RECAP", 1)[-1].splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if m:
+            found[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return found

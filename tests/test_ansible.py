@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from support import Appliance
+from support import Appliance, recap, stand_in
 
 from radium import vcenter
 from radium.appliance import ovf
@@ -50,20 +49,10 @@ def estate(tmp_path_factory):
     app1 = Appliance(root / "app1", name="app1")
     try:
         app1.start()
-        ops = app1.enroll("ops", role="admin")
         settings = vcenter.resolve(
             url=vc.sdk_url, user=USER, password=PASSWORD, ca=vc.ca_file, env={}, use_profiles=False
         )
-        admin = load_client_config(ops)
-        with vcenter.connect(settings) as s:
-            vcenter.register_standin(
-                s,
-                name="app1",
-                address="127.0.0.1",
-                port=app1.port,
-                server_public_key=admin.appliances[0].public_key,
-                admin=admin,
-            )
+        ops = stand_in(settings, app1)
         collections = root / "collections" / "ansible_collections" / "radium"
         collections.mkdir(parents=True)
         (collections / "estate").symlink_to(ROOT / "ansible")
@@ -114,16 +103,6 @@ def play(
 ) -> subprocess.CompletedProcess:
     argv = [str(BIN / "ansible-playbook"), "-i", str(inv), str(PLAYBOOKS / playbook), *args]
     return subprocess.run(argv, capture_output=True, text=True, env=env or estate["env"], timeout=300)
-
-
-def recap(out: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    """PLAY RECAP, per host: {"ok": .., "changed": .., "failed": .., "unreachable": ..}."""
-    found = {}
-    for line in out.stdout.split("PLAY RECAP", 1)[-1].splitlines():
-        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
-        if m:
-            found[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return found
 
 
 def clients(estate: dict) -> dict[str, vcenter.ClientVM]:

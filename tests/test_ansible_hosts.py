@@ -11,7 +11,6 @@ wheelhouse built from this repository, configures it from a bundle, and ends wit
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import Appliance
+from support import Appliance, recap
 
 from radium.remoting import guestinfo, load_client_config
 
@@ -185,15 +184,6 @@ def play(estate: dict, inv: Path) -> subprocess.CompletedProcess:
     playbook = ROOT / "ansible" / "playbooks" / "install-clients.yml"
     argv = [str(BIN / "ansible-playbook"), "-i", str(inv), str(playbook)]
     return subprocess.run(argv, capture_output=True, text=True, env=estate["env"], timeout=240)
-
-
-def recap(out: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    found = {}
-    for line in out.stdout.split("PLAY RECAP", 1)[-1].splitlines():
-        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
-        if m:
-            found[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return found
 
 
 def on_host(estate: dict, name: str, command: str) -> subprocess.CompletedProcess:

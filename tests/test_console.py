@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from support import Appliance, Client, hidden
+from support import Appliance, Client, hidden, stand_in
 
 from radium import vcenter
 from radium.appliance import ovf
@@ -52,23 +52,13 @@ def estate(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
         app1.start()
-        ops = app1.enroll("ops", role="admin")
-        mp.setenv("RADIUM_ADMIN_CONFIG", str(ops))
-        mp.setenv("HOME", str(root / "home"))
-        (root / "home").mkdir()
         settings = vcenter.resolve(
             url=vc.sdk_url, user=USER, password=PASSWORD, ca=vc.ca_file, env={}, use_profiles=False
         )
-        admin = load_client_config(ops)
-        with vcenter.connect(settings) as s:
-            vcenter.register_standin(
-                s,
-                name="app1",
-                address="127.0.0.1",
-                port=app1.port,
-                server_public_key=admin.appliances[0].public_key,
-                admin=admin,
-            )
+        ops = stand_in(settings, app1)
+        mp.setenv("RADIUM_ADMIN_CONFIG", str(ops))
+        mp.setenv("HOME", str(root / "home"))
+        (root / "home").mkdir()
         yield {"vc": vc, "settings": settings, "app1": app1, "ops": ops, "root": root}
     finally:
         mp.undo()

@@ -14,6 +14,7 @@ out again, so a long deploy never holds up a refresh.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,29 +137,22 @@ class Estate:
         """`read`, as it comes: with `partial`, a snapshot after each page of hosts (in name order: the
         first screen first), then the appliances, then the clients; the last one is whole
         (`complete`).  Until they are read, the appliances and clients are those of `last`."""
-        with self._lock:
-            try:
-                if self._reader is None:
-                    self._reader = vcenter.connect(self.settings)
-                session = self._reader
-                hosts: list[vcenter.Host] = []
-                appliances = last.appliances if last else []
-                clients = last.clients if last else []
-                vm_hosts: dict[str, str] = {}
-                for page in vcenter.inventory_pages(session):
-                    hosts = hosts + page.hosts
-                    vm_hosts.update((v.id, v.host) for v in page.vms if v.host)
-                    if partial:
-                        yield Snapshot(hosts, appliances, clients, reading="hosts")
-                appliances = vcenter.list_appliances(session)
+        with self._reading() as session:
+            hosts: list[vcenter.Host] = []
+            appliances = last.appliances if last else []
+            clients = last.clients if last else []
+            vm_hosts: dict[str, str] = {}
+            for page in vcenter.inventory_pages(session):
+                hosts = hosts + page.hosts
+                vm_hosts.update((v.id, v.host) for v in page.vms if v.host)
                 if partial:
-                    yield Snapshot(hosts, appliances, clients, reading="clients")
-                clients = vcenter.list_clients(session)
-            except BaseException:
-                self._drop_reader()  # the next read logs in afresh
-                raise
-            self._vm_hosts = vm_hosts
-            yield Snapshot(hosts, appliances, clients)
+                    yield Snapshot(hosts, appliances, clients, reading="hosts")
+            appliances = vcenter.list_appliances(session)
+            if partial:
+                yield Snapshot(hosts, appliances, clients, reading="clients")
+            clients = vcenter.list_clients(session)
+        self._vm_hosts = vm_hosts
+        yield Snapshot(hosts, appliances, clients)
 
     def refresh(self, last: Snapshot, touched: vcenter.Touched) -> Snapshot:
         """`last` with what `touched` names read again: the hosts touched and those of the VMs touched
@@ -166,26 +160,19 @@ class Estate:
         to a cluster reads everything again."""
         if touched.others:
             return self.read()
-        with self._lock:
-            try:
-                if self._reader is None:
-                    self._reader = vcenter.connect(self.settings)
-                session = self._reader
-                by_name = {h.name: h.id for h in last.hosts}
-                # A VM's host before the change (it may have moved) and after.
-                ids = set(touched.hosts) | {
-                    by_name[name] for v in touched.vms if (name := self._vm_hosts.get(v)) in by_name
-                }
-                ids |= set(vcenter.vm_host_ids(session, sorted(touched.vms - touched.gone)).values())
-                ids -= touched.gone
-                fresh = vcenter.hosts_inventory(session, sorted(ids))
-                appliances, clients = last.appliances, last.clients
-                if touched.vms:
-                    appliances = vcenter.list_appliances(session)
-                    clients = vcenter.list_clients(session)
-            except BaseException:
-                self._drop_reader()
-                raise
+        with self._reading() as session:
+            by_name = {h.name: h.id for h in last.hosts}
+            # A VM's host before the change (it may have moved) and after.
+            ids = set(touched.hosts) | {
+                by_name[name] for v in touched.vms if (name := self._vm_hosts.get(v)) in by_name
+            }
+            ids |= set(vcenter.vm_host_ids(session, sorted(touched.vms - touched.gone)).values())
+            ids -= touched.gone
+            fresh = vcenter.hosts_inventory(session, sorted(ids))
+            appliances, clients = last.appliances, last.clients
+            if touched.vms:
+                appliances = vcenter.list_appliances(session)
+                clients = vcenter.list_clients(session)
         for v in touched.vms:
             self._vm_hosts.pop(v, None)
         self._vm_hosts.update((v.id, v.host) for v in fresh.vms if v.host)
@@ -218,6 +205,18 @@ class Estate:
         """What each appliance's radiumd answers the operator key, all asked at once (by appliance name)."""
         probes = vcenter.probe_appliances(appliances, self.admin(), timeout=timeout)
         return {a.name: p for a, p in zip(appliances, probes, strict=True)}
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[vcenter.Session]:
+        """The reader's session, one read at a time; a failed read drops it (the next logs in afresh)."""
+        with self._lock:
+            try:
+                if self._reader is None:
+                    self._reader = vcenter.connect(self.settings)
+                yield self._reader
+            except BaseException:
+                self._drop_reader()
+                raise
 
     def close(self) -> None:
         with self._lock:

@@ -341,11 +341,15 @@ def default_admin(admin: ClientConfig | None = None) -> ClientConfig | None:
 
 
 def probe_many(
-    appliances: list[Appliance], admin: ClientConfig | None, timeout: float = 5.0, usage: bool = True
+    appliances: list[Appliance],
+    admin: ClientConfig | None,
+    timeout: float = 5.0,
+    usage: bool = True,
+    sessions: bool = True,
 ) -> list[Probe]:
-    """Ask each appliance's radiumd for its devices (`usage`: with memory used and utilisation) and its
-    sessions, with the operator's key and the recorded address and server key: one `Probe` per
-    appliance, in order.
+    """Ask each appliance's radiumd for its devices (`usage`: with memory used and utilisation) and
+    (`sessions`) its sessions, with the operator's key and the recorded address and server key: one
+    `Probe` per appliance, in order.
 
     The reachable ones are asked together, in one fan-out of the client API (`survey`).
     """
@@ -364,7 +368,7 @@ def probe_many(
         try:
             answers = [
                 (r.value, r.error.message if r.error else None)
-                for r in asyncio.run(survey(config, usage=usage, timeout=timeout))
+                for r in asyncio.run(survey(config, usage=usage, timeout=timeout, sessions=sessions))
             ]
         except RadiumError as exc:
             answers = [(None, exc.message)] * len(entries)
@@ -392,15 +396,19 @@ def _probe_of(reply: Survey | None, error: str | None) -> Probe:
 
 
 def probe(
-    appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0, usage: bool = True
+    appliance: Appliance,
+    admin: ClientConfig | None,
+    timeout: float = 5.0,
+    usage: bool = True,
+    sessions: bool = True,
 ) -> Probe:
     """`probe_many` of one appliance."""
-    return probe_many([appliance], admin, timeout, usage)[0]
+    return probe_many([appliance], admin, timeout, usage, sessions)[0]
 
 
 def check(appliance: Appliance, admin: ClientConfig | None, timeout: float = 5.0) -> Health:
     """Whether radiumd answers the operator's key (`probe`'s health)."""
-    return probe(appliance, admin, timeout, usage=False).health
+    return probe(appliance, admin, timeout, usage=False, sessions=False).health
 
 
 def status(

@@ -382,6 +382,27 @@ def _known_memory(vendor_id: int, device_id: int) -> int | None:
     return gib if known else None
 
 
+def _objects(session: Session, spec: Any, fast: bool, asked: _soap.Answer | None = None) -> list[_Object]:
+    """The objects of one property collection, by the decoder chosen (`asked`: its first answer, read)."""
+    return list(_collect_fast(session, spec, asked) if fast else _collect_pyvmomi(session, spec))
+
+
+def _inventory(session: Session, objects: list[_Object], started: float, before: int) -> Inventory:
+    """`objects` made into the model; the round trips and seconds counted from `before` and `started`."""
+    hosts_, vms, pci = _build(objects)
+    return Inventory(
+        hosts=hosts_,
+        vms=vms,
+        round_trips=session.round_trips - before,
+        seconds=time.perf_counter() - started,
+        pci=pci,
+    )
+
+
+def _fast(session: Session, decoder: Decoder) -> bool:
+    return decoder == "fast" and _soap.supported(session.stub)
+
+
 def collect(session: Session, decoder: Decoder = "fast") -> Inventory:
     """Collect every host, its accelerators and the VMs that hold them, in one property collection.
 
@@ -397,19 +418,10 @@ def collect(session: Session, decoder: Decoder = "fast") -> Inventory:
             content.rootFolder, [vim.HostSystem, vim.VirtualMachine, vim.ComputeResource], True
         )
         try:
-            spec = _filter_spec(view)
-            fast = decoder == "fast" and _soap.supported(session.stub)
-            objects = list(_collect_fast(session, spec) if fast else _collect_pyvmomi(session, spec))
+            objects = _objects(session, _filter_spec(view), _fast(session, decoder))
         finally:
             view.DestroyView()
-        hosts_, vms, pci = _build(objects)
-    return Inventory(
-        hosts=hosts_,
-        vms=vms,
-        round_trips=session.round_trips - before,
-        seconds=time.perf_counter() - started,
-        pci=pci,
-    )
+    return _inventory(session, objects, started, before)
 
 
 #: Hosts per page of `pages` after the first (which is `FIRST_PAGE`): at 10 VMs a host, a page of
@@ -426,8 +438,7 @@ def _host_list(session: Session) -> list[tuple[str, str]]:
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
     try:
         spec = view_spec(view, {vim.HostSystem: ["name"]})
-        fast = _soap.supported(session.stub)
-        found = list(_collect_fast(session, spec) if fast else _collect_pyvmomi(session, spec))
+        found = _objects(session, spec, _soap.supported(session.stub))
     finally:
         view.DestroyView()
     return sorted((o.props.get("name", o.id), o.id) for o in found if o.type == "HostSystem")
@@ -460,12 +471,12 @@ def pages(
     Each page holds its hosts with their accelerators and the VMs registered on them
     (so who holds each device: a VM holding a host's device runs there); its
     `round_trips` and `seconds` count from the start, so the last page's are the
-    whole collection's.  The first page is `first` hosts, the others `size`.  Two
-    round trips more than `collect` (the host list, then a page at a time) plus
-    one per page; a VM on no host (orphaned) is in no page.
+    whole collection's.  The first page is `first` hosts, the others `size`.  Round
+    trips: the host list (3, as `collect`), then one per page; a VM on no host
+    (orphaned) is in no page.
     """
     started, before = time.perf_counter(), session.round_trips
-    fast = decoder == "fast" and _soap.supported(session.stub)
+    fast = _fast(session, decoder)
     with translated(session.settings.where), ThreadPoolExecutor(1, "radium-inventory") as reader:
         listed = [i for _, i in _host_list(session)]
         cuts = [0, *range(first, len(listed), size), len(listed)] if listed else [0, 0]
@@ -475,22 +486,10 @@ def pages(
             reader.submit(_ask, session, specs[0]) if fast and listed else None
         )
         for k, spec in enumerate(specs):
-            objects: list[_Object] = []
-            if listed and fast:
-                assert asked is not None
-                answer = asked.result()
-                asked = reader.submit(_ask, session, specs[k + 1]) if k + 1 < len(specs) else None
-                objects = list(_collect_fast(session, spec, answer))
-            elif listed:
-                objects = list(_collect_pyvmomi(session, spec))
-            hosts_, vms, pci = _build(objects)
-            yield Inventory(
-                hosts=hosts_,
-                vms=vms,
-                round_trips=session.round_trips - before,
-                seconds=time.perf_counter() - started,
-                pci=pci,
-            )
+            answer = asked.result() if asked is not None else None
+            asked = reader.submit(_ask, session, specs[k + 1]) if fast and k + 1 < len(specs) else None
+            objects = _objects(session, spec, fast, answer) if listed else []
+            yield _inventory(session, objects, started, before)
 
 
 def of_hosts(session: Session, host_ids: list[str], decoder: Decoder = "fast") -> Inventory:
@@ -498,20 +497,11 @@ def of_hosts(session: Session, host_ids: list[str], decoder: Decoder = "fast") -
     `pages`, for a view that re-reads what a change touched.  (A host removed meanwhile fails the
     whole read, as vCenter refuses the request: read everything again then.)"""
     started, before = time.perf_counter(), session.round_trips
-    fast = decoder == "fast" and _soap.supported(session.stub)
     objects: list[_Object] = []
     if host_ids:
         with translated(session.settings.where):
-            spec = _page_spec(session, host_ids)
-            objects = list(_collect_fast(session, spec) if fast else _collect_pyvmomi(session, spec))
-    hosts_, vms, pci = _build(objects)
-    return Inventory(
-        hosts=hosts_,
-        vms=vms,
-        round_trips=session.round_trips - before,
-        seconds=time.perf_counter() - started,
-        pci=pci,
-    )
+            objects = _objects(session, _page_spec(session, host_ids), _fast(session, decoder))
+    return _inventory(session, objects, started, before)
 
 
 def hosts(session: Session) -> list[Host]:

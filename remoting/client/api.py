@@ -107,19 +107,21 @@ class Survey:
 
 
 async def survey(
-    config: ClientConfig, usage: bool = True, timeout: float = 5.0
+    config: ClientConfig, usage: bool = True, timeout: float = 5.0, sessions: bool = True
 ) -> list[PerAppliance[Survey]]:
-    """`list_devices` and `list_sessions` of every appliance, both over one connection to each."""
+    """`list_devices` and (`sessions`) `list_sessions` of every appliance, over one connection to each."""
 
     async def call(conn: Connection) -> Survey:
         devices = await conn.request(s.ListDevices(usage=usage), timeout=timeout)
         assert isinstance(devices, s.DeviceList)
+        if not sessions:
+            return Survey(devices, None, "not asked")
         try:
-            sessions = await conn.request(s.ListSessions(), timeout=timeout)
+            listed = await conn.request(s.ListSessions(), timeout=timeout)
         except RadiumError as exc:  # a client key, or a radiumd older than ListSessions
             return Survey(devices, None, exc.message)
-        assert isinstance(sessions, s.SessionList)
-        return Survey(devices, sessions)
+        assert isinstance(listed, s.SessionList)
+        return Survey(devices, listed)
 
     return await _each(config, select(config), call)
 
