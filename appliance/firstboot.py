@@ -207,17 +207,22 @@ class Writer:
         self.changed.append(f"/{rel}/")
 
 
-def daemon_config(settings: Settings, existing: Path) -> DaemonConfig:
-    """radiumd's configuration: the one already there (if any), with what the properties decide."""
+def existing_config(path: Path) -> DaemonConfig:
+    """radiumd's configuration already at `path`, or the defaults when there is none."""
     data = {}
-    if existing.exists():
+    if path.exists():
         try:
-            data = tomllib.loads(existing.read_text())
+            data = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(
-                f"{existing}: the existing configuration cannot be read ({exc}); move it away"
+                f"{path}: the existing configuration cannot be read ({exc}); move it away"
             ) from None
-    config = convert(data, DaemonConfig, str(existing))
+    return convert(data, DaemonConfig, str(path))
+
+
+def daemon_config(settings: Settings, existing: Path) -> DaemonConfig:
+    """radiumd's configuration: the one already there (if any), with what the properties decide."""
+    config = existing_config(existing)
     config.server.name = settings.name
     config.server.listen = f"tcp://0.0.0.0:{settings.listen_port}"
     config.metrics.enabled = settings.metrics_listen is not None
@@ -273,9 +278,11 @@ def _read(path: Path) -> str:
         return ""
 
 
-def apply(settings: Settings, root: Path) -> list[str]:
-    """Write the appliance's configuration under `root`; the files that changed."""
-    w = Writer(root)
+def apply_radiumd(settings: Settings, w: Writer) -> DaemonConfig:
+    """radiumd's part of the appliance under `w`'s root: its configuration, the server's key pair,
+    the operator's key, the clients' folder and root's delegated ids.  What a VM's first boot and
+    a plain Linux host's setup (`host.py`) share."""
+    root = w.root
     config_path = root / CONFIG
     config = daemon_config(settings, config_path)
 
@@ -328,7 +335,13 @@ def apply(settings: Settings, root: Path) -> list[str]:
                 + ("" if not current or current.endswith("\n") else "\n")
                 + f"root:{start}:{end - start}\n",
             )
+    return config
 
+
+def apply(settings: Settings, root: Path) -> list[str]:
+    """Write the appliance's configuration under `root`; the files that changed."""
+    w = Writer(root)
+    apply_radiumd(settings, w)
     w.write(NETWORK_FILE, network_file(settings))
 
     hostname = settings.hostname

@@ -57,10 +57,13 @@ __all__ = [
     "enroll_many",
     "enroll_remote",
     "find_appliance",
+    "forget_appliance",
     "is_local_reference",
     "load_admin_config",
     "new_identity",
+    "operator_identity",
     "public_address",
+    "record_appliance",
     "revoke",
     "revoke_local",
     "revoke_many",
@@ -100,6 +103,47 @@ def load_admin_config() -> ClientConfig:
             file=str(path),
         )
     return load_client_config(path)
+
+
+def operator_identity(name: str = "operator") -> tuple[ClientConfig, Path, bool]:
+    """The operator configuration in effect (`admin_config_path`), or a new operator identity
+    called `name` for that path, not written yet; whether it is new."""
+    path = admin_config_path()
+    if path.exists():
+        return load_client_config(path), path, False
+    return new_identity(name), path, True
+
+
+def record_appliance(path: Path, entry: ApplianceEntry) -> bool:
+    """Add (or update) an appliance in the operator configuration at `path`; whether it changed.
+
+    False also when there is no configuration there that can be read (nothing to record in).
+    """
+    try:
+        config = load_client_config(path)
+    except RadiumError:
+        return False
+    if entry in config.appliances:
+        return False
+    save_client_config(_add_appliance(config, entry), path)
+    return True
+
+
+def forget_appliance(name: str, path: Path | None = None) -> str | None:
+    """Drop appliance `name` from the operator configuration; the file it was dropped from, or None."""
+    path = path or admin_config_path()
+    if not path.exists():
+        return None
+    try:
+        config = load_client_config(path)
+    except RadiumError:
+        return None
+    kept = [a for a in config.appliances if a.name != name]
+    if len(kept) == len(config.appliances):
+        return None
+    config.appliances = kept
+    save_client_config(config, path)
+    return str(path)
 
 
 def new_identity(name: str) -> ClientConfig:

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,3 +296,104 @@ def recap(out: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
         if m:
             found[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
     return found
+
+
+# --- a host with a real systemd: this machine's OS booted in systemd-nspawn --------------------
+
+
+class Container:
+    """This machine's OS booted in systemd-nspawn over an overlay of /, as a host of its own.
+
+    Its changes land in the overlay's upper layer under `top`; `state` (a real file system,
+    since an overlay's upper layer cannot be on overlayfs) is bound at /var/lib/radium, where
+    radiumd's runs keep theirs.  `network` is a namespace (`ip netns`) to boot into; without
+    one it has a private network.
+    """
+
+    def __init__(self, top: Path, network: str | None = None) -> None:
+        self.top = top
+        self.root = top / "root"
+        self.state = top / "state"
+        self.network = network
+        self.machine = f"radium-test-{os.getpid()}-{top.name}"[:60]
+        self.boot: subprocess.Popen | None = None
+        for d in ("upper", "work", "root", "state"):
+            (top / d).mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir=/,upperdir={top}/upper,workdir={top}/work", str(self.root)],
+            check=True,
+        )  # fmt: skip
+
+    @staticmethod
+    def missing() -> str | None:
+        """Why no container can be booted here (None: it can)."""
+        if os.geteuid() != 0:
+            return "needs root"
+        for tool in ("systemd-nspawn", "nsenter"):
+            if shutil.which(tool) is None:
+                return f"{tool} not installed (systemd-nspawn: Debian package systemd-container)"
+        if not Path("/usr/bin/python3.11").exists() or not Path("/lib/systemd/systemd").exists():
+            return "needs Debian 12's python3.11 and systemd on this machine"
+        return None
+
+    @property
+    def nspawn(self) -> list[str]:
+        return ["systemd-nspawn", "-q", "-D", str(self.root), "-M", self.machine, "--register=no",
+                "--keep-unit", "--link-journal=no"]  # fmt: skip
+
+    def start(self, *extra: str) -> Container:
+        """Boot it (systemd as its PID 1)."""
+        network = (
+            [f"--network-namespace-path=/run/netns/{self.network}"] if self.network else ["--private-network"]
+        )
+        self.boot = subprocess.Popen(
+            [*self.nspawn, "-b", *network, "--console=pipe", "--bind=/dev/fuse",
+             f"--bind={self.state}:/var/lib/radium", *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1"),
+        )  # fmt: skip
+        return self
+
+    def leader(self) -> int | None:
+        """The container's PID 1, as this machine sees it."""
+        assert self.boot is not None
+        children = Path(f"/proc/{self.boot.pid}/task/{self.boot.pid}/children")
+        text = children.read_text().split() if children.exists() else []
+        return int(text[0]) if text else None
+
+    def inside(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`script` run by sh inside the container (every namespace of its PID 1)."""
+        pid = self.leader()
+        assert pid, "the container is not running"
+        argv = ["nsenter", "-t", str(pid), "-a", "sh", "-c", script]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 120) -> None:
+        """Poll `ready` while the container runs; fail with its units' state after `timeout`."""
+        assert self.boot is not None
+        deadline = time.monotonic() + timeout
+        while not (self.leader() and ready()):
+            if self.boot.poll() is not None:
+                raise AssertionError(
+                    f"the container stopped: {self.boot.stdout.read() if self.boot.stdout else ''}"
+                )
+            if time.monotonic() > deadline:
+                state = (
+                    self.inside("systemctl --failed --no-pager; systemctl status --no-pager")
+                    if self.leader()
+                    else None
+                )
+                raise AssertionError(f"{what}: not after {timeout} s\n{state.stdout if state else ''}")
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        if self.boot is not None and self.boot.poll() is None:
+            self.boot.terminate()  # asks the container's systemd to power off
+            try:
+                self.boot.wait(60)
+            except subprocess.TimeoutExpired:
+                self.boot.kill()
+                self.boot.wait(10)
+        subprocess.run(["umount", "-l", str(self.root)], check=False)
+        shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.machine}", ignore_errors=True)

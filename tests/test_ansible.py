@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+import zmq
 from support import Appliance, recap, stand_in
 
 from radium import vcenter
@@ -177,13 +178,18 @@ def test_a_wrong_vcenter_password_is_one_clear_error(estate):
     assert "Xq9-not-it" not in out.stdout + out.stderr  # the password is never printed
 
 
+def module_call(estate: dict, module: str, args: str, *flags: str) -> dict:
+    """One module run ad hoc on the controller (`ansible localhost -m`): its result, and whether it failed."""
+    argv = [str(BIN / "ansible"), "localhost", "-m", f"radium.estate.{module}", "-a", args, *flags]
+    out = subprocess.run(argv, capture_output=True, text=True, env=estate["env"], timeout=120)
+    assert out.returncode in (0, 2), out.stdout + out.stderr
+    head, _, body = out.stdout.partition(" => ")
+    return {**json.loads(body), "failed": "FAILED" in head}
+
+
 def test_passthrough_and_hosts_info_modules(estate):
     def adhoc(module: str, args: str, *flags: str) -> dict:
-        argv = [str(BIN / "ansible"), "localhost", "-m", module, "-a", args, *flags]
-        out = subprocess.run(argv, capture_output=True, text=True, env=estate["env"], timeout=120)
-        assert out.returncode in (0, 2), out.stdout + out.stderr
-        head, _, body = out.stdout.partition(" => ")
-        return {**json.loads(body), "failed": "FAILED" in head}
+        return module_call(estate, module.removeprefix("radium.estate."), args, *flags)
 
     info = adhoc("radium.estate.gpu_hosts_info", "hosts=DC0_H0")
     [host] = info["hosts"]
@@ -208,11 +214,7 @@ def test_client_key_enrols_once_and_revokes(estate, tmp_path):
     key = estate["app1"].dir / "clients.d" / "ws1.key"
 
     def adhoc(args: str, *flags: str) -> dict:
-        argv = [str(BIN / "ansible"), "localhost", "-m", "radium.estate.client_key", "-a", args, *flags]
-        out = subprocess.run(argv, capture_output=True, text=True, env=estate["env"], timeout=120)
-        assert out.returncode in (0, 2), out.stdout + out.stderr
-        head, _, body = out.stdout.partition(" => ")
-        return {**json.loads(body), "failed": "FAILED" in head}
+        return module_call(estate, "client_key", args, *flags)
 
     present = f"name=ws1 appliance=app1 bundle={bundle}"
     assert adhoc(present, "--check")["changed"] is True and not key.exists()
@@ -236,8 +238,38 @@ def test_client_key_enrols_once_and_revokes(estate, tmp_path):
     assert adhoc(f"name=ws2 appliance={config} state=absent", "--check")["changed"] is False
 
 
+def test_operator_config_makes_the_key_once_and_records_appliances(estate, tmp_path):
+    path = tmp_path / "operator.toml"
+    estate = {**estate, "env": {**estate["env"], "RADIUM_ADMIN_CONFIG": str(path)}}
+
+    def adhoc(args: str, *flags: str) -> dict:
+        return module_call(estate, "operator_config", args, *flags)
+
+    would = adhoc("operator_name=ops", "--check")
+    assert would["changed"] is True and would["operator"]["created"] is True and not path.exists()
+    made = adhoc("operator_name=ops")
+    assert made["changed"] is True and oct(path.stat().st_mode & 0o777) == "0o600"
+    operator = load_client_config(path)
+    assert (operator.client.name, operator.client.public_key) == ("ops", made["operator"]["public_key"])
+    assert operator.client.secret_key not in json.dumps(made)  # never returned
+    assert adhoc("")["changed"] is False and adhoc("")["operator"]["public_key"] == operator.client.public_key
+
+    server = zmq.curve_keypair()[0].decode()
+    record = f"appliance=gpu7 address=tcp://10.0.0.7:7450 public_key={server}"
+    assert adhoc(record, "--check")["changed"] is True and not load_client_config(path).appliances
+    assert adhoc(record)["changed"] is True
+    [entry] = load_client_config(path).appliances
+    assert (entry.name, entry.address, entry.public_key) == ("gpu7", "tcp://10.0.0.7:7450", server)
+    assert adhoc(record)["changed"] is False
+    bad = adhoc("appliance=gpu8 address=tcp://10.0.0.8:7450 public_key=short")
+    assert bad["failed"] and "public_key: expected" in bad["msg"]
+    assert adhoc("appliance=gpu7 state=absent")["changed"] is True and not load_client_config(path).appliances
+    assert adhoc("appliance=gpu7 state=absent")["changed"] is False
+
+
 def test_every_module_is_documented_for_ansible_doc(estate):
-    for module in ("gpu_hosts_info", "passthrough", "appliance", "client_vm", "client_key"):
+    modules = ("gpu_hosts_info", "passthrough", "appliance", "client_vm", "client_key", "operator_config")
+    for module in modules:
         argv = [str(BIN / "ansible-doc"), f"radium.estate.{module}"]
         out = subprocess.run(argv, capture_output=True, text=True, env=estate["env"], timeout=120)
         assert out.returncode == 0, out.stderr

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 import zmq
-from support import BIN, PY, Appliance, Client, free_port
+from support import BIN, PY, Appliance, Client, Container, free_port
 
 from radium.appliance import ovf
 from radium.appliance.properties import PROPERTIES, REQUIRED, PropertyError, parse
@@ -440,6 +440,51 @@ def hypervisor(tmp_path):
     return tool, variables
 
 
+def test_appliance_setup_makes_a_plain_host_an_appliance_and_keeps_its_key(tmp_path, keys):
+    """radium-appliance-setup (the radium_appliance role's step on the host): radiumd's part of
+    the first boot, a server key made there and kept, and the unit pointed at this installation."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("bench-7\n")
+    admin = keys["admin"][0]
+    argv = [str(BIN / "radium-appliance-setup"), "--root", str(root), "--json", "--name", "bench7"]
+    argv += ["--admin-key", admin, "--admin-name", "ops", "--port", "7461"]
+    first = subprocess.run(argv, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    done = json.loads(first.stdout)
+    state = root / "var/lib/radium"
+    pair = load_keypair(state / "server.key_secret")
+    assert done["server_public_key"] == pair.public and pair.secret not in first.stdout
+    assert mode(state / "server.key_secret") == 0o600 and mode(state) == 0o700
+    assert "/etc/radium/radiumd.toml" in done["changed"] and done["unit"] in done["changed"]
+    toml = root / "etc/radium/radiumd.toml"
+    config = load_daemon_config(toml)
+    assert config.server.name == "bench7" and config.server.listen == "tcp://0.0.0.0:7461"
+    check = subprocess.run(
+        [str(BIN / "radiumd"), "--check", "--config", str(toml)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    assert load_keypair(root / "etc/radium/admins.d/ops.key").public == admin
+    assert "root:200000:6553600" in (root / "etc/subgid").read_text().splitlines()
+    unit = (root / "etc/systemd/system/radiumd.service").read_text()
+    assert f"ExecStart={BIN}/radiumd --config /etc/radium/radiumd.toml" in unit  # this installation's
+    assert "NoNewPrivileges=yes" in unit  # the shipped unit, hardening and all
+    # A host keeps its network, its name and its SSH: none of them is touched.
+    assert (root / "etc/hostname").read_text() == "bench-7\n"
+    assert not (root / "etc/systemd/network").exists() and not (root / "root").exists()
+
+    again = subprocess.run(argv, capture_output=True, text=True)
+    assert json.loads(again.stdout)["changed"] == [] and load_keypair(state / "server.key_secret") == pair
+
+    bad = subprocess.run(
+        [*argv[:-6], "--admin-key", "nope", "--port", "70000"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "radium.admin_public_key (--admin-key): expected a CURVE public key" in bad.stderr
+    assert "radium.listen_port (--port): expected a TCP port 1-65535" in bad.stderr
+    assert load_keypair(root / "etc/radium/admins.d/ops.key").public == admin  # nothing changed
+
+
 def test_firstboot_reads_guestinfo_and_then_blanks_the_secret(tmp_path, keys, hypervisor):
     tool, variables = hypervisor
     server_public, server_secret = keys["server"]
@@ -725,20 +770,7 @@ def test_the_package_imports_into_vcenter(tmp_path, keys):
             connect.Disconnect(si)
 
 
-# --- under a real systemd (opt-in: RADIUM_TEST_NSPAWN=1) -------------------------------------
-
-
-def _nspawn_missing() -> str | None:
-    if os.environ.get("RADIUM_TEST_NSPAWN") != "1":
-        return "boots this machine's OS in systemd-nspawn (about a minute): set RADIUM_TEST_NSPAWN=1"
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("systemd-nspawn", "nsenter", "git"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (systemd-nspawn: Debian package systemd-container)"
-    if not Path("/usr/bin/python3.11").exists() or not Path("/lib/systemd/systemd").exists():
-        return "needs Debian 12's python3.11 and systemd on this machine"
-    return None
+# --- under a real systemd: this machine's OS booted in systemd-nspawn -----------------------------
 
 
 @pytest.mark.timeout(900)
@@ -749,19 +781,12 @@ def test_the_units_boot_an_appliance_under_systemd(tmp_path, keys):
     radiumd.service, hardened as shipped, serves the operator's keys, and `radium run`
     works under that hardening.  Radium is installed the image's way, in /opt/radium.
     """
-    reason = _nspawn_missing()
+    reason = Container.missing() or (None if shutil.which("git") else "git not installed")
     if reason:
         pytest.skip(reason)
     repo = Path(__file__).resolve().parents[1]
-    root, state = tmp_path / "root", tmp_path / "state"
-    for d in ("upper", "work", "root", "state"):
-        (tmp_path / d).mkdir()
-    subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir=/,upperdir={tmp_path}/upper,workdir={tmp_path}/work", str(root)],
-        check=True,
-    )  # fmt: skip
-    boot = None
+    box = Container(tmp_path / "box")
+    root = box.root
     try:
         files = subprocess.run(
             ["git", "ls-files", "-co", "--exclude-standard"],
@@ -775,22 +800,12 @@ def test_the_units_boot_an_appliance_under_systemd(tmp_path, keys):
             if not name.startswith("tests/") and (repo / name).is_file():
                 (src / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(repo / name, src / name)
-        machine = f"radium-test-{os.getpid()}"
-        nspawn = ["systemd-nspawn", "-q", "-D", str(root), "-M", machine, "--register=no", "--keep-unit"]
-        nspawn.append("--link-journal=no")
         install = subprocess.run(
-            [*nspawn, "sh", "-c",
+            [*box.nspawn, "sh", "-c",
              "python3.11 -m venv /opt/radium && /opt/radium/bin/pip install -q '/opt/radium-src[appliance]'"],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
-        wrapper = root / "opt/radium/bin/radium-firstboot"
-        if not wrapper.exists():  # until the console script is declared in pyproject.toml
-            wrapper.write_text(
-                "#!/opt/radium/bin/python3\nimport sys\n"
-                "from radium.appliance.firstboot import main\nsys.exit(main())\n"
-            )
-            wrapper.chmod(0o755)
 
         system = root / "etc/systemd/system"
         for name, target in (("radium-firstboot.service", "sysinit"), ("radiumd.service", "multi-user")):
@@ -825,45 +840,19 @@ def test_the_units_boot_an_appliance_under_systemd(tmp_path, keys):
             root / "root/ops.toml",
         )
 
-        # Boot.  radiumd's state is on a real file system (an overlay's upper layer cannot be on overlayfs).
-        boot = subprocess.Popen(
-            [*nspawn, "-b", "--keep-unit", "--private-network", "--console=pipe", "--bind=/dev/fuse",
-             f"--bind={state}:/var/lib/radium"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, SYSTEMD_NSPAWN_API_VFS_WRITABLE="1"),
-        )  # fmt: skip
-
-        def leader() -> int | None:
-            children = Path(f"/proc/{boot.pid}/task/{boot.pid}/children")
-            text = children.read_text().split() if children.exists() else []
-            return int(text[0]) if text else None
-
-        def inside(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
-            pid = leader()
-            assert pid, "the container is not running"
-            return subprocess.run(
-                ["nsenter", "-t", str(pid), "-a", "sh", "-c", script],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-
-        import time
-
-        deadline = time.monotonic() + 120
-        while True:
-            assert boot.poll() is None, boot.stdout.read() if boot.stdout else ""
-            if leader() and inside("systemctl is-active radiumd.service").stdout.strip() == "active":
-                if "radiumd serving" in inside("journalctl -u radiumd.service --no-pager").stdout:
-                    break
-            assert time.monotonic() < deadline, inside("systemctl status radium-firstboot radiumd").stdout
-            time.sleep(1)
-
-        log = inside("journalctl -u radium-firstboot.service -u radiumd.service --no-pager -o cat").stdout
+        box.start()
+        box.wait_until(
+            lambda: (
+                box.inside("systemctl is-active radiumd.service").stdout.strip() == "active"
+                and "radiumd serving" in box.inside("journalctl -u radiumd.service --no-pager").stdout
+            ),
+            "radiumd serving",
+        )
+        log = box.inside("journalctl -u radium-firstboot.service -u radiumd.service --no-pager -o cat").stdout
         assert server_public in log and server_secret not in log
         assert server_secret not in (guestinfo / "guestinfo.ovfEnv").read_text()  # scrubbed
         env = "RADIUM_ADMIN_CONFIG=/root/ops.toml RADIUM_CONFIG=/root/vm1.toml RADIUM_STATE_DIR=/root/rs"
-        out = inside(
+        out = box.inside(
             f"export {env}; set -e; cd /opt/radium/bin;"
             " ./radium-admin enroll vm1 --appliance nspawn1 -o /root/vm1.toml >/dev/null;"
             " mkdir -p /root/w; cd /root/w; echo hello > in.txt;"
@@ -876,19 +865,11 @@ def test_the_units_boot_an_appliance_under_systemd(tmp_path, keys):
         assert lines[0] == "hello" and lines[1].split() == ["NoNewPrivs:", "1"] and lines[2] == "out", (
             out.stdout
         )
-        shown = inside(
+        shown = box.inside(
             "systemctl show radiumd.service -p NoNewPrivileges -p ProtectSystem -p ProtectHome"
         ).stdout
         assert (
             "NoNewPrivileges=yes" in shown and "ProtectSystem=strict" in shown and "ProtectHome=yes" in shown
         )
     finally:
-        if boot is not None and boot.poll() is None:
-            boot.terminate()  # asks the container's systemd to power off
-            try:
-                boot.wait(60)
-            except subprocess.TimeoutExpired:
-                boot.kill()
-                boot.wait(10)
-        subprocess.run(["umount", "-l", str(root)], check=False)
-        shutil.rmtree(f"/run/systemd/nspawn/propagate/radium-test-{os.getpid()}", ignore_errors=True)
+        box.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -37,8 +36,8 @@ from radium.remoting import (
     RadiumError,
     SessionInfo,
     admin_config_path,
+    forget_appliance,
     load_client_config,
-    save_client_config,
 )
 
 from . import pciids
@@ -441,23 +440,6 @@ def destroy_vm(
     return powered_on
 
 
-def forget(name: str, admin_path: Any = None) -> str | None:
-    """Drop appliance `name` from the operator configuration; the file it was dropped from, or None."""
-    path = Path(admin_path) if admin_path else admin_config_path()
-    if not path.exists():
-        return None
-    try:
-        config = load_client_config(path)
-    except RadiumError:
-        return None
-    kept = [a for a in config.appliances if a.name != name]
-    if len(kept) == len(config.appliances):
-        return None
-    config.appliances = kept
-    save_client_config(config, path)
-    return str(path)
-
-
 def start(session: Session, name: str, progress: Progress | None = None, dry_run: bool = False) -> bool:
     """Power appliance `name` on, unless it is on; whether it had to be (`dry_run`: would have to be)."""
     ref, a = _find(session, name)
@@ -473,4 +455,4 @@ def remove(session: Session, name: str, progress: Progress | None = None) -> Rem
     """Power off and destroy appliance `name`, and drop it from the operator configuration."""
     ref, a = _find(session, name)
     powered_off = destroy_vm(session, ref, progress)
-    return Removal(vm=a.vm, id=a.id, powered_off=powered_off, operator_entry_removed=forget(a.name))
+    return Removal(vm=a.vm, id=a.id, powered_off=powered_off, operator_entry_removed=forget_appliance(a.name))

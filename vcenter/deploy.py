@@ -50,7 +50,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -59,7 +58,7 @@ from radium.remoting import (
     VERSION,
     ApplianceEntry,
     RadiumError,
-    load_client_config,
+    record_appliance,
     save_client_config,
     save_keypair,
     save_public_key,
@@ -139,17 +138,6 @@ def _write_keys(plan: DeployPlan, progress: Progress) -> None:
         (folder / "admins.d").mkdir(exist_ok=True, mode=0o755)
         name = operator.client.name
         save_public_key(folder / "admins.d" / f"{name}.key", name, operator.client.public_key)
-
-
-def _record_address(config_path: Path, entry: ApplianceEntry) -> bool:
-    """Add (or update) the appliance in the operator configuration."""
-    try:
-        config = load_client_config(config_path)
-    except RadiumError:
-        return False
-    config.appliances = [a for a in config.appliances if a.name != entry.name] + [entry]
-    save_client_config(config, config_path)
-    return True
 
 
 # --- 3-5. making it ----------------------------------------------------------------------------------
@@ -363,7 +351,7 @@ def deploy(session: Session, request: DeployRequest, progress: Progress | None =
         entry = ApplianceEntry(
             name=plan.settings.name, address=result.address, public_key=plan.settings.server_public_key
         )
-        result.operator.recorded = _record_address(plan.operator_path, entry)
+        result.operator.recorded = record_appliance(plan.operator_path, entry)
     if result.ready is False:
         why = result.radiumd.error if result.radiumd else "no answer"
         result.warnings.append(

@@ -25,9 +25,7 @@ from radium.remoting import (
     ClientConfig,
     KeyPair,
     UsageError,
-    admin_config_path,
-    load_client_config,
-    new_identity,
+    operator_identity,
 )
 
 from . import appliances as appl
@@ -166,14 +164,6 @@ class DeployPlan:
         return None if network.dhcp or network.address is None else str(network.address.ip)
 
 
-def _operator() -> tuple[ClientConfig, Path, bool]:
-    """The operator configuration in effect, or a new operator identity (not written yet)."""
-    path = admin_config_path()
-    if path.exists():
-        return load_client_config(path), path, False
-    return new_identity("operator"), path, True
-
-
 def plan(session: Session, request: DeployRequest, progress: Progress) -> DeployPlan:
     """Check `request` against the package, the property contract and vCenter; what to make, chosen."""
     from pyVmomi import vim
@@ -181,7 +171,7 @@ def plan(session: Session, request: DeployRequest, progress: Progress) -> Deploy
     where = session.settings.where
     request.check()
     package = OvfPackage(request.package)
-    operator, operator_path, operator_new = _operator()
+    operator, operator_path, operator_new = operator_identity()
     server = KeyPair.generate()
     assert server.secret is not None
     values = property_values(request, server.secret, operator.client.public_key, operator.client.name)
