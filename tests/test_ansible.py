@@ -8,8 +8,11 @@ output; a second run changes nothing; `--check` changes nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +294,58 @@ def test_ansible_lint_production_profile_passes(estate):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "it passed" in out.stdout + out.stderr
+
+
+# ansible-test bootstraps pip in each of its virtual environments with a script it downloads
+# from ci-files.testing.ansible.com, which is not a package registry (unreachable where CI runs);
+# it looks in its cache first.  This stand-in does what that script does: pip, then the
+# packages asked for (setuptools and wheel too, which Python 3.11's venv lacks).
+GET_PIP = """import subprocess, sys
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+subprocess.run([sys.executable, "-m", "ensurepip", "--default-pip"], check=True, stdout=subprocess.DEVNULL)
+subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+"""
+
+
+@pytest.mark.timeout(900)
+def test_ansible_test_sanity_passes(tmp_path):
+    """Every sanity test of ansible-test (pylint, validate-modules, import, yamllint...), its
+    requirements installed from the package index into its own virtual environments."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "."],
+        cwd=ROOT / "ansible",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    collection = tmp_path / "ansible_collections" / "radium" / "estate"  # where ansible-test wants it
+    for name in files:
+        if (ROOT / "ansible" / name).is_file():
+            (collection / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / "ansible" / name, collection / name)
+    subprocess.run(["git", "init", "-q", "."], cwd=collection, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=collection, check=True)
+    home = tmp_path / "home"
+    # The pip it bootstraps names the cached script (get_venv_packages: pip='24.2').
+    spec = importlib.util.find_spec("ansible_test")
+    assert spec and spec.submodule_search_locations
+    source = Path(spec.submodule_search_locations[0], "_internal", "python_requirements.py").read_text()
+    [pip_version] = re.findall(r"pip='([0-9.]+)'", source)
+    cache = home / ".ansible/test/cache" / f"get_pip_{pip_version.replace('.', '_')}.py"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(GET_PIP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(HOME=str(home), PATH=f"{BIN}:{env.get('PATH', '')}")
+    out = subprocess.run(
+        [str(BIN / "ansible-test"), "sanity", "--python", f"{sys.version_info[0]}.{sys.version_info[1]}",
+         "--color", "no"],
+        cwd=collection, capture_output=True, text=True, env=env, timeout=840,
+    )  # fmt: skip
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, "\n".join(
+        line for line in said.splitlines() if "ERROR" in line or "FATAL" in line or "rror" in line
+    )[-6000:]
+    assert said.count("Running sanity test") >= 20  # all of them ran
 
 
 def test_the_collection_builds_and_carries_radiums_version(tmp_path):

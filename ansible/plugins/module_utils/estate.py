@@ -26,6 +26,10 @@ try:
 except ImportError:
     HAS_RADIUM = False
     RADIUM_IMPORT_ERROR: str | None = traceback.format_exc()
+    vcenter = None  # new_module fails at once, saying what is missing
+
+    class RadiumError(Exception):  # type: ignore[no-redef]  # (never raised: nothing runs without radium)
+        pass
 else:
     HAS_RADIUM = True
     RADIUM_IMPORT_ERROR = None

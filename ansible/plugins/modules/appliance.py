@@ -19,7 +19,7 @@ description:
     configuration, as C(radium-admin appliance remove) does.
   - Check mode says what would be done and does nothing.
 version_added: "0.1.0"
-author: Radium developers
+author: Radium developers (@radium-dev)
 options:
   name:
     description: The VM's name, which is also radiumd's name and the appliance's host name.

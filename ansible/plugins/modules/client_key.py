@@ -20,7 +20,7 @@ description:
     goes into its keys folder), or an appliance's name or address in the operator
     configuration (enrolled over the network with the operator key).
 version_added: "0.1.0"
-author: Radium developers
+author: Radium developers (@radium-dev)
 options:
   name:
     description: The client's name (letters, digits, C(.), C(_), C(-)).
@@ -117,7 +117,8 @@ def main() -> None:
             return {"changed": False}
         if module.check_mode:
             return {"changed": True}
-        assert bundle is not None
+        if bundle is None:  # (required_if says so already)
+            raise UsageError("state=present needs bundle: where the client's bundle is written")
         done = enroll(
             p["name"],
             p["appliance"],

@@ -18,7 +18,7 @@ description:
     as C(radium-admin unregister-vm) does; a VM not registered is left as it is.
   - Check mode says what would be done and does nothing.
 version_added: "0.1.0"
-author: Radium developers
+author: Radium developers (@radium-dev)
 options:
   vm:
     description: The VM's name in vCenter (or its managed object id).

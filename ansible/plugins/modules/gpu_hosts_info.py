@@ -14,7 +14,7 @@ description:
     inventory read, as C(radium-admin hosts --json) gives it.
   - Changes nothing; runs in check mode.
 version_added: "0.1.0"
-author: Radium developers
+author: Radium developers (@radium-dev)
 options:
   hosts:
     description:

@@ -21,7 +21,7 @@ description:
     it deploys itself.
   - The secret key is never returned.
 version_added: "0.1.0"
-author: Radium developers
+author: Radium developers (@radium-dev)
 options:
   operator_name:
     description: The name of the operator key when one is made (its file name on the appliances).

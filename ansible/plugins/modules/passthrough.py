@@ -17,7 +17,7 @@ description:
   - ESXi applies a change at the host's next reboot; the result says which hosts wait for one.
   - Changed only when a device's configured state changes. Check mode says what would change.
 version_added: "0.1.0"
-author: Radium developers
+author: Radium developers (@radium-dev)
 options:
   host:
     description: The ESXi host's name in vCenter.
