@@ -6,6 +6,8 @@
     settings = appliance.parse_properties({"radium.name": "gpu1", ...})    # the first boot's input, checked
 
 - **the package**: `validate_package`, `read_descriptor` (an OVF or OVA), `write_ovf` / `write_ova`;
+- **the image**: `build_image(BuildRequest(...), progress)` makes the bootable OVA
+  (`radium-admin appliance build`), raising `BuildError` naming the failed step;
 - **the property contract** between a deploy and the first boot: `parse_properties` (raises
   `PropertyError` naming each bad property), `ApplianceSettings`, `GUESTINFO_PREFIX` (how a
   property travels as a guest variable of its own) and `SECRET_PROPERTIES` (never written as one).
@@ -27,12 +29,18 @@ EXPORTS: dict[str, str] = {
     "ApplianceSettings": ".properties:Settings",
     "GUESTINFO_PREFIX": ".properties",
     "SECRET_PROPERTIES": ".properties:SECRET",
+    "BuildRequest": ".build",
+    "BuildResult": ".build",
+    "BuildError": ".build",
+    "build_image": ".build:build",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 __all__ = sorted(EXPORTS)
 
 if TYPE_CHECKING:
+    from .build import BuildError, BuildRequest, BuildResult
+    from .build import build as build_image
     from .ovf import read_descriptor, validate_package, write_ova, write_ovf
     from .properties import GUESTINFO_PREFIX, PropertyError
     from .properties import SECRET as SECRET_PROPERTIES

@@ -22,10 +22,12 @@ blanks the server's secret key in the guest variables it came from
 appliance cannot read it back from the hypervisor; vSphere hands the VM its
 properties again at each power-on, hence every boot.
 
-Where the properties come from: `--ovf-env FILE` (an OVF environment document),
-or else the hypervisor through open-vm-tools' `vmware-rpctool`: the document in
-`guestinfo.ovfEnv`, overridden property by property by `guestinfo.radium.*`
-variables that are set.  The secret key is never printed or logged.
+Where the properties come from: `--ovf-env FILE` (an OVF environment document);
+else the ISO transport, a CD-ROM labelled "OVF ENV" with `ovf-env.xml` (ejected
+after reading, at every boot: it holds the secret key); else the hypervisor
+through open-vm-tools' `vmware-rpctool`: the document in `guestinfo.ovfEnv`,
+overridden property by property by `guestinfo.radium.*` variables that are set.
+The secret key is never printed or logged.
 """
 
 from __future__ import annotations
@@ -143,6 +145,76 @@ def from_hypervisor(tool: RpcTool) -> Source:
             "given guestinfo.radium.* variables? Give --ovf-env FILE to configure it by hand."
         )
     return source
+
+
+ISO_LABEL = "OVF ENV"  #: vSphere's ISO transport: a CD-ROM with this label, ovf-env.xml at its root
+ISO_FILE = "ovf-env.xml"
+
+
+def find_iso(device: str | None = None) -> str | None:
+    """The CD-ROM of the ISO transport (its device), if one is inserted.
+
+    The first boot runs early: the CD-ROM's driver may still be loading, so it is asked for,
+    and each CD-ROM is probed directly rather than through udev's links.
+    """
+    if device:
+        return device if Path(device).exists() else None
+    link = Path("/dev/disk/by-label/OVF\\x20ENV")  # udev's name for the label, space escaped
+    if link.exists():
+        return str(link.resolve())
+    if not list(Path("/dev").glob("sr[0-9]*")) and Path("/sys/bus/scsi").exists():
+        for argv in (["modprobe", "-q", "sr_mod"], ["udevadm", "settle", "--timeout=15"]):
+            try:
+                subprocess.run(argv, capture_output=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    for cdrom in sorted(Path("/dev").glob("sr[0-9]*")):
+        try:
+            probe = ["blkid", "-p", "-s", "LABEL", "-o", "value", str(cdrom)]
+            out = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.stdout.strip() == ISO_LABEL:
+            return str(cdrom)
+    return None
+
+
+def from_iso(device: str) -> Source:
+    """The properties of the OVF environment on the ISO transport's CD-ROM (mounted read-only)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="radium-ovf-env-") as where:
+        mount = subprocess.run(["mount", "-o", "ro", "-t", "iso9660", device, where], capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+        if mount.returncode != 0:
+            raise NoEnvironment(
+                f"{device}: cannot mount the OVF environment's CD-ROM: {mount.stderr.strip()}"
+            )
+        try:
+            found = [p for p in Path(where).iterdir() if p.name.lower() in (ISO_FILE, "ovf-env.xml;1")]
+            if not found:
+                raise NoEnvironment(f"{device}: the CD-ROM labelled {ISO_LABEL!r} has no {ISO_FILE}")
+            source = from_file(found[0])
+        finally:
+            subprocess.run(["umount", where], capture_output=True, timeout=60)
+    origin = f"OVF environment on {device} (ISO transport)"
+    return Source(source.values, {k: origin for k in source.values})
+
+
+def eject(device: str) -> bool:
+    """Eject the CD-ROM (best effort); whether it is out."""
+    try:
+        return subprocess.run(["eject", device], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def on_vmware() -> bool:
+    """Whether this machine is a VMware VM (guestinfo exists only there)."""
+    try:
+        return "VMware" in Path("/sys/class/dmi/id/sys_vendor").read_text()
+    except OSError:
+        return False
 
 
 def scrub(tool: RpcTool) -> list[str]:
@@ -404,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("/"), help="write under this folder (default /)")
     parser.add_argument("--ovf-env", type=Path, help="read the properties from this OVF environment document")
     parser.add_argument("--rpctool", default=None, help="open-vm-tools' vmware-rpctool (default: from PATH)")
+    parser.add_argument(
+        "--iso-device", default=None, help="the ISO transport's CD-ROM (default: the one labelled 'OVF ENV')"
+    )
     parser.add_argument("--force", action="store_true", help="configure even if the stamp says it was done")
     parser.add_argument("--no-scrub", action="store_true", help="leave the secret key in the guest variables")
     args = parser.parse_args(argv)
@@ -421,19 +496,29 @@ def run(args: argparse.Namespace) -> int:
     root: Path = args.root.resolve()
     stamp = root / STAMP
     tool = None
+    cdrom = None
     if args.ovf_env is None:
+        cdrom = find_iso(args.iso_device)
         path = args.rpctool or shutil.which("vmware-rpctool")
-        if not path:
+        if path and (cdrom is None or on_vmware()):
+            tool = RpcTool(path)
+        elif cdrom is None:
             raise NoEnvironment(
-                "vmware-rpctool not found (Debian package open-vm-tools): cannot read guestinfo. "
+                "no OVF environment: no CD-ROM labelled 'OVF ENV' (the ISO transport), and "
+                "vmware-rpctool not found (Debian package open-vm-tools) to read guestinfo. "
                 "Give --ovf-env FILE to configure from a file."
             )
-        tool = RpcTool(path)
 
     if stamp.exists() and not args.force:
         print(f"radium-firstboot: already configured ({stamp}); --force configures again")
     else:
-        source = from_file(args.ovf_env) if args.ovf_env is not None else from_hypervisor(tool)  # type: ignore[arg-type]
+        if args.ovf_env is not None:
+            source = from_file(args.ovf_env)
+        elif cdrom is not None:
+            source = from_iso(cdrom)
+        else:
+            assert tool is not None
+            source = from_hypervisor(tool)
         for key in unknown(source.values):
             print(
                 f"radium-firstboot: warning: unknown property {key} ({source.origin(key)}) ignored",
@@ -465,6 +550,16 @@ def run(args: argparse.Namespace) -> int:
     if tool is not None and not args.no_scrub:
         for var in scrub(tool):
             print(f"radium-firstboot: blanked the secret key in {var}")
+    if cdrom is not None and not args.no_scrub:
+        # The CD holds the secret key: out of reach of every process from now on (vSphere
+        # inserts it again at the next power-on, hence every boot).
+        if eject(cdrom):
+            print(f"radium-firstboot: ejected the OVF environment's CD-ROM ({cdrom})")
+        else:
+            print(
+                f"radium-firstboot: warning: could not eject {cdrom}; it holds the secret key",
+                file=sys.stderr,
+            )
     return 0
 
 

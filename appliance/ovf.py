@@ -5,7 +5,7 @@ paravirtual SCSI controller with the system disk, one vmxnet3 NIC, EFI firmware
 without Secure Boot, memory reservation locked to the maximum as DirectPath
 needs), and a ProductSection that declares every property of the first-boot
 contract (`radium.appliance.properties.PROPERTIES`), delivered to the guest
-through the `com.vmware.guestInfo` transport.
+through the `com.vmware.guestInfo` transport or the `iso` one (a CD-ROM).
 
 `validate()` and `validate_package()` list what is wrong with a descriptor or a
 package, so that a deploy can refuse it before creating anything in vCenter.
@@ -48,6 +48,7 @@ OE = "http://schemas.dmtf.org/ovf/environment/1"
 VE = "http://www.vmware.com/schema/ovfenv"
 
 TRANSPORT = "com.vmware.guestInfo"
+ISO_TRANSPORT = "iso"  # also offered: the environment on a CD-ROM (the first boot reads either)
 STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 NETWORK = "VM Network"  # the OVF network name a deploy maps to a vSphere network
 DISK_ID = "vmdisk1"
@@ -200,7 +201,7 @@ def descriptor(
     _sub(os_section, OVF, "Info", "The guest operating system")
     _sub(os_section, OVF, "Description", "Debian GNU/Linux 12 (64-bit)")
 
-    hw = _sub(vs, OVF, "VirtualHardwareSection", **{_q(OVF, "transport"): TRANSPORT})
+    hw = _sub(vs, OVF, "VirtualHardwareSection", **{_q(OVF, "transport"): f"{TRANSPORT} {ISO_TRANSPORT}"})
     _sub(hw, OVF, "Info", "Virtual hardware")
     system = _sub(hw, OVF, "System")
     for tag, text in (
@@ -508,11 +509,13 @@ def write_ovf(folder: Path, name: str = "radium-appliance", *, disk: Path | None
             shutil.copyfile(disk, target)
     else:
         vmdk.write_empty_disk(target, options.get("disk_gib", 32) << 30)
-    disk_bytes = target.read_bytes()
-    text = descriptor(name, disk_file=disk_file, disk_file_size=len(disk_bytes), **options).encode()
+    text = descriptor(name, disk_file=disk_file, disk_file_size=target.stat().st_size, **options).encode()
     ovf_path = folder / f"{name}.ovf"
     ovf_path.write_bytes(text)
-    (folder / f"{name}.mf").write_text(_manifest({ovf_path.name: text, disk_file: disk_bytes}))
+    with open(target, "rb") as f:  # a built disk is hundreds of MB: hashed as it is read
+        disk_hash = hashlib.file_digest(f, "sha256").hexdigest()
+    manifest = _manifest({ovf_path.name: text}) + f"SHA256({disk_file})= {disk_hash}\n"
+    (folder / f"{name}.mf").write_text(manifest)
     return ovf_path
 
 

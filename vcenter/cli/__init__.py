@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "register-vm": "register_vm",
     "unregister-vm": "unregister_vm",
     "clients": "clients",
+    "appliance build": "appliance.build",
     "appliance deploy": "appliance.deploy",
     "appliance list": "appliance.list",
     "appliance status": "appliance.status",

@@ -1,6 +1,6 @@
-"""`radium-admin appliance deploy|list|status|sessions|end-session|remove`: appliances as VMs in vCenter."""
+"""`radium-admin appliance build|deploy|list|status|sessions|end-session|remove`: image and VMs."""
 
 HELP = (
-    "deploy Radium appliances from the OVF into vCenter, list them, check their health, "
+    "build the appliance image, deploy appliances from it into vCenter, list them, check their health, "
     "see and end their clients' sessions, remove them"
 )
