@@ -59,6 +59,7 @@ from radium.remoting import (
     save_keypair,
     write_atomic,
 )
+from radium.remoting.devices.pci import undriven
 
 from . import ovf
 from .properties import BY_KEY, GUESTINFO_PREFIX, Settings, parse, unknown
@@ -547,6 +548,12 @@ def run(args: argparse.Namespace) -> int:
         if not changed:
             print("radium-firstboot: nothing to change")
 
+    if root == Path("/"):
+        # Every boot: a passed-through GPU with no driver is useless to radiumd; say so here too.
+        for device in undriven():
+            print(
+                f"radium-firstboot: warning: {device.model} at {device.pci_address}: {device.health_detail}"
+            )
     if tool is not None and not args.no_scrub:
         for var in scrub(tool):
             print(f"radium-firstboot: blanked the secret key in {var}")

@@ -215,3 +215,35 @@ def test_nvml_backend_on_a_gpu_host() -> None:
         usage = backend.usage(gpu)
         assert usage.memory_used_bytes is not None
     assert [g.id for g in backend.discover()] == [g.id for g in gpus]
+
+
+def test_a_passed_through_gpu_without_a_driver_is_listed_as_failed_saying_why(tmp_path) -> None:
+    """The PCI bus as sysfs shows it (a copy of its layout): GPUs no backend sees are reported."""
+    from pathlib import Path
+
+    from radium.remoting.devices.pci import undriven
+
+    bus = tmp_path / "sys/bus/pci/devices"
+
+    def pci(address: str, vendor: int, device: int, code: int, driver: str | None = None) -> None:
+        d = bus / address
+        d.mkdir(parents=True)
+        for name, value in (("vendor", vendor), ("device", device), ("class", code)):
+            (d / name).write_text(f"0x{value:04x}\n" if name != "class" else f"0x{value:06x}\n")
+        if driver:
+            (tmp_path / "drivers" / driver).mkdir(parents=True, exist_ok=True)
+            (d / "driver").symlink_to(tmp_path / "drivers" / driver)
+
+    pci("0000:0b:00.0", 0x10DE, 0x20B5, 0x030200)  # an A100 passed through, no nvidia.ko
+    pci("0000:13:00.0", 0x1002, 0x738C, 0x038000, driver="amdgpu")  # an MI100 with its driver
+    pci("0000:00:0f.0", 0x15AD, 0x0405, 0x030000)  # the VM's own SVGA adapter
+    pci("0000:00:02.0", 0x8086, 0x9BC8, 0x030000)  # a host's integrated VGA
+    pci("0000:1b:00.0", 0x1002, 0x74A1, 0x120000)  # an MI300 (processing accelerator), no driver
+    found = undriven(tmp_path / "sys")
+    assert [(d.id, d.vendor, d.health) for d in found] == [
+        ("pci-0000:0b:00.0", "NVIDIA", "failed"),
+        ("pci-0000:1b:00.0", "AMD", "failed"),
+    ]
+    assert found[0].model == "NVIDIA GPU 10de:20b5" and found[0].pci_address == "0000:0b:00.0"
+    assert "no driver: NVIDIA's driver" in found[0].health_detail and "driver hook" in found[0].health_detail
+    assert undriven(Path(tmp_path / "nothing")) == []

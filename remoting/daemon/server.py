@@ -27,6 +27,7 @@ from .._keys import load_or_create_server_keys
 from .._version import VERSION
 from ..devices import load_backends
 from ..devices.base import Backend
+from ..devices.pci import undriven
 from .auth import KeyStore, Peer, ZapHandler, run_zap
 from .logs import event
 from .metrics import Metrics
@@ -55,6 +56,18 @@ class Daemon:
             for device in await asyncio.to_thread(backend.discover):
                 if device.id not in cfg.devices.exclude:
                     devices.append(device)
+        # GPUs on the bus that no backend can use (no driver): listed as failed, saying why.
+        known = {d.pci_address for d in devices if d.pci_address}
+        for device in await asyncio.to_thread(undriven):
+            if device.pci_address not in known and device.id not in cfg.devices.exclude:
+                devices.append(device)
+                event(
+                    self.log,
+                    "warning",
+                    "device without a driver",
+                    device=device.id,
+                    detail=device.health_detail,
+                )
         info = s.ServerInfo(name=cfg.server.name, hostname=socket.gethostname(), version=VERSION)
         self.allocator = Allocator(server=info)
         self.allocator.set_devices(devices)
@@ -247,7 +260,9 @@ class Daemon:
 
     async def _check_health_once(self) -> None:
         for device in list(self.allocator.devices.values()):
-            backend = self.backends[device.backend]
+            backend = self.backends.get(device.backend)
+            if backend is None:  # a GPU without a driver: failed until radiumd restarts with one
+                continue
             try:
                 result = await asyncio.to_thread(backend.check_health, device)
                 ok, detail = result.ok, result.detail
