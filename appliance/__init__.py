@@ -5,7 +5,8 @@
     problems = appliance.validate_package(Path("radium-appliance.ova"))   # [] when fit to deploy
     settings = appliance.parse_properties({"radium.name": "gpu1", ...})    # the first boot's input, checked
 
-- **the package**: `validate_package`, `read_descriptor` (an OVF or OVA), `write_ovf` / `write_ova`;
+- **the package**: `validate_package`, `read_descriptor` (an OVF or OVA), `write_ovf` / `write_ova`,
+  `ovf_environment` (the document a VM is handed: guestinfo.ovfEnv, or ovf-env.xml on a CD-ROM);
 - **the image**: `build_image(BuildRequest(...), progress)` makes the bootable OVA
   (`radium-admin appliance build`), raising `BuildError` naming the failed step;
 - **the property contract** between a deploy and the first boot: `parse_properties` (raises
@@ -24,6 +25,7 @@ EXPORTS: dict[str, str] = {
     "read_descriptor": ".ovf",
     "write_ovf": ".ovf",
     "write_ova": ".ovf",
+    "ovf_environment": ".ovf:environment",
     "parse_properties": ".properties:parse",
     "PropertyError": ".properties",
     "ApplianceSettings": ".properties:Settings",
@@ -41,6 +43,7 @@ __all__ = sorted(EXPORTS)
 if TYPE_CHECKING:
     from .build import BuildError, BuildRequest, BuildResult
     from .build import build as build_image
+    from .ovf import environment as ovf_environment
     from .ovf import read_descriptor, validate_package, write_ova, write_ovf
     from .properties import GUESTINFO_PREFIX, PropertyError
     from .properties import SECRET as SECRET_PROPERTIES

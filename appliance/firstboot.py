@@ -57,9 +57,9 @@ from radium.remoting import (
     dump_toml,
     load_daemon_config,
     save_keypair,
+    undriven_gpus,
     write_atomic,
 )
-from radium.remoting.devices.pci import undriven
 
 from . import ovf
 from .properties import BY_KEY, GUESTINFO_PREFIX, Settings, parse, unknown
@@ -203,7 +203,15 @@ def from_iso(device: str) -> Source:
 
 
 def eject(device: str) -> bool:
-    """Eject the CD-ROM (best effort); whether it is out."""
+    """Eject the CD-ROM (best effort); whether it is out.
+
+    Linux closes an open tray when the drive is next opened (`dev.cdrom.autoclose`), which would
+    load the disc again for whoever reads the device: that is turned off first.
+    """
+    try:
+        Path("/proc/sys/dev/cdrom/autoclose").write_text("0\n")
+    except OSError:
+        pass  # no cdrom driver loaded (a file given as --iso-device), or not permitted
     try:
         return subprocess.run(["eject", device], capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
@@ -550,7 +558,7 @@ def run(args: argparse.Namespace) -> int:
 
     if root == Path("/"):
         # Every boot: a passed-through GPU with no driver is useless to radiumd; say so here too.
-        for device in undriven():
+        for device in undriven_gpus():
             print(
                 f"radium-firstboot: warning: {device.model} at {device.pci_address}: {device.health_detail}"
             )

@@ -6,7 +6,8 @@
     print(status.address, status.healthy)
     Lab().down()
 
-`radium-admin lab up|down|status` is this, rendered.  `netns` (network-namespace
+`radium-admin lab up|down|status` is this, rendered (`lab up --vm`: the appliance is the built
+image booted under qemu, `vm`, which the image's tests boot too).  `netns` (network-namespace
 hosts joined by shaped veth pairs) is what the tests and benchmarks build their
 topologies with.
 """
@@ -20,11 +21,12 @@ EXPORTS: dict[str, str] = {
     "LabError": ".lab",
     "LabStatus": ".lab",
     "netns": ".netns:",
+    "vm": ".vm:",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
 __all__ = sorted(EXPORTS)
 
 if TYPE_CHECKING:
-    from . import netns
+    from . import netns, vm
     from .lab import Lab, LabError, LabStatus

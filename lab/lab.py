@@ -17,6 +17,10 @@ that `radium-admin appliance list|status` show it.  Without Go and govmomi's
 source (`radium.vcenter.sim.missing()`), the lab runs without the simulator and
 says why.  `lab down` undoes all of it.
 
+With `lab up --vm OVA`, the appliance is the real image instead (`vm.py`): the OVA's disk
+booted under qemu, configured by its own first boot from an OVF environment on a CD-ROM
+(the lab's keys), radiumd reached on a forwarded loopback port.
+
 Every piece is idempotent: `lab up` starts what is not running and keeps what is.
 """
 
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,16 +40,22 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from radium.remoting import (
+    ApplianceEntry,
+    KeyPair,
     RadiumError,
     enroll,
+    enroll_many,
     lab_profile_dir,
     list_devices,
     load_client_config,
     load_keypair,
+    new_identity,
+    save_client_config,
     write_atomic,
 )
 
 from . import netns
+from . import vm as vms
 
 # One lab per machine by default; RADIUM_LAB_NAMESPACE / RADIUM_LAB_SUBNET make another
 # (the tests use that, so that they never touch an operator's running lab).
@@ -83,6 +94,7 @@ class LabStatus:
     vcenter_pid: int | None = None
     vcenter_profile: str | None = None  #: the profile file radium-admin falls back to
     appliance_vm: str | None = None  #: "lab-appliance on HOST (GPU)" as vCenter has it
+    vm: str | None = None  #: with `lab up --vm`: the qemu VM that is the appliance
     vcenter_error: str | None = None  #: why the simulator or the registration is missing
     vcenter_unavailable: str | None = None  #: the simulator cannot be built here (not an error)
 
@@ -112,6 +124,7 @@ class Lab:
         self.vcsim_ca_path = self.dir / "vcsim-ca.pem"
         self.vcsim_password_path = self.dir / "vcsim.password"
         self.vcenter_profile_path = self.dir / "vcenter.toml"
+        self.vm_dir = self.dir / "vm"  # `lab up --vm`: the appliance VM's overlay, console, ports
         self._vcenter_failure: str | None = None  # why `up` could not start the simulator
 
     # --- state --------------------------------------------------------------
@@ -135,14 +148,26 @@ class Lab:
             return None
         return pid if b"radium-vcsim" in cmdline else None
 
+    def machine(self) -> vms.ApplianceVm | None:
+        """The lab's appliance VM (`lab up --vm`), when it runs."""
+        if not (self.vm_dir / "vm.json").exists():
+            return None
+        machine = vms.ApplianceVm(self.vm_dir, self.dir / "image" / "disk.vmdk")
+        return machine if machine.pid() is not None else None
+
     def status(self) -> LabStatus:
-        pid = self.pid()
+        machine = self.machine()
+        pid = machine.pid() if machine else self.pid()
         st = LabStatus(up=pid is not None, directory=str(self.dir), pid=pid)
         self._vcenter_status(st)
         if pid is None:
             return st
-        st.address = f"tcp://{self.address}:{PORT}"
-        st.metrics = f"http://{self.address}:{METRICS_PORT}/metrics"
+        if machine is not None:
+            st.address = f"tcp://127.0.0.1:{machine.radiumd_port}"
+            st.vm = f"qemu pid {pid} ({machine.accel}), console {machine.serial}, ssh port {machine.ssh_port}"
+        else:
+            st.address = f"tcp://{self.address}:{PORT}"
+            st.metrics = f"http://{self.address}:{METRICS_PORT}/metrics"
         st.client_config, st.admin_config = str(self.client_path), str(self.admin_path)
         try:
             config = load_client_config(self.client_path)
@@ -157,11 +182,69 @@ class Lab:
 
     # --- up and down ----------------------------------------------------------
 
-    def up(self, timeout: float = 60.0) -> LabStatus:
-        if self.pid() is None:
+    def up(self, timeout: float = 60.0, vm: Path | None = None) -> LabStatus:
+        """Start what is not running; `vm`: the appliance is that OVA's image, booted under qemu."""
+        if vm is not None:
+            if self.pid() is not None:
+                raise LabError(
+                    "the lab's radiumd runs in its network namespace: `radium-admin lab down` first, "
+                    "then `lab up --vm`"
+                )
+            if self.machine() is None:
+                self._up_vm(Path(vm), timeout)
+        elif self.machine() is None and self.pid() is None:
             self._up_radiumd(timeout)
         self._up_vcenter()
         return self.status()
+
+    def _up_vm(self, ova: Path, timeout: float) -> None:
+        """Boot the image of `ova` as the lab's appliance, with keys made now, and enrol the lab's client."""
+        reason = vms.missing()
+        if reason:
+            raise LabError(f"lab up --vm: {reason}")
+        if not ova.is_file():
+            raise LabError(
+                f"{ova}: no appliance package there: build one (as root) with "
+                "`radium-admin appliance build --with-pocl`, or give its path: `lab up --vm FILE.ova`"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.rmtree(self.vm_dir, ignore_errors=True)  # a new appliance each time
+        disk = vms.extract_disk(ova, self.dir / "image")  # kept while the OVA is the same
+        server, admin = KeyPair.generate(), new_identity("lab-admin")
+        assert server.secret is not None
+        self.vm_dir.mkdir(mode=0o700)
+        iso = vms.environment_iso(
+            self.vm_dir,
+            {
+                "radium.name": APPLIANCE_NAME,
+                "radium.server_secret_key": server.secret,
+                "radium.admin_public_key": admin.client.public_key,
+                "radium.admin_name": "lab-admin",
+            },
+        )
+        machine = vms.ApplianceVm(self.vm_dir, disk).start(iso, detach=True)
+        entry = ApplianceEntry(
+            name=APPLIANCE_NAME, address=f"tcp://127.0.0.1:{machine.radiumd_port}", public_key=server.public
+        )
+        admin.appliances = [entry]
+        save_client_config(admin, self.admin_path)
+        (self.vm_dir / "server.key.public").write_text(server.public + "\n")
+        # Booting takes a minute emulated: wait for its radiumd to take the lab's client key.
+        deadline = time.monotonic() + max(timeout, 600.0)
+        while True:
+            try:
+                client = enroll_many(admin, [entry], new_identity("lab-client"))
+                break
+            except RadiumError as exc:
+                if not machine.running() or time.monotonic() > deadline:
+                    console = machine.console()[-2000:]
+                    machine.power_off(30)
+                    raise LabError(
+                        f"the appliance VM did not answer ({exc.message}); its console ends:\n{console}"
+                    ) from None
+                time.sleep(2)
+        iso.unlink()  # the VM has read it (and ejected it): the secret key stays only in the VM
+        save_client_config(client, self.client_path)
 
     def _up_radiumd(self, timeout: float) -> None:
         ok, why = netns.can_create_namespaces(need_tc=True)
@@ -179,6 +262,10 @@ class Lab:
         self._start_daemon(timeout)
 
     def down(self) -> bool:
+        machine = self.machine()
+        if machine is not None:
+            machine.power_off(60)
+        shutil.rmtree(self.vm_dir, ignore_errors=True)
         pid = self.pid()
         if pid is not None:
             _stop(pid, self.pid)
@@ -195,7 +282,7 @@ class Lab:
             self.vcsim_ca_path,
         ):
             path.unlink(missing_ok=True)
-        return pid is not None or sim_pid is not None
+        return pid is not None or sim_pid is not None or machine is not None
 
     # --- the vCenter simulator ---------------------------------------------------
 
@@ -276,12 +363,19 @@ class Lab:
         with vcenter.connect(self.vcenter_settings()) as vc:
             if any(a.vm == APPLIANCE_NAME for a in vcenter.list_appliances(vc)):
                 return
+            machine = self.machine()
+            if machine is not None:
+                address, port = "127.0.0.1", machine.radiumd_port
+                server_public = (self.vm_dir / "server.key.public").read_text().strip()
+            else:
+                address, port = self.address, PORT
+                server_public = load_keypair(self.dir / "state" / "server.key").public
             vcenter.register_standin(
                 vc,
                 name=APPLIANCE_NAME,
-                address=self.address,
-                port=PORT,
-                server_public_key=load_keypair(self.dir / "state" / "server.key").public,
+                address=address,
+                port=port,
+                server_public_key=server_public,
                 admin=load_client_config(self.admin_path),
             )
 

@@ -134,6 +134,7 @@ EXPORTS: dict[str, str] = {
     "guestinfo": ".guestinfo:",
     **dict.fromkeys(_MODEL, ".schema"),
     "parse_filter": "._filters",
+    "undriven_gpus": ".devices.pci:undriven",
     "validate_request": "._allocator",
     **dict.fromkeys(_CLIENT_API, ".client.api"),
     **dict.fromkeys(("Result", "emit", "emit_error"), ".output"),
@@ -205,6 +206,7 @@ if TYPE_CHECKING:
         reserve,
         survey,
     )
+    from .devices.pci import undriven as undriven_gpus
     from .enrolment import (
         ROLES,
         Enrolment,

@@ -7,7 +7,8 @@ vSphere's ISO transport hands it: an `ovf-env.xml` on a CD-ROM labelled "OVF ENV
 user networking and forwarded ports, the host then checks what an operator relies on.
 
 Slow: a build (about 2 minutes), a second one from the cache, and three boots (about a
-minute each emulated).  `./dev test-image` runs this file alone.
+minute each emulated).  `./dev test-image` runs this file alone; with RADIUM_TEST_IMAGE=FILE.ova
+it boots that image instead of building one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -26,29 +26,23 @@ import pytest
 import zmq
 
 from radium.appliance import ovf
+from radium.lab.vm import ApplianceVm, environment_iso
+from radium.lab.vm import missing as vm_missing
 from radium.remoting import VERSION, ApplianceEntry, ClientConfig, ClientSection, save_client_config
 
 pytestmark = pytest.mark.timeout(2400)
 
 BIN = Path(sys.executable).parent
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 TOOLS = ("mmdebstrap", "qemu-system-x86_64", "qemu-img", "xorriso", "mkfs.vfat", "mcopy", "sfdisk", "ssh")
 
 
 def missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (mmdebstrap makes the image's files with their owners)"
-    lacking = [t for t in TOOLS if shutil.which(t) is None] + [str(p) for p in (OVMF_CODE,) if not p.exists()]
+    lacking = [t for t in TOOLS if shutil.which(t) is None]
     if lacking:
         return f"not installed: {', '.join(lacking)} (./dev setup installs them)"
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return vm_missing()
 
 
 def build(output: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -69,15 +63,31 @@ def image(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     where = tmp_path_factory.mktemp("image")
-    ova = where / "radium-appliance.ova"
-    out, done = build(ova)
+    given = os.environ.get("RADIUM_TEST_IMAGE")  # an OVA built before: boot tests only
+    if given:
+        ova, out, done = Path(given), None, None
+    else:
+        ova = where / "radium-appliance.ova"
+        out, done = build(ova)
     with tarfile.open(ova) as tar:
         [disk] = [m for m in tar.getmembers() if m.name.endswith(".vmdk")]
         tar.extract(disk, where, filter="data")
-    return {"ova": ova, "vmdk": where / disk.name, "build": done, "progress": out.stderr, "dir": where}
+    return {
+        "ova": ova,
+        "vmdk": where / disk.name,
+        "build": done,
+        "progress": out and out.stderr,
+        "dir": where,
+    }
+
+
+def built_here(image: dict) -> None:
+    if image["build"] is None:
+        pytest.skip("RADIUM_TEST_IMAGE gave the image: its build is not tested")
 
 
 def test_the_build_makes_a_small_valid_ova_step_by_step(image):
+    built_here(image)
     ova, done = image["ova"], image["build"]
     assert ovf.validate_package(ova) == []
     assert members(ova) == ["radium-appliance.ovf", "radium-appliance.mf", "radium-appliance-disk1.vmdk"]
@@ -107,6 +117,7 @@ def test_a_bad_build_request_fails_at_once_and_leaves_nothing(tmp_path):
 
 
 def test_a_second_build_reuses_the_package_cache_and_keeps_the_layout(image):
+    built_here(image)
     ova = image["dir"] / "again" / "radium-appliance.ova"
     ova.parent.mkdir()
     _, done = build(ova)
@@ -136,118 +147,33 @@ def _file_size(descriptor: str) -> str:
 # --- booting it -------------------------------------------------------------------------------------
 
 
-class Vm:
-    """The image's disk (under a copy-on-write overlay of its own) booted under qemu with OVMF."""
-
-    accel: str | None = None  # decided once: "kvm" when KVM runs OVMF here, else "tcg"
+class Vm(ApplianceVm):
+    """The image's disk booted under qemu (`radium.lab.vm`, as `lab up --vm` boots it); the test's waits."""
 
     def __init__(self, where: Path, vmdk: Path, iso: Path | None) -> None:
-        self.where, self.iso = where, iso
-        where.mkdir(exist_ok=True)
-        self.overlay = where / "disk.qcow2"
-        if not self.overlay.exists():
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(vmdk), "-F", "vmdk",
-                            str(self.overlay)], check=True)  # fmt: skip
-            shutil.copy(OVMF_VARS, where / "vars.fd")
-        self.radiumd, self.ssh_port = free_port(), free_port()
-        self.proc: subprocess.Popen | None = None
-        self.serial = where / "serial.log"
+        super().__init__(where, vmdk)
+        self.iso = iso
 
-    @classmethod
-    def choose_accel(cls, where: Path) -> str:
-        """KVM, unless it cannot run OVMF here (some nested setups stop at OVMF's first x87 instruction)."""
-        if cls.accel is None:
-            cls.accel = "tcg"
-            if os.access("/dev/kvm", os.R_OK | os.W_OK):
-                shutil.copy(OVMF_VARS, where / "probe-vars.fd")
-                probe = subprocess.Popen(
-                    ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-machine", "q35",
-                     "-display", "none", "-serial", "null", "-monitor", "none",
-                     "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                     "-drive", f"if=pflash,format=raw,file={where / 'probe-vars.fd'}"],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                )  # fmt: skip
-                try:
-                    said, _ = probe.communicate(timeout=5)
-                except subprocess.TimeoutExpired:
-                    probe.kill()
-                    probe.communicate()
-                    cls.accel = "kvm"  # still running OVMF after 5 s
-                else:
-                    print(f"KVM cannot run OVMF here, emulating: {said.strip().splitlines()[:1]}")
-        return cls.accel
-
-    def start(self) -> Vm:
-        accel = self.choose_accel(self.where)
-        cpu = (
-            ["-accel", "kvm", "-cpu", "host"]
-            if accel == "kvm"
-            else ["-accel", "tcg,thread=multi", "-cpu", "max"]
-        )
-        argv = [
-            "qemu-system-x86_64", *cpu, "-m", "2048", "-smp", "2", "-machine", "q35",
-            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,file={self.where / 'vars.fd'}",
-            "-drive", f"file={self.overlay},if=virtio,format=qcow2",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.radiumd}-:7450,"
-                       f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-            "-device", "virtio-net-pci,netdev=n0",
-            "-display", "none", "-serial", f"file:{self.serial}",
-            "-qmp", f"unix:{self.where / 'qmp.sock'},server=on,wait=off",
-        ]  # fmt: skip
-        if self.iso is not None:
-            argv += ["-drive", f"file={self.iso},media=cdrom,readonly=on"]
-        self.serial.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def start(self) -> Vm:  # type: ignore[override]
+        super().start(self.iso)
         return self
-
-    def log(self) -> str:
-        return self.serial.read_text(errors="replace") if self.serial.exists() else ""
 
     def wait_for(self, ready, what: str, timeout: float = 420) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
         while not ready():
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                said = self.proc.stdout.read() if self.proc.stdout else ""
-                pytest.fail(f"qemu stopped: {said}\n{self.log()[-3000:]}")
+            if not self.running():
+                said = (self.dir / "qemu.log").read_text(errors="replace")
+                pytest.fail(f"qemu stopped: {said}\n{self.console()[-3000:]}")
             if time.monotonic() > deadline:
-                pytest.fail(f"{what}: not after {timeout:.0f} s; the console:\n{self.log()[-4000:]}")
+                console = self.console()[-4000:]
+                pytest.fail(f"{what}: not after {timeout:.0f} s ({self.accel}); its console:\n{console}")
             time.sleep(1)
 
     def ssh(self, key: Path, command: str, *options: str) -> subprocess.CompletedProcess:
         argv = ["ssh", "-i", str(key), "-p", str(self.ssh_port), "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", "BatchMode=yes",
-                *options, "root@127.0.0.1", command]  # fmt: skip
+                "-o", "LogLevel=ERROR", *options, "root@127.0.0.1", command]  # fmt: skip
         return subprocess.run(argv, capture_output=True, text=True, timeout=120)
-
-    def power_off(self) -> None:
-        """ACPI power button, as an operator's "shut down guest"; killed if it does not stop."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(10)
-                s.connect(str(self.where / "qmp.sock"))
-                s.recv(4096)
-                for cmd in ("qmp_capabilities", "system_powerdown"):
-                    s.sendall(json.dumps({"execute": cmd}).encode() + b"\n")
-                    s.recv(4096)
-            self.proc.wait(180)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait(30)
-
-
-def environment_iso(where: Path, values: dict[str, str]) -> Path:
-    """An OVF environment on a CD-ROM, as vSphere's ISO transport makes it."""
-    folder = where / "ovf-env"
-    folder.mkdir(parents=True)
-    (folder / "ovf-env.xml").write_text(ovf.environment(values))
-    iso = where / "ovf-env.iso"
-    argv = ["xorriso", "-as", "mkisofs", "-quiet", "-V", "OVF ENV", "-J", "-R", "-o", str(iso), str(folder)]
-    subprocess.run(argv, check=True, capture_output=True)
-    return iso
 
 
 class Operator:
@@ -265,7 +191,9 @@ class Operator:
     def trust(self, vm: Vm, server_key: str | None = None, admin: tuple[str, str] | None = None) -> None:
         public, secret = admin or self.admin
         entry = ApplianceEntry(
-            name="qemu1", address=f"tcp://127.0.0.1:{vm.radiumd}", public_key=server_key or self.server_public
+            name="qemu1",
+            address=f"tcp://127.0.0.1:{vm.radiumd_port}",
+            public_key=server_key or self.server_public,
         )
         client = ClientSection(name="ops", public_key=public, secret_key=secret)
         save_client_config(ClientConfig(client=client, appliances=[entry]), self.where / "ops.toml")
@@ -326,20 +254,17 @@ def test_the_image_boots_into_an_appliance_from_its_ovf_environment(image, tmp_p
         # SSH: the key from the environment, never a password; no password anywhere.
         inside = vm.ssh(
             key,
-            "cut -d: -f2 /etc/shadow | sort -u;"
-            " sshd -T | grep -E '^(passwordauthentication|permitrootlogin) ';"
-            " cat /usr/lib/radium/image.json; ls /etc/ssh/",
+            "cut -d: -f2 /etc/shadow | sort -u; echo ---;"
+            " sshd -T | grep -E '^(passwordauthentication|permitrootlogin) '; echo ---;"
+            " cat /usr/lib/radium/image.json; echo ---; ls /etc/ssh/",
         )
         assert inside.returncode == 0, inside.stderr
-        hashes, _, rest = inside.stdout.partition("passwordauthentication")
+        hashes, sshd, rest, host_keys = inside.stdout.split("---\n")
         assert set(hashes.split()) <= {"*", "!", "!*"}, hashes  # every account locked
-        assert (
-            "passwordauthentication no" in inside.stdout
-            and "permitrootlogin without-password" in inside.stdout
-        )
-        record = json.loads(rest[rest.index("{") : rest.rindex("}") + 1])
+        assert "passwordauthentication no" in sshd and "permitrootlogin without-password" in sshd
+        record = json.loads(rest)
         assert record["radium"] == VERSION and record["with_pocl"] and len(record["packages"]) > 100
-        assert "ssh_host_ed25519_key" in inside.stdout  # made on this appliance at its first start
+        assert "ssh_host_ed25519_key" in host_keys  # made on this appliance at its first start
         password = vm.ssh(key, "true", "-o", "PreferredAuthentications=password,keyboard-interactive")
         assert password.returncode != 0 and "Permission denied" in password.stderr
 
@@ -373,3 +298,83 @@ def test_the_image_boots_into_an_appliance_from_its_ovf_environment(image, tmp_p
         assert "Permission denied" not in refused.stderr  # no sshd at all, not a refused key
     finally:
         bare.power_off()
+
+
+def test_the_built_ova_deploys_into_the_vcenter_simulator_disk_and_all(image, tmp_path, monkeypatch):
+    """`appliance deploy` (the operation the CLI, the console and Ansible call) with the built OVA:
+    its disk is uploaded whole through the NFC lease, and the VM has the image's disk."""
+    from radium import vcenter
+    from radium.vcenter import settings as vsettings
+    from radium.vcenter import sim
+
+    if sim.missing():
+        pytest.skip("vCenter simulator unavailable: " + "; ".join(sim.missing()))
+    monkeypatch.setenv("RADIUM_ADMIN_CONFIG", str(tmp_path / "operator.toml"))
+    vc = sim.start(username="radium", password="s3cret", clusters=1, hosts_per_cluster=1, standalone_hosts=0)
+    try:
+        settings = vsettings.resolve(url=vc.sdk_url, user="radium", password="s3cret", ca=vc.ca_file, env={},
+                                     use_profiles=False)  # fmt: skip
+        events: list = []
+        with vcenter.connect(settings) as session:
+            request = vcenter.DeployRequest(name="gpu1", host="DC0_C0_H0", package=image["ova"], wait=False)
+            done = vcenter.deploy_appliance(session, request, events.append)
+            from pyVmomi import vim
+
+            view = session.content.viewManager.CreateContainerView(
+                session.content.rootFolder, [vim.VirtualMachine], True
+            )
+            [vm] = [v for v in view.view if v.name == "gpu1"]
+            disks = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+            view.DestroyView()
+        sent = [e for e in events if isinstance(e, vcenter.Transfer)]
+        assert sent and sent[-1].done == sent[-1].total == image["vmdk"].stat().st_size
+        assert done.power_state == "poweredOn" and done.vm == "gpu1"
+        assert [d.capacityInKB for d in disks] == [16 << 20]  # the image's 16 GiB disk
+    finally:
+        vc.stop()
+
+
+def test_lab_up_vm_makes_the_built_image_the_labs_appliance(image, tmp_path):
+    """`radium-admin lab up --vm FILE.ova`: a newcomer tries the real appliance on one machine."""
+    from radium.vcenter import sim
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADIUM_") and not k.startswith("XDG_")}
+    env.update(
+        HOME=str(home),
+        RADIUM_VCSIM_CACHE=str(sim.default_cache_dir()),
+        RADIUM_LAB_DIR=str(tmp_path / "lab"),
+        RADIUM_LAB_NAMESPACE=f"radium-labvm-{os.getpid()}",
+        RADIUM_LAB_SUBNET="0",
+    )
+
+    def run(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / tool), *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    try:
+        up = run("radium-admin", "lab", "up", "--vm", str(image["ova"]), "--json", timeout=900)
+        assert up.returncode == 0, up.stdout + up.stderr
+        st = json.loads(up.stdout)
+        assert st["up"] and st["vm"] and st["address"].startswith("tcp://127.0.0.1:")
+        assert any("pthread" in d for d in st["devices"])  # the image's PoCL device, from inside the VM
+        assert not list((tmp_path / "lab").rglob("*.iso"))  # the environment (and its secret) is gone
+        # `radium` with no configuration of its own uses the lab: it runs on the VM's kernel.
+        (tmp_path / "work").mkdir()
+        ran = subprocess.run([str(BIN / "radium"), "run", "--", "uname", "-n"], env=env, capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path / "work")  # fmt: skip
+        assert ran.returncode == 0 and ran.stdout.strip() == "lab-appliance", ran.stderr
+        again = run("radium-admin", "lab", "up", "--vm", str(image["ova"]), "--json")
+        assert (
+            again.returncode == 0 and json.loads(again.stdout)["pid"] == st["pid"]
+        )  # kept, not booted again
+        if st.get("vcenter"):  # the simulator knows the VM as the lab's appliance, at its forwarded port
+            assert st["appliance_vm"] and st["address"].removeprefix("tcp://") in st["appliance_vm"]
+    finally:
+        down = run("radium-admin", "lab", "down", timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert not (tmp_path / "lab" / "vm").exists()
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "lab") not in processes  # no qemu left behind

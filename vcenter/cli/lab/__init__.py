@@ -12,7 +12,9 @@ from radium.remoting import Result
 if TYPE_CHECKING:
     from radium.lab import LabStatus
 
-HELP = "a local appliance in a network namespace, and a vCenter simulator around it"
+HELP = (
+    "a local appliance (in a network namespace, or the image under qemu), and a vCenter simulator around it"
+)
 
 
 def status_result(st: LabStatus) -> Result:
@@ -24,8 +26,12 @@ def status_result(st: LabStatus) -> Result:
             if st.vcenter_pid:
                 c.print(f"  vCenter        simulator pid {st.vcenter_pid} still runs (radium-admin lab down)")
             return
-        c.print(f"lab is up: radiumd pid {st.pid} at {st.address}")
-        c.print(f"  metrics        {st.metrics}")
+        if st.vm:
+            c.print(f"lab is up: the appliance image at {st.address}")
+            c.print(f"  VM             {st.vm}")
+        else:
+            c.print(f"lab is up: radiumd pid {st.pid} at {st.address}")
+            c.print(f"  metrics        {st.metrics}")
         c.print(f"  client profile {st.client_config} (used by `radium` when nothing else is configured)")
         c.print(
             f"  operator key   {st.admin_config} (used by `radium-admin` when nothing else is configured)"
