@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 
 from radium.remoting import VERSION, RadiumError
 
@@ -203,6 +204,15 @@ def build_wheels(request: BuildRequest, source: Path, out: Path) -> None:
             f"step wheels: Debian {request.suite} has Python {want[0]}.{want[1]}, this is "
             f"{sys.version_info[0]}.{sys.version_info[1]}: build with a Python {want[0]}.{want[1]}"
         )
+    if (source / ".git").exists() and shutil.which("git"):
+        # The checkout's own files only: no stale build/ folder, no virtual environment.
+        listed = _run("wheels", ["git", "-C", str(source), "ls-files", "-co", "--exclude-standard", "-z"])
+        clean = out.parent / "source"
+        for name in filter(None, listed.stdout.split("\0")):
+            if (source / name).is_file():
+                (clean / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / name, clean / name)
+        source = clean
     _run(
         "wheels",
         [sys.executable, "-m", "pip", "wheel", "-q", f"{source}[appliance]", "-w", str(out)],
@@ -223,13 +233,14 @@ def install_system(request: BuildRequest, root: Path, cache: Path) -> int:
         "--include=" + ",".join(packages),
     ]
     argv += [f"--dpkgopt={x}" for x in DPKG_EXCLUDES]
+    kept, archives = quote(str(cache)), '"$1"/var/cache/apt/archives'
     # The package cache (mmdebstrap's own recipe): what was downloaded before is not again.
     argv += [
         "--skip=download/empty",
         "--skip=essential/unlink",
-        f'--setup-hook=mkdir -p "$1"/var/cache/apt/archives/ && cp -a {cache}/. "$1"/var/cache/apt/archives/',
-        f'--customize-hook=cp -a "$1"/var/cache/apt/archives/*.deb {cache}/ 2>/dev/null || true',
-        '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
+        f"--setup-hook=mkdir -p {archives}/ && cp -a {kept}/. {archives}/",
+        f"--customize-hook=cp -a {archives}/*.deb {kept}/ 2>/dev/null || true",
+        f"--customize-hook=rm -f {archives}/*.deb",
         request.suite,
         str(root),
         request.mirror,
