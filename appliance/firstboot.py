@@ -42,6 +42,7 @@ import sys
 import time
 import tomllib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -491,13 +492,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="configure even if the stamp says it was done")
     parser.add_argument("--no-scrub", action="store_true", help="leave the secret key in the guest variables")
     args = parser.parse_args(argv)
+    return guarded("radium-firstboot", lambda: run(args))
+
+
+def guarded(prog: str, body: Callable[[], int]) -> int:
+    """`body()`'s exit status; a Radium error or a file system one said in a line, never a traceback."""
     try:
-        return run(args)
+        return body()
     except RadiumError as exc:
-        print(f"radium-firstboot: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a read-only or full disk, a file in the way
-        print(f"radium-firstboot: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
 
 

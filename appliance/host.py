@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from radium.remoting import KeyPair, RadiumError
+from radium.remoting import KeyPair
 
-from .firstboot import CONFIG, Writer, _keypair, apply_radiumd, existing_config
+from .firstboot import CONFIG, Writer, _keypair, apply_radiumd, existing_config, guarded
 from .properties import DEFAULT_PORT, parse
 
 UNIT = Path("etc/systemd/system/radiumd.service")
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("/"), help="write under this folder (default /)")
     parser.add_argument("--json", action="store_true", help="say what was done as JSON")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         done = setup(
             args.name,
             args.admin_key,
@@ -123,22 +124,20 @@ def main(argv: list[str] | None = None) -> int:
             metrics_listen=args.metrics_listen,
             root=args.root.resolve(),
         )
-    except RadiumError as exc:
-        print(f"radium-appliance-setup: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # a read-only or full disk, a file in the way
-        print(f"radium-appliance-setup: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(asdict(done), indent=2))
+        if args.json:
+            print(json.dumps(asdict(done), indent=2))
+            return 0
+        print(
+            f"appliance {done.name}: radiumd on port {done.port}, server public key {done.server_public_key}"
+        )
+        for path in done.changed:
+            print(f"wrote {path}")
+        if not done.changed:
+            print("nothing to change")
+        print("start it with: systemctl daemon-reload && systemctl enable --now radiumd")
         return 0
-    print(f"appliance {done.name}: radiumd on port {done.port}, server public key {done.server_public_key}")
-    for path in done.changed:
-        print(f"wrote {path}")
-    if not done.changed:
-        print("nothing to change")
-    print("start it with: systemctl daemon-reload && systemctl enable --now radiumd")
-    return 0
+
+    return guarded("radium-appliance-setup", body)
 
 
 if __name__ == "__main__":

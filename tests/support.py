@@ -298,6 +298,25 @@ def recap(out: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
     return found
 
 
+def sshd_config(listen: str, folder: Path, name: str = "sshd", *extra: str) -> Path:
+    """A test sshd's configuration: its host key and pid file in `folder`, keys only, no PAM."""
+    path = folder / f"{name}.conf"
+    lines = [
+        f"ListenAddress {listen}",
+        f"HostKey {folder}/host_key",
+        f"PidFile {folder}/{name}.pid",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "StrictModes no",
+        "UsePAM no",
+        *extra,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 # --- a host with a real systemd: this machine's OS booted in systemd-nspawn --------------------
 
 

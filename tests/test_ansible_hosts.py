@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 import zmq.auth
-from support import Appliance, Container, recap
+from support import Appliance, Container, recap, sshd_config
 
 from radium.remoting import guestinfo, load_client_config
 
@@ -73,20 +73,7 @@ def start_sshds(client, ssh: Path, user_pub: str, tmp_path: Path) -> None:
     for name, port in PORTS.items():
         if name == "c3":
             continue
-        cfg = ssh / f"{name}.conf"
-        cfg.write_text(
-            textwrap.dedent(f"""\
-            ListenAddress {client.address}:{port}
-            HostKey {ssh}/host_key
-            PidFile {ssh}/{name}.pid
-            PubkeyAuthentication yes
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            PermitRootLogin prohibit-password
-            StrictModes no
-            UsePAM no
-            """)
-        )
+        cfg = sshd_config(f"{client.address}:{port}", ssh, name)
         script = textwrap.dedent(f"""\
             set -e
             for m in /opt /root /usr/local/bin; do mount -t tmpfs -o mode=0755 tmpfs "$m"; done

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import BIN, Appliance, admin, admin_env, free_port, ok_json
+from support import BIN, Appliance, admin, admin_env, free_port, ok_json, sshd_config
 
 from radium import vcenter
 from radium.remoting import guestinfo
@@ -369,23 +369,16 @@ def sshd(tmp_path):
     (d / "authorized_keys").write_text(user_pub + "\n")
     vm_home = d / "vm"  # what the VM's radium writes: kept inside this test's folder
     port = free_port()
-    (d / "sshd_config").write_text(
-        f"""ListenAddress 127.0.0.1:{port}
-HostKey {d}/host_key
-PidFile {d}/sshd.pid
-AuthorizedKeysFile {d}/authorized_keys
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-SetEnv RADIUM_CONFIG={vm_home}/client.toml RADIUM_STATE_DIR={vm_home}/state
-"""
+    config = sshd_config(
+        f"127.0.0.1:{port}",
+        d,
+        "sshd",
+        f"AuthorizedKeysFile {d}/authorized_keys",
+        f"SetEnv RADIUM_CONFIG={vm_home}/client.toml RADIUM_STATE_DIR={vm_home}/state",
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation folder
     proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+        [SSHD, "-D", "-e", "-f", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
