@@ -246,8 +246,9 @@ def install_system(request: BuildRequest, root: Path, cache: Path) -> int:
         request.mirror,
     ]
     _run("system", argv, timeout=3600)
-    used = {line.split()[0] for line in _dpkg_list(root)}
-    return sum(1 for name in cached if name.split("_")[0] in used)
+    # Package and version as the archive names its files (an epoch's ':' written %3a).
+    installed = {"_".join(line.split()).replace(":", "%3a") for line in _dpkg_list(root)}
+    return len(installed & {name.rsplit("_", 1)[0] for name in cached})
 
 
 def _dpkg_list(root: Path) -> list[str]:
