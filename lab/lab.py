@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -164,7 +165,7 @@ class Lab:
             return st
         if machine is not None:
             st.address = f"tcp://127.0.0.1:{machine.radiumd_port}"
-            st.vm = f"qemu pid {pid} ({machine.accel}), console {machine.serial}, ssh port {machine.ssh_port}"
+            st.vm = f"qemu pid {pid} ({machine.accel}), console {machine.serial} (no SSH: given no key)"
         else:
             st.address = f"tcp://{self.address}:{PORT}"
             st.metrics = f"http://{self.address}:{METRICS_PORT}/metrics"
@@ -182,7 +183,9 @@ class Lab:
 
     # --- up and down ----------------------------------------------------------
 
-    def up(self, timeout: float = 60.0, vm: Path | None = None) -> LabStatus:
+    def up(
+        self, timeout: float = 60.0, vm: Path | None = None, progress: Callable[[str], None] = lambda _: None
+    ) -> LabStatus:
         """Start what is not running; `vm`: the appliance is that OVA's image, booted under qemu."""
         if vm is not None:
             if self.pid() is not None:
@@ -191,13 +194,13 @@ class Lab:
                     "then `lab up --vm`"
                 )
             if self.machine() is None:
-                self._up_vm(Path(vm), timeout)
+                self._up_vm(Path(vm), timeout, progress)
         elif self.machine() is None and self.pid() is None:
             self._up_radiumd(timeout)
         self._up_vcenter()
         return self.status()
 
-    def _up_vm(self, ova: Path, timeout: float) -> None:
+    def _up_vm(self, ova: Path, timeout: float, progress: Callable[[str], None]) -> None:
         """Boot the image of `ova` as the lab's appliance, with keys made now, and enrol the lab's client."""
         reason = vms.missing()
         if reason:
@@ -213,6 +216,7 @@ class Lab:
         server, admin = KeyPair.generate(), new_identity("lab-admin")
         assert server.secret is not None
         self.vm_dir.mkdir(mode=0o700)
+        progress(f"taking the disk out of {ova}")
         iso = vms.environment_iso(
             self.vm_dir,
             {
@@ -223,6 +227,10 @@ class Lab:
             },
         )
         machine = vms.ApplianceVm(self.vm_dir, disk).start(iso, detach=True)
+        how = (
+            "with KVM" if machine.accel == "kvm" else "emulated (no KVM that runs OVMF here): about a minute"
+        )
+        progress(f"booting the appliance image under qemu, {how}; its console: {machine.serial}")
         entry = ApplianceEntry(
             name=APPLIANCE_NAME, address=f"tcp://127.0.0.1:{machine.radiumd_port}", public_key=server.public
         )
@@ -245,6 +253,7 @@ class Lab:
                 time.sleep(2)
         iso.unlink()  # the VM has read it (and ejected it): the secret key stays only in the VM
         save_client_config(client, self.client_path)
+        progress(f"radiumd of the appliance VM answers at {entry.address}; lab-client enrolled")
 
     def _up_radiumd(self, timeout: float) -> None:
         ok, why = netns.can_create_namespaces(need_tc=True)

@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context) -> Result:
+    from radium import vcenter
     from radium.lab import Lab
 
-    return status_result(Lab().up(vm=ctx.args.vm))
+    return status_result(Lab().up(vm=ctx.args.vm, progress=lambda text: ctx.progress(vcenter.Step(text))))
