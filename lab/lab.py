@@ -212,11 +212,11 @@ class Lab:
             )
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.rmtree(self.vm_dir, ignore_errors=True)  # a new appliance each time
+        progress(f"taking the disk out of {ova}")
         disk = vms.extract_disk(ova, self.dir / "image")  # kept while the OVA is the same
         server, admin = KeyPair.generate(), new_identity("lab-admin")
         assert server.secret is not None
         self.vm_dir.mkdir(mode=0o700)
-        progress(f"taking the disk out of {ova}")
         iso = vms.environment_iso(
             self.vm_dir,
             {
