@@ -220,6 +220,15 @@ def build_wheels(request: BuildRequest, source: Path, out: Path) -> None:
     )
 
 
+def sources(request: BuildRequest) -> list[str]:
+    """The archive's suite with its updates, and the security archive beside it (same host)."""
+    mirror = request.mirror.rstrip("/")
+    lines = [f"deb {mirror} {request.suite} main", f"deb {mirror} {request.suite}-updates main"]
+    if mirror.endswith("/debian"):
+        lines.append(f"deb {mirror}-security {request.suite}-security main")
+    return lines
+
+
 def install_system(request: BuildRequest, root: Path, cache: Path) -> int:
     """mmdebstrap into `root`, the packages cached in `cache`; how many came from the cache."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -243,7 +252,7 @@ def install_system(request: BuildRequest, root: Path, cache: Path) -> int:
         f"--customize-hook=rm -f {archives}/*.deb",
         request.suite,
         str(root),
-        request.mirror,
+        *sources(request),
     ]
     _run("system", argv, timeout=3600)
     # Package and version as the archive names its files (an epoch's ':' written %3a).
