@@ -17,8 +17,8 @@ The steps, each reported as it starts and ends, each failure naming its step:
                  into an OVA (descriptor first) and checked as a deploy checks it
 
 Everything is made in a work folder beside the output, removed at the end whatever happens;
-the OVA appears only when complete (written aside, then renamed).  See README.md ("Building
-the image") for what the image holds and why.
+the OVA appears only when complete (written aside, then renamed).  See appliance/README.md ("The
+image") for what the image holds and why.
 """
 
 from __future__ import annotations
