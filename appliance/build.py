@@ -8,8 +8,9 @@ The steps, each reported as it starts and ends, each failure naming its step:
                  OpenSSH, open-vm-tools, the OpenCL loader (and PoCL with `with_pocl`),
                  systemd-boot; the downloaded packages kept in a cache for the next build
  4. radium       radium in /opt/radium (its own virtual environment), the units of
-                 `units/` enabled, SSH hardened, the image's record (version, packages)
- 5. hooks        the operator's scripts (GPU drivers: NVIDIA's and AMD's are not redistributed)
+                 `units/` enabled, SSH hardened
+ 5. hooks        the operator's scripts (GPU drivers: NVIDIA's and AMD's are not redistributed),
+                 then the image's record of what it holds (version, packages)
  6. disk         a GPT disk: an EFI system partition (systemd-boot, the kernel) and the root
                  file system (ext4), written from the folder without mounting anything
  7. vmdk         the disk as a stream-optimized VMDK (qemu-img)
@@ -267,8 +268,8 @@ def _dpkg_list(root: Path) -> list[str]:
     return sorted(line for line in out.stdout.splitlines() if line)
 
 
-def install_radium(request: BuildRequest, root: Path, wheels: Path) -> int:
-    """radium in /opt/radium, the units enabled, SSH as the appliance wants it; the image's record."""
+def install_radium(request: BuildRequest, root: Path, wheels: Path) -> None:
+    """radium in /opt/radium, the units enabled, SSH as the appliance wants it."""
     shutil.copytree(wheels, root / "tmp/wheels")
     try:
         _run("radium", ["chroot", str(root), "python3", "-m", "venv", "/opt/radium"], timeout=600)
@@ -313,8 +314,17 @@ def install_radium(request: BuildRequest, root: Path, wheels: Path) -> int:
     resolv.unlink(missing_ok=True)
     resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
 
+
+def run_hooks(request: BuildRequest, root: Path) -> None:
+    for hook in request.hooks:
+        _run("hooks", [str(hook.resolve()), str(root)], timeout=3600)
+
+
+def write_record(request: BuildRequest, root: Path) -> int:
+    """The image's record, /usr/lib/radium/image.json, of what it holds once the hooks ran too;
+    how many Debian packages that is."""
     packages = _dpkg_list(root)
-    freeze = _run("radium", ["chroot", str(root), "/opt/radium/bin/pip", "freeze", "--all"]).stdout.split()
+    freeze = _run("hooks", ["chroot", str(root), "/opt/radium/bin/pip", "freeze", "--all"]).stdout.split()
     record = {
         "radium": VERSION,
         "suite": request.suite,
@@ -327,11 +337,6 @@ def install_radium(request: BuildRequest, root: Path, wheels: Path) -> int:
     (root / "usr/lib/radium").mkdir(parents=True, exist_ok=True)
     (root / "usr/lib/radium/image.json").write_text(json.dumps(record, indent=1) + "\n")
     return len(packages)
-
-
-def run_hooks(request: BuildRequest, root: Path) -> None:
-    for hook in request.hooks:
-        _run("hooks", [str(hook.resolve()), str(root)], timeout=3600)
 
 
 def make_disk(request: BuildRequest, root: Path, work: Path) -> Path:
@@ -446,9 +451,10 @@ def build(request: BuildRequest, progress: Progress = lambda _: None) -> BuildRe
         with step("system", f"installing Debian {request.suite}{pocl} (mmdebstrap, cache {cache / 'debs'})"):
             reused = install_system(request, root, cache / "debs")
         with step("radium", "installing radium into /opt/radium and enabling its units"):
-            count = install_radium(request, root, work / "wheels")
-        with step("hooks", f"running {len(request.hooks)} hook(s)"):
+            install_radium(request, root, work / "wheels")
+        with step("hooks", f"running {len(request.hooks)} hook(s), then recording what the image holds"):
             run_hooks(request, root)
+            count = write_record(request, root)
         with step("disk", f"making the {request.disk_gib} GiB disk (EFI system partition, ext4 root)"):
             disk = make_disk(request, root, work)
             shutil.rmtree(root)

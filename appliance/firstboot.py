@@ -39,6 +39,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import xml.etree.ElementTree as ET
@@ -183,8 +184,6 @@ def find_iso(device: str | None = None) -> str | None:
 
 def from_iso(device: str) -> Source:
     """The properties of the OVF environment on the ISO transport's CD-ROM (mounted read-only)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="radium-ovf-env-") as where:
         mount = subprocess.run(["mount", "-o", "ro", "-t", "iso9660", device, where], capture_output=True,
                                text=True, timeout=60)  # fmt: skip

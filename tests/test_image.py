@@ -46,8 +46,16 @@ def missing() -> str | None:
     return vm_missing()
 
 
+HOOK = '#!/bin/sh\nset -e\necho "added by a hook" > "$1/etc/radium-hook-ran"\n'
+
+
 def build(output: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """`appliance build --with-pocl` with one hook (what a driver hook would be), as JSON."""
+    hook = output.parent / "mark-hook.sh"
+    hook.write_text(HOOK)
+    hook.chmod(0o755)
     argv = [str(BIN / "radium-admin"), "appliance", "build", "--output", str(output), "--with-pocl", "--json"]
+    argv += ["--hook", str(hook)]
     out = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-4000:]
     return out, json.loads(out.stdout)
@@ -246,7 +254,9 @@ def test_the_image_boots_into_an_appliance_from_its_ovf_environment(image, tmp_p
 
         # An unknown operator key is refused, and so is a server that is not the one expected.
         ops.trust(vm, admin=tuple(k.decode() for k in zmq.curve_keypair()))  # type: ignore[arg-type]
-        assert ops.enroll("c2").returncode != 0 and not (tmp_path / "c2.toml").exists()
+        refused = ops.enroll("c2")
+        assert refused.returncode != 0 and not (tmp_path / "c2.toml").exists()
+        assert "refused this client's key" in refused.stderr, refused.stderr
         ops.trust(vm, server_key=zmq.curve_keypair()[0].decode())
         wrong = ops.enroll("c2")
         assert wrong.returncode != 0 and "public key" in wrong.stderr, wrong.stderr
@@ -265,6 +275,9 @@ def test_the_image_boots_into_an_appliance_from_its_ovf_environment(image, tmp_p
         assert "passwordauthentication no" in sshd and "permitrootlogin without-password" in sshd
         record = json.loads(rest)
         assert record["radium"] == VERSION and record["with_pocl"] and len(record["packages"]) > 100
+        if image["build"] is not None:  # built here, with the test's hook
+            assert record["hooks"] == ["mark-hook.sh"]
+            assert vm.ssh(key, "cat /etc/radium-hook-ran").stdout == "added by a hook\n"
         assert "ssh_host_ed25519_key" in host_keys  # made on this appliance at its first start
         password = vm.ssh(key, "true", "-o", "PreferredAuthentications=password,keyboard-interactive")
         assert password.returncode != 0 and "Permission denied" in password.stderr
