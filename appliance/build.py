@@ -298,6 +298,12 @@ def install_radium(request: BuildRequest, root: Path, wheels: Path) -> None:
         wants.mkdir(exist_ok=True)
         (wants / unit).unlink(missing_ok=True)
         (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    # radiumd's own user, made now (same ids in every appliance of this image) and by
+    # systemd-sysusers at boot should /etc lose it.
+    sysusers = root / "usr/lib/sysusers.d/radium.conf"
+    sysusers.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(units / "radium.sysusers", sysusers)
+    _run("radium", ["systemd-sysusers", f"--root={root}", str(sysusers)])
     _run("radium", ["systemctl", f"--root={root}", "enable", "systemd-networkd", "systemd-resolved"])
     (root / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/ssh/sshd_config.d/radium.conf").write_text(SSHD_CONFIG)

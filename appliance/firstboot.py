@@ -384,7 +384,8 @@ def apply_radiumd(settings: Settings, w: Writer) -> DaemonConfig:
 
     # The server's key pair, in radiumd's state folder (where load_or_create_server_keys looks).
     state = w.path(config.server.state_dir)
-    w.mkdir(state.relative_to(root), 0o700)
+    # 0711, as radiumd keeps it (daemon/privileges.py): its user reaches the store, a run its folder.
+    w.mkdir(state.relative_to(root), 0o711)
     pair = KeyPair(settings.server_public_key, settings.server_secret_key)
     key_file = state / "server.key"
     if (

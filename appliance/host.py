@@ -11,6 +11,7 @@ of what a VM's first boot writes (`firstboot.apply_radiumd`):
     etc/radium/clients.d/              (created empty: enrolled clients go here)
     etc/subuid, etc/subgid             root's delegated ids for `radium run` (added when missing)
     etc/systemd/system/radiumd.service the unit shipped in appliance/units/, pointed at this installation
+    etc/sysusers.d/radium.conf         radiumd's own user, which systemd-sysusers then makes
 
 and not the network, the host name, SSH or the console banner: a host has those already.
 Running it again with the same options changes nothing; `--json` says what changed and the
@@ -22,17 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from radium.remoting import KeyPair
+from radium.remoting import KeyPair, RadiumError
 
 from .firstboot import CONFIG, Writer, _keypair, apply_radiumd, existing_config, guarded
 from .properties import DEFAULT_PORT, parse
 
 UNIT = Path("etc/systemd/system/radiumd.service")
+SYSUSERS = Path("etc/sysusers.d/radium.conf")
+USER = "radium"  #: radiumd's own (the unit's --user)
 SHIPPED_PREFIX = "/opt/radium/"  #: where the shipped units expect Radium (the image's layout)
 OPTIONS = {  # property -> the option that sets it here, for the messages
     "radium.name": "--name",
@@ -58,6 +63,20 @@ def unit_text(prefix: str) -> str:
     """radiumd.service as shipped, its programs taken from the installation at `prefix`."""
     text = (resources.files("radium.appliance") / "units" / "radiumd.service").read_text()
     return text.replace(SHIPPED_PREFIX, prefix.rstrip("/") + "/")
+
+
+def make_user(root: Path, w: Writer) -> None:
+    """radiumd's user, by systemd-sysusers from SYSUSERS (nothing when it exists already)."""
+    passwd = root / "etc/passwd"
+    if passwd.exists() and any(line.startswith(f"{USER}:") for line in passwd.read_text().splitlines()):
+        return
+    tool = shutil.which("systemd-sysusers")
+    if tool is None:
+        raise RadiumError(f"cannot make the user {USER}: systemd-sysusers not found (radiumd needs systemd)")
+    out = subprocess.run([tool, f"--root={root}", str(root / SYSUSERS)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RadiumError(f"cannot make the user {USER}: systemd-sysusers: {out.stderr.strip()}")
+    w.changed.append(f"user {USER}")
 
 
 def setup(
@@ -89,6 +108,8 @@ def setup(
     settings = parse(values, lambda key: OPTIONS.get(key, "made here"))
     apply_radiumd(settings, w)
     w.write(UNIT, unit_text(prefix))
+    w.write(SYSUSERS, (resources.files("radium.appliance") / "units" / "radium.sysusers").read_text())
+    make_user(root, w)
     return HostSetup(
         name=settings.name,
         port=settings.listen_port,

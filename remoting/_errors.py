@@ -107,6 +107,13 @@ class NotPermitted(AuthError):
     code = "not-permitted"
 
 
+class RunsUnavailable(RadiumError):
+    """The appliance cannot start a run now (what it lacks is in the message)."""
+
+    code = "run-unavailable"
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 class RemoteError(RadiumError):
     """An unexpected error inside the appliance, reported back to the caller."""
 

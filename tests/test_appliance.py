@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 import zmq
-from support import BIN, PY, Appliance, Client, Container, free_port
+from support import BIN, PY, Appliance, Client, Container, free_port, wait_until
 
 from radium.appliance import ovf
 from radium.appliance.properties import PROPERTIES, REQUIRED, PropertyError, parse
@@ -275,7 +275,7 @@ def test_firstboot_round_trip_from_the_descriptor_to_radiumd(tmp_path, keys):
     assert check.returncode == 0, check.stderr
 
     state = root / "var/lib/radium"
-    assert mode(state) == 0o700
+    assert mode(state) == 0o711
     assert mode(state / "server.key_secret") == 0o600
     pair = load_keypair(state / "server.key_secret")
     assert (pair.public, pair.secret) == (server_public, server_secret)
@@ -455,7 +455,7 @@ def test_appliance_setup_makes_a_plain_host_an_appliance_and_keeps_its_key(tmp_p
     state = root / "var/lib/radium"
     pair = load_keypair(state / "server.key_secret")
     assert done["server_public_key"] == pair.public and pair.secret not in first.stdout
-    assert mode(state / "server.key_secret") == 0o600 and mode(state) == 0o700
+    assert mode(state / "server.key_secret") == 0o600 and mode(state) == 0o711
     assert "/etc/radium/radiumd.toml" in done["changed"] and done["unit"] in done["changed"]
     toml = root / "etc/radium/radiumd.toml"
     config = load_daemon_config(toml)
@@ -469,6 +469,13 @@ def test_appliance_setup_makes_a_plain_host_an_appliance_and_keeps_its_key(tmp_p
     unit = (root / "etc/systemd/system/radiumd.service").read_text()
     assert f"ExecStart={BIN}/radiumd --config /etc/radium/radiumd.toml" in unit  # this installation's
     assert "NoNewPrivileges=yes" in unit  # the shipped unit, hardening and all
+    # radiumd's own user (the unit's --user), made by systemd-sysusers from the shipped file.
+    assert "--user radium" in unit and "user radium" in done["changed"]
+    assert (root / "etc/sysusers.d/radium.conf").read_text() == (UNITS / "radium.sysusers").read_text()
+    passwd = [line.split(":") for line in (root / "etc/passwd").read_text().splitlines()]
+    assert [(u[0], u[5], u[6]) for u in passwd if u[0] == "radium"] == [
+        ("radium", "/var/lib/radium", "/usr/sbin/nologin")
+    ]
     # A host keeps its network, its name and its SSH: none of them is touched.
     assert (root / "etc/hostname").read_text() == "bench-7\n"
     assert not (root / "etc/systemd/network").exists() and not (root / "root").exists()
@@ -614,7 +621,14 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path):
 
 def test_radiumd_unit_hardening_keeps_what_runs_need():
     u = unit("radiumd.service")
-    assert u["Service.ExecStart"] == ["/opt/radium/bin/radiumd --config /etc/radium/radiumd.toml"]
+    assert u["Service.ExecStart"] == [
+        "/opt/radium/bin/radiumd --config /etc/radium/radiumd.toml --user radium"
+    ]
+    # ... the user it drops to, made by systemd-sysusers, with the groups of GPUs' device nodes.
+    users = [line.split() for line in (UNITS / "radium.sysusers").read_text().splitlines()]
+    users = [fields for fields in users if fields and not fields[0].startswith("#")]
+    assert users[0][:3] == ["u", "radium", "-"] and users[0][-1] == "/usr/sbin/nologin"
+    assert sorted(tuple(f) for f in users[1:]) == [("m", "radium", "render"), ("m", "radium", "video")]
     assert u["Service.Restart"] == ["on-failure"]
     for key, value in {
         "NoNewPrivileges": "yes",
@@ -779,7 +793,9 @@ def test_the_units_boot_an_appliance_under_systemd(tmp_path, keys):
 
     radium-firstboot.service configures it from guestinfo (a stand-in vmware-rpctool);
     radiumd.service, hardened as shipped, serves the operator's keys, and `radium run`
-    works under that hardening.  Radium is installed the image's way, in /opt/radium.
+    works under that hardening.  Radium is installed the image's way, in /opt/radium,
+    its user made by systemd-sysusers: radiumd runs as that user, without capabilities,
+    and only its fork server and supervisors are root.
     """
     reason = Container.missing() or (None if shutil.which("git") else "git not installed")
     if reason:
@@ -800,9 +816,12 @@ def test_the_units_boot_an_appliance_under_systemd(tmp_path, keys):
             if not name.startswith("tests/") and (repo / name).is_file():
                 (src / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(repo / name, src / name)
+        (root / "usr/lib/sysusers.d").mkdir(parents=True, exist_ok=True)
+        shutil.copy(UNITS / "radium.sysusers", root / "usr/lib/sysusers.d/radium.conf")
         install = subprocess.run(
             [*box.nspawn, "sh", "-c",
-             "python3.11 -m venv /opt/radium && /opt/radium/bin/pip install -q '/opt/radium-src[appliance]'"],
+             "python3.11 -m venv /opt/radium && /opt/radium/bin/pip install -q '/opt/radium-src[appliance]'"
+             " && systemd-sysusers /usr/lib/sysusers.d/radium.conf"],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
@@ -871,5 +890,30 @@ def test_the_units_boot_an_appliance_under_systemd(tmp_path, keys):
         assert (
             "NoNewPrivileges=yes" in shown and "ProtectSystem=strict" in shown and "ProtectHome=yes" in shown
         )
+
+        # radiumd is radium's, with no capability; its fork server and supervisors are root's.
+        radium_uid = box.inside("id -u radium").stdout.strip()
+        main_pid = box.inside("systemctl show -p MainPID --value radiumd.service").stdout.strip()
+        status = box.inside(f"cat /proc/{main_pid}/status").stdout
+        fields = {line.split(":")[0]: line.split()[1:] for line in status.splitlines()}
+        assert fields["Uid"] == [radium_uid] * 4 and fields["Gid"][0] != "0", status
+        assert fields["CapEff"] == ["0000000000000000"] and fields["CapPrm"] == ["0000000000000000"]
+        procs = box.inside("ps -e -o user=,comm=").stdout.split("\n")
+        assert "root radium-forksrv" in [" ".join(p.split()) for p in procs], procs
+        assert "root radium-sup" in [" ".join(p.split()) for p in procs], procs  # the spare
+        # Enrolment over the network (above) wrote the client's key as radium.
+        assert box.inside("stat -c %U /etc/radium/clients.d/vm1.key").stdout.strip() == "radium"
+        # The run's folder (its upper layer holds files of the run's ids) is gone: the fork
+        # server removed it for radiumd, which could not.
+        wait_until(lambda: list((box.state / "runs").iterdir()) == [], 30, "the run's folder removed")
+
+        # Without its fork server, radiumd (not root) cannot start supervisors: runs are
+        # refused, saying why and what to do, and radiumd serves on.
+        box.inside("pkill -KILL -x radium-forksrv; pkill -KILL -x radium-sup")
+        refused = box.inside(f"export {env}; cd /root/w; /opt/radium/bin/radium run -- true")
+        assert refused.returncode == 69, refused.stdout + refused.stderr
+        assert "fork server is gone" in refused.stderr and "restart radiumd" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert box.inside("systemctl is-active radiumd.service").stdout.strip() == "active"
     finally:
         box.close()

@@ -95,6 +95,18 @@ def built_here(image: dict) -> None:
         pytest.skip("RADIUM_TEST_IMAGE gave the image: its build is not tested")
 
 
+# radium's uid; radiumd's ids and capabilities; "UID COMM" of its fork server and supervisors.
+WHO_RUNS_RADIUMD = r"""
+id -u radium
+pid=$(systemctl show -p MainPID --value radiumd)
+grep -E '^(Uid|CapEff):' /proc/$pid/status
+for p in /proc/[0-9]*; do
+  c=$(cat $p/comm 2>/dev/null)
+  case $c in radium-forksrv|radium-sup) echo "$(awk '/^Uid:/ {print $2}' $p/status) $c";; esac
+done | sort -u
+"""
+
+
 def test_the_build_makes_a_small_valid_ova_step_by_step(image):
     built_here(image)
     ova, done = image["ova"], image["build"]
@@ -251,6 +263,13 @@ def test_the_image_boots_into_an_appliance_from_its_ovf_environment(image, tmp_p
         assert ran.returncode == 0 and release.returncode == 0, ran.stderr + release.stderr
         assert ran.stdout.split()[:3] == ["Linux", "qemu1", release.stdout.strip()]
         assert release.stdout.strip() != os.uname().release  # the appliance's kernel, not this machine's
+        # radiumd runs as its own user, no capability left; its fork server and supervisors as root.
+        who = vm.ssh(key, WHO_RUNS_RADIUMD)
+        assert who.returncode == 0, who.stderr
+        lines = [" ".join(line.split()) for line in who.stdout.splitlines()]
+        uid = lines[0]
+        assert lines[1:3] == [f"Uid: {uid} {uid} {uid} {uid}", "CapEff: 0000000000000000"], lines
+        assert uid != "0" and set(lines[3:]) == {"0 radium-forksrv", "0 radium-sup"}, lines
 
         # An unknown operator key is refused, and so is a server that is not the one expected.
         ops.trust(vm, admin=tuple(k.decode() for k in zmq.curve_keypair()))  # type: ignore[arg-type]

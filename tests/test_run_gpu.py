@@ -91,9 +91,7 @@ def test_the_mps_start_script_is_valid_sh_and_the_limits_are_in_mps_units():
 
     syntax = subprocess.run(["sh", "-n", "-c", MPS_START], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr
-    env = mps_environment(
-        Mps(control="/usr/bin/nvidia-cuda-mps-control", memory_mib={1: 4096, 0: 8192}, threads=50)
-    )
+    env = mps_environment(Mps(memory_mib={1: 4096, 0: 8192}, threads=50))
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=8192M,1=4096M"
     assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "50"
     # Private to the run: /dev/shm is always a fresh tmpfs there, even when /tmp is the client's.

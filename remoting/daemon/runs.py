@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import schema as s
 from .. import wire as wire
 from .._config import DaemonConfig
-from .._errors import LeaseNotFound, RadiumError, UsageError
+from .._errors import LeaseNotFound, RunsUnavailable, UsageError
 from ..devices.base import Backend, MpsLimits
 from ..run import channel
 from ..run.cas import ContentStore
@@ -36,11 +36,6 @@ from .supervisors import Launcher, Process, SupervisorProcess
 
 TINI = "/usr/bin/tini-static"
 REINDEX_INTERVAL = 60.0  # seconds: at most this often (and 5 % of the time), the idle store is rescanned
-
-
-class RunsUnavailable(RadiumError):
-    code = "run-unavailable"
-    exit_code = 69
 
 
 @dataclass
@@ -68,6 +63,7 @@ class Runs:
     backends: dict[str, Backend]
     send: Callable[[bytes, list[bytes]], None]
     log: logging.Logger
+    launcher: Launcher
     runs: dict[str, Run] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,15 +74,6 @@ class Runs:
         self._background: set[asyncio.Task] = set()  # store scans
         self._launching: set[asyncio.Task] = set()
         self._closing = False
-        self.launcher = Launcher(self.log)
-
-    def start_launcher(self) -> None:
-        """Start the supervisor fork server (if this appliance can run processes at all)."""
-        try:
-            self.check_ready()
-        except RunsUnavailable:
-            return  # said to whoever asks for a run
-        self.launcher.start()
 
     def index_store(self) -> None:
         """Scan the content store once and save its index: each run's supervisor starts from it."""
@@ -156,23 +143,9 @@ class Runs:
 
     def check_ready(self) -> None:
         """Raise a clear error if this appliance cannot run processes."""
-        missing = [tool for tool in ("unshare", "mount") if shutil.which(tool) is None]
-        if not Path(TINI).exists():
-            missing.append(f"{TINI} (Debian package tini)")
-        if not Path("/dev/fuse").exists():
-            missing.append("/dev/fuse")
-        if missing:
-            raise RunsUnavailable(
-                f"{self.service.server.name} cannot run processes: missing {', '.join(missing)}"
-            )
-        need = self.config.run.id_base + self.config.run.id_slots * 65536
-        for file in ("/etc/subuid", "/etc/subgid"):
-            if not _delegated(Path(file), self.config.run.id_base, need):
-                raise RunsUnavailable(
-                    f"{self.service.server.name} cannot run processes: {file} must give root the ids "
-                    f"{self.config.run.id_base}-{need - 1} (a line 'root:{self.config.run.id_base}:"
-                    f"{need - self.config.run.id_base}')"
-                )
+        why = cannot_run(self.config)
+        if why:
+            raise RunsUnavailable(f"{self.service.server.name} cannot run processes: {why}")
 
     async def start(self, peer: Peer, origin: bytes, msg: s.RunStart) -> s.RunAccepted:
         self.check_ready()
@@ -210,6 +183,7 @@ class Runs:
         try:
             await self._spawn(run, msg)
         except BaseException:
+            self.launcher.clean(run.id)
             self._free_slots.append(run.slot)
             if own:
                 self._release(lease)
@@ -229,10 +203,6 @@ class Runs:
         return s.RunAccepted(run=run.id, lease=lease, hostname=socket.gethostname())
 
     async def _spawn(self, run: Run, msg: s.RunStart) -> None:
-        cfg = self.config
-        state = Path(cfg.server.state_dir)
-        run_dir = state / "runs" / run.id
-        run_dir.mkdir(parents=True, mode=0o700)
         device_env: dict[str, str] = {}
         by_backend: dict[str, list[tuple[s.Device, s.LeasePart]]] = {}
         for part in run.lease.parts:
@@ -245,19 +215,7 @@ class Runs:
             if seen.mps is not None:
                 mps = self._mps(run, seen.mps)
         job = channel.Job(
-            run=run.id,
-            client=run.client,
-            start=msg,
-            run_dir=str(run_dir),
-            store_dir=str(state / "cas"),
-            store_limit=cfg.run.cache_bytes,
-            id_base=cfg.run.id_base + run.slot * 65536,
-            id_count=65536,
-            device_env=device_env,
-            appliance_paths=list(cfg.run.appliance_paths),
-            hostname=socket.gethostname(),
-            tini=TINI,
-            mps=mps,
+            run=run.id, client=run.client, start=msg, slot=run.slot, device_env=device_env, mps=mps
         )
         supervisor = self._take_spare() or await self.launcher.launch()
         with contextlib.suppress(OSError):  # a spare may still be importing: not at low priority now
@@ -271,17 +229,17 @@ class Runs:
 
     def _mps(self, run: Run, limits: MpsLimits) -> channel.Mps | None:
         """The run's private MPS daemon, if this appliance has CUDA MPS (see docs/run.md)."""
-        control = shutil.which("nvidia-cuda-mps-control")
-        if self.config.run.mps == "off" or control is None:
+        control = self.launcher.settings.mps_control
+        if control is None:
             event(
                 self.log,
                 "warning",
                 "partial lease of NVIDIA devices not enforced",
                 run=run.id,
-                why="run.mps is off" if control else "nvidia-cuda-mps-control not found",
+                why="run.mps is off" if self.config.run.mps == "off" else "nvidia-cuda-mps-control not found",
             )
             return None
-        return channel.Mps(control=control, memory_mib=limits.memory_mib, threads=limits.threads)
+        return channel.Mps(memory_mib=limits.memory_mib, threads=limits.threads)
 
     # --- relaying ---------------------------------------------------------------
 
@@ -330,7 +288,7 @@ class Runs:
                     s.RunExit(run=run.id, status=255, detail="the run's supervisor ended unexpectedly"), 0
                 ),
             )
-        shutil.rmtree(Path(self.config.server.state_dir) / "runs" / run.id, ignore_errors=True)
+        self.launcher.clean(run.id)  # the fork server's work: the run's ids own files in it
         event(
             self.log,
             "info",
@@ -393,6 +351,40 @@ class Runs:
                 spare.proc.kill()
                 await spare.proc.wait()
         await self.launcher.close()
+
+
+def supervisor_settings(config: DaemonConfig) -> channel.Settings:
+    """What every supervisor of this radiumd is held to (channel.Settings), from its configuration."""
+    state = Path(config.server.state_dir)
+    return channel.Settings(
+        runs_dir=str(state / "runs"),
+        store_dir=str(state / "cas"),
+        store_limit=config.run.cache_bytes,
+        id_base=config.run.id_base,
+        id_slots=config.run.id_slots,
+        appliance_paths=list(config.run.appliance_paths),
+        tini=TINI,
+        mps_control=None if config.run.mps == "off" else shutil.which("nvidia-cuda-mps-control"),
+    )
+
+
+def cannot_run(config: DaemonConfig) -> str | None:
+    """Why this appliance cannot run processes (None: it can)."""
+    missing = [tool for tool in ("unshare", "mount") if shutil.which(tool) is None]
+    if not Path(TINI).exists():
+        missing.append(f"{TINI} (Debian package tini)")
+    if not Path("/dev/fuse").exists():
+        missing.append("/dev/fuse")
+    if missing:
+        return f"missing {', '.join(missing)}"
+    need = config.run.id_base + config.run.id_slots * 65536
+    for file in ("/etc/subuid", "/etc/subgid"):
+        if not _delegated(Path(file), config.run.id_base, need):
+            return (
+                f"{file} must give root the ids {config.run.id_base}-{need - 1} "
+                f"(a line 'root:{config.run.id_base}:{need - config.run.id_base}')"
+            )
+    return None
 
 
 def _delegated(path: Path, start: int, end: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ from .._version import VERSION
 from ..devices import load_backends
 from ..devices.base import Backend
 from ..devices.pci import undriven
+from . import privileges
 from .auth import KeyStore, Peer, ZapHandler, run_zap
 from .logs import event
 from .metrics import Metrics
-from .runs import Runs
+from .runs import Runs, cannot_run, supervisor_settings
 from .service import Service
+from .supervisors import Launcher
 
 SWEEP_INTERVAL = 0.5
 
@@ -41,13 +44,33 @@ SWEEP_INTERVAL = 0.5
 class Daemon:
     config: DaemonConfig
     log: logging.Logger
+    user: privileges.User | None = None  #: drop to this user once the fork server runs
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         cfg = self.config
-        server_keys = load_or_create_server_keys(Path(cfg.server.state_dir), cfg.server.name)
-        self.keys = KeyStore(Path(cfg.server.clients_dir), Path(cfg.server.admins_dir))
+        state = Path(cfg.server.state_dir)
+        key_dirs = [Path(cfg.server.clients_dir), Path(cfg.server.admins_dir)]
+        dropping = self.user is not None and privileges.needs_drop(self.user)
+        privileges.clear_runs(state / "runs")
+        if dropping:
+            assert self.user is not None
+            # systemd's CacheDirectory= (the unit points XDG_CACHE_HOME there): radiumd's own.
+            cache = os.environ.get("CACHE_DIRECTORY")
+            privileges.hand_over(self.user, state, key_dirs, Path(cache) if cache else None)
+        server_keys = load_or_create_server_keys(state, cfg.server.name)
+        self.keys = KeyStore(*key_dirs)
         for directory in (self.keys.clients.path, self.keys.admins.path):
             directory.mkdir(parents=True, exist_ok=True)
+        # The fork server is started first: when radiumd drops to its user it must be root.
+        self.launcher = Launcher(self.log, supervisor_settings(cfg))
+        if cannot_run(cfg) is None:  # else whoever asks for a run is told why
+            self.launcher.start()
+        if dropping:
+            assert self.user is not None
+            if not await self.launcher.ready() and cannot_run(cfg) is None:
+                event(self.log, "error", "no run can start: the supervisors' fork server did not start")
+            privileges.drop(self.user)
+            event(self.log, "info", "radiumd runs as its own user", user=self.user.name, uid=self.user.uid)
 
         backends = await asyncio.to_thread(load_backends, list(cfg.devices.backends))
         self.backends: dict[str, Backend] = {b.name: b for b in backends}
@@ -99,7 +122,7 @@ class Daemon:
             notify=self._notify,
             on_expired=self.metrics.sessions_expired.inc,
         )
-        self.runs = Runs(cfg, self.service, self.backends, self._send, self.log)
+        self.runs = Runs(cfg, self.service, self.backends, self._send, self.log, self.launcher)
         self.service.on_session_end = self.runs.end_session
         self.service.runs_of = self.runs.of_session
         self.service.handlers[s.RunStart] = self.runs.start
@@ -131,7 +154,6 @@ class Daemon:
             devices=[d.id for d in devices],
             metrics=self.metrics_address and f"{self.metrics_address[0]}:{self.metrics_address[1]}",
         )
-        self.runs.start_launcher()
         await asyncio.to_thread(self.runs.index_store)
         self.runs.keep_spares()
         if ready is not None:

@@ -9,6 +9,11 @@ radium.remoting.run.supervisor`), as before it existed.
 
 Either way radiumd gets a `SupervisorProcess`: the process (pid, returncode,
 wait, kill) and radiumd's end of its channel, on which it waits for its `Job`.
+
+When radiumd has dropped to its own user (privileges.py) the fork server, still
+root, is the only way: radiumd may not signal a supervisor (root's) or remove what
+a run's ids wrote, so it asks the fork server to (`kill`, `clean`); and should the
+fork server die, runs are refused, saying so, until radiumd is restarted.
 """
 
 from __future__ import annotations
@@ -17,13 +22,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import msgspec
+
+from .._errors import RunsUnavailable
+from ..run.channel import Settings
 from .logs import event
 
 SPARE_NICENESS = 10
@@ -58,8 +70,9 @@ class Forked:
     """A supervisor the fork server forked, seen through a pidfd (it is not radiumd's child):
     the part of asyncio.subprocess.Process that radiumd uses."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, ask_kill: Callable[[int], bool]) -> None:
         self.pid = pid
+        self._ask_kill = ask_kill  # through the fork server; False when there is none
         self.pidfd = os.pidfd_open(pid)
         loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[None] = loop.create_future()
@@ -89,16 +102,18 @@ class Forked:
         return self.returncode  # type: ignore[return-value]
 
     def kill(self) -> None:
-        if self.pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError):
+        if self.pidfd >= 0 and not self._ask_kill(self.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # not root: it is lost
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
 
 class Launcher:
     """Makes supervisors: asks the fork server, or starts a process when there is none."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self, log: logging.Logger, settings: Settings) -> None:
         self.log = log
+        self.settings = settings  # every supervisor's, fixed now (radiumd may drop to its user)
+        self.runs = Path(settings.runs_dir)  # the run folders, root's: the fork server cleans them
         self.control: socket.socket | None = None
         self.server: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -114,7 +129,8 @@ class Launcher:
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.server = await _start_module([], "radium.remoting.run.forkserver", theirs)
+            self.runs.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.server = await _start_module([], "radium.remoting.run.forkserver", theirs, self.settings)
             theirs.close()
             ours.setblocking(False)
             loop = asyncio.get_running_loop()
@@ -130,6 +146,12 @@ class Launcher:
         self._reader = asyncio.create_task(self._read())
         event(self.log, "info", "supervisor fork server ready", pid=self.server.pid)
 
+    async def ready(self) -> bool:
+        """Wait until the fork server has started (or failed to): whether it serves."""
+        if self._ready is not None:
+            await self._ready
+        return self.control is not None
+
     async def launch(self, spare: bool = False) -> SupervisorProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -142,6 +164,12 @@ class Launcher:
                 except (OSError, ForkServerGone) as exc:
                     self._gone(f"the fork server failed: {exc}")
             if proc is None:
+                if os.geteuid() != 0:
+                    raise RunsUnavailable(
+                        "this appliance cannot start runs: radiumd's supervisor fork server is gone "
+                        "(see radiumd's log) and radiumd, dropped to its own user, cannot start "
+                        "supervisors itself; restart radiumd (systemctl restart radiumd)"
+                    )
                 proc = await self._exec(theirs, spare)
         except BaseException:
             ours.close()
@@ -162,7 +190,7 @@ class Launcher:
         start-up yields the CPU to the runs going on meanwhile."""
         nice = ["nice", "-n", str(SPARE_NICENESS)] if spare else []
         unshare = ["unshare", "--mount", "--propagation", "private"]
-        return await _start_module([*nice, *unshare], "radium.remoting.run.supervisor", theirs)
+        return await _start_module([*nice, *unshare], "radium.remoting.run.supervisor", theirs, self.settings)
 
     async def _read(self) -> None:
         assert self.control is not None
@@ -179,7 +207,7 @@ class Launcher:
             if kind == b"pid" and self._replies:
                 reply = self._replies.popleft()
                 try:
-                    forked = Forked(int(rest))
+                    forked = Forked(int(rest), self._kill)
                 except (ValueError, OSError) as exc:  # it died already: ask again, or start one
                     reply.set_exception(ForkServerGone(f"no supervisor {rest!r}: {exc}"))
                     continue
@@ -193,6 +221,24 @@ class Launcher:
                 if done is not None:
                     done.reported(int(status))
 
+    def _kill(self, pid: int) -> bool:
+        """Ask the fork server to SIGKILL a supervisor it forked (radiumd may not be root)."""
+        if self.control is None:
+            return False
+        try:
+            self.control.send(b"kill %d" % pid)
+        except OSError:
+            return False
+        return True
+
+    def clean(self, run: str) -> None:
+        """Remove a finished run's folder (its upper layer holds files of the run's ids)."""
+        if self.control is not None:
+            with contextlib.suppress(OSError):
+                self.control.send(b"clean " + run.encode())
+                return
+        shutil.rmtree(self.runs / run, ignore_errors=True)
+
     def _gone(self, why: str) -> None:
         """No more forks: supervisors are started afresh from now on."""
         if self.control is not None:
@@ -203,7 +249,10 @@ class Launcher:
         for orphan in self._forked.values():  # their statuses went with it
             orphan.reported(-1)
         self._forked.clear()
-        event(self.log, "warning", "supervisors are started afresh", reason=why)
+        if os.geteuid() == 0:
+            event(self.log, "warning", "supervisors are started afresh", reason=why)
+        else:
+            event(self.log, "error", "no run can start until radiumd is restarted", reason=why)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -215,12 +264,15 @@ class Launcher:
             try:
                 await asyncio.wait_for(self.server.wait(), 5)
             except TimeoutError:
-                self.server.kill()
-                await self.server.wait()
+                with contextlib.suppress(PermissionError):  # root's, once radiumd dropped to its user
+                    self.server.kill()
+                    await self.server.wait()
 
 
-async def _start_module(prefix: list[str], module: str, channel: socket.socket) -> asyncio.subprocess.Process:
-    """`prefix python -m module --fd N`, with `channel` as descriptor N."""
+async def _start_module(
+    prefix: list[str], module: str, channel: socket.socket, settings: Settings
+) -> asyncio.subprocess.Process:
+    """`prefix python -m module --fd N --settings JSON`, with `channel` as descriptor N."""
     return await asyncio.create_subprocess_exec(
         *prefix,
         sys.executable,
@@ -228,6 +280,8 @@ async def _start_module(prefix: list[str], module: str, channel: socket.socket) 
         module,
         "--fd",
         str(channel.fileno()),
+        "--settings",
+        msgspec.json.encode(settings).decode(),
         pass_fds=(channel.fileno(),),
         stdin=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -44,29 +44,55 @@ def pack_pieces(
 
 
 class Mps(msgspec.Struct, kw_only=True):
-    """A private CUDA MPS control daemon for the run, holding it to its lease's share."""
+    """A private CUDA MPS control daemon for the run, holding it to its lease's share
+    (the control program is the supervisor's setting, `Settings.mps_control`)."""
 
-    control: str  # the appliance's nvidia-cuda-mps-control
     memory_mib: dict[int, int]  # device index (as the process sees it) -> pinned memory limit
     threads: int  # active thread percentage
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """A supervisor's fixed settings: given to the fork server when radiumd starts, as root,
+    from its configuration, and never by a `Job`.
+
+    Once radiumd has dropped to its own user (daemon/privileges.py) it is not trusted with
+    root: whatever it sends, a supervisor (root) makes its run's folder only in `runs_dir`,
+    keeps chunks only in `store_dir`, maps a run only onto one of the `id_slots` id ranges
+    delegated from `id_base`, and binds into the run only `tini`, `appliance_paths` and the
+    MPS programs named here.
+    """
+
+    runs_dir: str
+    store_dir: str
+    store_limit: int
+    id_base: int
+    id_slots: int
+    appliance_paths: list[str]  # appliance paths bound over the client's tree (drivers)
+    tini: str
+    mps_control: str | None  # the appliance's nvidia-cuda-mps-control, if it has one
+
+    ID_COUNT = 65536  # ids of one run (class attribute, not a field)
 
 
 class Job(msgspec.Struct, kw_only=True):
     """What radiumd tells a supervisor about its run (the first message)."""
 
-    run: str
+    run: str  # its id, a plain name: the run's folder is Settings.runs_dir/run
     client: str
     start: s.RunStart
-    run_dir: str
-    store_dir: str
-    store_limit: int
-    id_base: int  # client uid/gid N runs as id_base + N on the appliance
-    id_count: int
+    slot: int  # client uid/gid N runs as Settings.id_base + slot * ID_COUNT + N on the appliance
     device_env: dict[str, str]
-    appliance_paths: list[str]  # appliance paths bound over the client's tree (drivers)
-    hostname: str
-    tini: str
     mps: Mps | None = None
+
+    def check(self, settings: Settings) -> None:
+        """ValueError if this job asks for what the settings do not allow."""
+        for what, name in (("run", self.run), ("client", self.client)):
+            if not name or name.startswith(".") or any(c in name for c in "/\\\0") or len(name) > 255:
+                raise ValueError(f"bad job: {what} {name!r} is not a plain name")
+        if not 0 <= self.slot < settings.id_slots:
+            raise ValueError(f"bad job: id slot {self.slot} outside 0-{settings.id_slots - 1}")
+        if self.mps is not None and settings.mps_control is None:
+            raise ValueError("bad job: an MPS share on an appliance without nvidia-cuda-mps-control")
 
 
 _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {

@@ -13,6 +13,15 @@ Its control socket (SOCK_SEQPACKET, radiumd at the other end):
     radiumd -> server   b"fork NICENESS", with one descriptor: the supervisor's channel
     server -> radiumd   b"pid PID" (the child), or b"error MESSAGE"
     server -> radiumd   b"exit PID STATUS" once the child is reaped (a signal N as -N)
+    radiumd -> server   b"kill PID": SIGKILL to that child (to no other process)
+    radiumd -> server   b"clean RUN": remove the run folder RUN (in Settings.runs_dir)
+
+The last two need no answer; they are how radiumd, once it has dropped to its own
+user (daemon/privileges.py), still ends a run's supervisor and removes the files
+the run's ids own.  The fork server stays root for what radiumd may not do, and
+does nothing else for it: it forks supervisors, signals its own children, and
+removes names inside the one folder it opened at start (no path from radiumd is
+followed: a name with a slash is refused, and the removal does not follow links).
 
 It exits when radiumd's end closes; children carry on with their own channels
 to radiumd, and end when those close.
@@ -21,16 +30,20 @@ to radiumd, and end when those close.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
 import traceback
 
+import msgspec
 import trio
 
 from . import mounts
+from .channel import Settings
 from .supervisor import supervise
 
 MAX_MESSAGE = 4096
@@ -43,7 +56,9 @@ def _name(name: str) -> None:
         f.write(name)
 
 
-def serve(control: socket.socket) -> int:
+def serve(control: socket.socket, settings: Settings, runs: int | None = None) -> int:
+    """Serve radiumd on `control`; `runs` is `settings.runs_dir`, opened."""
+    children: set[int] = set()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up byte is written
@@ -56,7 +71,7 @@ def serve(control: socket.socket) -> int:
                     os.read(wake_r, 512)
                 except BlockingIOError:
                     break
-            _reap(control)
+            _reap(control, children)
         if control.fileno() in ready:
             try:
                 data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 1)
@@ -65,6 +80,11 @@ def serve(control: socket.socket) -> int:
             if not data:
                 return 0  # radiumd is gone
             fields = data.split()
+            if fields[:1] in ([b"kill"], [b"clean"]):
+                for fd in fds:
+                    os.close(fd)
+                _order(fields, children, runs)
+                continue
             if fields[:1] != [b"fork"] or len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
@@ -73,12 +93,35 @@ def serve(control: socket.socket) -> int:
             niceness = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
             pid = os.fork()
             if pid == 0:
-                _child(control, (wake_r, wake_w), fds[0], niceness)
+                inherited = (wake_r, wake_w, *([] if runs is None else [runs]))
+                _child(control, inherited, fds[0], niceness, settings)
             os.close(fds[0])
+            children.add(pid)
             control.send(b"pid %d" % pid)
 
 
-def _reap(control: socket.socket) -> None:
+def _order(fields: list[bytes], children: set[int], runs: int | None) -> None:
+    """`kill PID` or `clean RUN`; what is refused is said on stderr (radiumd's log)."""
+    arg = fields[1].decode(errors="replace") if len(fields) == 2 else ""
+    if fields[0] == b"kill":
+        if arg.isdigit() and int(arg) in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(arg), signal.SIGKILL)
+        else:
+            print(f"radium-forkserver: refused kill {arg!r}: not a supervisor of mine", file=sys.stderr)
+        return
+    if runs is None or not arg or "/" in arg or arg.startswith("."):
+        print(f"radium-forkserver: refused clean {arg!r}", file=sys.stderr)
+        return
+    try:
+        shutil.rmtree(arg, dir_fd=runs)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        print(f"radium-forkserver: could not remove run folder {arg}: {exc}", file=sys.stderr)
+
+
+def _reap(control: socket.socket, children: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -86,6 +129,7 @@ def _reap(control: socket.socket) -> None:
             return
         if pid == 0:
             return
+        children.discard(pid)
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status)
         try:
             control.send(b"exit %d %d" % (pid, code))
@@ -93,19 +137,21 @@ def _reap(control: socket.socket) -> None:
             pass  # radiumd is gone; the loop sees it
 
 
-def _child(control: socket.socket, pipe: tuple[int, int], channel: int, niceness: int) -> None:
+def _child(
+    control: socket.socket, inherited: tuple[int, ...], channel: int, niceness: int, settings: Settings
+) -> None:
     """The forked supervisor: never returns into the server's loop."""
     code = 70
     try:
         control.close()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in pipe:
+        for fd in inherited:  # the server's, not the supervisor's
             os.close(fd)
         _name(SUPERVISOR_NAME)
         os.setpriority(os.PRIO_PROCESS, 0, niceness)
         mounts.private_mount_namespace()
-        code = trio.run(supervise, channel)
+        code = trio.run(supervise, channel, settings)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -117,9 +163,12 @@ def _child(control: socket.socket, pipe: tuple[int, int], channel: int, niceness
 def main() -> int:
     parser = argparse.ArgumentParser(prog="radium-forkserver")
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--settings", required=True, help="the supervisors' channel.Settings, as JSON")
     args = parser.parse_args()
     _name(NAME)
-    return serve(socket.socket(fileno=args.fd))
+    settings = msgspec.json.decode(args.settings, type=Settings)
+    runs = os.open(settings.runs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return serve(socket.socket(fileno=args.fd), settings, runs)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The supervisor of one run on the appliance (started by radiumd, as root, in a private mount namespace).
+"""The supervisor of one run on the appliance (forked for radiumd, as root, in a private mount namespace).
 
 It builds the process's world and watches over it:
 
@@ -14,7 +14,9 @@ It builds the process's world and watches over it:
    atomically, and only then the exit status.
 
 If radiumd goes away (the channel closes) the process is killed and everything
-unmounted.
+unmounted.  radiumd's `Job` says which run and whose; where it lives, which ids it
+gets and what is bound into it come from the supervisor's own `Settings` (see
+channel.py), since radiumd may run unprivileged and is then not trusted with root.
 """
 
 from __future__ import annotations
@@ -61,8 +63,17 @@ def log(message: str, **fields: object) -> None:
 
 
 class Supervisor:
-    def __init__(self, job: channel.Job, stream: trio.SocketStream, reader: channel.TrioReader) -> None:
+    def __init__(
+        self,
+        job: channel.Job,
+        settings: channel.Settings,
+        stream: trio.SocketStream,
+        reader: channel.TrioReader,
+    ) -> None:
+        job.check(settings)
         self.job = job
+        self.settings = settings
+        self.id_base = settings.id_base + job.slot * settings.ID_COUNT
         self.start = job.start
         self.stream = stream
         self.reader = reader
@@ -79,7 +90,7 @@ class Supervisor:
         self.stdin_send, self.stdin_recv = stdin
         self.stats = s.RunStats()
         self.phase_started = time.monotonic()
-        run_dir = Path(job.run_dir)
+        self.run_dir = run_dir = Path(settings.runs_dir) / job.run
         self.lower, self.upper = run_dir / "lower", run_dir / "upper"
         self.work, self.root = run_dir / "work", run_dir / "root"
         self.made_for_mounts: set[str] = set()  # upper paths we created; never written back
@@ -167,11 +178,13 @@ class Supervisor:
         self.phase_started = now
 
     async def prepare(self, nursery: trio.Nursery) -> None:
+        self.run_dir.mkdir(mode=0o700)  # root's: never one radiumd made, nor a name used before
         for d in (self.lower, self.upper, self.work, self.root):
             d.mkdir(mode=0o755, exist_ok=True)
-        self.store = ContentStore(Path(self.job.store_dir), self.job.store_limit, scan=False)
-        self.kept = KeptListings(self.store, Path(self.job.store_dir) / "listings" / f"{self.job.client}.idx")
-        self.tree = ClientTree(self.fetch, self.store, id_offset=self.job.id_base, kept=self.kept)
+        store_dir = Path(self.settings.store_dir)
+        self.store = ContentStore(store_dir, self.settings.store_limit, scan=False)
+        self.kept = KeptListings(self.store, store_dir / "listings" / f"{self.job.client}.idx")
+        self.tree = ClientTree(self.fetch, self.store, id_offset=self.id_base, kept=self.kept)
         if self.start.prefetch or self.kept.previous:  # one round trip, not one per directory
             try:
                 await self.tree.prefetch(self.start.prefetch, max_entries=PREFETCH_ENTRIES)
@@ -185,14 +198,14 @@ class Supervisor:
         await self._make_in_upper("/.radium", directory=True)
         await self._make_in_upper("/.radium/init", directory=False)
         mps_binds = self._prepare_mps()
-        binds = [p for p in self.job.appliance_paths if os.path.exists(p)]
+        binds = [p for p in self.settings.appliance_paths if os.path.exists(p)]
         for path in binds:
             if await self.tree.stat_path(path) is None:
                 await self._make_in_upper(path, directory=os.path.isdir(path))
         options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
         await self._mount(self.root, mounts.mount, "overlay", self.root, "overlay", 0, options)
         init = self.root / ".radium/init"
-        await self._mount(init, mounts.bind, self.job.tini, init)
+        await self._mount(init, mounts.bind, self.settings.tini, init)
         for source, inside in mps_binds:
             target = self.root / inside.lstrip("/")
             await self._mount(target, mounts.bind, source, target, readonly=True)
@@ -252,13 +265,13 @@ class Supervisor:
     def _prepare_mps(self) -> list[tuple[str, str]]:
         """For a partial NVIDIA lease: the script that starts the run's MPS daemon, and the
         appliance's MPS binaries to bind in as (appliance path, path in the run)."""
-        mps = self.job.mps
-        if mps is None:
+        control = self.settings.mps_control
+        if self.job.mps is None or control is None:
             return []
         folder = self.upper / ".radium" / "bin"
         folder.mkdir(mode=0o755, exist_ok=True)
         binds = []
-        for source in (mps.control, os.path.join(os.path.dirname(mps.control), "nvidia-cuda-mps-server")):
+        for source in (control, os.path.join(os.path.dirname(control), "nvidia-cuda-mps-server")):
             if os.path.exists(source):
                 (folder / os.path.basename(source)).touch(mode=0o755)
                 binds.append((source, f"/.radium/bin/{os.path.basename(source)}"))
@@ -291,7 +304,7 @@ class Supervisor:
 
     def command(self) -> list[str]:
         st = self.start
-        base, count = self.job.id_base, self.job.id_count
+        base, count = self.id_base, self.settings.ID_COUNT
         if not (0 <= st.uid < count and 0 <= st.gid < count):
             raise ValueError(f"client uid/gid {st.uid}/{st.gid} outside the mapped range 0-{count - 1}")
         return [
@@ -343,7 +356,7 @@ class Supervisor:
     async def _process_sees(self, path: str) -> bool:
         if any(_inside(path, d) for d in self.private_dirs()):
             return False  # fresh and empty
-        if any(_inside(path, d) for d in ("/dev", "/sys", *self.job.appliance_paths)):
+        if any(_inside(path, d) for d in ("/dev", "/sys", *self.settings.appliance_paths)):
             return os.path.exists(path)  # the appliance's own
         try:
             return await self.tree.stat_path(path, follow=True) is not None
@@ -625,7 +638,7 @@ def _normal_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, int(task), 0)
 
 
-async def supervise(fd: int) -> int:
+async def supervise(fd: int, settings: channel.Settings) -> int:
     sock = socket.socket(fileno=fd)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     reader = channel.TrioReader(stream)
@@ -637,7 +650,11 @@ async def supervise(fd: int) -> int:
         log("bad job from radiumd", error=str(exc))
         return 2
     _normal_priority()  # a spare waited at a low one
-    sup = Supervisor(job, stream, reader)
+    try:
+        sup = Supervisor(job, settings, stream, reader)
+    except ValueError as exc:  # radiumd asked for what the settings do not allow
+        log("bad job from radiumd", error=str(exc))
+        return 2
     status, detail = 255, ""
     try:
         async with trio.open_nursery() as nursery:
@@ -675,8 +692,9 @@ async def supervise(fd: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="radium-supervisor")
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--settings", required=True, help="channel.Settings as JSON")
     args = parser.parse_args()
-    return trio.run(supervise, args.fd)
+    return trio.run(supervise, args.fd, msgspec.json.decode(args.settings, type=channel.Settings))
 
 
 if __name__ == "__main__":
