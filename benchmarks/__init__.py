@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root
 
-BENCHMARKS = ["control_plane", "vcenter_inventory", "run_remote", "console"]
+BENCHMARKS = ["control_plane", "vcenter_inventory", "run_remote", "console", "cnn"]
 
 
 def standalone(

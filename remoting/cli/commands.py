@@ -447,6 +447,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("agent", cmd_agent, "show or stop the run agent that starts `radium run` quickly")
     p.add_argument("action", choices=("status", "stop"), help="status: list the agents; stop: end them")
     command("version", cmd_version, "print the version")
+    from ..bench import cli as bench
+
+    p = sub.add_parser(
+        "bench",
+        help="the Radium paper's CNN benchmark: training here against through radium run",
+        description="Train the Radium paper's CNNs on CIFAR-10-shaped data here and through radium run; "
+        "report images/s and their ratio.",
+        epilog=bench.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.command, json=False)
     p = command("configure", cmd_configure, "install a client bundle from your operator")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", type=Path, help="the bundle file")

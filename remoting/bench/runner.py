@@ -1,0 +1,354 @@
+"""`radium bench`: every case trained here, then through `radium run`, side by side.
+
+Each run is a process of its own (`python -m radium.remoting.bench.train`, the same
+interpreter and files on both sides: the remote one is carried by `radium run`), read line
+by line for the progress display.  Cases alternate their order (here first, then the
+appliance first) so that a drift in the machine's speed does not favour one side; both
+sides get the same thread count, and their library versions are checked to be the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import RadiumError, UsageError
+from .._version import VERSION
+from .cases import Case
+
+TRAIN = "radium.remoting.bench.train"
+LINK = "radium.remoting.bench.link"
+PINGS = 50
+ACCOUNTING = ("cpu_user_s", "switches_voluntary", "switches_involuntary", "minor_faults", "steal_s")
+BULK = 128 << 20
+
+
+class BenchError(RadiumError):
+    """A case could not be measured (the message says why and what to do)."""
+
+    code = "bench-failed"
+    exit_code = 1
+
+
+@dataclass
+class Side:
+    """One training run of a case, here or on the appliance."""
+
+    images_per_s: float
+    steps: int  # timed
+    import_s: float  # Python start and imports
+    setup_s: float  # model and data on the device
+    warmup_s: float
+    timed_wall_s: float
+    cpu_s: float  # CPU time of the timed loop
+    step_median_s: float
+    threads: int
+    device: str
+    host: str
+    versions: dict[str, str]
+    parameters: int
+    started_s: float = 0.0  # from the process's start (here) or `radium run`'s to "ready"
+    conditions: dict[str, Any] = field(default_factory=dict)  # train.conditions: compared
+    accounting: dict[str, float] = field(default_factory=dict)  # the timed loop's CPU, switches, steal
+
+
+@dataclass
+class CaseResult:
+    model: str
+    batch: int
+    gpus: int
+    local: Side | None
+    remote: Side
+    local_missing: str = ""  # why there is no local figure (no such device here)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.remote.images_per_s / self.local.images_per_s if self.local else None
+
+
+@dataclass
+class Link:
+    rtt_ms: float  # median round trip of a line through the run's standard streams
+    rtt_p90_ms: float
+    to_appliance_mb_s: float
+    from_appliance_mb_s: float
+
+
+@dataclass
+class Record:
+    radium: str
+    date: str
+    appliance: str
+    steps: int  # timed steps of every run; 0 with `seconds`
+    seconds: float  # timed steps for about this long, the count set by each case's first run
+    warmup: int
+    threads: int
+    link: Link | None
+    cases: list[CaseResult] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        for case, result in zip(data["cases"], self.cases, strict=True):
+            case["ratio"] = result.ratio
+        return data
+
+
+@dataclass
+class Plan:
+    cases: list[Case]
+    steps: int
+    warmup: int
+    device: str
+    threads: int
+    appliance: str | None
+    data: Path | None
+    seconds: float = 0.0  # instead of `steps`: timed steps for about this long (the first side's count)
+    python: str = sys.executable
+
+    def worker(self, case: Case, steps: int | None = None) -> list[str]:
+        """The training program for `case`: `steps` timed steps, or per the plan."""
+        if steps is not None:
+            timing = ["--steps", str(steps)]
+        else:
+            timing = ["--seconds", str(self.seconds)] if self.seconds else ["--steps", str(self.steps)]
+        argv = [self.python, "-m", TRAIN, "--model", case.model, "--batch", str(case.batch),
+                "--gpus", str(case.gpus), *timing, "--warmup", str(self.warmup),
+                "--device", self.device, "--threads", str(self.threads)]  # fmt: skip
+        return argv + (["--data", str(self.data.resolve())] if self.data else [])
+
+    def remote(self, argv: list[str], gpus: int = 1) -> list[str]:
+        server = ["--server", self.appliance] if self.appliance else []
+        return [radium_program(), "run", *server, "-n", str(gpus), "--", *argv]
+
+
+def radium_program() -> str:
+    beside = Path(sys.executable).with_name("radium")
+    return str(beside) if beside.exists() else (shutil.which("radium") or "radium")
+
+
+Progress = Callable[[str, int, int], None]  # (what, steps done, steps in all)
+
+
+def run_side(argv: list[str], where: str, case: Case, progress: Progress) -> tuple[Side | None, str]:
+    """One training run: its Side, or (None, why) when the device is not there."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stdout is not None and proc.stderr is not None
+    ready: dict[str, Any] = {}
+    result: dict[str, Any] = {}
+    error: dict[str, Any] = {}
+    ready_at = 0.0
+    total = 0
+    try:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the program's own output (none is expected)
+            kind = event.get("event")
+            if kind == "ready":
+                ready, ready_at = event, time.perf_counter() - started
+                total = 0
+            elif kind == "step":
+                total += 1
+                phase = "warm-up" if event["warmup"] else "timed"
+                progress(f"{case.name} · {where} · {phase}", total, 0)
+            elif kind == "result":
+                result = event
+            elif kind == "error":
+                error = event
+        stderr = proc.stderr.read()
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if error:
+        if error["kind"] == "device" and where == "here":
+            return None, error["message"]
+        raise BenchError(_explain(case, where, error))
+    if code != 0 or not result:
+        said = [line for line in stderr.strip().splitlines() if line.strip()]
+        why = said[-1] if said else f"exit status {code}"
+        raise BenchError(f"{case.name} {where}: the run failed: {why}")
+    return (
+        Side(
+            images_per_s=result["images_per_s"],
+            steps=result["steps"],
+            import_s=ready["import_s"],
+            setup_s=ready["setup_s"],
+            warmup_s=result["warmup_s"],
+            timed_wall_s=result["timed_wall_s"],
+            cpu_s=result["cpu_s"],
+            step_median_s=statistics.median(result["step_s"]),
+            threads=ready["threads"],
+            device=ready["device"],
+            host=ready["host"],
+            versions={k: ready[k] for k in ("torch", "python", "radium")},
+            parameters=ready["parameters"],
+            started_s=ready_at,
+            conditions=ready.get("conditions", {}),
+            accounting={k: result[k] for k in ACCOUNTING if k in result},
+        ),
+        "",
+    )
+
+
+def _explain(case: Case, where: str, error: dict) -> str:
+    kind, message = error["kind"], error["message"]
+    if kind == "oom":
+        return (
+            f"{case.name} ({where}): batch {case.batch} does not fit in the device's memory ({message}); "
+            "try a smaller --batch"
+        )
+    if kind == "torch":
+        return f"{case.name} ({where}): {message}; install it: pip install 'radium[bench]'"
+    if kind == "device":
+        return f"{case.name} ({where}): {message}; choose another --device or --gpus"
+    return f"{case.name} ({where}): {message}"
+
+
+def measure_link(plan: Plan) -> Link:
+    """Round trips and bulk transfers through one `radium run`'s standard streams."""
+    proc = subprocess.Popen(
+        plan.remote([plan.python, "-m", LINK]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        rtts = []
+        for _ in range(PINGS + 3):
+            t = time.perf_counter()
+            proc.stdin.write(b"ping\n")
+            proc.stdin.flush()
+            if proc.stdout.readline() != b"pong\n":
+                break
+            rtts.append(time.perf_counter() - t)
+        if len(rtts) < PINGS + 3:
+            said = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise BenchError(f"measuring the link: the run failed: {said[-1] if said else 'no answer'}")
+        rtts = sorted(rtts[3:])  # the first ones wait for the process to start
+        block = b"\0" * (1 << 20)
+        t = time.perf_counter()
+        proc.stdin.write(f"take {BULK}\n".encode())
+        for _ in range(BULK >> 20):
+            proc.stdin.write(block)
+        proc.stdin.flush()
+        proc.stdout.readline()  # took N SECONDS
+        to_appliance = BULK / (time.perf_counter() - t) / 1e6
+        proc.stdin.write(f"give {BULK}\n".encode())
+        proc.stdin.flush()
+        proc.stdout.readline()  # giving N
+        t = time.perf_counter()
+        left = BULK
+        while left > 0:
+            got = proc.stdout.read1(min(left, 1 << 20))  # type: ignore[attr-defined]
+            if not got:
+                raise BenchError("measuring the link: the run ended early")
+            left -= len(got)
+        from_appliance = BULK / (time.perf_counter() - t) / 1e6
+        proc.stdin.write(b"quit\n")
+        proc.stdin.close()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Link(
+        rtt_ms=statistics.median(rtts) * 1e3,
+        rtt_p90_ms=rtts[int(0.9 * (len(rtts) - 1))] * 1e3,
+        to_appliance_mb_s=to_appliance,
+        from_appliance_mb_s=from_appliance,
+    )
+
+
+def check_alike(results: list[CaseResult]) -> list[str]:
+    """Differences between the two sides that would make the comparison unfair: threads,
+    versions, the model, and the conditions the processes ran under (train.conditions)."""
+    problems = []
+    for r in results:
+        lo, re, case = r.local, r.remote, f"{r.model} b{r.batch}"
+        if lo is None:
+            continue
+        pairs = {"threads": (lo.threads, re.threads), "versions": (lo.versions, re.versions),
+                 "parameters": (lo.parameters, re.parameters)}  # fmt: skip
+        for key in sorted(set(lo.conditions) | set(re.conditions)):
+            pairs[key] = (lo.conditions.get(key), re.conditions.get(key))
+        for key, (here, there) in pairs.items():
+            if here != there:
+                problems.append(f"{case}: {key} {here} here, {there} remote")
+    return problems
+
+
+def run(plan: Plan, progress: Progress, measure: bool = True) -> Record:
+    """Measure the link, then every case: here and remote, alternating which goes first."""
+    if plan.threads < 1:
+        raise UsageError(f"--threads must be 1 or more, got {plan.threads}")
+    if plan.seconds and plan.warmup < 2:
+        raise UsageError("--seconds judges a step's time by the warm-up: give --warmup 2 or more")
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise UsageError(
+            f"torch is not installed for {plan.python}: pip install 'radium[bench]' (or the torch build "
+            "for your GPUs); the appliance's runs use the same files"
+        )
+    record = Record(
+        radium=VERSION,
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        appliance=plan.appliance or "",
+        steps=0 if plan.seconds else plan.steps,
+        seconds=plan.seconds,
+        warmup=plan.warmup,
+        threads=plan.threads,
+        link=measure_link(plan) if measure else None,
+    )
+    for i, case in enumerate(plan.cases):
+        order = ["here", "remote"] if i % 2 == 0 else ["remote", "here"]
+        sides: dict[str, tuple[Side | None, str]] = {}
+        steps = None  # with plan.seconds: the first side's count, for the second
+        for where in order:
+            argv = plan.worker(case, steps)
+            if where == "remote":
+                argv = plan.remote(argv, case.gpus)
+            side, _ = sides[where] = run_side(argv, where, case, progress)
+            steps = side.steps if side is not None else steps
+        remote, _ = sides["remote"]
+        assert remote is not None
+        local, missing = sides["here"]
+        record.cases.append(CaseResult(case.model, case.batch, case.gpus, local, remote, missing))
+        if not record.appliance:
+            record.appliance = remote.host
+    return record
+
+
+def load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--compare {path}: not a radium bench result: {exc}") from None
+    if not isinstance(data, dict) or "cases" not in data:
+        raise UsageError(f"--compare {path}: not a radium bench result (no cases)")
+    return data
+
+
+def save(record: Record, path: Path) -> None:
+    from .._keys import write_atomic
+
+    write_atomic(path, json.dumps(record.to_json(), indent=2) + "\n", mode=0o644)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))
