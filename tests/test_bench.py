@@ -74,27 +74,59 @@ def test_the_worker_reports_start_up_warm_up_and_steady_state_apart():
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     said = events(out.stdout)
-    kinds = [e["event"] for e in said]
-    assert kinds == ["ready", "step", "step", "step", "step", "step", "result"]
-    ready, steps, result = said[0], said[1:6], said[6]
+    ready, progress, result = said[0], said[1:-1], said[-1]
+    assert ready["event"] == "ready" and result["event"] == "result"
     assert ready["threads"] == 1 and ready["parameters"] == 269_467 and ready["device"].startswith("cpu")
     assert ready["import_s"] > 0 and ready["setup_s"] > 0
-    assert [s["warmup"] for s in steps] == [True, True, False, False, False]
-    assert result["step_s"] == [s["s"] for s in steps[2:]]  # the warm-up is not in the steady state
+    # Progress at most a line a second, and at the end of the warm-up and of the timed steps.
+    ends = [(e["steps"], e["warmup"]) for e in progress if e["event"] == "progress"]
+    assert len(ends) == len(progress) and (2, True) in ends and ends[-1] == (5, False)
+    assert len(result["warmup_step_s"]) == 2 and len(result["step_s"]) == 3  # the warm-up apart
     assert result["images_per_s"] == pytest.approx(3 * 4 / result["timed_wall_s"])
-    assert result["warmup_s"] >= sum(s["s"] for s in steps[:2])
+    assert result["warmup_s"] >= sum(result["warmup_step_s"])
 
 
 def test_with_seconds_the_warm_up_sets_how_many_steps_are_timed():
     argv = [*TRAIN, "--model", "resnet20_v2", "--batch", "2", "--warmup", "3", "--seconds", "2"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    said = events(out.stdout)
-    warm = [e["s"] for e in said if e["event"] == "step" and e["warmup"]][1:]  # the first step not counted
-    timed = [e for e in said if e["event"] == "step" and not e["warmup"]]
-    result = said[-1]
+    result = events(out.stdout)[-1]
+    warm = result["warmup_step_s"][1:]  # the first step pays one-time costs: not counted
     expected = max(5, round(2 / ((warm[0] + warm[1]) / 2)))  # 2 s ÷ the median of steps 2 and 3
-    assert result["steps"] == len(timed) == len(result["step_s"]) == expected
+    assert result["steps"] == len(result["step_s"]) == expected
+
+
+def test_the_worker_trains_on_cifar_10_files_when_given_them(tmp_path):
+    """--data DIR: CIFAR-10's python batches (here five small ones in its format), not synthetic."""
+    import pickle
+
+    rng = torch.Generator().manual_seed(1)
+    for i in range(1, 6):
+        batch = {
+            b"data": torch.randint(0, 256, (20, 3072), generator=rng, dtype=torch.uint8).numpy(),
+            b"labels": torch.randint(0, 10, (20,), generator=rng).tolist(),
+        }
+        (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    argv = [
+        *TRAIN,
+        "--model",
+        "alexnet",
+        "--batch",
+        "8",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--data",
+        str(tmp_path),
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = events(out.stdout)[-1]
+    assert result["event"] == "result" and result["steps"] == 3 and result["global_batch"] == 8
+    (tmp_path / "data_batch_3").write_bytes(b"not a pickle")
+    bad = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "cannot read data_batch_3" in events(bad.stdout)[-1]["message"]
 
 
 def _limit_memory() -> None:
@@ -169,7 +201,41 @@ def test_bench_refuses_what_cannot_run_in_one_line(client, tmp_path):
         (["--plot", "chart.svg"], "ending in .png"),
         (["--compare", "a.json", "b.json"], "not a radium bench result"),
         (["--models", "alexnet", "--batch", "2", "--steps", "1", "--appliance", "nosuch"], "nosuch"),
+        (["--seconds", "5", "--warmup", "1"], "--warmup 2 or more"),
     ):
         out = bench(*args)
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+    # Every device held by another session: no lease for the run, said in a line; nothing left.
+    held = client.json("request-gpus", "-n", "2")
+    try:
+        out = bench("--models", "alexnet", "--batch", "2", "--steps", "1", "--warmup", "0")
+        assert out.returncode != 0 and "the run failed" in out.stderr and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    finally:
+        client.run("release-gpus")
+    assert held["lease"]["parts"] and leases_on(client) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA or ROCm device here (torch sees none)")
+def test_the_worker_trains_on_the_gpu_and_synchronises_its_clock():
+    """On a GPU machine: the device named, the images made on it, two GPUs data parallel."""
+    gpus = min(2, torch.cuda.device_count())
+    argv = [
+        *TRAIN,
+        "--model",
+        "resnet20_v2",
+        "--batch",
+        "32",
+        "--steps",
+        "5",
+        "--warmup",
+        "2",
+        "--gpus",
+        str(gpus),
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ready, result = events(out.stdout)[0], events(out.stdout)[-1]
+    assert ready["device"].split()[0] in ("cuda", "rocm") and result["global_batch"] == 32 * gpus

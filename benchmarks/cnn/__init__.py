@@ -8,13 +8,14 @@ through `radium run`, each against the other in the same run.  These machines ha
 the training runs on the CPU on both sides (2 threads), which `radium bench` says; the
 appliance lends a PoCL device for each remote run's lease.
 
-Reduced steps on the CPU (the paper's 100 timed steps of resnet110 at batch 512 would take
-about 20 minutes a side here): by default 10 warm-up steps and enough timed steps for each
-run to last about `--cnn-seconds` (12 s), from a first short probe run of the model.
+Reduced steps on the CPU (the paper's 10 warm-up and 100 timed steps of resnet110 at batch
+512 would take about 13 minutes a side here): by default 5 warm-up steps, then timed steps
+for about `--cnn-seconds` (20 s) a run (`radium bench --seconds`: the count set by each
+case's first run from its warm-up, at least 5; the other side times as many).
 Printed beside the paper's figures (Radium over a local GPU: 0.42–1.04 at batch 32,
 0.84–0.996 at batch 512).
 
-    ./dev bench --only cnn                  # about 25 minutes
+    ./dev bench --only cnn                  # about 15 minutes
     python -m benchmarks.cnn --cnn-models resnet20_v2 --cnn-batch 32   # one case
 """
 
@@ -36,10 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cnn-models", default="alexnet,resnet20_v2,resnet32_v2,resnet56_v2,resnet110_v2")
     g.add_argument("--cnn-batch", default="32,128,512")
     g.add_argument("--cnn-steps", type=int, help="timed steps of every run (default: from --cnn-seconds)")
-    g.add_argument(
-        "--cnn-seconds", type=float, default=12.0, help="about how long each timed loop lasts (12)"
-    )
-    g.add_argument("--cnn-warmup", type=int, default=10, help="warm-up steps (10)")
+    g.add_argument("--cnn-seconds", type=float, default=20.0, help="length of each timed loop (20)")
+    g.add_argument("--cnn-warmup", type=int, default=5, help="warm-up steps (5)")
     g.add_argument("--cnn-json", type=Path, help="also write the results to this file")
     g.add_argument("--cnn-plot", type=Path, help="radium bench's chart of the ratios (PNG)")
 

@@ -22,10 +22,10 @@ class CnnBench(Bench):
                 "--plot", str(chart.resolve())]  # fmt: skip
         self.log("radium bench " + " ".join(argv[2:]))
         started = time.monotonic()
+        env = {**self.client_env(client), "COLUMNS": "150"}  # the table unwrapped in the log
         proc = self.topo.client.popen(
-            argv, env=self.client_env(client), cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
+            argv, env=env, cwd=self.tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.children.append(proc)
         assert proc.stdout is not None
         printed = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def command(args: argparse.Namespace) -> int:
     from . import report, runner
 
     out = Console()
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(width=120)  # a file or a pipe: the table whole, not wrapped at 80
     if args.compare:
         a, b = (runner.load(path) for path in args.compare)
         out.print(report.compare(a, b, (args.compare[0].name, args.compare[1].name)))
@@ -109,16 +112,17 @@ class _progress:
     def __init__(self, console, plan) -> None:  # type: ignore[no-untyped-def]
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.per_run = plan.steps + plan.warmup
+        self.per_run = plan.steps + plan.warmup  # with --seconds the count is not known: no total
         self.bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True, disable=not console.is_terminal,
         )  # fmt: skip
-        self.task = self.bar.add_task("measuring the link", total=2 * self.per_run * len(plan.cases))
+        total = None if plan.seconds else 2 * self.per_run * len(plan.cases)
+        self.task = self.bar.add_task("measuring the link", total=total)
         self.done = 0
         self.current = ""
 
-    def __call__(self, what: str, step: int, _: int) -> None:
+    def __call__(self, what: str, step: int) -> None:
         run = what.rsplit(" · ", 1)[0]  # the case and the side, without the phase
         if run != self.current:
             if self.current:

@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -131,24 +132,42 @@ class Plan:
         return [radium_program(), "run", *server, "-n", str(gpus), "--", *argv]
 
 
+# glibc's malloc, left alone, moves its mmap threshold as a program frees big blocks: two runs
+# of the same training loop then page-fault 18,000 or 370,000 times in 25 steps, and spend up
+# to a fifth more CPU per image (measured: docs/bench.md, "Fair").  Both sides get the same
+# fixed thresholds, so that neither is faster by its allocator's history: blocks up to 32 MiB
+# come from the heap and freed memory is kept.  A user's own settings are left as they are.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+
+
+def environment() -> dict[str, str]:
+    """The environment of both sides' training (radium run carries it to the appliance)."""
+    env = dict(os.environ)
+    if not any(name in env for name in ALLOCATOR):
+        env.update(ALLOCATOR)
+    return env
+
+
 def radium_program() -> str:
     beside = Path(sys.executable).with_name("radium")
     return str(beside) if beside.exists() else (shutil.which("radium") or "radium")
 
 
-Progress = Callable[[str, int, int], None]  # (what, steps done, steps in all)
+Progress = Callable[[str, int], None]  # (what runs now, its steps done)
 
 
 def run_side(argv: list[str], where: str, case: Case, progress: Progress) -> tuple[Side | None, str]:
     """One training run: its Side, or (None, why) when the device is not there."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-    assert proc.stdout is not None and proc.stderr is not None
+    errors = tempfile.TemporaryFile("w+")  # not a pipe: a chatty program cannot block on it
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=errors, text=True, bufsize=1, env=environment()
+    )
+    assert proc.stdout is not None
     ready: dict[str, Any] = {}
     result: dict[str, Any] = {}
     error: dict[str, Any] = {}
     ready_at = 0.0
-    total = 0
     try:
         for line in proc.stdout:
             try:
@@ -158,18 +177,18 @@ def run_side(argv: list[str], where: str, case: Case, progress: Progress) -> tup
             kind = event.get("event")
             if kind == "ready":
                 ready, ready_at = event, time.perf_counter() - started
-                total = 0
-            elif kind == "step":
-                total += 1
+            elif kind == "progress":
                 phase = "warm-up" if event["warmup"] else "timed"
-                progress(f"{case.name} · {where} · {phase}", total, 0)
+                progress(f"{case.name} · {where} · {phase}", event["steps"])
             elif kind == "result":
                 result = event
             elif kind == "error":
                 error = event
-        stderr = proc.stderr.read()
         code = proc.wait()
+        errors.seek(0)
+        stderr = errors.read()
     finally:
+        errors.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -220,25 +239,32 @@ def _explain(case: Case, where: str, error: dict) -> str:
 
 def measure_link(plan: Plan) -> Link:
     """Round trips and bulk transfers through one `radium run`'s standard streams."""
-    proc = subprocess.Popen(
-        plan.remote([plan.python, "-m", LINK]),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    errors = tempfile.TemporaryFile("w+")
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(plan.remote([plan.python, "-m", LINK]), stdin=pipe, stdout=pipe, stderr=errors)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def failed() -> BenchError:
+        proc.kill()
+        proc.wait()
+        errors.seek(0)
+        said = [line for line in errors.read().strip().splitlines() if line.strip()]
+        return BenchError(f"measuring the link: the run failed: {said[-1] if said else 'no answer'}")
+
     try:
         rtts = []
         for _ in range(PINGS + 3):
             t = time.perf_counter()
-            proc.stdin.write(b"ping\n")
-            proc.stdin.flush()
+            try:
+                proc.stdin.write(b"ping\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                break
             if proc.stdout.readline() != b"pong\n":
                 break
             rtts.append(time.perf_counter() - t)
         if len(rtts) < PINGS + 3:
-            said = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            raise BenchError(f"measuring the link: the run failed: {said[-1] if said else 'no answer'}")
+            raise failed()
         rtts = sorted(rtts[3:])  # the first ones wait for the process to start
         block = b"\0" * (1 << 20)
         t = time.perf_counter()
@@ -262,7 +288,10 @@ def measure_link(plan: Plan) -> Link:
         proc.stdin.write(b"quit\n")
         proc.stdin.close()
         proc.wait(60)
+    except (BrokenPipeError, subprocess.TimeoutExpired):
+        raise failed() from None
     finally:
+        errors.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

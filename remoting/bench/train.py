@@ -5,7 +5,8 @@ one JSON object a line:
 
     {"event": "ready", ...}   after the imports and the model's set-up: the device, threads,
                               versions, host, parameters, and how long those took
-    {"event": "step", "step": I, "warmup": bool, "s": SECONDS}   each training step
+    {"event": "progress", "steps": N, "warmup": bool, "s": SECONDS}   steps done so far (a line a
+                              second, and at the end of the warm-up and of the timed steps)
     {"event": "result", ...}  the figures: images/s of the timed steps, the warm-up's time,
                               the CPU time of the timed loop (rusage), every step's time
     {"event": "error", "kind": KIND, "message": TEXT}   instead, and exit 2: a batch that
@@ -35,6 +36,7 @@ from typing import Any
 
 T0 = time.perf_counter()
 MIN_STEPS = 5  # with --seconds, never fewer timed steps
+PROGRESS_EVERY = 1.0  # seconds between progress lines
 
 
 def say(**event: Any) -> None:
@@ -181,6 +183,7 @@ def train(a: argparse.Namespace) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF)
     timed = a.steps
     step = 0
+    said_at = time.perf_counter()
     while step < a.warmup + timed:
         if step == a.warmup:
             if a.seconds:  # as many steps as last about that long, judged by the warm-up's
@@ -201,8 +204,13 @@ def train(a: argparse.Namespace) -> dict:
         opt.step()
         sync()
         steps.append(time.perf_counter() - t)
-        say(event="step", step=step, warmup=step < a.warmup, s=steps[-1])
         step += 1
+        last = step in (a.warmup, a.warmup + timed)
+        if last or time.perf_counter() - said_at >= PROGRESS_EVERY:
+            # Progress, not every step: through radium run each line crosses three processes,
+            # whose CPU time a CPU-bound loop on a small machine would share (docs/bench.md).
+            say(event="progress", steps=step, warmup=step <= a.warmup, s=steps[-1])
+            said_at = time.perf_counter()
     wall = time.perf_counter() - timed_started
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {
@@ -222,6 +230,7 @@ def train(a: argparse.Namespace) -> dict:
         "warmup": a.warmup,
         "global_batch": batch,
         "step_s": steps[a.warmup :],
+        "warmup_step_s": steps[: a.warmup],
         "loss": float(loss.item()),
     }
 
