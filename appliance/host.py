@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     add = parser.add_argument
     add("--name", required=True, help="the appliance's name (as clients and operators see it)")
-    add("--admin-key", required=True, help="the operator's CURVE public key (Z85, 40 characters)")
+    add(
+        "--admin-key",
+        required=True,
+        help="the operator's CURVE public key (Z85, 40 characters; --admin-key=KEY when it begins with -)",
+    )
     add("--admin-name", default="operator", help="the operator key's name (default operator)")
     add("--port", type=int, default=DEFAULT_PORT, help=f"radiumd's TCP port (default {DEFAULT_PORT})")
     parser.add_argument(

@@ -448,7 +448,7 @@ def test_appliance_setup_makes_a_plain_host_an_appliance_and_keeps_its_key(tmp_p
     (root / "etc/hostname").write_text("bench-7\n")
     admin = keys["admin"][0]
     argv = [str(BIN / "radium-appliance-setup"), "--root", str(root), "--json", "--name", "bench7"]
-    argv += ["--admin-key", admin, "--admin-name", "ops", "--port", "7461"]
+    argv += [f"--admin-key={admin}", "--admin-name", "ops", "--port", "7461"]  # a Z85 key may begin with "-"
     first = subprocess.run(argv, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     done = json.loads(first.stdout)
@@ -484,7 +484,7 @@ def test_appliance_setup_makes_a_plain_host_an_appliance_and_keeps_its_key(tmp_p
     assert json.loads(again.stdout)["changed"] == [] and load_keypair(state / "server.key_secret") == pair
 
     bad = subprocess.run(
-        [*argv[:-6], "--admin-key", "nope", "--port", "70000"], capture_output=True, text=True
+        [*argv[:-5], "--admin-key", "nope", "--port", "70000"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "radium.admin_public_key (--admin-key): expected a CURVE public key" in bad.stderr

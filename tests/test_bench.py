@@ -15,7 +15,7 @@ import pytest
 from support import BIN, wait_until
 
 from radium.remoting.bench import cases
-from radium.remoting.bench.runner import CaseResult, Record, Side
+from radium.remoting.bench.runner import CaseResult, Record, Side, pool
 
 torch = pytest.importorskip("torch", reason="torch is not installed (./dev setup installs the bench extra)")
 
@@ -61,6 +61,12 @@ def test_the_arithmetic_of_a_case_and_a_record():
     data = Record("0.1.0", "2026-12-06", "app1", 10, 0.0, 2, 2, None, [both, alone]).to_json()
     assert [c["ratio"] for c in data["cases"]] == [pytest.approx(0.75), None]
     assert data["cases"][1]["local_missing"] == "no cuda device here"
+    # Rounds pooled: images over all timed loops ÷ their time, not a mean of rates.
+    fast = Side(**{**side, "images_per_s": 300.0, "timed_wall_s": 1.0, "steps": 10, "cpu_s": 2.0})
+    slow = Side(**{**side, "images_per_s": 100.0, "timed_wall_s": 3.0, "steps": 10, "cpu_s": 6.0})
+    pooled = pool([fast, slow])
+    assert pooled.images_per_s == pytest.approx(600 / 4) and pooled.steps == 20 and pooled.cpu_s == 8.0
+    assert pool([fast]) is fast
 
 
 def events(out: str) -> list[dict]:
@@ -202,6 +208,7 @@ def test_bench_refuses_what_cannot_run_in_one_line(client, tmp_path):
         (["--compare", "a.json", "b.json"], "not a radium bench result"),
         (["--models", "alexnet", "--batch", "2", "--steps", "1", "--appliance", "nosuch"], "nosuch"),
         (["--seconds", "5", "--warmup", "1"], "--warmup 2 or more"),
+        (["--rounds", "0"], "--rounds must be 1 or more"),
     ):
         out = bench(*args)
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr)

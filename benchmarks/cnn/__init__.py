@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cnn-steps", type=int, help="timed steps of every run (default: from --cnn-seconds)")
     g.add_argument("--cnn-seconds", type=float, default=20.0, help="length of each timed loop (20)")
     g.add_argument("--cnn-warmup", type=int, default=5, help="warm-up steps (5)")
+    g.add_argument("--cnn-rounds", type=int, default=1, help="runs of each side per case, pooled (1)")
     g.add_argument("--cnn-json", type=Path, help="also write the results to this file")
     g.add_argument("--cnn-plot", type=Path, help="radium bench's chart of the ratios (PNG)")
 

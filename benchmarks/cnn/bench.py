@@ -18,7 +18,8 @@ class CnnBench(Bench):
         out_json, chart = self.tmp / "cnn.json", a.cnn_plot or self.tmp / "cnn.png"
         timing = ["--steps", str(a.cnn_steps)] if a.cnn_steps else ["--seconds", str(a.cnn_seconds)]
         argv = [RADIUM, "bench", "--models", a.cnn_models, "--batch", a.cnn_batch, *timing,
-                "--warmup", str(a.cnn_warmup), "--appliance", "app1", "--json", str(out_json),
+                "--warmup", str(a.cnn_warmup), "--rounds", str(a.cnn_rounds), "--appliance", "app1",
+                "--json", str(out_json),
                 "--plot", str(chart.resolve())]  # fmt: skip
         self.log("radium bench " + " ".join(argv[2:]))
         started = time.monotonic()

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, metavar="S",
                    help="instead of --steps: time each run for about S seconds (the step count set by "
                    "each case's first run from its warm-up; the other side times as many)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="run each side of a case N times, alternating, and pool them: cancels a "
+                   "machine's drift (default 1)")  # fmt: skip
     p.add_argument("--appliance", metavar="NAME", help="the appliance to run on (default: any)")
     p.add_argument(
         "--device",
@@ -90,6 +93,7 @@ def command(args: argparse.Namespace) -> int:
         appliance=appliance,
         data=args.data,
         seconds=args.seconds or 0.0,
+        rounds=args.rounds,
     )
     err = Console(stderr=True)
     with _progress(err, plan) as progress:
@@ -117,7 +121,7 @@ class _progress:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True, disable=not console.is_terminal,
         )  # fmt: skip
-        total = None if plan.seconds else 2 * self.per_run * len(plan.cases)
+        total = None if plan.seconds else 2 * self.per_run * len(plan.cases) * plan.rounds
         self.task = self.bar.add_task("measuring the link", total=total)
         self.done = 0
         self.current = ""

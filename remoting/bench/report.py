@@ -17,6 +17,8 @@ def table(record: Record) -> Any:
     from rich.table import Table
 
     timing = f"about {record.seconds:g} s of timed steps" if record.seconds else f"{record.steps} timed steps"
+    if record.rounds > 1:
+        timing += f", {record.rounds} rounds a side pooled (each round's ratio in brackets)"
     t = Table(
         title=f"radium bench: images/s, {timing} after {record.warmup} warm-up ({record.appliance})",
         box=box.SIMPLE_HEAD,
@@ -31,7 +33,11 @@ def table(record: Record) -> Any:
         warm = f"{_f(lo.warmup_s if lo else None, 2)} / {_f(re.warmup_s, 2)} s"
         case = f"{r.model} b{r.batch}" + (f" ×{r.gpus}" if r.gpus > 1 else "")
         local = _f(lo.images_per_s if lo else None)
-        t.add_row(case, local, _f(re.images_per_s), _f(r.ratio, 3), str(re.steps), start, warm)
+        steps = str(re.steps) if record.rounds == 1 else f"{re.steps // record.rounds}×{record.rounds}"
+        ratio = _f(r.ratio, 3)
+        if r.round_ratios:
+            ratio += f" ({min(r.round_ratios):.2f}–{max(r.round_ratios):.2f})"
+        t.add_row(case, local, _f(re.images_per_s), ratio, steps, start, warm)
     return t
 
 

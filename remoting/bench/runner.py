@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,10 @@ class CaseResult:
     model: str
     batch: int
     gpus: int
-    local: Side | None
+    local: Side | None  # with several rounds, the rounds pooled (`pool`)
     remote: Side
     local_missing: str = ""  # why there is no local figure (no such device here)
+    round_ratios: list[float] = field(default_factory=list)  # each round's, with --rounds
 
     @property
     def ratio(self) -> float | None:
@@ -96,6 +97,7 @@ class Record:
     threads: int
     link: Link | None
     cases: list[CaseResult] = field(default_factory=list)
+    rounds: int = 1
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -114,6 +116,7 @@ class Plan:
     appliance: str | None
     data: Path | None
     seconds: float = 0.0  # instead of `steps`: timed steps for about this long (the first side's count)
+    rounds: int = 1  # runs of each side per case, alternating, pooled
     python: str = sys.executable
 
     def worker(self, case: Case, steps: int | None = None) -> list[str]:
@@ -323,8 +326,8 @@ def check_alike(results: list[CaseResult]) -> list[str]:
 
 def run(plan: Plan, progress: Progress, measure: bool = True) -> Record:
     """Measure the link, then every case: here and remote, alternating which goes first."""
-    if plan.threads < 1:
-        raise UsageError(f"--threads must be 1 or more, got {plan.threads}")
+    if plan.threads < 1 or plan.rounds < 1:
+        raise UsageError(f"--threads and --rounds must be 1 or more, got {plan.threads}, {plan.rounds}")
     if plan.seconds and plan.warmup < 2:
         raise UsageError("--seconds judges a step's time by the warm-up: give --warmup 2 or more")
     import importlib.util
@@ -343,24 +346,61 @@ def run(plan: Plan, progress: Progress, measure: bool = True) -> Record:
         warmup=plan.warmup,
         threads=plan.threads,
         link=measure_link(plan) if measure else None,
+        rounds=plan.rounds,
     )
     for i, case in enumerate(plan.cases):
-        order = ["here", "remote"] if i % 2 == 0 else ["remote", "here"]
-        sides: dict[str, tuple[Side | None, str]] = {}
-        steps = None  # with plan.seconds: the first side's count, for the second
-        for where in order:
-            argv = plan.worker(case, steps)
-            if where == "remote":
-                argv = plan.remote(argv, case.gpus)
-            side, _ = sides[where] = run_side(argv, where, case, progress)
-            steps = side.steps if side is not None else steps
-        remote, _ = sides["remote"]
-        assert remote is not None
-        local, missing = sides["here"]
-        record.cases.append(CaseResult(case.model, case.batch, case.gpus, local, remote, missing))
+        runs: dict[str, list[Side]] = {"here": [], "remote": []}
+        missing = ""
+        steps = None  # with plan.seconds: the case's first run sets the count for the others
+        for r in range(plan.rounds):
+            # Which side goes first alternates from case to case and round to round (ABBA).
+            for where in ("here", "remote") if (i + r) % 2 == 0 else ("remote", "here"):
+                if where == "here" and missing:
+                    continue
+                argv = plan.worker(case, steps)
+                if where == "remote":
+                    argv = plan.remote(argv, case.gpus)
+                label = where if plan.rounds == 1 else f"{where}, round {r + 1}"
+                side, missing_here = run_side(argv, label, case, progress)
+                if side is None:
+                    missing = missing_here
+                    continue
+                steps = steps or side.steps
+                runs[where].append(side)
+        local = pool(runs["here"]) if runs["here"] else None
+        remote = pool(runs["remote"])
+        ratios = [
+            re.images_per_s / lo.images_per_s for lo, re in zip(runs["here"], runs["remote"], strict=False)
+        ]
+        result = CaseResult(case.model, case.batch, case.gpus, local, remote, missing)
+        result.round_ratios = ratios if plan.rounds > 1 else []
+        record.cases.append(result)
         if not record.appliance:
             record.appliance = remote.host
     return record
+
+
+def pool(sides: list[Side]) -> Side:
+    """Several runs of one side of a case as one: images/s over all their timed loops, the
+    loops' time, CPU and accounting summed, start-up and warm-up averaged."""
+    if len(sides) == 1:
+        return sides[0]
+    wall = sum(s.timed_wall_s for s in sides)
+    images = sum(s.images_per_s * s.timed_wall_s for s in sides)
+    n = len(sides)
+    return replace(
+        sides[0],
+        images_per_s=images / wall,
+        steps=sum(s.steps for s in sides),
+        timed_wall_s=wall,
+        cpu_s=sum(s.cpu_s for s in sides),
+        import_s=sum(s.import_s for s in sides) / n,
+        setup_s=sum(s.setup_s for s in sides) / n,
+        warmup_s=sum(s.warmup_s for s in sides) / n,
+        started_s=sum(s.started_s for s in sides) / n,
+        step_median_s=statistics.median(s.step_median_s for s in sides),
+        accounting={k: sum(s.accounting.get(k, 0.0) for s in sides) for k in sides[0].accounting},
+    )
 
 
 def load(path: Path) -> dict:
