@@ -66,7 +66,8 @@ def command(args: argparse.Namespace) -> int:
         return 0
     if args.steps < 1 or args.warmup < 0 or (args.seconds is not None and args.seconds <= 0):
         raise UsageError(
-            f"--steps must be 1 or more and --warmup 0 or more (got {args.steps}, {args.warmup})"
+            "--steps must be 1 or more, --warmup 0 or more and --seconds above 0 "
+            f"(got {args.steps}, {args.warmup}, {args.seconds})"
         )
     if args.data is not None and not args.data.is_dir():
         raise UsageError(f"--data {args.data}: not a folder (expected CIFAR-10's python batches)")
