@@ -161,6 +161,7 @@ Progress = Callable[[str, int], None]  # (what runs now, its steps done)
 
 def run_side(argv: list[str], where: str, case: Case, progress: Progress) -> tuple[Side | None, str]:
     """One training run: its Side, or (None, why) when the device is not there."""
+    progress(f"{case.name} · {where} · starting", 0)  # Python, imports, the model (and the lease)
     started = time.perf_counter()
     errors = tempfile.TemporaryFile("w+")  # not a pipe: a chatty program cannot block on it
     proc = subprocess.Popen(
