@@ -31,56 +31,21 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from radium.remoting.bench import models  # noqa: E402
+
 IMPORTED = time.perf_counter()
 
-CLASSES = 11  # tf_cnn_benchmarks declares CIFAR-10 with 11 classes
+CLASSES = models.CLASSES  # tf_cnn_benchmarks declares CIFAR-10 with 11 classes
 RESNET20_PARAMETERS = 269_787
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
-        self.stride, self.pad = stride, (cout - cin) // 2
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1 and self.pad == 0:
-            return x
-        x = x[:, :, :: self.stride, :: self.stride]  # a 1×1 stride-2 average pool is a subsample
-        return F.pad(x, (0, 0, 0, 0, self.pad, self.pad))  # zero channels on both sides
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class ResNetCifarV1(nn.Module):
-    """ResNet-(6n+2) v1 for 32×32 images; n = 3 is ResNet-20."""
-
-    def __init__(self, n: int = 3, classes: int = CLASSES) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(16, eps=1e-5, momentum=0.1)  # no ReLU after the stem (v1 there)
-        blocks: list[nn.Module] = []
-        cin = 16
-        for stage, cout in enumerate((16, 32, 64)):
-            for i in range(n):
-                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.bn(self.conv(x)))
-        return self.fc(x.mean(dim=(2, 3)))
+def ResNetCifarV1() -> nn.Module:  # noqa: N802 (kept as the name this benchmark has always used)
+    """ResNet-20 v1 for CIFAR: `radium bench`'s model (remoting/bench/models.py), one definition."""
+    return models.build("resnet20")
 
 
 def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return models.parameter_count(model)
 
 
 def train(steps: int, batch: int, warmup: int, seed: int = 0) -> dict:

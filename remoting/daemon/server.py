@@ -63,11 +63,12 @@ class Daemon:
             directory.mkdir(parents=True, exist_ok=True)
         # The fork server is started first: when radiumd drops to its user it must be root.
         self.launcher = Launcher(self.log, supervisor_settings(cfg))
-        if cannot_run(cfg) is None:  # else whoever asks for a run is told why
+        runnable = cannot_run(cfg) is None
+        if runnable:  # else whoever asks for a run is told why
             self.launcher.start()
         if dropping:
             assert self.user is not None
-            if not await self.launcher.ready() and cannot_run(cfg) is None:
+            if not await self.launcher.ready() and runnable:
                 event(self.log, "error", "no run can start: the supervisors' fork server did not start")
             privileges.drop(self.user)
             event(self.log, "info", "radiumd runs as its own user", user=self.user.name, uid=self.user.uid)
