@@ -71,6 +71,11 @@ class RunSection(Section):
     # A run holding part of an NVIDIA device gets a private CUDA MPS daemon that holds it
     # to its share ("auto", where nvidia-cuda-mps-control exists); "off" leaves it unenforced.
     mps: Literal["auto", "off"] = "auto"
+    # File traffic of a run over a connection of its own between the client and the run's
+    # supervisor (a fresh TCP port of server.listen's address, a one-time key, AES-GCM),
+    # not relayed by radiumd: much faster for content. Off where only server.listen's port
+    # is let through to the appliance; runs then take the relayed path.
+    direct: bool = True
     # Appliance paths bound over the client's tree: driver configuration and libraries.
     appliance_paths: list[str] = msgspec.field(default_factory=lambda: ["/etc/OpenCL/vendors"])
 

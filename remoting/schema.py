@@ -14,8 +14,8 @@ import msgspec
 
 # Raised whenever a message (or the file protocol, run/fsproto.py) changes so that an older
 # peer would refuse it: the Hello then says "upgrade the older side" instead of a run failing
-# on "malformed file request". 2: ReadChunks.framed and Chunks.framed.
-PROTOCOL_VERSION = 2
+# on "malformed file request". 2: ReadChunks.framed and Chunks.framed. 3: RunDirect.
+PROTOCOL_VERSION = 3
 
 
 class Model(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -360,6 +360,15 @@ class FsCall(Message, tag="fs-call"):
     id: int  # the file-protocol request travels in the frame after the body
 
 
+class RunDirect(Message, tag="run-direct"):
+    """The run's supervisor offers a direct file channel (run/direct.py): connect to `port`
+    of the appliance's address and prove `key`; file requests then come that way."""
+
+    run: str
+    port: int
+    key: bytes  # one-time, 32 bytes: a secret, never logged
+
+
 class Change(Model):
     """One change the process made under a client path, to apply on the client."""
 
@@ -392,6 +401,7 @@ class WritebackEnd(Message, tag="writeback-end"):
 class RunStats(Model):
     fs_requests: int = 0
     bytes_fetched: int = 0
+    fs_direct: int = 0  # of fs_requests, those answered over the direct file channel
     cache_hits: int = 0
     cache_misses: int = 0
     bytes_written_back: int = 0
@@ -406,6 +416,8 @@ class RunExit(Message, tag="run-exit"):
     stats: RunStats = msgspec.field(default_factory=RunStats)
 
 
-Notice = Shutdown | LeaseLost | RunOutput | FsCall | Writeback | WritebackData | WritebackEnd | RunExit
+Notice = (
+    Shutdown | LeaseLost | RunOutput | FsCall | RunDirect | Writeback | WritebackData | WritebackEnd | RunExit
+)
 
 AnyMessage = Request | Reply | Notice

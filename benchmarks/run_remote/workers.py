@@ -31,7 +31,7 @@ START_COMMAND = ["python3", "-c", "pass"]
 MB = 1e6
 
 STATS_RE = re.compile(
-    r"file requests (\d+), bytes fetched (\d+), cache hits (\d+), misses (\d+), "
+    r"file requests (\d+) \((\d+) direct\), bytes fetched (\d+), cache hits (\d+), misses (\d+), "
     r"written back (\d+), output (\d+); ?(.*)$"
 )
 
@@ -67,9 +67,17 @@ def parse_stats(stderr: str) -> dict[str, Any] | None:
     for line in reversed(stderr.splitlines()):
         m = STATS_RE.search(line)
         if m:
-            keys = ("fs_requests", "bytes_fetched", "cache_hits", "cache_misses", "written_back", "output")
-            out: dict[str, Any] = dict(zip(keys, map(int, m.groups()[:6]), strict=True))
-            out["phases"] = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)s", m.group(7))}
+            keys = (
+                "fs_requests",
+                "fs_direct",
+                "bytes_fetched",
+                "cache_hits",
+                "cache_misses",
+                "written_back",
+                "output",
+            )
+            out: dict[str, Any] = dict(zip(keys, map(int, m.groups()[:7]), strict=True))
+            out["phases"] = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)s", m.group(8))}
             return out
     return None
 

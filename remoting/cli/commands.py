@@ -225,7 +225,8 @@ def run_report(result: RunResult, stats: bool) -> str:
         st = result.stats
         phases = " ".join(f"{k}={v:.3f}s" for k, v in st.phases.items())
         lines.append(
-            f"{PROG}: ran on {result.appliance} ({result.hostname}); file requests {st.fs_requests}, "
+            f"{PROG}: ran on {result.appliance} ({result.hostname}); file requests {st.fs_requests} "
+            f"({st.fs_direct} direct), "
             f"bytes fetched {st.bytes_fetched}, cache hits {st.cache_hits}, misses {st.cache_misses}, "
             f"written back {st.bytes_written_back}, output {st.output_bytes}; {phases}"
         )

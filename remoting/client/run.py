@@ -21,6 +21,7 @@ import tty as ttymod
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import schema as s
 from .._config import ClientConfig
@@ -230,6 +231,8 @@ class RemoteRun:
         self.applier = Applier()
         self.run_id: str | None = None
         self.unacked = 0
+        self.direct: Any = None  # the direct file channel (run/direct.py's Link), once connected
+        self.closing = False
 
     def _on_notice(self, notice: s.Message, extra: list[bytes]) -> None:
         # Queued in arrival order; notices may come before RunAccepted's reply does.
@@ -279,6 +282,9 @@ class RemoteRun:
             os.close(stop_w)
             self.output.close()
             self.applier.abort()
+            self.closing = True
+            if self.direct is not None:
+                self.direct.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self._save_state()
         return RunResult(
@@ -370,6 +376,10 @@ class RemoteRun:
             self.output.write(1 if msg.fd == 1 else 2, data)  # credited once written
         elif isinstance(msg, s.FsCall):
             asyncio.ensure_future(self._answer(msg.id, data))
+        elif isinstance(msg, s.RunDirect):
+            threading.Thread(
+                target=self._direct, args=(msg.port, msg.key), name="radium-direct", daemon=True
+            ).start()
         elif isinstance(msg, s.Writeback):
             self.applier.change(msg.change)
             self._credit(0)
@@ -406,6 +416,38 @@ class RemoteRun:
                 self.conn.post(s.FsAnswer(run=self.run_id, id=call_id), frames)
             except RadiumError:
                 pass
+
+    def _direct(self, port: int, key: bytes) -> None:
+        """Connect the direct file channel the supervisor offered, and answer what comes over it.
+
+        A thread: requests are read here and answered by the pool, each reply sent whole.
+        If it cannot connect (a firewall lets only radiumd's port through), or the channel
+        fails later, the supervisor asks through radiumd: nothing to do here.
+        """
+        from ..run import direct  # its cipher's import is paid only by runs that use it
+
+        host = self.conn.appliance.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+        try:
+            link = direct.connect(host, port, key)
+        except (OSError, direct.DirectError):
+            return
+        self.direct = link
+        if self.closing:
+            link.close()
+            return
+
+        def answer(call_id: int, body: bytes) -> None:
+            try:
+                link.send(call_id, self._file_reply(body))
+            except (direct.DirectError, ValueError):
+                link.close()  # the supervisor notices, and asks again through radiumd
+
+        try:
+            while True:
+                call_id, frames = link.receive()
+                self.pool.submit(answer, call_id, frames[0])
+        except (direct.DirectError, RuntimeError):  # closed, cut; or the run ended (the pool shut down)
+            link.close()
 
     def _file_reply(self, body: bytes) -> list[bytes]:
         try:

@@ -365,7 +365,14 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
         appliance_paths=list(config.run.appliance_paths),
         tini=TINI,
         mps_control=None if config.run.mps == "off" else shutil.which("nvidia-cuda-mps-control"),
+        direct_host=listen_host(config.server.listen) if config.run.direct else None,
     )
+
+
+def listen_host(address: str) -> str:
+    """The host part of a `tcp://HOST:PORT` listen address, as a socket binds it."""
+    host = address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    return "0.0.0.0" if host == "*" else host
 
 
 def cannot_run(config: DaemonConfig) -> str | None:

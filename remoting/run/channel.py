@@ -70,6 +70,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     appliance_paths: list[str]  # appliance paths bound over the client's tree (drivers)
     tini: str
     mps_control: str | None  # the appliance's nvidia-cuda-mps-control, if it has one
+    direct_host: str | None = None  # where a run's direct file channel listens (None: none)
 
     ID_COUNT = 65536  # ids of one run (class attribute, not a field)
 

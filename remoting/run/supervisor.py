@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import fcntl
 import functools
-import itertools
 import os
 import signal
 import socket
@@ -43,9 +42,10 @@ import msgspec
 import trio
 
 from .. import schema as s
-from . import channel, fsproto, mounts
+from . import channel, mounts
 from .cas import ContentStore
 from .fs import ClientTree
+from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
 from .listings import KeptListings
 
@@ -78,8 +78,6 @@ class Supervisor:
         self.stream = stream
         self.reader = reader
         self.send_lock = trio.Lock()
-        self.ids = itertools.count(1)
-        self.pending: dict[int, tuple[trio.Event, list[bytearray]]] = {}
         self.credit = OUTPUT_WINDOW
         self.credit_changed = trio.Event()
         self.writeback_done = trio.Event()
@@ -89,6 +87,7 @@ class Supervisor:
         stdin = trio.open_memory_channel[tuple[bytes | bytearray, bool]](float("inf"))
         self.stdin_send, self.stdin_recv = stdin
         self.stats = s.RunStats()
+        self.asks = FileAsks(job.run, self.send, self.stats, log)  # file requests to the client
         self.phase_started = time.monotonic()
         self.run_dir = run_dir = Path(settings.runs_dir) / job.run
         self.lower, self.upper = run_dir / "lower", run_dir / "upper"
@@ -109,18 +108,6 @@ class Supervisor:
             await self.credit_changed.wait()
         self.credit -= cost
 
-    async def fetch(self, request: fsproto.FsRequest) -> fsproto.FsReply:
-        """One file-protocol round trip to the client."""
-        call_id = next(self.ids)
-        done = trio.Event()
-        self.pending[call_id] = (done, [])
-        self.stats.fs_requests += 1
-        await self.send(s.FsCall(run=self.job.run, id=call_id), [fsproto.encode(request)])
-        await done.wait()
-        _, frames = self.pending.pop(call_id)
-        self.stats.bytes_fetched += sum(len(f) for f in frames)
-        return fsproto.decode_reply_frames(frames)
-
     async def read_loop(self, cancel: trio.CancelScope) -> None:
         try:
             while True:
@@ -137,10 +124,7 @@ class Supervisor:
 
     async def on_traffic(self, msg: msgspec.Struct, extra: Sequence[bytearray]) -> None:
         if isinstance(msg, s.FsAnswer):
-            entry = self.pending.get(msg.id)
-            if entry is not None and extra:
-                entry[1].extend(extra)
-                entry[0].set()
+            self.asks.answered(msg.id, extra)
         elif isinstance(msg, s.RunInput):
             self.stdin_send.send_nowait((extra[0] if extra else b"", msg.eof))
         elif isinstance(msg, s.RunSignal):
@@ -184,7 +168,7 @@ class Supervisor:
         store_dir = Path(self.settings.store_dir)
         self.store = ContentStore(store_dir, self.settings.store_limit, scan=False)
         self.kept = KeptListings(self.store, store_dir / "listings" / f"{self.job.client}.idx")
-        self.tree = ClientTree(self.fetch, self.store, id_offset=self.id_base, kept=self.kept)
+        self.tree = ClientTree(self.asks.fetch, self.store, id_offset=self.id_base, kept=self.kept)
         if self.start.prefetch or self.kept.previous:  # one round trip, not one per directory
             try:
                 await self.tree.prefetch(self.start.prefetch, max_entries=PREFETCH_ENTRIES)
@@ -288,6 +272,7 @@ class Supervisor:
         self.mounted.append(target)
 
     async def teardown(self) -> None:
+        self.asks.close()
         if hasattr(self, "store"):
             try:
                 self.store.save_index()  # for the next run to start from (no scan)
@@ -659,6 +644,8 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sup.read_loop, nursery.cancel_scope)
+            if settings.direct_host is not None:
+                nursery.start_soon(sup.asks.offer_direct, settings.direct_host, nursery)
             try:
                 await sup.prepare(nursery)
                 missing = await sup.missing_command()

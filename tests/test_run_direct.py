@@ -1,0 +1,262 @@
+"""The direct file channel (remoting/run/direct.py): its handshake and records, then runs over it.
+
+First its two ends on loopback (real TCP sockets): the key proven both ways, a wrong key
+or a stranger refused while the right client still gets in, an altered record refused, a
+replayed handshake useless.  Then `radium run` over the two-host topology: content comes
+over the channel; the channel cut mid-transfer, the run goes on through radiumd with the
+same bytes; the supervisor killed mid-transfer, the run ends cleanly; `run.direct = false`
+keeps everything relayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from support import hidden, wait_until
+from test_run_faults import PROJECT, _supervisors, assert_nothing_left, project_setup, start_remote
+
+from radium.remoting.run import direct
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Server:
+    """An Offer accepting in a thread, as the supervisor does."""
+
+    def __init__(self, wait: float = 10.0) -> None:
+        self.offer = direct.Offer("127.0.0.1")
+        self.link: direct.Link | None = None
+        self.thread = threading.Thread(target=self._accept, args=(wait,))
+        self.thread.start()
+
+    def _accept(self, wait: float) -> None:
+        self.link = self.offer.accept(wait)
+
+    def result(self) -> direct.Link | None:
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        return self.link
+
+
+def test_the_two_ends_prove_the_key_and_carry_messages_whole():
+    server = Server()
+    client = direct.connect("127.0.0.1", server.offer.port, server.offer.key)
+    sup = server.result()
+    assert sup is not None
+    chunks = [os.urandom(1 << 20) for _ in range(5)]
+    sup.send(7, [b"request"])
+    assert client.receive() == (7, [b"request"])
+    # 5 MiB: more than the sockets buffer, so sent from a thread while this one receives.
+    sending = threading.Thread(target=client.send, args=(7, [b"reply", *chunks, b""]))
+    sending.start()
+    call_id, frames = sup.receive()
+    sending.join()
+    assert call_id == 7 and frames == [b"reply", *chunks, b""]
+    # The key opened one connection: the listener is closed.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.offer.port), timeout=5)
+    client.close()
+    with pytest.raises(direct.DirectError):
+        sup.receive()
+    sup.close()
+
+
+def test_a_wrong_key_or_a_stranger_is_refused_and_the_client_still_gets_in():
+    server = Server()
+    port = server.offer.port
+    with pytest.raises(direct.DirectError):
+        direct.connect("127.0.0.1", port, os.urandom(direct.KEY_BYTES))
+    stranger = socket.create_connection(("127.0.0.1", port))
+    stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert stranger.recv(100) == b""  # closed on it
+    stranger.close()
+    client = direct.connect("127.0.0.1", port, server.offer.key)
+    sup = server.result()
+    assert sup is not None
+    client.send(1, [b"after the strangers"])
+    assert sup.receive() == (1, [b"after the strangers"])
+    client.close()
+    sup.close()
+
+
+def test_nobody_comes_and_the_offer_ends():
+    server = Server(wait=0.3)
+    assert server.result() is None
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.offer.port), timeout=5)
+
+
+def _raw_pair(server: Server) -> tuple[socket.socket, direct.Link]:
+    """A client socket that did the handshake by hand (so that the test can write raw bytes)."""
+    key = server.offer.key
+    sock = socket.create_connection(("127.0.0.1", server.offer.port))
+    nc = os.urandom(direct.NONCE_BYTES)
+    sock.sendall(direct.MAGIC + nc)
+    ns = sock.recv(direct.NONCE_BYTES, socket.MSG_WAITALL)
+    k_cs, k_sc = direct._keys(key, nc, ns)
+    link = direct.Link(sock, k_cs, k_sc)
+    link.send_record(b"client")
+    assert link.receive_record() == b"supervisor"
+    return sock, link
+
+
+def test_an_altered_or_replayed_record_does_not_open():
+    server = Server()
+    sock, link = _raw_pair(server)
+    sup = server.result()
+    assert sup is not None
+    # A record sealed for this connection, altered on the way: refused.
+    header, sealed = link._sealed(b"\0" * 12 + b"x")
+    altered = bytearray(sealed)
+    altered[-1] ^= 1
+    sock.sendall(bytes(header) + bytes(altered))
+    with pytest.raises(direct.DirectError, match="did not open"):
+        sup.receive()
+    sup.close()
+    sock.close()
+    # A handshake recorded and played again to a new offer (same key): the fresh nonce of
+    # the supervisor makes its proof fail.
+    server2 = Server(wait=1.0)
+    server2.offer.key = server.offer.key
+    sock2 = socket.create_connection(("127.0.0.1", server2.offer.port))
+    sock2.sendall(direct.MAGIC + b"\1" * direct.NONCE_BYTES)
+    sock2.recv(direct.NONCE_BYTES, socket.MSG_WAITALL)
+    stale = direct.Link(sock2, *direct._keys(server.offer.key, b"\1" * 16, b"\2" * 16))
+    stale.send_record(b"client")
+    assert server2.result() is None
+    sock2.close()
+
+
+# --- radium run over it ----------------------------------------------------------------------
+
+READER = """\
+import hashlib, sys
+path = sys.argv[1]
+h = hashlib.sha256()
+with open(path, "rb", buffering=0) as f:
+    h.update(f.read(1 << 20))
+    print("reading", flush=True)
+    if sys.argv[2] == "wait":
+        sys.stdin.readline()
+    while block := f.read(1 << 20):
+        h.update(block)
+print(h.hexdigest(), flush=True)
+"""
+
+
+def _reader_project(tmp_path, mib: int) -> tuple[dict[str, str | bytes], str]:
+    data = os.urandom(mib << 20)
+    return {"read.py": READER, "data.bin": data}, hashlib.sha256(data).hexdigest()
+
+
+def _start(remote, tmp_path, files, *args: str) -> subprocess.Popen:
+    client = remote.client()
+    argv = hidden(client, project_setup(tmp_path, files), PROJECT, "run", "--stats", "--", *args)
+    return subprocess.Popen(
+        argv, env=client.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _requests(stderr: bytes) -> tuple[int, int]:
+    m = re.search(rb"file requests (\d+) \((\d+) direct\)", stderr)
+    assert m, stderr.decode()
+    return int(m[1]), int(m[2])
+
+
+def _supervisor_ports(remote) -> list[str]:
+    """The appliance's listening TCP ports other than radiumd's and its metrics': direct channels on offer."""
+    out = remote.hosts.appliance.run(["ss", "-tlnH"], capture_output=True, text=True).stdout
+    ports = [line.split()[3].rsplit(":", 1)[1] for line in out.splitlines()]
+    return [p for p in ports if p not in (str(remote.appliance.port), str(remote.appliance.metrics_port))]
+
+
+def test_content_comes_over_the_direct_channel(remote, tmp_path):
+    files, digest = _reader_project(tmp_path, 24)
+    proc = _start(remote, tmp_path, files, "python3", "read.py", "data.bin", "go")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.split() == [b"reading", digest.encode()]
+    total, directly = _requests(err)
+    # Everything after the first round trips (prefetch, before the client connected) came directly.
+    assert directly >= 3 and total - directly <= 3, (total, directly)
+    assert _supervisor_ports(remote) == []  # nothing left listening
+
+
+def test_the_channel_cut_mid_transfer_and_the_run_goes_on_through_radiumd(remote, tmp_path):
+    files, digest = _reader_project(tmp_path, 48)
+    proc = _start(remote, tmp_path, files, "python3", "read.py", "data.bin", "wait")
+    try:
+        assert proc.stdout.readline() == b"reading\n", proc.stderr.read1()
+        # The first read started the read-ahead: cut the channel under it, from the
+        # appliance's side (the supervisor's sockets other than its listener: none is left).
+        app = remote.hosts.appliance
+        cut = app.run(
+            ["ss", "-K", "-tnH", "state", "established", "sport", "!=", f":{remote.appliance.port}"],
+            capture_output=True,
+            text=True,
+        )
+        assert cut.returncode == 0, cut.stderr
+        remote.appliance.wait_for_log("direct file channel lost: going on through radiumd", timeout=10)
+        out, err = proc.communicate(b"go on\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert out.split() == [digest.encode()]  # the same bytes, not one lost or doubled
+    total, directly = _requests(err)
+    assert directly >= 1 and total > directly, (total, directly)  # some each way
+
+
+def test_the_supervisor_killed_mid_transfer_ends_the_run_cleanly(remote, tmp_path):
+    marker = "radium-direct-kill-" + os.urandom(4).hex()
+    files, _ = _reader_project(tmp_path, 48)
+    proc = _start(remote, tmp_path, files, "python3", "read.py", "data.bin", "wait", marker)
+    try:
+        assert proc.stdout.readline() == b"reading\n", proc.stderr.read1()
+        pid = remote.appliance.proc.pid
+        sups = wait_until(lambda: [p for p in _supervisors(pid) if _has_child(p)], 10, "the run's supervisor")
+        os.kill(sups[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 255 and b"supervisor ended unexpectedly" in err, err.decode()
+    assert b"Traceback" not in err
+    # The fork server removes the run's folder (its supervisor could not): it may take a moment.
+    runs = remote.appliance.dir / "state" / "runs"
+    wait_until(lambda: not list(runs.iterdir()), 10, "the run's folder removed")
+    assert_nothing_left(remote, marker)
+
+
+def _has_child(pid: int) -> bool:
+    try:
+        return bool(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def relayed_remote(two_hosts, tmp_path):
+    r = start_remote(two_hosts, tmp_path, "[run]\ndirect = false\n")
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_with_the_channel_off_everything_is_relayed(relayed_remote, tmp_path):
+    files, digest = _reader_project(tmp_path, 8)
+    proc = _start(relayed_remote, tmp_path, files, "python3", "read.py", "data.bin", "go")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.split() == [b"reading", digest.encode()]
+    total, directly = _requests(err)
+    assert total > 0 and directly == 0
