@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-rounds", type=int, default=None, help="local+remote ResNet-20 run pairs, in ABBA order (4)"
     )
     g.add_argument("--run-json", type=Path, help="also write the results to this file")
+    g.add_argument(
+        "--run-parts",
+        default="starts,resnet,cold",
+        help="which measurements after the baselines, comma-separated (starts,resnet,cold: all)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -381,12 +381,15 @@ class Bench:
         r["imports"] = self.import_times()
         r["stages"] = stage_costs(self.tmp)
 
-        client = self.start_appliance("app1")
-        r["starts"] = self.starts(client)
-        if a.torch:
-            r["resnet"] = self.resnet(client)
-
-        # A new radiumd with a new state directory: its content store is empty.
-        client = self.start_appliance("app2")
-        r["cold"] = self.cold(client)
+        parts = set(a.run_parts.split(","))
+        if parts & {"starts", "resnet"}:
+            client = self.start_appliance("app1")
+            if "starts" in parts:
+                r["starts"] = self.starts(client)
+            if a.torch and "resnet" in parts:
+                r["resnet"] = self.resnet(client)
+        if "cold" in parts:
+            # A new radiumd with a new state directory: its content store is empty.
+            client = self.start_appliance("app2")
+            r["cold"] = self.cold(client)
         return r

@@ -28,7 +28,8 @@ def _bytes(n: float) -> str:
 def _moved(run: dict) -> str:
     st = run.get("stats") or {}
     return (
-        f"{st.get('fs_requests', 0)} file requests, fetched {_bytes(st.get('bytes_fetched', 0))}, "
+        f"{st.get('fs_requests', 0)} file requests ({st.get('fs_direct', 0)} direct), "
+        f"fetched {_bytes(st.get('bytes_fetched', 0))}, "
         f"chunk hits/misses {st.get('cache_hits', 0)}/{st.get('cache_misses', 0)}, "
         f"on the wire {_bytes(run['wire_tx'])} out / {_bytes(run['wire_rx'])} in"
     )
@@ -64,51 +65,66 @@ def report(r: dict, args: argparse.Namespace) -> bool:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 130)
-    st, iperf = r["starts"], r["iperf"]["received_MBps"]
+    iperf = r["iperf"]["received_MBps"]
     curve, plain = r["curve"]["MBps"], r["plain"]["MBps"]
-    cold = r["cold"]["runs"]
-    gib = r["cold"]["bytes"] / (1 << 30)
     tree = f"{args.run_files} × {args.run_file_mib} MiB"
 
     def verdict(ok: bool, text: str) -> str:
         return f"{text} {'met' if ok else 'MISSED'}"
 
-    rows: list[tuple[str, str, str, str, str]] = [
-        (
-            f"warm start `python3 -c pass`: median of {len(st['warm'])}",
-            _s(st["warm_median"]),
-            _s(st["local_median"]),
-            f"{st['warm_median'] / st['local_median']:.1f}×",
-            verdict(st["overhead"] <= 0.3, f"overhead {st['overhead']:.3f} s ≤ 0.3 s:"),
-        ),
-        (
-            "cold first run (fresh appliance and client state)",
-            _s(st["cold"]["wall"]),
-            _s(st["local_median"]),
-            f"{st['cold']['wall'] / st['local_median']:.1f}×",
-            f"overhead {st['cold']['wall'] - st['local_median']:.3f} s (report)",
-        ),
-        (
-            f"cold read {gib:g} GiB ({tree}), in the process",
-            _mbps(cold["cold"]["reader_MBps"]),
-            _mbps(iperf),
-            f"{cold['cold']['reader_MBps'] / iperf:.2f}",
-            verdict(cold["cold"]["reader_MBps"] / iperf >= 0.9, "≥ 0.90 of iperf3:"),
-        ),
-        (
-            f"cold read {gib:g} GiB, whole `radium run` wall",
-            _mbps(cold["cold"]["wall_MBps"]),
-            _mbps(iperf),
-            f"{cold['cold']['wall_MBps'] / iperf:.2f}",
-            "(report)",
-        ),
-        (
-            f"warm re-read {gib:g} GiB (content in the store)",
-            _mbps(cold["warm"]["reader_MBps"]),
-            _mbps(iperf),
-            f"{cold['warm']['reader_MBps'] / iperf:.2f}",
-            "(report)",
-        ),
+    rows: list[tuple[str, str, str, str, str]] = []
+    if "starts" in r:
+        st = r["starts"]
+        rows += [
+            (
+                f"warm start `python3 -c pass`: median of {len(st['warm'])}",
+                _s(st["warm_median"]),
+                _s(st["local_median"]),
+                f"{st['warm_median'] / st['local_median']:.1f}×",
+                verdict(st["overhead"] <= 0.3, f"overhead {st['overhead']:.3f} s ≤ 0.3 s:"),
+            ),
+            (
+                "cold first run (fresh appliance and client state)",
+                _s(st["cold"]["wall"]),
+                _s(st["local_median"]),
+                f"{st['cold']['wall'] / st['local_median']:.1f}×",
+                f"overhead {st['cold']['wall'] - st['local_median']:.3f} s (report)",
+            ),
+        ]
+    if "cold" in r:
+        cold = r["cold"]["runs"]
+        gib = r["cold"]["bytes"] / (1 << 30)
+        rows += [
+            (
+                f"cold read {gib:g} GiB ({tree}), in the process",
+                _mbps(cold["cold"]["reader_MBps"]),
+                _mbps(iperf),
+                f"{cold['cold']['reader_MBps'] / iperf:.2f}",
+                verdict(cold["cold"]["reader_MBps"] / iperf >= 0.7, "≥ 0.70 of iperf3:"),
+            ),
+            (
+                f"cold read {gib:g} GiB, in the process, of raw CurveZMQ",
+                _mbps(cold["cold"]["reader_MBps"]),
+                _mbps(curve),
+                f"{cold['cold']['reader_MBps'] / curve:.2f}",
+                verdict(cold["cold"]["reader_MBps"] / curve >= 0.85, "≥ 0.85 of raw CurveZMQ:"),
+            ),
+            (
+                f"cold read {gib:g} GiB, whole `radium run` wall",
+                _mbps(cold["cold"]["wall_MBps"]),
+                _mbps(iperf),
+                f"{cold['cold']['wall_MBps'] / iperf:.2f}",
+                "(report)",
+            ),
+            (
+                f"warm re-read {gib:g} GiB (content in the store)",
+                _mbps(cold["warm"]["reader_MBps"]),
+                _mbps(iperf),
+                f"{cold['warm']['reader_MBps'] / iperf:.2f}",
+                "(report)",
+            ),
+        ]
+    rows += [
         ("raw CurveZMQ stream, no radium", _mbps(curve), _mbps(iperf), f"{curve / iperf:.2f}", "(context)"),
         ("raw ZMQ stream, unencrypted", _mbps(plain), _mbps(iperf), f"{plain / iperf:.2f}", "(context)"),
     ]
@@ -132,7 +148,7 @@ def report(r: dict, args: argparse.Namespace) -> bool:
                 "(report: robust to stalls)",
             )
         )
-    else:
+    elif not args.torch:
         rows.append(("ResNet-20 train: images/s", "skipped", "-", "-", "torch is not installed (see note)"))
     table = Table(
         title="radium run, two-host topology (veth, tbf 4.75 Gbit/s); ratio = value / baseline",
@@ -153,15 +169,8 @@ def report(r: dict, args: argparse.Namespace) -> bool:
             else ""
         )
     )
-    print(f"cold first run: {_moved(st['cold'])}")
-    print(f"  wall {st['cold']['wall']:.3f} s = {_pieces(breakdown(st['cold']))}")
-    parts = [breakdown(x) for x in st["warm"]]
-    keys = [k for k in parts[0] if all(k in p for p in parts)] if parts and parts[0] else []
-    median_parts = {k: statistics.median(p[k] for p in parts) for k in keys}
-    mid = st["warm"][len(st["warm"]) // 2]
-    print(f"warm runs: {_moved(mid)} (a typical one)")
-    print(f"  wall {st['warm_median']:.3f} s (median) = medians of {_pieces(median_parts)}")
-    print("  walls " + " ".join(f"{x['wall']:.3f}" for x in st["warm"]))
+    if "starts" in r:
+        _print_starts(r["starts"])
     im = r["imports"]
     print(
         "process start + imports (median of 3, through ip netns exec): "
@@ -174,9 +183,34 @@ def report(r: dict, args: argparse.Namespace) -> bool:
         f"{sc['client_lookup_hash']:,.0f} MB/s, client ReadChunks answer "
         f"{sc['client_read_chunks']:,.0f} MB/s, "
         f"appliance decode+verify+store {sc['appliance_verify_store']:,.0f} MB/s; "
-        f"CurveZMQ stream {curve:,.0f} MB/s; FUSE read from the store (warm re-read) "
-        f"{cold['warm']['reader_MBps']:,.0f} MB/s"
+        f"CurveZMQ stream {curve:,.0f} MB/s"
     )
+    if "cold" in r:
+        _print_cold(r)
+    if "resnet" in r:
+        _print_resnet(r["resnet"])
+    elif not args.torch:
+        print(
+            "ResNet-20 skipped: torch is not installed in this venv; `.venv/bin/pip install torch==2.13.0` "
+            "(the `bench` extra) to run it"
+        )
+    return True  # the targets are reported, met or missed; no invariant is checked here
+
+
+def _print_starts(st: dict) -> None:
+    print(f"cold first run: {_moved(st['cold'])}")
+    print(f"  wall {st['cold']['wall']:.3f} s = {_pieces(breakdown(st['cold']))}")
+    parts = [breakdown(x) for x in st["warm"]]
+    keys = [k for k in parts[0] if all(k in p for p in parts)] if parts and parts[0] else []
+    median_parts = {k: statistics.median(p[k] for p in parts) for k in keys}
+    mid = st["warm"][len(st["warm"]) // 2]
+    print(f"warm runs: {_moved(mid)} (a typical one)")
+    print(f"  wall {st['warm_median']:.3f} s (median) = medians of {_pieces(median_parts)}")
+    print("  walls " + " ".join(f"{x['wall']:.3f}" for x in st["warm"]))
+
+
+def _print_cold(r: dict) -> None:
+    cold = r["cold"]["runs"]
     c = cold["cold"]
     per_file = c["reader"]["per_file"]
     print(f"cold read: {_moved(c)}")
@@ -188,31 +222,27 @@ def report(r: dict, args: argparse.Namespace) -> bool:
     )
     print(f"warm re-read: {_moved(cold['warm'])}")
     print(f"  wall {cold['warm']['wall']:.3f} s = {_pieces(breakdown(cold['warm']))}")
-    if "resnet" in r:
-        rn = r["resnet"]
-        for i, p in enumerate(rn["rounds"]):
-            lo, rem = p["local"]["result"], p["remote"]["result"]
-            print(
-                f"ResNet-20 round {i + 1}: local {lo['images_per_s']:.1f}/s, "
-                f"remote {rem['images_per_s']:.1f}/s "
-                f"(ratio {rn['ratios'][i]:.3f}; {lo['steps']} timed steps after {lo['warmup']} warm-up, "
-                f"{lo['threads']} threads, {lo['parameters']:,} parameters); import torch: "
-                f"local {lo['import_s']:.2f} s, remote {rem['import_s']:.2f} s; "
-                f"remote run: {_moved(p['remote'])}"
-            )
-            for where in ("local", "remote"):
-                cpu, wall = p[where]["cpu"], p[where]["result"]["timed_wall_s"]
-                cores = os.cpu_count() or 1
-                print(
-                    f"  CPU during the {where} timed loop ({wall:.1f} s; {cores * wall:.1f} CPU-s "
-                    f"on {cores} cores): "
-                    f"training {cpu['train']:.1f} s, this benchmark's other processes {cpu['bench']:.2f} s, "
-                    f"the rest of the machine {cpu['other']:.2f} s; stolen by the hypervisor "
-                    f"{cpu.get('steal', 0.0):.2f} s"
-                )
-    else:
+    print(f"  FUSE read from the store (warm re-read): {cold['warm']['reader_MBps']:,.0f} MB/s")
+
+
+def _print_resnet(rn: dict) -> None:
+    for i, p in enumerate(rn["rounds"]):
+        lo, rem = p["local"]["result"], p["remote"]["result"]
         print(
-            "ResNet-20 skipped: torch is not installed in this venv; `.venv/bin/pip install torch==2.13.0` "
-            "(the `bench` extra) to run it"
+            f"ResNet-20 round {i + 1}: local {lo['images_per_s']:.1f}/s, "
+            f"remote {rem['images_per_s']:.1f}/s "
+            f"(ratio {rn['ratios'][i]:.3f}; {lo['steps']} timed steps after {lo['warmup']} warm-up, "
+            f"{lo['threads']} threads, {lo['parameters']:,} parameters); import torch: "
+            f"local {lo['import_s']:.2f} s, remote {rem['import_s']:.2f} s; "
+            f"remote run: {_moved(p['remote'])}"
         )
-    return True  # the targets are reported, met or missed; no invariant is checked here
+        for where in ("local", "remote"):
+            cpu, wall = p[where]["cpu"], p[where]["result"]["timed_wall_s"]
+            cores = os.cpu_count() or 1
+            print(
+                f"  CPU during the {where} timed loop ({wall:.1f} s; {cores * wall:.1f} CPU-s "
+                f"on {cores} cores): "
+                f"training {cpu['train']:.1f} s, this benchmark's other processes {cpu['bench']:.2f} s, "
+                f"the rest of the machine {cpu['other']:.2f} s; stolen by the hypervisor "
+                f"{cpu.get('steal', 0.0):.2f} s"
+            )

@@ -230,15 +230,16 @@ class ContentStore:
 
     # --- writing
 
-    def put(self, digest: bytes | str, data: bytes) -> bool:
-        """Store `data` under `digest` after checking that it is its BLAKE3 digest.
+    def put(self, digest: bytes | str, data: bytes, *, verified: bool = False) -> bool:
+        """Store `data` under `digest` after checking that it is its BLAKE3 digest
+        (`verified`: the caller just did).
 
         Returns True when stored, False when it was already there.  Raises
         `HashMismatch` when the data does not match, `StoreFull` when the chunk
         does not fit (larger than the limit, or the disk is full).
         """
         key = _hex(digest)
-        if chunk_hash(data).hex() != key:
+        if not verified and chunk_hash(data).hex() != key:
             raise HashMismatch(f"data of {len(data)} bytes does not hash to {key}")
         if key not in self._index:
             self._adopt(key)  # stored by another process meanwhile: nothing to write

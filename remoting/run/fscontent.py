@@ -30,11 +30,15 @@ from radium.remoting.run.fsproto import (
     FsRequest,
     ReadChunks,
     chunk_count,
+    chunk_hash,
 )
 
 log = logging.getLogger(__name__)
 
-RECENT_CHUNKS = 16  # fetched chunks kept in memory for reads the store could not serve (store full)
+# Fetched chunks kept in memory: a sequential reader is served from here (no open and read
+# of the stored chunk per FUSE read), and reads the store could not keep (full) too. More
+# than the read-ahead, so that what was fetched ahead is still here when it is read.
+RECENT_CHUNKS = 48
 
 #: Sends a request to the client: its reply, of the type expected, or a FUSEError.
 Ask = Callable[[FsRequest, type], Awaitable[FsReply]]
@@ -219,30 +223,36 @@ class Contents:
             self.stats.chunks_fetched += len(wanted)
             self.stats.bytes_fetched += sum(map(len, reply.data))
             pairs = [(chunks[i], data) for i, data in zip(wanted, reply.data, strict=True)]
-            results = await trio.to_thread.run_sync(self._store_chunks, pairs)
-            for (digest, data), result in zip(pairs, results, strict=True):
-                if result == "full":
-                    # Verified by put before it found no room: safe to serve from memory.
-                    self.stats.store_full += 1
-                    self.recent[digest] = data
-                    while len(self.recent) > RECENT_CHUNKS:
-                        self.recent.popitem(last=False)
+            verified = await trio.to_thread.run_sync(_verified, pairs)
+            # Served from memory at once; written to the store meanwhile, off the reader's path.
+            for digest, data in verified:
+                self.recent[digest] = data
+                while len(self.recent) > RECENT_CHUNKS:
+                    self.recent.popitem(last=False)
+            if verified:
+                self._store_soon(verified)
         finally:
             for key, event in events.items():
                 del self._inflight[key]
                 event.set()
-        if "mismatch" in results:
+        if len(verified) < len(pairs):
             raise Changed()
 
-    def _store_chunks(self, pairs: list[tuple[bytes, bytes]]) -> list[str]:
-        """Store fetched chunks (in a worker thread: hashing takes time); each: stored, full or mismatch."""
-        results = []
-        for digest, data in pairs:
+    def _store_soon(self, verified: list[tuple[bytes, bytes]]) -> None:
+        if self.background is None:
+            self._store_chunks(verified)
+        else:
+            self.background.start_soon(trio.to_thread.run_sync, self._store_chunks, verified)
+
+    def _store_chunks(self, verified: list[tuple[bytes, bytes]]) -> None:
+        """Store chunks whose hashes were checked (in a worker thread)."""
+        for digest, data in verified:
             try:
-                self.store.put(digest, data)
-                results.append("stored")
-            except HashMismatch:
-                results.append("mismatch")
+                self.store.put(digest, data, verified=True)
             except StoreFull:
-                results.append("full")
-        return results
+                self.stats.store_full += 1  # served from memory while it lasts, fetched again after
+
+
+def _verified(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The chunks whose content has their hash (in a worker thread: hashing takes time)."""
+    return [(digest, data) for digest, data in pairs if chunk_hash(data) == digest]
