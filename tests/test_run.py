@@ -262,6 +262,23 @@ def test_symlinks_permissions_and_times_are_the_clients(remote, tmp_path):
     assert int(mtime) == int(__import__("datetime").datetime(2001, 2, 3, 4, 5, 6).timestamp())
 
 
+def test_a_listing_gives_the_inode_numbers_that_stat_gives(remote, tmp_path):
+    # find, du, rsync and Python's os.walk with follow_symlinks=False take an entry's inode
+    # from the listing (d_ino) and expect lstat to agree: directories and files, lower
+    # (the client's) and upper (written in the run) alike.
+    probe = (
+        "import os\n"
+        "os.mkdir('made'); open('made.txt', 'w').close()\n"
+        "bad = [(e.name, e.inode(), os.lstat(e.path).st_ino) for d in ('.', 'sub')\n"
+        "       for e in os.scandir(d) if e.inode() != os.lstat(e.path).st_ino]\n"
+        "print(len(list(os.scandir('.'))), bad)\n"
+    )
+    files = {"probe.py": probe, "a.txt": "a", "sub/b.txt": "b", "sub/deeper/c.txt": "c"}
+    out = run_hidden(remote, tmp_path, files, "--", "python3", "probe.py")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().strip().split(maxsplit=1) == ["5", "[]"]
+
+
 def test_the_environment_is_carried_minus_the_local_only(remote, tmp_path):
     client = remote.client()
     env = dict(client.env(), RADIUM_TEST_VALUE="carried", SSH_AUTH_SOCK="/tmp/agent", DISPLAY=":0")

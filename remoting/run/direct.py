@@ -75,11 +75,13 @@ def _keys(key: bytes, nc: bytes, ns: bytes) -> tuple[bytes, bytes]:
 
 
 def _recv_exact_into(sock: socket.socket, buf: bytearray | memoryview) -> None:
+    """Fill `buf` from the socket: in one system call where the socket blocks (MSG_WAITALL), so
+    that a MiB costs one return to Python (one wait for the GIL), not one per segment batch."""
     view = memoryview(buf)
     have, n = 0, len(view)
     while have < n:
         try:
-            got = sock.recv_into(view[have:], n - have)
+            got = sock.recv_into(view[have:], n - have, socket.MSG_WAITALL)
         except OSError as exc:  # a timeout too (the handshake's)
             raise DirectError(f"receive failed: {exc}") from None
         if not got:

@@ -186,7 +186,9 @@ class Supervisor:
         for path in binds:
             if await self.tree.stat_path(path) is None:
                 await self._make_in_upper(path, directory=os.path.isdir(path))
-        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        # xino=on: the layers are two file systems (FUSE, the run's disk); without it a
+        # directory's inode number in a listing (d_ino) is not the one stat gives.
+        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work},xino=on"
         await self._mount(self.root, mounts.mount, "overlay", self.root, "overlay", 0, options)
         init = self.root / ".radium/init"
         await self._mount(init, mounts.bind, self.settings.tini, init)
