@@ -220,6 +220,31 @@ class Bench:
         r = worker_result(stdout)
         return {"MBps": r["bytes"] / r["seconds"] / MB, "bytes": r["bytes"], "seconds": r["seconds"]}
 
+    def direct_stream(self) -> dict:
+        """The direct file channel alone (run/direct.py), 4 MiB messages from 4 threads: no file plane."""
+        count = self.args.curve_mib // 4
+        host = self.topo.appliance.address
+        sink = self.topo.appliance.popen(
+            self._argv("direct-sink", {"host": host, "count": count}),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.children.append(sink)
+        port, key = sink.stdout.readline().split()
+        src = self.topo.client.run(
+            self._argv("direct-source", {"host": host, "port": int(port), "key": key, "count": count}),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if src.returncode != 0:
+            raise RuntimeError(f"direct channel source failed: {src.stderr[-2000:]}")
+        stdout, _ = sink.communicate(timeout=60)
+        r = worker_result(stdout)
+        return {"MBps": r["bytes"] / r["seconds"] / MB, "bytes": r["bytes"], "seconds": r["seconds"]}
+
     def import_times(self) -> dict:
         """Process start + imports of the CLI (client) and of the supervisor (appliance): median of 3;
         and how fast one core hashes 1 MiB chunks (BLAKE3, as the file plane does)."""
@@ -378,6 +403,8 @@ class Bench:
         self.log(f"raw CurveZMQ stream client -> appliance: {r['curve']['MBps']:.0f} MB/s")
         r["plain"] = self.zmq_stream(curve=False)
         self.log(f"raw ZMQ stream (no encryption) client -> appliance: {r['plain']['MBps']:.0f} MB/s")
+        r["direct"] = self.direct_stream()
+        self.log(f"direct file channel alone (AES-GCM) client -> appliance: {r['direct']['MBps']:.0f} MB/s")
         r["imports"] = self.import_times()
         r["stages"] = stage_costs(self.tmp)
 

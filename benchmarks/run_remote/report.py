@@ -127,6 +127,13 @@ def report(r: dict, args: argparse.Namespace) -> bool:
     rows += [
         ("raw CurveZMQ stream, no radium", _mbps(curve), _mbps(iperf), f"{curve / iperf:.2f}", "(context)"),
         ("raw ZMQ stream, unencrypted", _mbps(plain), _mbps(iperf), f"{plain / iperf:.2f}", "(context)"),
+        (
+            "direct file channel alone (TCP, AES-GCM)",
+            _mbps(r["direct"]["MBps"]),
+            _mbps(iperf),
+            f"{r['direct']['MBps'] / iperf:.2f}",
+            "(context: radium's transport, no file plane)",
+        ),
     ]
     if "resnet" in r:
         rn = r["resnet"]

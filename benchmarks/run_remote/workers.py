@@ -232,11 +232,54 @@ def worker_curve_source(spec: dict) -> dict:
     return {}
 
 
+def worker_direct_sink(spec: dict) -> dict:
+    """The direct file channel's supervisor end alone: offer, accept, receive `count` messages of
+    4 × 1 MiB (as ReadChunks replies come); time from the first to the last."""
+    from radium.remoting.run import direct
+
+    offer = direct.Offer(spec["host"])
+    print(offer.port, offer.key.hex(), flush=True)
+    link = offer.accept()
+    if link is None:
+        raise RuntimeError("nobody connected")
+    first = sum(map(len, link.receive()[1]))
+    t0 = time.perf_counter()
+    total = 0
+    for _ in range(spec["count"] - 1):
+        total += sum(map(len, link.receive()[1]))
+    seconds = time.perf_counter() - t0
+    link.close()
+    return {"bytes": total, "seconds": seconds, "first": first}
+
+
+def worker_direct_source(spec: dict) -> dict:
+    """The client end: connect, send the messages from 4 threads (as the client's pool answers)."""
+    import threading
+
+    from radium.remoting.run import direct
+
+    link = direct.connect(spec["host"], spec["port"], bytes.fromhex(spec["key"]))
+    chunks = [os.urandom(1 << 20) for _ in range(4)]
+    counts = [spec["count"] // 4 + (i < spec["count"] % 4) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda n: [link.send(1, [b"reply", *chunks]) for _ in range(n)], args=(n,))
+        for n in counts
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    link.close()
+    return {}
+
+
 WORKERS = {
     "starts": worker_starts,
     "cold": worker_cold,
     "curve-sink": worker_curve_sink,
     "curve-source": worker_curve_source,
+    "direct-sink": worker_direct_sink,
+    "direct-source": worker_direct_source,
 }
 
 
