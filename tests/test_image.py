@@ -78,7 +78,7 @@ def image(tmp_path_factory):
     given = os.environ.get("RADIUM_TEST_IMAGE")  # an OVA built before: boot tests only
     if not (SLOW or given):
         # Seven minutes on these machines: more than the whole suite may spend beside the rest.
-        pytest.skip("the image's build and boots (about 7 minutes) run in ./dev test-image, not in ./dev test")
+        pytest.skip("the image's build and boots (7-10 minutes) run in ./dev test-image, not ./dev test")
     where = tmp_path_factory.mktemp("image")
     if given:
         ova, out, done = Path(given), None, None

@@ -259,3 +259,14 @@ def test_with_the_channel_off_everything_is_relayed(relayed_remote, tmp_path):
     assert out.split() == [b"reading", digest.encode()]
     total, directly = _requests(err)
     assert total > 0 and directly == 0
+
+
+@pytest.mark.parametrize(
+    ("listen", "host"),
+    [("tcp://0.0.0.0:7950", "0.0.0.0"), ("tcp://*:7950", "0.0.0.0"), ("tcp://10.1.2.3:1", "10.1.2.3"),
+     ("tcp://[::]:7950", "::"), ("tcp://[fd00::5]:7950", "fd00::5")],
+)  # fmt: skip
+def test_the_channel_listens_where_radiumd_does(listen, host):
+    from radium.remoting.daemon.runs import listen_host
+
+    assert listen_host(listen) == host

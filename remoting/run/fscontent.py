@@ -245,12 +245,15 @@ class Contents:
             self.background.start_soon(trio.to_thread.run_sync, self._store_chunks, verified)
 
     def _store_chunks(self, verified: list[tuple[bytes, bytes]]) -> None:
-        """Store chunks whose hashes were checked (in a worker thread)."""
+        """Store chunks whose hashes were checked (in a worker thread, in the background: a
+        failure costs a later fetch, never the run)."""
         for digest, data in verified:
             try:
                 self.store.put(digest, data, verified=True)
             except StoreFull:
                 self.stats.store_full += 1  # served from memory while it lasts, fetched again after
+            except OSError as exc:
+                log.warning("could not store a chunk: %s", exc)
 
 
 def _verified(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
