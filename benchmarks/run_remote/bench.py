@@ -323,6 +323,26 @@ class Bench:
         )
         return out
 
+    def many(self, client: Any) -> dict:
+        """A project of `run_many` small files (200 B-8 KiB, 100 a folder), every one read: one cold
+        run, then `run_many_runs` warm ones, each against the same reader run locally."""
+        a = self.args
+        spec = {"project": PROJECT, "env": self.client_env(client), "files": a.run_many, "n": a.run_many_runs}
+        r = self.hidden_worker("many", spec, PROJECT, "256m", timeout=900)
+        warm, local = r["remote"][1:], r["local"][1:]
+        out = {
+            "cold": r["remote"][0],
+            "warm": warm,
+            "warm_median": statistics.median(x["wall"] for x in warm),
+            "local_median": statistics.median(local),
+            "files": a.run_many,
+        }
+        self.log(
+            f"{a.run_many} files: cold {out['cold']['wall']:.2f} s, warm median {out['warm_median']:.3f} s, "
+            f"local median {out['local_median']:.3f} s"
+        )
+        return out
+
     def resnet(self, client: Any) -> dict:
         a = self.args
         env = self.client_env(client)
@@ -409,10 +429,12 @@ class Bench:
         r["stages"] = stage_costs(self.tmp)
 
         parts = set(a.run_parts.split(","))
-        if parts & {"starts", "resnet"}:
+        if parts & {"starts", "many", "resnet"}:
             client = self.start_appliance("app1")
             if "starts" in parts:
                 r["starts"] = self.starts(client)
+            if "many" in parts:
+                r["many"] = self.many(client)
             if a.torch and "resnet" in parts:
                 r["resnet"] = self.resnet(client)
         if "cold" in parts:

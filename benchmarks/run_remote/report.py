@@ -91,6 +91,17 @@ def report(r: dict, args: argparse.Namespace) -> bool:
                 f"overhead {st['cold']['wall'] - st['local_median']:.3f} s (report)",
             ),
         ]
+    if "many" in r:
+        m = r["many"]
+        rows.append(
+            (
+                f"warm run reading all of {m['files']:,} small files: median",
+                _s(m["warm_median"]),
+                _s(m["local_median"]),
+                f"{m['warm_median'] / m['local_median']:.2f}×",
+                verdict(m["warm_median"] / m["local_median"] <= 1.3, "≤ 1.3 × local:"),
+            )
+        )
     if "cold" in r:
         cold = r["cold"]["runs"]
         gib = r["cold"]["bytes"] / (1 << 30)
@@ -192,6 +203,11 @@ def report(r: dict, args: argparse.Namespace) -> bool:
         f"appliance decode+verify+store {sc['appliance_verify_store']:,.0f} MB/s; "
         f"CurveZMQ stream {curve:,.0f} MB/s"
     )
+    if "many" in r:
+        m = r["many"]
+        print(f"many files: cold run {m['cold']['wall']:.2f} s: {_moved(m['cold'])}")
+        walls = " ".join(f"{x['wall']:.3f}" for x in m["warm"])
+        print(f"  warm runs {walls} s: {_moved(m['warm'][-1])} (the last)")
     if "cold" in r:
         _print_cold(r)
     if "resnet" in r:

@@ -159,6 +159,43 @@ def worker_starts(spec: dict) -> dict:
     return {"remote": remote, "local": local}
 
 
+MANY_READER = """\
+import os, sys
+total = files = 0
+for dirpath, dirnames, filenames in os.walk(sys.argv[1]):
+    for name in filenames:
+        with open(os.path.join(dirpath, name), "rb") as f:
+            total += len(f.read())
+        files += 1
+print(files, total)
+"""
+
+
+def worker_many(spec: dict) -> dict:
+    """In the client's private mount namespace: a project of many small files, all read; the first
+    run through `radium run` cold, then warm ones, each followed by the same reader run locally."""
+    project = Path(spec["project"])
+    rng = __import__("random").Random(1)
+    for i in range(spec["files"]):
+        d = project / "tree" / f"d{i // 100:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"m{i:05d}.py").write_bytes(os.urandom(rng.randrange(200, 8192)))
+    (project / "read.py").write_text(MANY_READER)
+    env, argv = spec["env"], ["python3", "read.py", "tree"]
+    remote, local = [], []
+    for _ in range(1 + spec["n"]):
+        r = timed([RADIUM, "run", "--stats", "--", *argv], cwd=project, env=env, timeout=300)
+        _check(r, "radium run")
+        lo = timed(argv, cwd=project, env=env, timeout=120)
+        _check(lo, "local run")
+        if r["stdout"] != lo["stdout"]:
+            raise RuntimeError(f"the remote reader saw {r['stdout']!r}, the local one {lo['stdout']!r}")
+        del r["stdout"], r["stderr"]
+        remote.append(r)
+        local.append(lo["wall"])
+    return {"remote": remote, "local": local}
+
+
 def worker_cold(spec: dict) -> dict:
     """In the client's private mount namespace: a 1 GiB tree read through `radium run`."""
     import numpy as np
@@ -276,6 +313,7 @@ def worker_direct_source(spec: dict) -> dict:
 WORKERS = {
     "starts": worker_starts,
     "cold": worker_cold,
+    "many": worker_many,
     "curve-sink": worker_curve_sink,
     "curve-source": worker_curve_source,
     "direct-sink": worker_direct_sink,
