@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -260,6 +261,28 @@ def test_symlinks_permissions_and_times_are_the_clients(remote, tmp_path):
     mode, mtime, target = out.stdout.decode().split()
     assert mode == "0o751" and target == "tool.sh"
     assert int(mtime) == int(__import__("datetime").datetime(2001, 2, 3, 4, 5, 6).timestamp())
+
+
+def test_a_folder_of_small_files_costs_a_round_trip_not_one_per_file(remote, tmp_path):
+    files = {f"pkg{d}/m{i:03d}.py": os.urandom(100 + 37 * i) for d in range(2) for i in range(150)}
+    files["read.py"] = (
+        "import hashlib, os\n"
+        "h = hashlib.sha256()\n"
+        "for d in ('pkg0', 'pkg1'):\n"
+        "    for name in sorted(os.listdir(d)):\n"
+        "        h.update(open(os.path.join(d, name), 'rb').read())\n"
+        "print(h.hexdigest())\n"
+    )
+    expected = hashlib.sha256(b"".join(files[k] for k in sorted(files) if k.startswith("pkg"))).hexdigest()
+    # python3 itself fetched first (a run in another private tmpfs at the same path: its own view)
+    warm_python = run_hidden(remote, tmp_path, {}, "--", "python3", "-c", "pass")
+    assert warm_python.returncode == 0, warm_python.stderr.decode()
+    out = run_hidden(remote, tmp_path, files, "--stats", "--", "python3", "read.py")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().split() == [expected]
+    requests = int(re.search(rb"file requests (\d+)", out.stderr)[1])
+    # 300 files (2 × 150, 2.5 MB): a few listings' worth, not 300 lookups.
+    assert requests < 40, out.stderr.decode()
 
 
 def test_a_listing_gives_the_inode_numbers_that_stat_gives(remote, tmp_path):

@@ -219,6 +219,29 @@ def test_file_server_hashes_each_version_once_and_keeps_hashes_across_runs(tmp_p
     assert attr.chunks[0] == chunk_hash((tree / "big.bin").read_bytes()[:CHUNK_SIZE])
 
 
+def test_a_listing_asked_with_content_carries_small_files_never_hashed_smallest_first(tmp_path, monkeypatch):
+    from radium.remoting.run import files
+
+    monkeypatch.setattr(files, "LISTING_CONTENT_MAX", 10_000)
+    sizes = {"a": 100, "b": 3000, "c": 5000, "d": 4000, "big": INLINE_MAX + 1}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(os.urandom(size))
+    server = FileServer(tmp_path, hash_cache=tmp_path / ".cache")
+    plain = {e.name: e.attr for e in server.handle(ReadDir(path=b"/")).entries}
+    assert all(a.chunks is None and a.data is None for a in plain.values())  # as before: no content
+    server.handle(Lookup(path=b"/a"))  # hashed (and delivered) before
+    full = {e.name.decode(): e.attr for e in server.handle(ReadDir(path=b"/", content=True)).entries}
+    # a: hashes known, content delivered already; then b (3000) and d (4000) fit in 10,000, c does
+    # not (7000 + 5000); big is not small. What came is what the files hold.
+    assert full["a"].chunks is not None and full["a"].data is None
+    assert [n for n in "bcd" if full[n].data is not None] == ["b", "d"]
+    for n in "bd":
+        assert full[n].data == (tmp_path / n).read_bytes() and full[n].chunks == [chunk_hash(full[n].data)]
+    assert full["c"].chunks is None and full["big"].chunks is None and full["big"].data is None
+    # Unchanged, the digest is the plain listing's: content does not make a directory look changed.
+    assert server.handle(ReadDir(path=b"/", content=True)).digest == server.handle(ReadDir(path=b"/")).digest
+
+
 def test_reading_chunks_reuses_the_lookups_hashes_for_what_the_appliance_holds(tmp_path, monkeypatch):
     from radium.remoting.run import files
 

@@ -75,7 +75,10 @@ def state_dir(environ) -> str:  # type: ignore[no-untyped-def]
 def view_digest() -> str:
     """What an agent must share with this process to serve its runs: the same files, network, rights."""
     with open("/proc/self/mountinfo", "rb") as f:
-        mounts = [line.split(b" ", 3)[3] for line in f]  # without the mount ids, fresh in a copied table
+        # Without the mount ids (fresh in a copied table, as `ip netns exec` makes), but with each
+        # file system's device: two tmpfs mounted at one path in two private mount namespaces
+        # are two views (an agent of the first one would serve its files to the second).
+        mounts = [line.split(b" ", 2)[2] for line in f]
     parts = [
         b"\n".join(mounts),
         str(os.stat("/proc/self/ns/net").st_ino).encode(),

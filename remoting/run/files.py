@@ -44,6 +44,7 @@ import msgspec
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
+    LISTING_CONTENT_MAX,
     MAX_CHUNKS_PER_REQUEST,
     Attr,
     BadPath,
@@ -394,7 +395,8 @@ class FileServer:
                 case Lookup():
                     return self._lookup(check_path(request.path), request.content)
                 case ReadDir():
-                    return self._readdir(check_path(request.path), request.known)
+                    budget = LISTING_CONTENT_MAX if request.content else 0
+                    return self._readdir(check_path(request.path), request.known, budget)
                 case ReadLink():
                     return self._readlink(check_path(request.path))
                 case ReadChunks():
@@ -422,8 +424,11 @@ class FileServer:
         st = os.lstat(real)
         return self._attr(st, real, content=content and not hidden)
 
-    def _listing(self, path: bytes, real: bytes, dir_dev: int) -> list[DirEntry]:
-        entries = []
+    def _listing(self, path: bytes, real: bytes, dir_dev: int, budget: int = 0) -> list[DirEntry]:
+        """The entries of a directory with their attributes (and the hashes this client knows);
+        small files never hashed here also with their hashes and content, up to `budget` bytes
+        read, smallest first (one round trip for a folder of them, not one per file)."""
+        entries, small = [], []
         with os.scandir(real) as it:
             for item in it:
                 try:
@@ -433,20 +438,33 @@ class FileServer:
                 child = join(path, item.name)
                 if stat.S_ISDIR(st.st_mode) and st.st_dev != dir_dev:
                     self._maybe_new_mount(child)
-                entries.append(DirEntry(name=item.name, attr=self._attr(st, item.path, content=False)))
+                attr = self._attr(st, item.path, content=False)
+                entries.append(DirEntry(name=item.name, attr=attr))
+                if budget and attr.chunks is None and stat.S_ISREG(st.st_mode) and st.st_size <= INLINE_MAX:
+                    small.append((st.st_size, item.path, st, len(entries) - 1))
+        for size, real_child, st, i in sorted(small, key=lambda s: s[0]):
+            if size > budget:
+                break
+            try:
+                entries[i].attr = self._attr(st, real_child, content=True)
+            except OSError:
+                continue  # unreadable or gone: its lookup will say
+            budget -= size
         return entries
 
-    def _readdir(self, path: bytes, known: bytes | None = None) -> DirListing:
-        return self._readdir_against(path, known)[0]
+    def _readdir(self, path: bytes, known: bytes | None = None, content: int = 0) -> DirListing:
+        return self._readdir_against(path, known, content)[0]
 
-    def _readdir_against(self, path: bytes, known: bytes | None) -> tuple[DirListing, list[bytes]]:
+    def _readdir_against(
+        self, path: bytes, known: bytes | None, content: int = 0
+    ) -> tuple[DirListing, list[bytes]]:
         """`path`'s listing, or only `unchanged` when it still has digest `known` (rechecked by
         lstat alone); and the names of its subdirectories."""
         if known is not None:
             quick = self._quick_digest(path)
             if quick is not None and quick[0] == known:
                 return DirListing(path=path, entries=[], digest=known, unchanged=True), quick[1]
-        listing = self._readdir_full(path)
+        listing = self._readdir_full(path, content)
         listing.digest = listing_digest(listing.entries)
         subdirs = [e.name for e in listing.entries if stat.S_ISDIR(e.attr.mode)]
         if known == listing.digest:
@@ -486,13 +504,13 @@ class FileServer:
                               e.st_ctime_ns, e.st_nlink, e.st_ino, e.st_dev, e.st_rdev, target))  # fmt: skip
         return shape_digest(shape), subdirs
 
-    def _readdir_full(self, path: bytes) -> DirListing:
+    def _readdir_full(self, path: bytes, content: int = 0) -> DirListing:
         hidden = self._check_hidden(path)
         real = self._real(path)
         st = os.lstat(real)
         if not stat.S_ISDIR(st.st_mode):
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        entries = [] if hidden else self._listing(path, real, st.st_dev)
+        entries = [] if hidden else self._listing(path, real, st.st_dev, content)
         return DirListing(path=path, entries=entries)
 
     def _readlink(self, path: bytes) -> LinkTarget:

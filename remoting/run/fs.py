@@ -39,6 +39,7 @@ from radium.remoting.run.cas import ContentStore
 from radium.remoting.run.fscontent import Changed, Contents
 from radium.remoting.run.fsnodes import TIMEOUT, Node, NodeTable, TreeStats
 from radium.remoting.run.fsproto import (
+    INLINE_MAX,
     Attr,
     BadPath,
     DirEntry,
@@ -63,6 +64,18 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[FsRequest], Awaitable[FsReply]]
 
 __all__ = ["ClientTree", "Fetch", "TreeStats"]
+
+
+def _same_file(a: Attr, b: Attr) -> bool:
+    """Whether two descriptions are of the same unchanged file (hashes apart)."""
+    return (a.mode, a.size, a.mtime_ns, a.ctime_ns, a.ino, a.dev) == (
+        b.mode,
+        b.size,
+        b.mtime_ns,
+        b.ctime_ns,
+        b.ino,
+        b.dev,
+    )
 
 
 class ClientTree(pyfuse3.Operations):
@@ -152,6 +165,8 @@ class ClientTree(pyfuse3.Operations):
             return a is not None and not (content and a.chunks is None and stat.S_ISREG(a.mode))
 
         async def work() -> None:
+            if content and await self._small_files_of_folder(node) and enough():
+                return
             attr = await self._ask(Lookup(path=node.path, content=content), Attr)
             self.nodes.set_attr(node, attr)
             if attr.chunks is not None:
@@ -166,6 +181,34 @@ class ClientTree(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES if node.attr is not None else errno.EIO)
         assert node.attr is not None
         return node.attr
+
+    async def _small_files_of_folder(self, node: Node) -> bool:
+        """A small file is opened whose hashes we lack, and so are others of its folder: ask for
+        the folder with its small files' hashes and content (ReadDir, up to LISTING_CONTENT_MAX)
+        instead of one lookup per file. False when it does not apply (then: a lookup)."""
+        parent = self.nodes.by_ino.get(node.parent)
+        a = node.attr
+        if parent is None or parent.children is None or a is None or a.size > INLINE_MAX:
+            return False
+        lacking = 0
+        for ino in parent.children.values():
+            sibling = self.nodes.by_ino.get(ino)
+            sa = sibling.attr if sibling is not None else None
+            if sa is not None and stat.S_ISREG(sa.mode) and sa.chunks is None and sa.size <= INLINE_MAX:
+                lacking += 1
+        if lacking < 2:
+            return False
+        listing = await self._ask(ReadDir(path=parent.path, content=True), DirListing)
+        for entry in listing.entries:
+            ino = parent.children.get(entry.name)
+            sibling = self.nodes.by_ino.get(ino) if ino is not None else None
+            if sibling is None or sibling.attr is None or entry.attr.chunks is None:
+                continue
+            if _same_file(sibling.attr, entry.attr):
+                self.nodes.set_attr(sibling, entry.attr)
+                self.contents.keep_inline(sibling, entry.attr)
+        self._learned.add(parent.ino)
+        return True
 
     async def _ensure_listing(self, node: Node) -> None:
         while node.children is None and not node.unlistable:

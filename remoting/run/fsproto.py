@@ -33,6 +33,11 @@ from radium.remoting._errors import ProtocolError
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: big enough that one round trip moves a lot, small enough to dedupe
 INLINE_MAX = 64 * 1024  # files up to this size come whole with their attributes
+# A directory's listing asked with its content (ReadDir.content) carries its small files' hashes,
+# and the content of those the appliance lacks, up to this many bytes: reading a folder of small
+# files costs a round trip for the folder, not one per file (a reply stays under radiumd's 1 MiB
+# message limit).
+LISTING_CONTENT_MAX = 512 * 1024
 MAX_CHUNKS_PER_REQUEST = 64  # bounds one reply at 64 MiB
 PATH_MAX = 4096  # Linux's limit for a whole path
 NAME_MAX = 255  # and for one component
@@ -110,10 +115,13 @@ class ReadDir(FsMessage, tag="fs-readdir"):
 
     `known` is the `listing_digest` of the listing the appliance kept from an earlier
     run; if the directory still matches it, the reply is an empty listing marked
-    `unchanged`, and the appliance uses what it kept.
+    `unchanged`, and the appliance uses what it kept.  With `content`, the small files this
+    client never hashed come with their hashes and content (`LISTING_CONTENT_MAX`): the
+    appliance asks so when a process opens small files of a folder one after another.
     """
 
     path: bytes
+    content: bool = False
     known: bytes | None = None
 
 
