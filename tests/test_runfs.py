@@ -17,7 +17,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,35 +390,6 @@ def test_store_verifies_and_serves_chunks(tmp_path):
     s = store.stats()
     assert (s.hits, s.misses, s.bytes_in, s.entries, s.bytes_used) == (2, 1, 5000, 1, 5000)
     assert list((tmp_path / "store" / "tmp").iterdir()) == []
-
-
-@pytest.mark.parametrize("where", ["disk", "tmpfs"])
-def test_whole_chunks_are_written_past_the_page_cache_and_read_back_whole(tmp_path, where):
-    folder = tmp_path / "store" if where == "disk" else Path(tempfile.mkdtemp(dir="/dev/shm"))
-    try:
-        store = ContentStore(folder, 10 * CHUNK_SIZE)
-        chunks = [os.urandom(CHUNK_SIZE), os.urandom(CHUNK_SIZE - 4096), os.urandom(CHUNK_SIZE - 1)]
-        for data in chunks:
-            assert store.put(chunk_hash(data), data, verified=True) is True
-        # Whole pages went direct where the file system takes O_DIRECT (the disk here: ext4;
-        # tmpfs since Linux 6.6), the last chunk (not a whole number of pages) buffered.
-        assert store.direct_writes is True
-        if where == "disk":  # past the page cache: none of the direct ones' pages is resident
-            resident = [_resident(store._file(chunk_hash(data).hex())) for data in chunks]
-            assert resident[:2] == [0, 0] and resident[2] > 0, resident
-        reopened = ContentStore(folder, 10 * CHUNK_SIZE)  # from the files alone
-        for data in chunks:
-            assert reopened.get(chunk_hash(data)) == data
-        assert list((folder / "tmp").iterdir()) == []
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _resident(path: Path) -> int:
-    """Bytes of the file in the page cache (util-linux's fincore)."""
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    return int(out.stdout.strip())
 
 
 def test_store_evicts_least_recently_used_also_after_a_restart(tmp_path, monkeypatch):

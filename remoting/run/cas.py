@@ -9,11 +9,6 @@ each write and each access sets the chunk file's atime (an access at most once p
 `TOUCH_INTERVAL` per chunk), and a new store rebuilds its index by scanning the
 folder, oldest atime first.
 
-Whole chunks (a multiple of 4 KiB: all but files' last pieces) are written with O_DIRECT,
-past the page cache: on a busy appliance a buffered write first reclaims page-cache pages
-and later writes them back, several times the CPU of the write itself.  Reading a chunk
-back goes through the page cache as ever.
-
 Without `durable=True` nothing is fsync'ed: after a crash a chunk may be left
 empty, and the scan drops empty files (no chunk is empty).  Data is checked
 against its digest when it is put, not when it is read back.
@@ -32,9 +27,7 @@ idle, or restarts) brings the folder back under it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
-import mmap
 import os
 import threading
 import time
@@ -50,8 +43,6 @@ from radium.remoting.run.fsproto import chunk_hash
 
 log = logging.getLogger(__name__)
 
-DIRECT_ALIGN = 4096  # chunks of a multiple of this are written with O_DIRECT (cas._write_direct)
-DIRECT_MAX = 1 << 20  # the chunk size
 TOUCH_INTERVAL = 10.0  # seconds: LRU order on disk need not be finer than this
 INDEX = "index.bin"  # the saved index: [(hex digest, size)], least recently used first
 _index_decoder = msgspec.msgpack.Decoder(list[tuple[str, int]])
@@ -105,22 +96,13 @@ class ContentStore:
     """
 
     def __init__(
-        self,
-        path: str | os.PathLike,
-        limit_bytes: int,
-        *,
-        durable: bool = False,
-        scan: bool = True,
-        direct_writes: bool = True,
+        self, path: str | os.PathLike, limit_bytes: int, *, durable: bool = False, scan: bool = True
     ) -> None:
         """`scan=False`: start from the saved index when there is one (see the module's notes)."""
         self.path = Path(path)
         self.limit_bytes = limit_bytes
         self.durable = durable
         self._lock = threading.Lock()
-        self._local = threading.local()  # each writing thread's aligned buffer
-        # Whole chunks written past the page cache (_write_direct); off once the file system refuses.
-        self.direct_writes = direct_writes
         # hex digest -> [size, monotonic time of the last atime update]; oldest use first.
         self._index: OrderedDict[str, list] = OrderedDict()
         self._used = 0
@@ -289,10 +271,9 @@ class ContentStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
-                if not self._write_direct(fd, data):
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 with self._lock:
                     stamp = self._stamp()
                 os.utime(fd, ns=(stamp, stamp))
@@ -309,42 +290,6 @@ class ContentStore:
                     f"it holds {self._used} bytes in {len(self._index)} chunks"
                 ) from None
             raise
-
-    def _write_direct(self, fd: int, data: bytes) -> bool:
-        """Write a whole chunk past the page cache (O_DIRECT), if it can be: False if not.
-
-        A buffered write allocates page-cache pages for the chunk, which on a busy appliance
-        means reclaiming others first, and writes them back later: measured here, 1 GiB of
-        chunks cost 0.3-2.5 CPU-seconds buffered against 0.03-0.17 direct. The reader is
-        served from memory meanwhile (fscontent keeps what it fetched), so nothing waits for
-        the disk; a later run reads the chunk back through the page cache as before.
-        """
-        size = len(data)
-        if not self.direct_writes or size % DIRECT_ALIGN or size > DIRECT_MAX:
-            return False  # a small or partial chunk: buffered, as before
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = mmap.mmap(-1, DIRECT_MAX)  # page-aligned, as O_DIRECT needs
-        buf[:size] = data
-        try:
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-        except OSError:
-            self.direct_writes = False  # this file system does not do it: buffered from now on
-            return False
-        try:
-            written = os.write(fd, memoryview(buf)[:size])
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self.direct_writes = False
-            written = 0
-        finally:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        if written == size:
-            return True
-        os.ftruncate(fd, 0)
-        return False
 
     # --- eviction
 
