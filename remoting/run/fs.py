@@ -198,16 +198,21 @@ class ClientTree(pyfuse3.Operations):
                 lacking += 1
         if lacking < 2:
             return False
-        listing = await self._ask(ReadDir(path=parent.path, content=True), DirListing)
-        for entry in listing.entries:
-            ino = parent.children.get(entry.name)
-            sibling = self.nodes.by_ino.get(ino) if ino is not None else None
-            if sibling is None or sibling.attr is None or entry.attr.chunks is None:
-                continue
-            if _same_file(sibling.attr, entry.attr):
-                self.nodes.set_attr(sibling, entry.attr)
-                self.contents.keep_inline(sibling, entry.attr)
-        self._learned.add(parent.ino)
+
+        async def work() -> None:
+            assert parent is not None and parent.children is not None
+            listing = await self._ask(ReadDir(path=parent.path, content=True), DirListing)
+            for entry in listing.entries:
+                ino = parent.children.get(entry.name)
+                sibling = self.nodes.by_ino.get(ino) if ino is not None else None
+                if sibling is None or sibling.attr is None or entry.attr.chunks is None:
+                    continue
+                if _same_file(sibling.attr, entry.attr):
+                    self.nodes.set_attr(sibling, entry.attr)
+                    self.contents.keep_inline(sibling, entry.attr)
+            self._learned.add(parent.ino)
+
+        await self._once(("folder", parent.ino), work)  # files opened together: one request
         return True
 
     async def _ensure_listing(self, node: Node) -> None:
