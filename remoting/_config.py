@@ -211,6 +211,11 @@ def _check_listen(address: str, where: str, scheme: str = "tcp://") -> None:
         raise ConfigError(f"{where}: expected {scheme}HOST:PORT, got {address!r}")
 
 
+def address_host(address: str) -> str:
+    """The host of a `tcp://HOST:PORT` address (an IPv6 one without its brackets)."""
+    return address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+
+
 def client_config_path(environ: Mapping[str, str] | None = None) -> Path:
     """Where the client reads its configuration (in `environ`, by default this process's).
 

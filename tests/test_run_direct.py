@@ -94,23 +94,25 @@ def test_nobody_comes_and_the_offer_ends():
         socket.create_connection(("127.0.0.1", server.offer.port), timeout=5)
 
 
-def _raw_pair(server: Server) -> tuple[socket.socket, direct.Link]:
-    """A client socket that did the handshake by hand (so that the test can write raw bytes)."""
+def _raw_pair(server: Server) -> tuple[socket.socket, direct.Link, bytes]:
+    """A client socket that did the handshake by hand (so that the test can write raw bytes),
+    and every byte it sent for it."""
     key = server.offer.key
     sock = socket.create_connection(("127.0.0.1", server.offer.port))
-    nc = os.urandom(direct.NONCE_BYTES)
-    sock.sendall(direct.MAGIC + nc)
+    hello = direct.MAGIC + os.urandom(direct.NONCE_BYTES)
+    sock.sendall(hello)
     ns = sock.recv(direct.NONCE_BYTES, socket.MSG_WAITALL)
-    k_cs, k_sc = direct._keys(key, nc, ns)
+    k_cs, k_sc = direct._keys(key, hello[len(direct.MAGIC) :], ns)
     link = direct.Link(sock, k_cs, k_sc)
-    link.send_record(b"client")
+    proof = bytes(link._seal_all([b"client"]))
+    sock.sendall(proof)
     assert link.receive_record() == b"supervisor"
-    return sock, link
+    return sock, link, hello + proof
 
 
 def test_an_altered_or_replayed_record_does_not_open():
     server = Server()
-    sock, link = _raw_pair(server)
+    sock, link, sent = _raw_pair(server)
     sup = server.result()
     assert sup is not None
     # A record sealed for this connection, altered on the way: refused.
@@ -121,15 +123,12 @@ def test_an_altered_or_replayed_record_does_not_open():
         sup.receive()
     sup.close()
     sock.close()
-    # A handshake recorded and played again to a new offer (same key): the fresh nonce of
-    # the supervisor makes its proof fail.
+    # The handshake recorded and played again, byte for byte, to a new offer of the same key:
+    # the supervisor's fresh nonce makes the recorded proof fail.
     server2 = Server(wait=1.0)
     server2.offer.key = server.offer.key
     sock2 = socket.create_connection(("127.0.0.1", server2.offer.port))
-    sock2.sendall(direct.MAGIC + b"\1" * direct.NONCE_BYTES)
-    sock2.recv(direct.NONCE_BYTES, socket.MSG_WAITALL)
-    stale = direct.Link(sock2, *direct._keys(server.offer.key, b"\1" * 16, b"\2" * 16))
-    stale.send_record(b"client")
+    sock2.sendall(sent)
     assert server2.result() is None
     sock2.close()
 
@@ -177,13 +176,18 @@ def _supervisor_ports(remote) -> list[str]:
     return [p for p in ports if p not in (str(remote.appliance.port), str(remote.appliance.metrics_port))]
 
 
-def test_content_comes_over_the_direct_channel(remote, tmp_path):
-    files, digest = _reader_project(tmp_path, 24)
+def _read_through(remote, tmp_path, mib: int) -> tuple[int, int]:
+    """A run reading a file of `mib` MiB whole: (file requests, of them direct); its bytes checked."""
+    files, digest = _reader_project(tmp_path, mib)
     proc = _start(remote, tmp_path, files, "python3", "read.py", "data.bin", "go")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert out.split() == [b"reading", digest.encode()]
-    total, directly = _requests(err)
+    return _requests(err)
+
+
+def test_content_comes_over_the_direct_channel(remote, tmp_path):
+    total, directly = _read_through(remote, tmp_path, 24)
     # Everything after the first round trips (prefetch, before the client connected) came directly.
     assert directly >= 3 and total - directly <= 3, (total, directly)
     assert _supervisor_ports(remote) == []  # nothing left listening
@@ -252,12 +256,7 @@ def relayed_remote(two_hosts, tmp_path):
 
 
 def test_with_the_channel_off_everything_is_relayed(relayed_remote, tmp_path):
-    files, digest = _reader_project(tmp_path, 8)
-    proc = _start(relayed_remote, tmp_path, files, "python3", "read.py", "data.bin", "go")
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()
-    assert out.split() == [b"reading", digest.encode()]
-    total, directly = _requests(err)
+    total, directly = _read_through(relayed_remote, tmp_path, 8)
     assert total > 0 and directly == 0
 
 

@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,24 @@ class Bench:
             "seconds": self.args.iperf_seconds,
         }
 
+    def _sink_and_source(
+        self, what: str, sink: tuple[str, dict], source: Callable[[str], tuple[str, dict]]
+    ) -> dict:
+        """A sink worker in the appliance namespace and a source in the client's: MB/s of what arrived.
+
+        `source` makes the source's (mode, spec) from the sink's first line (it says it is ready).
+        """
+        proc = self.topo.appliance.popen(self._argv(*sink), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        self.children.append(proc)
+        src = self.topo.client.run(
+            self._argv(*source(proc.stdout.readline())), cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        if src.returncode != 0:
+            raise RuntimeError(f"{what} source failed: {src.stderr[-2000:]}")
+        stdout, _ = proc.communicate(timeout=60)
+        r = worker_result(stdout)
+        return {"MBps": r["bytes"] / r["seconds"] / MB, "bytes": r["bytes"], "seconds": r["seconds"]}
+
     def zmq_stream(self, curve: bool) -> dict:
         """Raw (Curve)ZMQ PUSH→PULL of 1 MiB messages across the link: the transport alone, no radium."""
         import zmq
@@ -192,58 +211,31 @@ class Bench:
         public, secret = zmq.curve_keypair() if curve else (b"", b"")
         endpoint = f"tcp://{self.topo.appliance.address}:{CURVE_PORT}"
         count = self.args.curve_mib
-        sink = self.topo.appliance.popen(
-            self._argv(
-                "curve-sink",
-                {"public": public.decode(), "secret": secret.decode(), "listen": endpoint, "count": count},
-            ),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.children.append(sink)
-        if sink.stdout.readline().strip() != "ready":
-            raise RuntimeError("ZMQ sink did not start")
-        src = self.topo.client.run(
-            self._argv(
-                "curve-source",
-                {"server": public.decode(), "endpoint": endpoint, "size": 1 << 20, "count": count},
-            ),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if src.returncode != 0:
-            raise RuntimeError(f"ZMQ source failed: {src.stderr[-2000:]}")
-        stdout, _ = sink.communicate(timeout=60)
-        r = worker_result(stdout)
-        return {"MBps": r["bytes"] / r["seconds"] / MB, "bytes": r["bytes"], "seconds": r["seconds"]}
+
+        def source(ready: str) -> tuple[str, dict]:
+            if ready.strip() != "ready":
+                raise RuntimeError("ZMQ sink did not start")
+            return "curve-source", {
+                "server": public.decode(),
+                "endpoint": endpoint,
+                "size": 1 << 20,
+                "count": count,
+            }
+
+        sink = {"public": public.decode(), "secret": secret.decode(), "listen": endpoint, "count": count}
+        return self._sink_and_source("ZMQ", ("curve-sink", sink), source)
 
     def direct_stream(self) -> dict:
         """The direct file channel alone (run/direct.py), 4 MiB messages from 4 threads: no file plane."""
-        count = self.args.curve_mib // 4
-        host = self.topo.appliance.address
-        sink = self.topo.appliance.popen(
-            self._argv("direct-sink", {"host": host, "count": count}),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
+        count, host = self.args.curve_mib // 4, self.topo.appliance.address
+
+        def source(offer: str) -> tuple[str, dict]:
+            port, key = offer.split()
+            return "direct-source", {"host": host, "port": int(port), "key": key, "count": count}
+
+        return self._sink_and_source(
+            "direct channel", ("direct-sink", {"host": host, "count": count}), source
         )
-        self.children.append(sink)
-        port, key = sink.stdout.readline().split()
-        src = self.topo.client.run(
-            self._argv("direct-source", {"host": host, "port": int(port), "key": key, "count": count}),
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if src.returncode != 0:
-            raise RuntimeError(f"direct channel source failed: {src.stderr[-2000:]}")
-        stdout, _ = sink.communicate(timeout=60)
-        r = worker_result(stdout)
-        return {"MBps": r["bytes"] / r["seconds"] / MB, "bytes": r["bytes"], "seconds": r["seconds"]}
 
     def import_times(self) -> dict:
         """Process start + imports of the CLI (client) and of the supervisor (appliance): median of 3;

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import schema as s
-from .._config import ClientConfig
+from .._config import ClientConfig, address_host
 from .._errors import RadiumError, TransportError, UsageError
 from .._keys import write_atomic
 from ..run import fsproto
@@ -426,9 +426,8 @@ class RemoteRun:
         """
         from ..run import direct  # its cipher's import is paid only by runs that use it
 
-        host = self.conn.appliance.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
         try:
-            link = direct.connect(host, port, key)
+            link = direct.connect(address_host(self.conn.appliance.address), port, key)
         except (OSError, direct.DirectError):
             return
         self.direct = link

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import schema as s
 from .. import wire as wire
-from .._config import DaemonConfig
+from .._config import DaemonConfig, address_host
 from .._errors import LeaseNotFound, RunsUnavailable, UsageError
 from ..devices.base import Backend, MpsLimits
 from ..run import channel
@@ -371,7 +371,7 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
 
 def listen_host(address: str) -> str:
     """The host part of a `tcp://HOST:PORT` listen address, as a socket binds it."""
-    host = address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    host = address_host(address)
     return "0.0.0.0" if host == "*" else host
 
 

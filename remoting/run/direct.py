@@ -33,6 +33,7 @@ through radiumd whatever was in flight on it, and the run goes on over the relay
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import socket
@@ -89,23 +90,14 @@ def _recv_exact_into(sock: socket.socket, buf: bytearray | memoryview) -> None:
         have += got
 
 
-def _send_pieces(sock: socket.socket, pieces: list[Frame]) -> None:
-    """Send all pieces, in order, with as few system calls as the kernel allows."""
-    views = [memoryview(p).cast("B") for p in pieces if len(p)]
+def _send(sock: socket.socket, data: memoryview) -> None:
     try:
-        while views:
-            sent = sock.sendmsg(views[:64])
-            while sent:
-                if sent >= len(views[0]):
-                    sent -= len(views[0])
-                    views.pop(0)
-                else:
-                    views[0] = views[0][sent:]
-                    sent = 0
+        sock.sendall(data)
     except OSError as exc:  # a timeout too: the other end stopped reading
         raise DirectError(f"send failed: {exc}") from None
 
 
+@functools.cache
 def steady_allocator() -> None:
     """Keep buffers of a MiB or more in the heap, reused, instead of mapped afresh each time.
 
@@ -114,10 +106,6 @@ def steady_allocator() -> None:
     zeroing its pages, twice per end (measured: 3-5 % of both cores on a cold read). Fixed
     thresholds keep them in the process, as a long-lived server wants.
     """
-    global _steady
-    if _steady:
-        return
-    _steady = True
     try:
         import ctypes
 
@@ -128,7 +116,6 @@ def steady_allocator() -> None:
         pass  # not glibc: its own allocator's defaults
 
 
-_steady = False
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
@@ -165,7 +152,7 @@ class Link:
 
     def send_record(self, data: Frame) -> None:
         with self._lock:
-            _send_pieces(self.sock, [self._seal_all([data])])
+            _send(self.sock, self._seal_all([data]))
 
     def receive_record(self, limit: int = MAX_RECORD) -> bytes:
         header = bytearray(4)
@@ -190,7 +177,7 @@ class Link:
             raise ValueError(f"a message of {len(frames)} frames")
         first = _head.pack(call_id, len(frames)) + bytes(frames[0])
         with self._lock:
-            _send_pieces(self.sock, [self._seal_all([first, *frames[1:]])])
+            _send(self.sock, self._seal_all([first, *frames[1:]]))
 
     def receive(self) -> tuple[int, list[bytes]]:
         """The next message: its id and frames."""

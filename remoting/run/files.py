@@ -441,12 +441,12 @@ class FileServer:
                 attr = self._attr(st, item.path, content=False)
                 entries.append(DirEntry(name=item.name, attr=attr))
                 if budget and attr.chunks is None and stat.S_ISREG(st.st_mode) and st.st_size <= INLINE_MAX:
-                    small.append((st.st_size, item.path, st, len(entries) - 1))
-        for size, real_child, st, i in sorted(small, key=lambda s: s[0]):
+                    small.append((st.st_size, item.path, len(entries) - 1))
+        for size, real_child, i in sorted(small, key=lambda s: s[0]):
             if size > budget:
                 break
             try:
-                entries[i].attr = self._attr(st, real_child, content=True)
+                self._read_content(entries[i].attr, real_child)
             except OSError:
                 continue  # unreadable or gone: its lookup will say
             budget -= size

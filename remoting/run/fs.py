@@ -37,7 +37,7 @@ import trio
 
 from radium.remoting.run.cas import ContentStore
 from radium.remoting.run.fscontent import Changed, Contents
-from radium.remoting.run.fsnodes import TIMEOUT, Node, NodeTable, TreeStats
+from radium.remoting.run.fsnodes import TIMEOUT, Node, NodeTable, TreeStats, unchanged
 from radium.remoting.run.fsproto import (
     INLINE_MAX,
     Attr,
@@ -64,18 +64,6 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[FsRequest], Awaitable[FsReply]]
 
 __all__ = ["ClientTree", "Fetch", "TreeStats"]
-
-
-def _same_file(a: Attr, b: Attr) -> bool:
-    """Whether two descriptions are of the same unchanged file (hashes apart)."""
-    return (a.mode, a.size, a.mtime_ns, a.ctime_ns, a.ino, a.dev) == (
-        b.mode,
-        b.size,
-        b.mtime_ns,
-        b.ctime_ns,
-        b.ino,
-        b.dev,
-    )
 
 
 class ClientTree(pyfuse3.Operations):
@@ -207,7 +195,7 @@ class ClientTree(pyfuse3.Operations):
                 sibling = self.nodes.by_ino.get(ino) if ino is not None else None
                 if sibling is None or sibling.attr is None or entry.attr.chunks is None:
                     continue
-                if _same_file(sibling.attr, entry.attr):
+                if unchanged(sibling.attr, entry.attr):
                     self.nodes.set_attr(sibling, entry.attr)
                     self.contents.keep_inline(sibling, entry.attr)
             self._learned.add(parent.ino)

@@ -59,6 +59,11 @@ class TreeStats:
     store_full: int = 0  # chunks the store refused for lack of space (served from memory)
 
 
+def unchanged(a: Attr, b: Attr) -> bool:
+    """Whether two descriptions are of the same file, unchanged (hashes and access time apart)."""
+    return (a.size, a.mtime_ns, a.ctime_ns, a.ino, a.dev) == (b.size, b.mtime_ns, b.ctime_ns, b.ino, b.dev)
+
+
 class NodeTable:
     """The nodes by inode number and by client path, and what the kernel is told of each."""
 
@@ -96,12 +101,7 @@ class NodeTable:
     def set_attr(self, node: Node, attr: Attr) -> None:
         """Take what the client says of a node now (a changed file drops its kept data)."""
         old = node.attr
-        if (
-            old is not None
-            and attr.chunks is None
-            and (old.size, old.mtime_ns, old.ctime_ns, old.ino, old.dev)
-            == (attr.size, attr.mtime_ns, attr.ctime_ns, attr.ino, attr.dev)
-        ):
+        if old is not None and attr.chunks is None and unchanged(old, attr):
             attr.chunks = old.chunks  # a listing carries fewer details than a lookup: keep ours
         if old is not None and stat.S_IFMT(old.mode) != stat.S_IFMT(attr.mode):
             node.children, node.missing = None, set()
