@@ -65,6 +65,9 @@ class RunSection(Section):
     id_base: Annotated[int, msgspec.Meta(ge=65536)] = 200000
     id_slots: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100  # runs at once
     cache_bytes: Annotated[int, msgspec.Meta(ge=1 << 20)] = 10 << 30  # content store limit
+    # Files a client's runs read, kept as a real tree under its next runs' overlay (served
+    # by the kernel, not FUSE): at most this many bytes per client; 0 turns it off.
+    warm_tree_bytes: Annotated[int, msgspec.Meta(ge=0)] = 4 << 30
     # Supervisors started ahead of need (Python and its imports done, waiting for a
     # job), so that a run does not wait ~0.3 s for one to start; 0 starts each on demand.
     spare_supervisors: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1

@@ -402,6 +402,8 @@ class RunStats(Model):
     fs_requests: int = 0
     bytes_fetched: int = 0
     fs_direct: int = 0  # of fs_requests, those answered over the direct file channel
+    fuse_ops: int = 0  # file system operations the appliance answered in Python (FUSE)
+    warm_files: int = 0  # files the client's warm tree offered the run (kernel-served)
     cache_hits: int = 0
     cache_misses: int = 0
     bytes_written_back: int = 0

@@ -31,8 +31,8 @@ START_COMMAND = ["python3", "-c", "pass"]
 MB = 1e6
 
 STATS_RE = re.compile(
-    r"file requests (\d+) \((\d+) direct\), bytes fetched (\d+), cache hits (\d+), misses (\d+), "
-    r"written back (\d+), output (\d+); ?(.*)$"
+    r"file requests (\d+) \((\d+) direct\), FUSE operations (\d+), warm tree files (\d+), "
+    r"bytes fetched (\d+), cache hits (\d+), misses (\d+), written back (\d+), output (\d+); ?(.*)$"
 )
 
 READER = """\
@@ -70,14 +70,16 @@ def parse_stats(stderr: str) -> dict[str, Any] | None:
             keys = (
                 "fs_requests",
                 "fs_direct",
+                "fuse_ops",
+                "warm_files",
                 "bytes_fetched",
                 "cache_hits",
                 "cache_misses",
                 "written_back",
                 "output",
             )
-            out: dict[str, Any] = dict(zip(keys, map(int, m.groups()[:7]), strict=True))
-            out["phases"] = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)s", m.group(8))}
+            out: dict[str, Any] = dict(zip(keys, map(int, m.groups()[:9]), strict=True))
+            out["phases"] = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)s", m.group(10))}
             return out
     return None
 

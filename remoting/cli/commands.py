@@ -226,7 +226,7 @@ def run_report(result: RunResult, stats: bool) -> str:
         phases = " ".join(f"{k}={v:.3f}s" for k, v in st.phases.items())
         lines.append(
             f"{PROG}: ran on {result.appliance} ({result.hostname}); file requests {st.fs_requests} "
-            f"({st.fs_direct} direct), "
+            f"({st.fs_direct} direct), FUSE operations {st.fuse_ops}, warm tree files {st.warm_files}, "
             f"bytes fetched {st.bytes_fetched}, cache hits {st.cache_hits}, misses {st.cache_misses}, "
             f"written back {st.bytes_written_back}, output {st.output_bytes}; {phases}"
         )

@@ -366,6 +366,8 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
         tini=TINI,
         mps_control=None if config.run.mps == "off" else shutil.which("nvidia-cuda-mps-control"),
         direct_host=listen_host(config.server.listen) if config.run.direct else None,
+        warm_dir=str(state / "warm"),
+        warm_limit=config.run.warm_tree_bytes,
     )
 
 

@@ -71,6 +71,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     tini: str
     mps_control: str | None  # the appliance's nvidia-cuda-mps-control, if it has one
     direct_host: str | None = None  # where a run's direct file channel listens (None: none)
+    warm_dir: str | None = None  # the clients' warm trees (run/warmtree.py), root's; None: none
+    warm_limit: int = 0  # bytes of files each client's warm tree may hold
 
     ID_COUNT = 65536  # ids of one run (class attribute, not a field)
 

@@ -98,6 +98,8 @@ class ClientTree(pyfuse3.Operations):
         # Listings sent ahead (Prefetch), by path, until the process reaches them: a listing,
         # or the digest of the kept one the client said still holds.
         self._ahead: dict[bytes, DirListing | bytes] = {}
+        # Folder -> digest of its listing as the client gave or confirmed it in the first request.
+        self.confirmed: dict[bytes, bytes] = {}
         # Run once the kernel has finished its INIT handshake, i.e. at the first request after it.
         self.after_init: Callable[[], object] | None = None
 
@@ -239,10 +241,16 @@ class ClientTree(pyfuse3.Operations):
             self.kept.keep(path, listing.digest, listing.entries)
         return listing
 
-    async def prefetch(self, paths: Iterable[bytes | str], max_entries: int = 100_000) -> int:
-        """Ask the client for the listings of whole trees ahead of use; return how many were installed."""
+    async def prefetch(
+        self, paths: Iterable[bytes | str], max_entries: int = 100_000, also: dict[bytes, bytes] | None = None
+    ) -> int:
+        """Ask the client for the listings of whole trees ahead of use; return how many were installed.
+
+        `also`: more folders to recheck, by digest, as those the last run used (the warm tree's)."""
         tops = [check_path(p) for p in paths]
         recent = self.kept.recently_used() if self.kept else {}
+        if also:
+            recent = {**also, **recent}
         # A tree the last run worked in is not walked again: the folders it used are
         # rechecked (walking a big project, a venv inside it, costs a second per start);
         # what this run uses beyond them is asked for when reached.
@@ -268,6 +276,8 @@ class ClientTree(pyfuse3.Operations):
             except BadPath:
                 log.warning("ignoring a listing of bad path %r", listing.path)
                 continue
+            if listing.digest is not None:
+                self.confirmed[path] = listing.digest
             if listing.unchanged:
                 if listing.digest is None or self.kept is None or self.kept.digest(path) != listing.digest:
                     continue  # not kept after all: asked for on demand
@@ -278,6 +288,15 @@ class ClientTree(pyfuse3.Operations):
                 self._ahead[path] = listing
             taken += 1
         return taken
+
+    def entries_ahead(self, path: bytes) -> list[DirEntry] | None:
+        """The entries of a folder's listing as the first request found it (None: not at hand)."""
+        sent = self._ahead.get(path)
+        if isinstance(sent, DirListing):
+            return sent.entries
+        if sent is not None and self.kept is not None and self.kept.digest(path) == sent:
+            return self.kept.load(path, used=False)
+        return None
 
     def _consulted(self, node: Node) -> None:
         """The process used this directory's listing: the next run rechecks it up front."""

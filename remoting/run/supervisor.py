@@ -3,7 +3,8 @@
 It builds the process's world and watches over it:
 
 1. the client's file system, served on demand by FUSE (`fs.ClientTree`), as the
-   read-only lower layer of an overlay whose upper layer catches every write;
+   read-only lower layer of an overlay whose upper layer catches every write; above
+   FUSE, the client's warm tree (`warmtree`): what its earlier runs read, as real files;
 2. the appliance's `/dev`, `/sys` and driver paths bound in, a fresh `/tmp`;
 3. the process itself, under `unshare`: a user namespace that maps the client's
    uid/gid onto an unprivileged range of this run, a PID namespace with tini as
@@ -48,11 +49,13 @@ from .fs import ClientTree
 from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
 from .listings import KeptListings
+from .warmtree import WarmTree
 
 CHUNK = 64 * 1024
 WRITEBACK_CHUNK = 1 << 20
 OUTPUT_WINDOW = 16 << 20
 PREFETCH_ENTRIES = 20_000
+WARM_WAIT = 2.0  # seconds a run waits for another run of its client to finish changing the warm tree
 OVERLAY_ERRORS = (OSError, subprocess.CalledProcessError)
 
 
@@ -92,6 +95,8 @@ class Supervisor:
         self.run_dir = run_dir = Path(settings.runs_dir) / job.run
         self.lower, self.upper = run_dir / "lower", run_dir / "upper"
         self.work, self.root = run_dir / "work", run_dir / "root"
+        self.warm_mount = run_dir / "warm"
+        self.warm: WarmTree | None = None
         self.made_for_mounts: set[str] = set()  # upper paths we created; never written back
         self.mounted: list[Path] = []
 
@@ -169,14 +174,22 @@ class Supervisor:
         self.store = ContentStore(store_dir, self.settings.store_limit, scan=False)
         self.kept = KeptListings(self.store, store_dir / "listings" / f"{self.job.client}.idx")
         self.tree = ClientTree(self.asks.fetch, self.store, id_offset=self.id_base, kept=self.kept)
-        if self.start.prefetch or self.kept.previous:  # one round trip, not one per directory
+        self.warm = await self._open_warm()
+        warm_dirs = self.warm.known() if self.warm is not None else {}
+        if self.start.prefetch or self.kept.previous or warm_dirs:  # one round trip, not one per directory
+            # The warm tree's folders are rechecked by the digests kept now (a later run may have
+            # kept a newer listing than the one the warm tree agrees with: then it is pruned).
+            also = {p: self.kept.digest(p) or d for p, d in warm_dirs.items()}
             try:
-                await self.tree.prefetch(self.start.prefetch, max_entries=PREFETCH_ENTRIES)
+                await self.tree.prefetch(self.start.prefetch, max_entries=PREFETCH_ENTRIES, also=also)
             except (OSError, ValueError) as exc:
                 log("prefetch failed", run=self.job.run, error=str(exc))
             self.phase("prefetch")
         await nursery.start(mount_and_serve, self.tree, str(self.lower))
         self.mounted.append(self.lower)
+        lowers = str(self.lower)
+        if self.warm is not None and await self._mount_warm():
+            lowers = f"{self.warm_mount}:{self.lower}"
         # The init, and mount points for what the appliance lends, are made in the
         # upper layer before the overlay is mounted; they are never written back.
         await self._make_in_upper("/.radium", directory=True)
@@ -188,7 +201,7 @@ class Supervisor:
                 await self._make_in_upper(path, directory=os.path.isdir(path))
         # xino=on: the layers are two file systems (FUSE, the run's disk); without it a
         # directory's inode number in a listing (d_ino) is not the one stat gives.
-        options = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work},xino=on"
+        options = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work},xino=on"
         await self._mount(self.root, mounts.mount, "overlay", self.root, "overlay", 0, options)
         init = self.root / ".radium/init"
         await self._mount(init, mounts.bind, self.settings.tini, init)
@@ -209,6 +222,50 @@ class Supervisor:
             target = self.root / path.lstrip("/")
             await self._mount(target, mounts.bind, path, target, readonly=True)
         self.phase("mount")
+
+    async def _open_warm(self) -> WarmTree | None:
+        """The client's warm tree, shared with its other runs; None when off or busy too long."""
+        st = self.settings
+        if st.warm_dir is None or st.warm_limit <= 0:
+            return None
+        warm = WarmTree(Path(st.warm_dir) / self.job.client, st.warm_limit)
+        deadline = trio.current_time() + WARM_WAIT
+        try:
+            while not warm.share():  # another run is changing it (its end adds what it read)
+                if trio.current_time() > deadline:
+                    log("warm tree busy: this run goes without", run=self.job.run)
+                    warm.close()
+                    return None
+                await trio.sleep(0.01)
+        except OSError as exc:
+            log("warm tree unavailable", run=self.job.run, error=str(exc))
+            warm.close()
+            return None
+        return warm
+
+    async def _mount_warm(self) -> bool:
+        """Bring the warm tree in line with the client's answers and mount it for the run's ids."""
+        warm = self.warm
+        assert warm is not None
+        try:
+            tree = self.tree
+            if await trio.to_thread.run_sync(warm.reconcile, tree.confirmed, tree.entries_ahead):
+                self.warm_mount.mkdir(mode=0o755)
+                await self._mount(
+                    self.warm_mount,
+                    mounts.idmapped_bind,
+                    warm.files,
+                    self.warm_mount,
+                    self.id_base,
+                    self.settings.ID_COUNT,
+                )
+                self.stats.warm_files = warm.index.files
+                return True
+        except OSError as exc:  # e.g. a kernel without idmapped mounts: FUSE serves it all
+            log("warm tree not mounted", run=self.job.run, error=str(exc))
+            warm.close()
+            self.warm = None
+        return False
 
     def private_dirs(self) -> list[str]:
         """Scratch folders the run gets fresh and empty, and that are thrown away.
@@ -285,7 +342,25 @@ class Supervisor:
         if self.mounted:
             with contextlib.suppress(OSError):
                 await trio.to_thread.run_sync(mounts.detach, self.root)  # and all below it
+        if self.warm_mount in self.mounted:
+            with contextlib.suppress(OSError):
+                mounts.detach(self.warm_mount)
         unmount(str(self.lower))
+        if self.warm is not None and hasattr(self, "tree"):
+            # The client has its exit status: add what this run read, at low priority.
+            await trio.to_thread.run_sync(self._grow_warm)
+
+    def _grow_warm(self) -> None:
+        assert self.warm is not None
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 10)  # this thread only (Linux: a thread is a process here)
+            added = self.warm.grow(self.tree.nodes, self.store)
+            if added:
+                log("warm tree grown", run=self.job.run, files=added, bytes=self.warm.index.size)
+        except OSError as exc:
+            log("warm tree not grown", run=self.job.run, error=str(exc))
+        finally:
+            self.warm.close()
 
     # --- the process ---------------------------------------------------------------
 
@@ -669,6 +744,9 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
             )
             if hasattr(sup, "tree"):
                 st = sup.tree.stats
+                sup.stats.fuse_ops = sum(st.ops.values())
+                if sup.warm is not None and (st.ops["open"] or st.ops["readlink"]):
+                    sup.warm.claim()  # files came through FUSE: the warm tree may take them
                 log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
             nursery.cancel_scope.cancel()

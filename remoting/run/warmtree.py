@@ -1,0 +1,487 @@
+"""A client's warm tree: the files its earlier runs read, as real files beneath the overlay.
+
+Through FUSE every lookup, open and read of a run is a request answered in Python
+(~70 µs each), and the kernel forgets them all with the run's mount: a warm
+`import torch` cost 5,000 of them, 0.7 s over local.  So the files a client's runs
+have read (content in the store, chunk hashes known) are also laid out as a real
+tree, `<warm_dir>/<client>/tree/<client path>`, owned on disk by the client's own
+ids, and mounted for each run as the overlay's upper lower layer: idmapped onto the
+run's id slot, read-only, above the FUSE tree (`lowerdir=warm:fuse`).  The kernel
+serves what it holds, its page cache survives the run, and FUSE answers the rest.
+
+It must never show what the client no longer has.  Each folder in it was made
+from a listing of the client's (its digest kept here); every run's first request
+rechecks all of them (`Prefetch.known`), and before the overlay is mounted each
+folder whose listing changed is brought in line with the new one (entries gone or
+changed are removed, a folder's own attributes updated), and a folder the client
+could not vouch for is removed whole.  A folder holding every entry of its
+listing, its subfolders complete too, is marked opaque, so that the overlay never
+asks FUSE below it.
+
+Runs of one client share it: a run uses it under a shared lock, and changes it
+(pruning at its start, adding what it read when it ends) only under an exclusive
+one, which it takes only when no other run holds the tree; a run that cannot have
+the tree as it needs it goes without (FUSE serves everything, as before).  A
+`busy` mark is made before any change and removed after the index is saved: a tree
+found marked (a crash mid-change) is not used, and is discarded by the next run that
+may change it.  What a run adds is bounded by the client's `limit` and by `BUDGET`
+seconds; a full disk stops it, leaving what was complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from .._keys import write_atomic
+from .cas import ContentStore
+from .fsnodes import Node, NodeTable
+from .fsproto import Attr, DirEntry
+
+log = logging.getLogger(__name__)
+
+OPAQUE = "trusted.overlay.opaque"
+BUDGET = 10.0  # seconds a run may spend adding to its client's tree after it ended
+Identity = tuple[int, int, int, int, int, int, int, int]
+EntriesOf = Callable[[bytes], "list[DirEntry] | None"]
+
+
+def identity(a: Attr) -> Identity:
+    """What a file in the warm tree must still be on the client for its copy to stand."""
+    return (a.mode, a.uid, a.gid, a.size, a.mtime_ns, a.ctime_ns, a.ino, a.dev)
+
+
+class _Dir(msgspec.Struct, array_like=True):
+    mode: int  # the folder's own attributes, as its parent's listing gave them
+    uid: int
+    gid: int
+    mtime_ns: int
+    files: dict[bytes, Identity] = {}  # the files and symlinks copied here, as the client described them
+    complete: bool = False  # every entry of its listing is here, subfolders complete: opaque
+
+
+class _Index(msgspec.Struct, array_like=True):
+    generation: int = 0
+    size: int = 0  # bytes of the files
+    files: int = 0
+    digests: dict[bytes, bytes] = {}  # folder -> digest of the listing its entries agree with
+    detail: msgspec.Raw = msgspec.Raw(b"\x80")  # dict[bytes, _Dir], decoded only when needed
+
+
+_encoder = msgspec.msgpack.Encoder()
+_index_decoder = msgspec.msgpack.Decoder(_Index)
+_detail_decoder = msgspec.msgpack.Decoder(dict[bytes, _Dir])
+
+
+def _dir_attrs(a: Attr | _Dir) -> tuple[int, int, int, int]:
+    return (a.mode, a.uid, a.gid, a.mtime_ns)
+
+
+def _parent(path: bytes) -> bytes:
+    return path.rsplit(b"/", 1)[0] or b"/"
+
+
+def _below(path: bytes, folder: bytes) -> bool:
+    return folder == b"/" or path == folder or path.startswith(folder + b"/")
+
+
+class WarmTree:
+    """One client's warm tree in `folder`; `limit`: the most bytes of files it may hold."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder = folder
+        self.files = folder / "tree"
+        self.limit = limit
+        self._root = os.fsencode(self.files)
+        self._fd: int | None = None
+        self._held = 0  # fcntl.LOCK_SH or LOCK_EX while held
+        self.index = _Index()
+        self._detail: dict[bytes, _Dir] | None = None
+        self.usable = False  # this run mounts it
+
+    # --- locking and the index ---------------------------------------------------------
+
+    def share(self) -> bool:
+        """Take the shared lock (made on first use) and read the index; False while another run changes it."""
+        if self._fd is None:
+            self.folder.parent.mkdir(mode=0o700, exist_ok=True)
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            self.files.mkdir(mode=0o700, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._fd = os.open(self.folder / "lock", flags, 0o600)
+        if not self._lock(fcntl.LOCK_SH):
+            return False
+        self._load()
+        return True
+
+    def _lock(self, how: int) -> bool:
+        assert self._fd is not None
+        try:
+            fcntl.flock(self._fd, how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._held = 0  # a conversion that fails may have dropped the lock held
+            return False
+        self._held = how
+        return True
+
+    def _exclusive(self) -> bool:
+        """From shared to exclusive: only when no other run holds the tree."""
+        if self._held == fcntl.LOCK_EX:
+            return True
+        self._unlock()
+        return self._lock(fcntl.LOCK_EX)
+
+    def _unlock(self) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._held = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # and the lock with it
+            self._fd, self._held = None, 0
+
+    def _busy(self) -> Path:
+        return self.folder / "busy"
+
+    def _load(self) -> None:
+        try:
+            self.index = _index_decoder.decode((self.folder / "index").read_bytes())
+        except (OSError, msgspec.DecodeError):
+            self.index = _Index()
+        self._detail = None
+
+    def _dirs(self) -> dict[bytes, _Dir]:
+        if self._detail is None:
+            try:
+                self._detail = _detail_decoder.decode(self.index.detail)
+            except msgspec.DecodeError:
+                self._detail = {}
+        return self._detail
+
+    def _save(self) -> None:
+        dirs = self._dirs()
+        self.index.detail = msgspec.Raw(_encoder.encode(dirs))
+        self.index.files = sum(len(d.files) for d in dirs.values())
+        write_atomic(self.folder / "index", _encoder.encode(self.index), 0o600)
+
+    def _where(self, path: bytes) -> bytes:
+        return self._root if path == b"/" else self._root + path
+
+    # --- a run's start -----------------------------------------------------------------
+
+    def known(self) -> dict[bytes, bytes]:
+        """The folders this tree holds, by the digest of the listing they agree with."""
+        return dict(self.index.digests)
+
+    def reconcile(self, confirmed: dict[bytes, bytes], entries_of: EntriesOf) -> bool:
+        """Make the tree agree with the client as this run's first request found it; whether
+        this run may mount it.
+
+        `confirmed`: folder -> digest of its listing now, as the client answered;
+        `entries_of(folder)`: that listing's entries (None if not at hand)."""
+        self.usable = False
+        if self._busy().exists() and not self._exclusive():
+            return False
+        if self._busy().exists():
+            self._discard()
+        stale = [p for p, d in self.index.digests.items() if confirmed.get(p) != d]
+        if stale:
+            if not self._exclusive():
+                return False  # another run holds it as it is: this one goes without
+            generation = self.index.generation
+            self._load()  # as it is now that nobody else may change it
+            if self.index.generation != generation:
+                stale = [p for p, d in self.index.digests.items() if confirmed.get(p) != d]
+            self._change(lambda: self._prune_all(stale, confirmed, entries_of))
+        if self._held == fcntl.LOCK_EX:
+            generation = self.index.generation
+            self._unlock()  # to shared: not atomic, so check nobody changed it
+            if not self._lock(fcntl.LOCK_SH):
+                return False
+            self._load()
+            if self.index.generation != generation or self._busy().exists():
+                return False
+        self.usable = True
+        return True
+
+    def _change(self, work) -> None:
+        """Run `work` (exclusive lock held) between the busy mark and the saved index."""
+        self._busy().touch(mode=0o600)
+        work()
+        self.index.generation += 1
+        self._save()
+        self._busy().unlink()
+
+    def _discard(self) -> None:
+        """A change was cut short (the mark is there): start afresh."""
+        log.warning("warm tree %s was left mid-change: discarding it", self.folder)
+        shutil.rmtree(self.files, ignore_errors=True)
+        self.files.mkdir(mode=0o700, exist_ok=True)
+        self.index = _Index(generation=self.index.generation + 1)
+        self._detail = {}
+        self._save()
+        self._busy().unlink()
+
+    def _prune_all(self, stale: list[bytes], confirmed: dict[bytes, bytes], entries_of: EntriesOf) -> None:
+        dirs = self._dirs()
+        for path in sorted(stale):  # parents first: a removed parent takes its children
+            if path not in self.index.digests:
+                continue
+            digest = confirmed.get(path)
+            entries = entries_of(path) if digest is not None and path in dirs else None
+            if digest is None or entries is None:
+                self._remove_dir(path)
+            else:
+                self._prune(path, digest, {e.name: e.attr for e in entries})
+        for path in [p for p in dirs if p not in self.index.digests]:  # an index at odds with itself
+            self._remove_dir(path)
+
+    def _prune(self, path: bytes, digest: bytes, listing: dict[bytes, Attr]) -> None:
+        """Bring one folder in line with its listing now."""
+        dirs = self._dirs()
+        here = dirs[path]
+        where = self._where(path)
+        for name, ident in list(here.files.items()):
+            a = listing.get(name)
+            if a is None or identity(a) != ident:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(where, name))
+                del here.files[name]
+                self.index.size -= ident[3]
+        for sub in [p for p in dirs if p != path and _parent(p) == path]:
+            a = listing.get(sub.rsplit(b"/", 1)[1])
+            if a is None or not stat.S_ISDIR(a.mode):
+                self._remove_dir(sub)
+            elif _dir_attrs(a) != _dir_attrs(dirs[sub]):
+                self._set_dir(sub, a)
+        self.index.digests[path] = digest
+        self._incomplete(path)
+        self._touch_dir(path)
+
+    def _remove_dir(self, path: bytes) -> None:
+        dirs = self._dirs()
+        for p in [p for p in dirs if _below(p, path)]:
+            self.index.size -= sum(ident[3] for ident in dirs[p].files.values())
+            del dirs[p]
+            self.index.digests.pop(p, None)
+        if path == b"/":
+            shutil.rmtree(self.files, ignore_errors=True)
+            self.files.mkdir(mode=0o700, exist_ok=True)
+        else:
+            shutil.rmtree(self._where(path), ignore_errors=True)
+            parent = _parent(path)
+            self._incomplete(parent)
+            self._touch_dir(parent)
+
+    def _incomplete(self, path: bytes) -> None:
+        """`path` lacks something now: neither it nor any folder above it is opaque."""
+        dirs = self._dirs()
+        while True:
+            here = dirs.get(path)
+            if here is not None and here.complete:
+                here.complete = False
+                with contextlib.suppress(OSError):
+                    os.removexattr(self._where(path), OPAQUE)
+            if path == b"/":
+                return
+            path = _parent(path)
+
+    def _set_dir(self, path: bytes, a: Attr) -> None:
+        here = self._dirs()[path]
+        where = self._where(path)
+        os.chown(where, a.uid, a.gid, follow_symlinks=False)
+        os.chmod(where, stat.S_IMODE(a.mode), follow_symlinks=False)
+        here.mode, here.uid, here.gid, here.mtime_ns = a.mode, a.uid, a.gid, a.mtime_ns
+        self._touch_dir(path)
+
+    def _touch_dir(self, path: bytes) -> None:
+        """Set a folder's time back to the client's (changing its entries moved it)."""
+        here = self._dirs().get(path)
+        if here is not None and path != b"/":
+            with contextlib.suppress(OSError):
+                os.utime(self._where(path), ns=(here.mtime_ns, here.mtime_ns), follow_symlinks=False)
+
+    # --- a run's end ----------------------------------------------------------------------
+
+    def claim(self) -> bool:
+        """Take the tree to add what this run read, before the run's end is reported: the
+        client's next run then waits for it (a little) rather than going without it.  False
+        while another run holds it (its own end will add what it read)."""
+        return self._fd is not None and self._exclusive()
+
+    def grow(self, nodes: NodeTable, store: ContentStore, budget: float = BUDGET) -> int:
+        """With the tree claimed: add what this run knows and the tree lacks (its listed
+        folders, their files whose content the store holds, their symlinks); return how many
+        files were added."""
+        if self._held != fcntl.LOCK_EX:
+            return 0
+        self._load()
+        if self._busy().exists():
+            self._discard()
+        folders = self._folders(nodes)
+        if not self._lacking(folders, nodes, store):
+            return 0
+        deadline, added = time.monotonic() + budget, [0]
+        self._change(lambda: added.__setitem__(0, self._add(folders, nodes, store, deadline)))
+        return added[0]
+
+    def _folders(self, nodes: NodeTable) -> list[Node]:
+        """The run's listed folders that the tree may hold (their parents listed too), parents first."""
+        out, todo = [], [nodes.root]
+        while todo:
+            node = todo.pop()
+            if node.children is None or node.digest is None:
+                continue
+            out.append(node)
+            for ino in node.children.values():
+                child = nodes.by_ino[ino]
+                if child.attr is not None and stat.S_ISDIR(child.attr.mode) and child.children is not None:
+                    todo.append(child)
+        return out
+
+    def _wanted(self, child: Node, store: ContentStore) -> bool:
+        """Whether the tree should hold this entry: a file whose content the store has, a symlink."""
+        a = child.attr
+        if a is None:
+            return False
+        if stat.S_ISLNK(a.mode):
+            return a.target is not None
+        return (
+            stat.S_ISREG(a.mode)
+            and a.nlink == 1
+            and a.chunks is not None
+            and all(store.has(c) for c in a.chunks)
+        )
+
+    def _lacking(self, folders: list[Node], nodes: NodeTable, store: ContentStore) -> bool:
+        dirs = self._dirs()
+        for node in folders:
+            here = dirs.get(node.path)
+            if here is None or self.index.digests.get(node.path) != node.digest:
+                return True
+            assert node.children is not None
+            for name, ino in node.children.items():
+                child = nodes.by_ino[ino]
+                if name not in here.files and self._wanted(child, store):
+                    assert child.attr is not None
+                    if self.index.size + child.attr.size <= self.limit:
+                        return True
+        return False
+
+    def _add(self, folders: list[Node], nodes: NodeTable, store: ContentStore, deadline: float) -> int:
+        dirs = self._dirs()
+        added = 0
+        touched: list[bytes] = []
+        try:
+            for node in folders:
+                assert node.children is not None and node.digest is not None
+                path = node.path
+                if path != b"/" and _parent(path) not in dirs:
+                    continue  # its parent could not be made
+                if path in dirs and self.index.digests.get(path) != node.digest:
+                    listing = {n: nodes.by_ino[i].attr for n, i in node.children.items()}
+                    self._prune(path, node.digest, {n: a for n, a in listing.items() if a is not None})
+                if path not in dirs:
+                    self._make_dir(node)
+                here = dirs[path]
+                where = self._where(path)
+                for name, ino in node.children.items():
+                    child = nodes.by_ino[ino]
+                    if name in here.files or not self._wanted(child, store):
+                        continue
+                    a = child.attr
+                    assert a is not None
+                    if self.index.size + a.size > self.limit or time.monotonic() > deadline:
+                        continue
+                    if self._copy(os.path.join(where, name), a, store):
+                        here.files[name] = identity(a)
+                        self.index.size += a.size
+                        added += 1
+                touched.append(path)
+        except OSError as exc:  # a full disk, most likely: what is complete stays
+            log.warning("warm tree %s: stopped adding: %s", self.folder, exc)
+        self._mark_complete(folders, nodes)
+        for path in reversed(touched):  # children first: each change moved its parent's time
+            self._touch_dir(path)
+        return added
+
+    def _make_dir(self, node: Node) -> None:
+        a = node.attr
+        if node.path == b"/":
+            self._dirs()[b"/"] = _Dir(mode=0o40755, uid=0, gid=0, mtime_ns=0)
+        else:
+            assert a is not None
+            os.mkdir(self._where(node.path), 0o700)
+            self._dirs()[node.path] = _Dir(mode=a.mode, uid=a.uid, gid=a.gid, mtime_ns=a.mtime_ns)
+            self._set_dir(node.path, a)
+        assert node.digest is not None
+        self.index.digests[node.path] = node.digest
+
+    def _copy(self, where: bytes, a: Attr, store: ContentStore) -> bool:
+        """Lay one file (or symlink) out; False when its content is gone from the store."""
+        if stat.S_ISLNK(a.mode):
+            assert a.target is not None
+            os.symlink(a.target, where)
+            os.chown(where, a.uid, a.gid, follow_symlinks=False)
+            os.utime(where, ns=(a.atime_ns, a.mtime_ns), follow_symlinks=False)
+            return True
+        assert a.chunks is not None
+        fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            written = 0
+            for digest in a.chunks:
+                data = store.get(digest)
+                if data is None:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                written += len(data)
+            if written != a.size:
+                raise FileNotFoundError(errno.ENOENT, "a chunk is gone from the store")
+            os.fchown(fd, a.uid, a.gid)
+            os.fchmod(fd, stat.S_IMODE(a.mode))  # after chown, which clears set-id bits
+            os.utime(fd, ns=(a.atime_ns, a.mtime_ns))
+        except BaseException as exc:
+            os.close(fd)
+            os.unlink(where)
+            if isinstance(exc, FileNotFoundError):
+                return False
+            raise
+        os.close(fd)
+        return True
+
+    def _mark_complete(self, folders: list[Node], nodes: NodeTable) -> None:
+        """Opaque: the folders this run listed that hold every entry, subfolders complete too."""
+        dirs = self._dirs()
+        for node in sorted(folders, key=lambda n: n.path.count(b"/"), reverse=True):
+            here = dirs.get(node.path)
+            if here is None or node.path == b"/" or self.index.digests.get(node.path) != node.digest:
+                continue
+            assert node.children is not None
+            complete = True
+            for name, ino in node.children.items():
+                a = nodes.by_ino[ino].attr
+                if a is not None and stat.S_ISDIR(a.mode):
+                    sub = dirs.get(nodes.by_ino[ino].path)
+                    complete = sub is not None and sub.complete
+                else:
+                    complete = name in here.files
+                if not complete:
+                    break
+            if complete and not here.complete:
+                os.setxattr(self._where(node.path), OPAQUE, b"y")
+                here.complete = True
+            elif not complete and here.complete:
+                self._incomplete(node.path)
