@@ -18,6 +18,7 @@ import msgspec
 import pytest
 from support import BIN
 from test_run import PROJECT, project_setup
+from test_run_faults import start_remote
 
 from radium.remoting.run.warmtree import _Index
 
@@ -28,14 +29,22 @@ STATS = re.compile(rb"FUSE operations (\d+), warm tree files (\d+)")
 
 def session(remote, tmp_path, files: dict[str, str | bytes], steps: list[str], client_name: str = "vm1"):
     """Run `steps` (bash; `radium` is the client) one after another in one private mount
-    namespace holding the project; each step's stdout and stderr, split at markers."""
+    namespace holding the project; each step's stdout and stderr, split at markers.
+
+    Returns once every run's supervisor has ended: a run's end adds to the warm tree after
+    the client has its exit status."""
     client = remote.client(client_name)
     radium = shlex.quote(str(BIN / "radium"))
     body = "".join(f"echo '@@step {i}'; echo '@@step {i}' >&2\n{step}\n" for i, step in enumerate(steps))
     script = f"set -e\n{project_setup(tmp_path, files)}\ncd {PROJECT}\nradium() {{ {radium} \"$@\"; }}\n{body}"
     argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", script]
-    out = subprocess.run(client.host.command(argv), env=client.env(), capture_output=True, timeout=int(os.environ.get("WT_TIMEOUT", "200")))
+    out = subprocess.run(client.host.command(argv), env=client.env(), capture_output=True, timeout=200)
     assert out.returncode == 0, out.stderr.decode()[-4000:]
+    remote.runs_started = getattr(remote, "runs_started", 0) + sum(step.count("radium run") for step in steps)
+    ended: set[str] = set()
+    while len(ended) < remote.runs_started:
+        entry = remote.appliance.wait_for_log("run ended", where=lambda e: e.get("run") not in ended)
+        ended.add(entry["run"])
     split = lambda text: re.split(rb"@@step \d+\n", text)[1:]  # noqa: E731
     return list(zip(split(out.stdout), split(out.stderr), strict=True))
 
@@ -84,7 +93,6 @@ def test_a_second_run_reads_the_warm_tree_and_sees_the_same(remote, tmp_path):
     )
     (first_out, first_err), (second_out, second_err), (local_out, _) = steps
     assert first_out == second_out == local_out
-    print(first_err.decode(), second_err.decode()); print([l for l in remote.appliance.lines if "warm" in str(l)]); os.system(f"find {remote.appliance.dir}/state/warm | head -30")
     first_ops, first_warm = fuse_and_warm(first_err)
     second_ops, second_warm = fuse_and_warm(second_err)
     assert first_warm == 0
@@ -95,3 +103,137 @@ def test_a_second_run_reads_the_warm_tree_and_sees_the_same(remote, tmp_path):
     assert (sub / "m05.py").read_bytes() == files["pkg/sub1/m05.py"]
     assert os.getxattr(sub, "trusted.overlay.opaque") == b"y"  # every entry is there: FUSE is not asked
     assert index.size >= 3 << 20
+
+
+def test_what_changed_on_the_client_between_runs_is_seen_never_the_old(remote, tmp_path):
+    files = {f"pkg/a/m{i}.py": f"value = {i}\n" * 20 for i in range(5)}
+    files.update({"pkg/b/data.txt": "b data\n", "pkg/c/x.txt": "x\n", "pkg/gone/old.txt": "old\n"})
+    files["read.py"] = READ_ALL
+    change = (
+        # same size, new content and time; a deletion; an addition; a mode; a folder renamed;
+        # a file replaced by a folder of the same name; a whole folder gone
+        "printf 'value = 9\\n%.0s' $(seq 20) > pkg/a/m3.py && touch -d '2020-01-01' pkg/a/m3.py\n"
+        "rm pkg/a/m4.py && echo new > pkg/a/m5.py && chmod 0600 pkg/a/m1.py\n"
+        "mv pkg/b pkg/b2 && rm pkg/c/x.txt && mkdir pkg/c/x.txt && echo deeper > pkg/c/x.txt/y\n"
+        "rm -r pkg/gone"
+    )
+    steps = session(
+        remote,
+        tmp_path,
+        files,
+        [
+            "radium run --stats -- python3 read.py",
+            "radium run --stats -- python3 read.py",  # the warm tree made
+            change,
+            "radium run --stats -- python3 read.py",
+            "python3 read.py",
+            "radium run --stats -- python3 read.py",  # and once more, the tree pruned and grown again
+        ],
+    )
+    before, warm, _, after, local, again = steps
+    assert before[0] == warm[0] and fuse_and_warm(warm[1])[1] > 0
+    assert after[0] == local[0] == again[0] != before[0], after[1].decode()
+    assert fuse_and_warm(after[1])[1] > 0  # pruned, not thrown away
+    tree, index = warm_index(remote)
+    here = tree / PROJECT.lstrip("/") / "pkg"
+    assert not (here / "a" / "m4.py").exists() and not (here / "gone").exists() and not (here / "b").exists()
+    assert (here / "a" / "m3.py").read_text() == "value = 9\n" * 20
+    assert (here / "c" / "x.txt" / "y").read_text() == "deeper\n"
+    assert os.stat(here / "a" / "m1.py").st_mode & 0o777 == 0o600
+
+
+def test_owners_as_the_client_has_them_whichever_id_slot(remote, tmp_path):
+    probe = (
+        "import os\n"
+        "for p in ('mine.txt', 'theirs.txt', 'sub'):\n"
+        "    st = os.stat(p)\n"
+        "    print(p, st.st_uid, st.st_gid, open(p).read().strip() if p.endswith('txt') else '')\n"
+    )
+    files = {"mine.txt": "mine", "theirs.txt": "theirs", "sub/f": "f", "probe.py": probe}
+    extra = "chown 1234:2345 theirs.txt sub && chmod 0644 theirs.txt"
+    steps = session(
+        remote,
+        tmp_path,
+        files,
+        [extra, *["radium run --stats -- python3 probe.py"] * 3, "python3 probe.py"],
+    )
+    outs = [out for out, _ in steps[1:]]
+    # Three runs, three id slots (radiumd hands them out in turn): the second and third from the warm tree.
+    assert outs[0] == outs[1] == outs[2] == outs[3], outs
+    assert b"theirs.txt 1234 2345 theirs" in outs[0]
+    assert fuse_and_warm(steps[3][1])[1] > 0
+    tree, _ = warm_index(remote)
+    st = os.stat(tree / PROJECT.lstrip("/") / "theirs.txt")
+    assert (st.st_uid, st.st_gid) == (1234, 2345)  # on disk as on the client; shifted only when mounted
+
+
+def test_a_run_holding_the_tree_keeps_it_while_another_sees_a_change(remote, tmp_path):
+    """Run A uses the warm tree and waits; meanwhile a file changes and run B starts: B must see
+    the change (it cannot prune under A, so it goes without), and A's tree must not change under it."""
+    files = {"pkg/v.txt": "one\n", "pkg/w.txt": "w\n", "read.py": READ_ALL}
+    both = (
+        "radium run -- cat pkg/v.txt pkg/w.txt\n"
+        "d=$(mktemp -d) && mkfifo $d/gate $d/said\n"
+        "radium run --stats -- sh -c 'cat pkg/v.txt; echo started; read x; cat pkg/v.txt' "
+        "< $d/gate > $d/said 2> $d/a.err &\n"
+        "exec 3> $d/gate 4< $d/said\n"
+        "read first <&4; read started <&4\n"
+        "echo two > pkg/v.txt\n"
+        "radium run --stats -- cat pkg/v.txt\n"
+        "echo go >&3; exec 3>&-\n"
+        "read last <&4; wait\n"
+        "echo \"A: $first $started $last\"; cat $d/a.err >&2; rm -r $d"
+    )
+    steps = session(remote, tmp_path, files, [both, "radium run --stats -- cat pkg/v.txt"])
+    out, err = steps[0]
+    lines = out.decode().splitlines()
+    assert lines[0:2] == ["one", "w"]
+    assert lines[2] == "two"  # B: the change, although A held the warm tree that had "one"
+    assert lines[3] == "A: one started one", lines  # A: its world did not change under it
+    a_stats, b_stats = STATS.findall(err)[-1], STATS.findall(err)[0]
+    assert int(a_stats[1]) > 0 and int(b_stats[1]) == 0, err.decode()
+    assert steps[1][0] == b"two\n"
+    assert fuse_and_warm(steps[1][1])[1] > 0  # alone again: pruned and used
+
+
+def test_a_tree_left_mid_change_is_never_used_and_is_rebuilt(remote, tmp_path):
+    files = {"pkg/v.txt": "real\n"}
+    steps = session(remote, tmp_path, files, ["radium run -- cat pkg/v.txt"] * 2)
+    assert [o for o, _ in steps] == [b"real\n"] * 2
+    tree, index = warm_index(remote)
+    # As a crash mid-change leaves it: the mark, and a file half written.
+    (tree.parent / "busy").touch()
+    (tree / PROJECT.lstrip("/") / "pkg" / "v.txt").write_text("ha")
+    (tree / PROJECT.lstrip("/") / "pkg" / "half").write_text("")
+    steps = session(remote, tmp_path, files, ["radium run --stats -- sh -c 'cat pkg/v.txt; ls pkg'"] * 2)
+    for out, err in steps:
+        assert out == b"real\nv.txt\n", (out, err)
+    assert fuse_and_warm(steps[0][1])[1] == 0
+    assert fuse_and_warm(steps[1][1])[1] > 0
+    tree, _ = warm_index(remote)
+    assert not (tree.parent / "busy").exists()
+    assert not (tree / PROJECT.lstrip("/") / "pkg" / "half").exists()
+
+
+def test_the_limit_and_turning_it_off(two_hosts, tmp_path):
+    files = {"big.bin": os.urandom(2 << 20), "small.txt": "small\n", "read.py": READ_ALL.replace("'pkg'", "'.'")}
+    r = start_remote(two_hosts, tmp_path, "[run]\nwarm_tree_bytes = 1048576\n")
+    try:
+        steps = session(r, tmp_path, files, ["radium run -- python3 read.py"] * 2 + ["python3 read.py"])
+        assert steps[0][0] == steps[1][0] == steps[2][0]
+        tree, index = warm_index(r)
+        assert (tree / PROJECT.lstrip("/") / "small.txt").exists()
+        assert not (tree / PROJECT.lstrip("/") / "big.bin").exists() and index.size <= 1 << 20
+    finally:
+        r.close()
+        r.appliance.stop()
+    off = tmp_path / "off"
+    off.mkdir()
+    r = start_remote(two_hosts, off, "[run]\nwarm_tree_bytes = 0\n")
+    try:
+        steps = session(r, off, files, ["radium run --stats -- python3 read.py"] * 2)
+        assert steps[0][0] == steps[1][0] and fuse_and_warm(steps[1][1])[1] == 0
+        assert not (r.appliance.dir / "state" / "warm").exists()
+    finally:
+        r.close()
+        r.appliance.stop()

@@ -29,6 +29,7 @@ def _moved(run: dict) -> str:
     st = run.get("stats") or {}
     return (
         f"{st.get('fs_requests', 0)} file requests ({st.get('fs_direct', 0)} direct), "
+        f"{st.get('fuse_ops', 0)} FUSE operations, {st.get('warm_files', 0)} files in the warm tree, "
         f"fetched {_bytes(st.get('bytes_fetched', 0))}, "
         f"chunk hits/misses {st.get('cache_hits', 0)}/{st.get('cache_misses', 0)}, "
         f"on the wire {_bytes(run['wire_tx'])} out / {_bytes(run['wire_rx'])} in"
