@@ -36,7 +36,8 @@ def session(remote, tmp_path, files: dict[str, str | bytes], steps: list[str], c
     client = remote.client(client_name)
     radium = shlex.quote(str(BIN / "radium"))
     body = "".join(f"echo '@@step {i}'; echo '@@step {i}' >&2\n{step}\n" for i, step in enumerate(steps))
-    script = f"set -e\n{project_setup(tmp_path, files)}\ncd {PROJECT}\nradium() {{ {radium} \"$@\"; }}\n{body}"
+    script = f"set -e\n{project_setup(tmp_path, files)}\ncd {PROJECT}\n"
+    script += f'radium() {{ {radium} "$@"; }}\n{body}'
     argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", script]
     out = subprocess.run(client.host.command(argv), env=client.env(), capture_output=True, timeout=200)
     assert out.returncode == 0, out.stderr.decode()[-4000:]
@@ -182,7 +183,7 @@ def test_a_run_holding_the_tree_keeps_it_while_another_sees_a_change(remote, tmp
         "radium run --stats -- cat pkg/v.txt\n"
         "echo go >&3; exec 3>&-\n"
         "read last <&4; wait\n"
-        "echo \"A: $first $started $last\"; cat $d/a.err >&2; rm -r $d"
+        'echo "A: $first $started $last"; cat $d/a.err >&2; rm -r $d'
     )
     steps = session(remote, tmp_path, files, [both, "radium run --stats -- cat pkg/v.txt"])
     out, err = steps[0]
@@ -216,7 +217,8 @@ def test_a_tree_left_mid_change_is_never_used_and_is_rebuilt(remote, tmp_path):
 
 
 def test_the_limit_and_turning_it_off(two_hosts, tmp_path):
-    files = {"big.bin": os.urandom(2 << 20), "small.txt": "small\n", "read.py": READ_ALL.replace("'pkg'", "'.'")}
+    files = {"big.bin": os.urandom(2 << 20), "small.txt": "small\n"}
+    files["read.py"] = READ_ALL.replace("'pkg'", "'.'")
     r = start_remote(two_hosts, tmp_path, "[run]\nwarm_tree_bytes = 1048576\n")
     try:
         steps = session(r, tmp_path, files, ["radium run -- python3 read.py"] * 2 + ["python3 read.py"])
@@ -237,3 +239,31 @@ def test_the_limit_and_turning_it_off(two_hosts, tmp_path):
     finally:
         r.close()
         r.appliance.stop()
+
+
+def test_a_full_disk_stops_the_tree_growing_and_nothing_breaks(two_hosts, tmp_path):
+    """The warm trees' folder is a 2 MiB tmpfs: what a run read does not fit (the disk fills
+    mid-file, or the index cannot be saved); every run still sees the client's files, and
+    whatever the tree holds is whole."""
+    warm = tmp_path / "appliance" / "state" / "warm"
+
+    def mount(app):
+        warm.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(warm)], check=True)
+
+    files: dict[str, str | bytes] = {f"pkg/m{i}.bin": os.urandom(400_000) for i in range(8)}
+    files["read.py"] = READ_ALL
+    r = None
+    try:
+        r = start_remote(two_hosts, tmp_path, before_start=mount)
+        steps = session(r, tmp_path, files, [*["radium run -- python3 read.py"] * 3, "python3 read.py"])
+        assert len({out for out, _ in steps}) == 1, steps
+        for folder in warm.iterdir():
+            project = folder / "tree" / PROJECT.lstrip("/") / "pkg"
+            for copy in project.iterdir() if project.exists() else ():
+                assert copy.read_bytes() == files[f"pkg/{copy.name}"], copy
+    finally:
+        if r is not None:
+            r.close()
+            r.appliance.stop()
+        subprocess.run(["umount", "-l", str(warm)], check=False)

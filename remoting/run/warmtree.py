@@ -51,7 +51,9 @@ from .fsproto import Attr, DirEntry
 log = logging.getLogger(__name__)
 
 OPAQUE = "trusted.overlay.opaque"
-BUDGET = 10.0  # seconds a run may spend adding to its client's tree after it ended
+# Seconds a run may spend adding to its client's tree after it ended (the client's next run
+# waits for it): a big tree (a dataset read once) is laid out over several runs' ends.
+BUDGET = 1.0
 Identity = tuple[int, int, int, int, int, int, int, int]
 EntriesOf = Callable[[bytes], "list[DirEntry] | None"]
 
@@ -357,12 +359,8 @@ class WarmTree:
             return False
         if stat.S_ISLNK(a.mode):
             return a.target is not None
-        return (
-            stat.S_ISREG(a.mode)
-            and a.nlink == 1
-            and a.chunks is not None
-            and all(store.has(c) for c in a.chunks)
-        )
+        # A file with other hard links is copied alone: its link count shows as 1 (as a copy's).
+        return stat.S_ISREG(a.mode) and a.chunks is not None and all(store.has(c) for c in a.chunks)
 
     def _lacking(self, folders: list[Node], nodes: NodeTable, store: ContentStore) -> bool:
         dirs = self._dirs()
@@ -380,9 +378,12 @@ class WarmTree:
         return False
 
     def _add(self, folders: list[Node], nodes: NodeTable, store: ContentStore, deadline: float) -> int:
+        """The folders first, then their lacking files smallest first (the most FUSE operations
+        saved for the bytes written) until the limit or the deadline."""
         dirs = self._dirs()
         added = 0
         touched: list[bytes] = []
+        lacking: list[tuple[int, bytes, bytes, Attr]] = []  # size, folder, name, attributes
         try:
             for node in folders:
                 assert node.children is not None and node.digest is not None
@@ -394,21 +395,20 @@ class WarmTree:
                     self._prune(path, node.digest, {n: a for n, a in listing.items() if a is not None})
                 if path not in dirs:
                     self._make_dir(node)
-                here = dirs[path]
-                where = self._where(path)
+                touched.append(path)
                 for name, ino in node.children.items():
                     child = nodes.by_ino[ino]
-                    if name in here.files or not self._wanted(child, store):
-                        continue
-                    a = child.attr
-                    assert a is not None
-                    if self.index.size + a.size > self.limit or time.monotonic() > deadline:
-                        continue
-                    if self._copy(os.path.join(where, name), a, store):
-                        here.files[name] = identity(a)
-                        self.index.size += a.size
-                        added += 1
-                touched.append(path)
+                    if name not in dirs[path].files and self._wanted(child, store):
+                        assert child.attr is not None
+                        lacking.append((child.attr.size, path, name, child.attr))
+            lacking.sort(key=lambda item: item[0])
+            for size, path, name, a in lacking:
+                if self.index.size + size > self.limit or time.monotonic() > deadline:
+                    break
+                if self._copy(os.path.join(self._where(path), name), a, store):
+                    dirs[path].files[name] = identity(a)
+                    self.index.size += size
+                    added += 1
         except OSError as exc:  # a full disk, most likely: what is complete stays
             log.warning("warm tree %s: stopped adding: %s", self.folder, exc)
         self._mark_complete(folders, nodes)
