@@ -409,6 +409,9 @@ class RunStats(Model):
     bytes_written_back: int = 0
     output_bytes: int = 0
     phases: dict[str, float] = {}
+    # Where file content's time went on the appliance, seconds (overlapping, not consecutive):
+    # readers waiting for it ("wait"), verifying it ("verify"), storing it ("store", background).
+    content_seconds: dict[str, float] = {}
 
 
 class RunExit(Message, tag="run-exit"):

@@ -259,6 +259,15 @@ def _print_cold(r: dict) -> None:
         f"max {max(per_file):.3f} s; the same reader locally on the tmpfs: "
         f"{cold['local']['reader_MBps']:,.0f} MB/s; making the tree took {r['cold']['made_s']:.1f} s"
     )
+    st = c.get("stats") or {}
+    content, answers = st.get("content_seconds", {}), st.get("file_seconds", {})
+    print(
+        f"  where the reader's {c['reader']['seconds']:.2f} s went (stages overlap): the reader waited "
+        f"for content {content.get('wait', 0):.2f} s in all; the client answered file requests for "
+        + ", ".join(f"{v:.2f} s ({k})" for k, v in sorted(answers.items()))
+        + f" (reading and hashing); the appliance verified {content.get('verify', 0):.2f} s and stored "
+        f"{content.get('store', 0):.2f} s (in the background); the wire carries the rest of the wait"
+    )
     print(f"warm re-read: {_moved(cold['warm'])}")
     print(f"  wall {cold['warm']['wall']:.3f} s = {_pieces(breakdown(cold['warm']))}")
     print(f"  FUSE read from the store (warm re-read): {cold['warm']['reader_MBps']:,.0f} MB/s")

@@ -36,6 +36,10 @@ STATS_RE = re.compile(
     r"bytes fetched (\d+), cache hits (\d+), misses (\d+), written back (\d+), output (\d+); ?(.*)$"
 )
 
+TIMES_RE = re.compile(
+    r"time in file content on the appliance: (.*); answering file requests here: (.*)$", re.M
+)
+
 READER = """\
 import json, os, sys, time
 root = sys.argv[1]
@@ -81,6 +85,10 @@ def parse_stats(stderr: str) -> dict[str, Any] | None:
             )
             out: dict[str, Any] = dict(zip(keys, map(int, m.groups()[:9]), strict=True))
             out["phases"] = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)s", m.group(10))}
+            times = TIMES_RE.search(stderr)
+            if times:
+                out["content_seconds"] = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", times[1])}
+                out["file_seconds"] = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", times[2])}
             return out
     return None
 

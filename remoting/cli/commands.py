@@ -230,6 +230,12 @@ def run_report(result: RunResult, stats: bool) -> str:
             f"bytes fetched {st.bytes_fetched}, cache hits {st.cache_hits}, misses {st.cache_misses}, "
             f"written back {st.bytes_written_back}, output {st.output_bytes}; {phases}"
         )
+        content = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(st.content_seconds.items()))
+        answers = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(result.file_seconds.items()))
+        lines.append(
+            f"{PROG}: time in file content on the appliance: {content or 'none'}; "
+            f"answering file requests here: {answers or 'none'}"
+        )
     return "".join(line + "\n" for line in lines)
 
 

@@ -83,6 +83,7 @@ class RunResult:
     stats: s.RunStats
     detail: str = ""
     writeback_errors: list[str] = field(default_factory=list)
+    file_seconds: dict[str, float] = field(default_factory=dict)  # the file server's, by request kind
 
 
 class Ends:
@@ -294,6 +295,7 @@ class RemoteRun:
             stats=exit_msg.stats,
             detail=exit_msg.detail,
             writeback_errors=self.applier.errors,
+            file_seconds=dict(self.files.stats.seconds),
         )
 
     def _save_state(self) -> None:

@@ -34,7 +34,8 @@ import logging
 import os
 import stat
 import threading
-from collections import Counter, OrderedDict, deque
+import time
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,7 @@ class ServerStats:
     requests: Counter = field(default_factory=Counter)
     content_bytes: int = 0  # chunk data and inline data sent
     hashed_bytes: int = 0  # bytes read to compute hashes (0 when the cache knew them)
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # answering, by kind
     errors: int = 0
 
 
@@ -390,6 +392,14 @@ class FileServer:
         kind = type(request).__name__
         with self._stats_lock:
             self.stats.requests[kind] += 1
+        started = time.perf_counter()
+        try:
+            return self._answer(request, kind)
+        finally:
+            with self._stats_lock:
+                self.stats.seconds[kind] += time.perf_counter() - started
+
+    def _answer(self, request: FsRequest, kind: str) -> FsReply:
         try:
             match request:
                 case Lookup():

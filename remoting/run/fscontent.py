@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -71,6 +73,7 @@ class Contents:
         self.background: trio.Nursery | None = None
         self._inflight: dict[object, trio.Event] = {}
         self.recent: OrderedDict[bytes, bytes] = OrderedDict()
+        self._seconds_lock = threading.Lock()
 
     def keep_inline(self, node: Node, attr: Attr) -> None:
         """Put a small file's inline data into the store (or keep it here if the store refuses)."""
@@ -179,6 +182,7 @@ class Contents:
             self.stats.chunk_hits += 1
             return piece
         self.stats.chunk_misses += 1
+        waiting = time.perf_counter()
         for _ in range(3):  # another task's fetch may fail, or the store may lose it at once
             if ("chunk", digest) in self._inflight:
                 await self._inflight[("chunk", digest)].wait()
@@ -186,6 +190,7 @@ class Contents:
                 await self._fetch_run(node, index, sequential)
             piece = self._local_piece(digest, lo, hi)
             if piece is not None:
+                self.stats.seconds["wait"] += time.perf_counter() - waiting
                 return piece
         log.warning("chunk %d of %r could not be read back after fetching it", index, node.path)
         raise pyfuse3.FUSEError(errno.EIO)
@@ -223,7 +228,9 @@ class Contents:
             self.stats.chunks_fetched += len(wanted)
             self.stats.bytes_fetched += sum(map(len, reply.data))
             pairs = [(chunks[i], data) for i, data in zip(wanted, reply.data, strict=True)]
+            started = time.perf_counter()
             verified = await trio.to_thread.run_sync(_verified, pairs)
+            self.stats.seconds["verify"] += time.perf_counter() - started
             # Served from memory at once; written to the store meanwhile, off the reader's path.
             for digest, data in verified:
                 self.recent[digest] = data
@@ -247,6 +254,12 @@ class Contents:
     def _store_chunks(self, verified: list[tuple[bytes, bytes]]) -> None:
         """Store chunks whose hashes were checked (in a worker thread, in the background: a
         failure costs a later fetch, never the run)."""
+        started = time.perf_counter()
+        self._store_each(verified)
+        with self._seconds_lock:  # stores run in several threads at once
+            self.stats.seconds["store"] += time.perf_counter() - started
+
+    def _store_each(self, verified: list[tuple[bytes, bytes]]) -> None:
         for digest, data in verified:
             try:
                 self.store.put(digest, data, verified=True)

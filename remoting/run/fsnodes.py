@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -57,6 +57,9 @@ class TreeStats:
     chunk_hits: int = 0  # chunk pieces read from the store or memory
     chunk_misses: int = 0  # chunk pieces that had to be fetched
     store_full: int = 0  # chunks the store refused for lack of space (served from memory)
+    # Where a cold read's time goes, seconds: readers waiting for content to arrive ("wait"),
+    # verifying fetched chunks ("verify", a worker thread), storing them ("store", background).
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
 def unchanged(a: Attr, b: Attr) -> bool:

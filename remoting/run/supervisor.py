@@ -330,6 +330,25 @@ class Supervisor:
         await trio.to_thread.run_sync(functools.partial(how, *args, **kw))
         self.mounted.append(target)
 
+    async def leave_world(self, claim: bool) -> None:
+        """The process is gone: take its world apart and, before the client hears of the end,
+        let the client's next run have the warm tree — claimed, when this run has files to add
+        to it (the next run then waits for that), else released."""
+        await self._detach_world()
+        if self.warm is not None and not (claim and self.warm.claim()):
+            self.warm.close()
+            self.warm = None
+
+    async def _detach_world(self) -> None:
+        # Nothing here may touch the mounts' contents: a stat would ask FUSE, maybe no longer served.
+        if self.root in self.mounted:
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(mounts.detach, self.root)  # and all below it
+        if self.warm_mount in self.mounted:
+            with contextlib.suppress(OSError):
+                mounts.detach(self.warm_mount)
+        self.mounted = [m for m in self.mounted if m not in (self.root, self.warm_mount)]
+
     async def teardown(self) -> None:
         self.asks.close()
         if hasattr(self, "store"):
@@ -337,14 +356,7 @@ class Supervisor:
                 self.store.save_index()  # for the next run to start from (no scan)
             except OSError as exc:
                 log("could not save the content store's index", run=self.job.run, error=str(exc))
-        # Nothing here may touch the mounts' contents: the FUSE daemon (us) no
-        # longer answers, so a stat would hang.
-        if self.mounted:
-            with contextlib.suppress(OSError):
-                await trio.to_thread.run_sync(mounts.detach, self.root)  # and all below it
-        if self.warm_mount in self.mounted:
-            with contextlib.suppress(OSError):
-                mounts.detach(self.warm_mount)
+        await self._detach_world()
         unmount(str(self.lower))
         if self.warm is not None and hasattr(self, "tree"):
             # The client has its exit status: add what this run read, at low priority.
@@ -354,9 +366,12 @@ class Supervisor:
         assert self.warm is not None
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 10)  # this thread only (Linux: a thread is a process here)
+            started = time.monotonic()
             added = self.warm.grow(self.tree.nodes, self.store)
             if added:
-                log("warm tree grown", run=self.job.run, files=added, bytes=self.warm.index.size)
+                took = round(time.monotonic() - started, 3)
+                size = self.warm.index.size
+                log("warm tree grown", run=self.job.run, files=added, bytes=size, seconds=took)
         except OSError as exc:
             log("warm tree not grown", run=self.job.run, error=str(exc))
         finally:
@@ -745,8 +760,9 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
             if hasattr(sup, "tree"):
                 st = sup.tree.stats
                 sup.stats.fuse_ops = sum(st.ops.values())
-                if sup.warm is not None and (st.ops["open"] or st.ops["readlink"]):
-                    sup.warm.claim()  # files came through FUSE: the warm tree may take them
+                sup.stats.content_seconds = {k: round(v, 4) for k, v in st.seconds.items()}
+                # Files came through FUSE: the warm tree may take them.
+                await sup.leave_world(claim=bool(st.ops["open"] or st.ops["readlink"]))
                 log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
             nursery.cancel_scope.cancel()
