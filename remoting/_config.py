@@ -118,9 +118,18 @@ class ClientSection(Section):
     secret_key: str
 
 
+class ExportsSection(Section):
+    """What `radium run` withholds from appliances beyond the defaults (run/exports.py):
+    absolute paths or ~/..., globs allowed; `allow`: exceptions inside denied folders."""
+
+    deny: list[str] = []
+    allow: list[str] = []
+
+
 class ClientConfig(Section):
     client: ClientSection
     appliances: list[ApplianceEntry] = []
+    exports: ExportsSection = msgspec.field(default_factory=ExportsSection)
     source: str = ""
 
     @property
@@ -267,6 +276,12 @@ def check_client_config(config: ClientConfig) -> None:
     for key in ("public_key", "secret_key"):
         if not is_z85_key(getattr(config.client, key)):
             raise ConfigError(f"{src}: client.{key}: expected a 40-character Z85 CURVE key")
+    for key in ("deny", "allow"):
+        for i, rule in enumerate(getattr(config.exports, key)):
+            if not (rule.startswith("/") or rule.startswith("~/")):
+                raise ConfigError(
+                    f"{src}: exports.{key}.{i}: {rule!r}: give an absolute path or one starting with ~/"
+                )
     for i, a in enumerate(config.appliances):
         _check_listen(a.address, f"{src}: appliances.{i}.address")
         if not is_z85_key(a.public_key):

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +213,13 @@ def run_arguments(args: argparse.Namespace) -> tuple[list[str], s.AllocationRequ
     return argv, request
 
 
+def show_exports(config: ClientConfig, environ: Mapping[str, str]) -> str:
+    """`radium run --show-exports`: what runs may not read of this client."""
+    from ..client.withheld import export_policy
+
+    return "".join(line + "\n" for line in export_policy(config, environ).describe())
+
+
 def run_report(result: RunResult, stats: bool) -> str:
     """What `radium run` says on stderr after the process's own output (often nothing)."""
     lines = []
@@ -247,8 +255,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from ..client import run as remote
 
-    argv, request = run_arguments(args)
     config = load_client_config()
+    if args.show_exports:
+        sys.stdout.write(show_exports(config, os.environ))
+        return 0
+    argv, request = run_arguments(args)
     result = asyncio.run(remote.run(config, argv, request, args.timeout, args.server))
     sys.stderr.write(run_report(result, args.stats))
     return result.status
@@ -445,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="wait up to S seconds for devices")
     p.add_argument(
         "--stats", action="store_true", help="print bytes moved, cache hits and timings at the end"
+    )
+    p.add_argument(
+        "--show-exports",
+        action="store_true",
+        help="print what is withheld from appliances (secrets look absent to runs), run nothing",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     command("release-gpus", cmd_release_gpus, "release the devices reserved by request-gpus")

@@ -280,8 +280,10 @@ class Agent:
             with redirect_stdout(out), redirect_stderr(err):
                 args = commands.build_parser().parse_args(["run", *run_args])
             as_json = args.json
-            argv, request = commands.run_arguments(args)
             config = load_client_config(Path(cwd) / client_config_path(environ))  # relative: to cwd
+            if args.show_exports:
+                return 0, commands.show_exports(config, environ), ""
+            argv, request = commands.run_arguments(args)
             result = await remote.run(
                 config,
                 argv,

@@ -28,12 +28,14 @@ from .._config import ClientConfig, address_host
 from .._errors import RadiumError, TransportError, UsageError
 from .._keys import write_atomic
 from ..run import fsproto
+from ..run.exports import ExportPolicy
 from ..run.files import FileServer
 from ..run.writeback import Applier
 from . import api, handoff, holder
 from .connection import Connection
 from .paths import state_dir
 from .session import Session
+from .withheld import export_policy
 
 # Not carried to the appliance: they name things that exist only on the client.
 DROPPED_ENV = (
@@ -212,6 +214,7 @@ class RemoteRun:
         cwd: str,
         env: dict[str, str],
         ends: Ends | None = None,
+        exports: ExportPolicy | None = None,
     ) -> None:
         self.session = session
         self.conn: Connection = session.conn
@@ -226,6 +229,7 @@ class RemoteRun:
             cwd=cwd,
             hash_cache=state / "hashes.cache",
             delivered=_load_hashes(self.delivered_path),
+            exports=exports,
         )
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="radium-files")
         self.queue: asyncio.Queue[tuple[s.Message, list[bytes]]] = asyncio.Queue()
@@ -491,6 +495,7 @@ async def run(
     gives those of the `radium run` it serves).
     """
     env = carried_environment(environ)
+    exports = export_policy(config, os.environ if environ is None else environ)
     if cwd is None:
         try:
             cwd = os.getcwd()
@@ -502,12 +507,14 @@ async def run(
         conn = await Connection(entry, config.keys).open()
         session = await Session(conn).open()
         try:
-            return await RemoteRun(session, argv, cwd, env, ends).execute(reservation.lease.id, None, 0)
+            run = RemoteRun(session, argv, cwd, env, ends, exports)
+            return await run.execute(reservation.lease.id, None, 0)
         finally:
             await session.close()
             await conn.close()
     reserved = await api.reserve(config, request or s.AllocationRequest(), timeout, server)
     try:
-        return await RemoteRun(reserved.session, argv, cwd, env, ends).execute(reserved.lease.id, None, 0)
+        run = RemoteRun(reserved.session, argv, cwd, env, ends, exports)
+        return await run.execute(reserved.lease.id, None, 0)
     finally:
         await reserved.release()

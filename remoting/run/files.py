@@ -42,6 +42,7 @@ from pathlib import Path
 
 import msgspec
 
+from radium.remoting.run.exports import ExportPolicy
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
@@ -243,6 +244,7 @@ class FileServer:
         serve_disk_mounts: bool = True,
         hash_cache: str | os.PathLike | None = None,
         delivered: set[bytes] | None = None,
+        exports: ExportPolicy | None = None,
     ) -> None:
         self.root = os.fsencode(os.path.realpath(root))
         self._prefix = b"" if self.root == b"/" else self.root
@@ -251,6 +253,7 @@ class FileServer:
             p for m in serve_mounts if (p := self._client_path(os.fsencode(os.path.realpath(m)))) is not None
         }
         self.serve_disk_mounts = serve_disk_mounts
+        self.exports = exports  # what is withheld (secrets): absent to the appliance
         self.hashes = HashCache(hash_cache)
         # Chunk hashes the appliance is believed to hold: small files whose only chunk
         # is among them are not sent inline again.  A wrong belief (evicted there)
@@ -273,13 +276,22 @@ class FileServer:
         return real[len(self._prefix) :] or b"/"
 
     def _real(self, path: bytes) -> bytes:
+        """The real path of a client path: every request's way in, so the export policy's check."""
         real = self._prefix + path if path != b"/" else self.root
         if self._prefix and path != b"/":
             # A symlink in the middle of the path must not lead out of root.
             parent = os.path.realpath(os.path.dirname(real))
             if not _is_under(os.fsencode(parent), self.root):
                 raise OSError(errno.EACCES, "path leaves the served tree")
+        if self.exports is not None and self.exports.denies(real):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))  # withheld: as if absent
         return real
+
+    def _withheld(self, real_folder: bytes):  # type: ignore[no-untyped-def]
+        """`hidden(name, st)` for the entries of a folder being listed."""
+        if self.exports is None:
+            return lambda name, st: False
+        return self.exports.entries(real_folder)
 
     def _served(self, mount: Mount, point: bytes) -> bool:
         """The rule of the module docstring, for one mount point other than root's own."""
@@ -439,12 +451,15 @@ class FileServer:
         small files never hashed here also with their hashes and content, up to `budget` bytes
         read, smallest first (one round trip for a folder of them, not one per file)."""
         entries, small = [], []
+        withheld = self._withheld(real)
         with os.scandir(real) as it:
             for item in it:
                 try:
                     st = item.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed while listing
+                if withheld(item.name, st):
+                    continue
                 child = join(path, item.name)
                 if stat.S_ISDIR(st.st_mode) and st.st_dev != dir_dev:
                     self._maybe_new_mount(child)
@@ -494,12 +509,15 @@ class FileServer:
         if not stat.S_ISDIR(st.st_mode):
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         shape, subdirs = [], []
+        withheld = self._withheld(real)
         with os.scandir(real) as it:
             for item in it:
                 try:
                     e = item.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed while listing, as in _listing
+                if withheld(item.name, e):
+                    continue
                 target = None
                 if stat.S_ISLNK(e.st_mode):
                     try:
