@@ -68,6 +68,9 @@ class RunSection(Section):
     # Files a client's runs read, kept as a real tree under its next runs' overlay (served
     # by the kernel, not FUSE): at most this many bytes per client; 0 turns it off.
     warm_tree_bytes: Annotated[int, msgspec.Meta(ge=0)] = 4 << 30
+    # A run is served only stored content its own client sent (run/tenants.py); clients named
+    # together here are one tenant and share what they send: {"team-a": ["vm1", "vm2"]}.
+    tenant_groups: dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")], list[str]] = {}
     # Supervisors started ahead of need (Python and its imports done, waiting for a
     # job), so that a run does not wait ~0.3 s for one to start; 0 starts each on demand.
     spare_supervisors: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1

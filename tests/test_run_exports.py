@@ -165,3 +165,85 @@ def test_a_run_cannot_read_the_clients_secrets_and_reads_the_rest(remote, tmp_pa
     shown = run_hidden(remote, tmp_path, {}, "--show-exports", extra=extra)
     assert shown.returncode == 0, shown.stderr.decode()
     assert f"{home}/.ssh  (default)" in shown.stdout.decode()
+
+
+# --- tenants: the shared content store serves a client only what it sent ----------------------
+
+
+class Liar(FileServer):
+    """A modified client: it describes its own file with the hash of content it never had."""
+
+    def __init__(self, root, claimed: bytes) -> None:
+        super().__init__(root)
+        self.claimed = claimed
+
+    def _attr(self, st, real, *, content):  # type: ignore[no-untyped-def]
+        attr = super()._attr(st, real, content=content)
+        if real.endswith(b"claim.bin"):
+            attr.chunks, attr.data = [self.claimed], None
+        return attr
+
+
+def _read_through_tree(server, store, owned, path: bytes, requests: list | None = None):
+    """Read one file through a run's ClientTree (no mount needed), as the process would."""
+    import pyfuse3
+    import trio
+
+    from radium.remoting.run.fs import ClientTree
+    from radium.remoting.run.fsproto import decode_reply, decode_request, encode
+
+    async def fetch(request):
+        if requests is not None:
+            requests.append(type(request).__name__)
+        return decode_reply(encode(server.handle(decode_request(encode(request)))))
+
+    async def read():
+        tree = ClientTree(fetch, store, owned=owned)
+        attr = await tree.stat_path(path)
+        node = tree.nodes.by_ino[tree.nodes.by_path[path]]
+        await tree.open(node.ino, os.O_RDONLY, None)
+        try:
+            return await tree.read(node.ino, 0, attr.size), tree
+        except pyfuse3.FUSEError as exc:
+            return exc.errno, tree
+
+    return trio.run(read)
+
+
+def test_a_client_naming_another_tenants_chunk_never_receives_its_content(tmp_path):
+    from radium.remoting.run.cas import ContentStore
+    from radium.remoting.run.fsproto import chunk_hash
+    from radium.remoting.run.tenants import OwnedChunks
+    from radium.remoting.run.warmtree import WarmTree
+
+    secret = os.urandom(300_000)  # above INLINE_MAX: fetched as chunks
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "secret.bin").write_bytes(secret)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "claim.bin").write_bytes(os.urandom(len(secret)))
+    store = ContentStore(tmp_path / "store", 1 << 30)
+    tenants = tmp_path / "store" / "tenants"
+    # Tenant A reads its file: the store holds the chunk, A's record says A sent it.
+    owned_a = OwnedChunks(tenants / "a.chunks")
+    data, _ = _read_through_tree(FileServer(tmp_path / "a"), store, owned_a, b"/secret.bin")
+    assert data == secret
+    owned_a.save()
+    # A's next run is served from the store: nothing fetched again.
+    requests: list[str] = []
+    data, _ = _read_through_tree(
+        FileServer(tmp_path / "a"), store, OwnedChunks(tenants / "a.chunks"), b"/secret.bin", requests
+    )
+    assert data == secret and "ReadChunks" not in requests, requests
+    # Tenant B names A's chunk for a file of its own: it is asked for the bytes, which do not match.
+    liar = Liar(tmp_path / "b", chunk_hash(secret))
+    owned_b = OwnedChunks(tenants / "b.chunks")
+    requests.clear()
+    result, tree = _read_through_tree(liar, store, owned_b, b"/claim.bin", requests)
+    assert result != secret and result == errno.EIO, type(result)
+    assert "ReadChunks" in requests  # asked as for a cold chunk: the store's holding it tells nothing
+    assert chunk_hash(secret) not in owned_b
+    # Nor does B's warm tree take A's content.
+    warm = WarmTree(tmp_path / "warm" / "b", 1 << 30)
+    assert warm.share() and warm.claim()
+    warm.grow(tree.nodes, tree.contents)
+    assert not (tmp_path / "warm" / "b" / "tree" / "claim.bin").exists()

@@ -368,6 +368,7 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
         direct_host=listen_host(config.server.listen) if config.run.direct else None,
         warm_dir=str(state / "warm"),
         warm_limit=config.run.warm_tree_bytes,
+        tenant_groups=dict(config.run.tenant_groups),
     )
 
 

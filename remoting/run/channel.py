@@ -73,6 +73,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     direct_host: str | None = None  # where a run's direct file channel listens (None: none)
     warm_dir: str | None = None  # the clients' warm trees (run/warmtree.py), root's; None: none
     warm_limit: int = 0  # bytes of files each client's warm tree may hold
+    tenant_groups: dict[str, list[str]] = {}  # clients that share what they send (run/tenants.py)
 
     ID_COUNT = 65536  # ids of one run (class attribute, not a field)
 

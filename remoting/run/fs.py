@@ -58,6 +58,7 @@ from radium.remoting.run.fsproto import (
     listing_digest,
 )
 from radium.remoting.run.listings import KeptListings
+from radium.remoting.run.tenants import OwnedChunks
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class ClientTree(pyfuse3.Operations):
         batch_chunks: int = 4,
         ahead_chunks: int = 32,
         kept: KeptListings | None = None,
+        owned: OwnedChunks | None = None,
     ) -> None:
         super().__init__()
         self._fetch = fetch
@@ -91,7 +93,7 @@ class ClientTree(pyfuse3.Operations):
         self.stats = TreeStats()
         self.nodes = NodeTable(id_offset, timeout)
         self.contents = Contents(
-            self._ask, store, self.stats, batch_chunks=batch_chunks, ahead_chunks=ahead_chunks
+            self._ask, store, self.stats, batch_chunks=batch_chunks, ahead_chunks=ahead_chunks, owned=owned
         )
         self._inflight: dict[object, trio.Event] = {}
         self._learned: set[int] = set()  # directories with files whose hashes this run learned

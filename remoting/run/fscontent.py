@@ -34,6 +34,7 @@ from radium.remoting.run.fsproto import (
     chunk_count,
     chunk_hash,
 )
+from radium.remoting.run.tenants import OwnedChunks
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,12 @@ class Contents:
         *,
         batch_chunks: int = 4,
         ahead_chunks: int = 32,
+        owned: OwnedChunks | None = None,
     ) -> None:
         self._ask = ask
+        # The chunks this run's tenant sent itself: the only stored ones it is served (tenants.py).
+        # None: every stored chunk (one tenant: tests and tools; a supervisor always gives one).
+        self.owned = owned
         self.store = store
         self.stats = stats
         self.batch_chunks = max(1, min(batch_chunks, MAX_CHUNKS_PER_REQUEST))
@@ -86,6 +91,7 @@ class Contents:
         if attr.chunks and len(attr.chunks) == 1:
             try:
                 self.store.put(attr.chunks[0], data)
+                self._owns(attr.chunks[0])  # verified by the put
                 return
             except StoreFull:
                 self.stats.store_full += 1
@@ -149,7 +155,19 @@ class Contents:
 
     def _here_or_coming(self, digest: bytes) -> bool:
         """The chunk is stored, in memory, or being fetched: nothing to ask for."""
-        return ("chunk", digest) in self._inflight or digest in self.recent or self.store.has(digest)
+        return (
+            ("chunk", digest) in self._inflight
+            or digest in self.recent
+            or (self.serves(digest) and self.store.has(digest))
+        )
+
+    def serves(self, digest: bytes) -> bool:
+        """Whether this run may be served the stored chunk `digest` (its tenant sent it)."""
+        return self.owned is None or digest in self.owned
+
+    def _owns(self, digest: bytes) -> None:
+        if self.owned is not None:
+            self.owned.add(digest)
 
     def _register(self, chunks: list[bytes], indexes: list[int]) -> dict[object, trio.Event]:
         """Mark chunks as in flight (those not already: a file may repeat a chunk)."""
@@ -170,6 +188,8 @@ class Contents:
         data = self.recent.get(digest)
         if data is not None:
             return bytes(data[lo:hi])
+        if not self.serves(digest):
+            return None  # another tenant's, perhaps: this client must send it itself
         piece = self.store.read(digest, lo, hi - lo)
         return piece if piece is not None and len(piece) == hi - lo else None
 
@@ -233,6 +253,7 @@ class Contents:
             self.stats.seconds["verify"] += time.perf_counter() - started
             # Served from memory at once; written to the store meanwhile, off the reader's path.
             for digest, data in verified:
+                self._owns(digest)
                 self.recent[digest] = data
                 while len(self.recent) > RECENT_CHUNKS:
                     self.recent.popitem(last=False)

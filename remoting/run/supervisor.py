@@ -49,6 +49,7 @@ from .fs import ClientTree
 from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
 from .listings import KeptListings
+from .tenants import OwnedChunks, tenant_of
 from .warmtree import WarmTree
 
 CHUNK = 64 * 1024
@@ -173,7 +174,11 @@ class Supervisor:
         store_dir = Path(self.settings.store_dir)
         self.store = ContentStore(store_dir, self.settings.store_limit, scan=False)
         self.kept = KeptListings(self.store, store_dir / "listings" / f"{self.job.client}.idx")
-        self.tree = ClientTree(self.asks.fetch, self.store, id_offset=self.id_base, kept=self.kept)
+        tenant = tenant_of(self.job.client, self.settings.tenant_groups)
+        self.owned = OwnedChunks(store_dir / "tenants" / f"{tenant}.chunks")
+        self.tree = ClientTree(
+            self.asks.fetch, self.store, id_offset=self.id_base, kept=self.kept, owned=self.owned
+        )
         self.warm = await self._open_warm()
         warm_dirs = self.warm.known() if self.warm is not None else {}
         if self.start.prefetch or self.kept.previous or warm_dirs:  # one round trip, not one per directory
@@ -335,6 +340,7 @@ class Supervisor:
         let the client's next run have the warm tree — claimed, when this run has files to add
         to it (the next run then waits for that), else released."""
         await self._detach_world()
+        self.owned.save()  # before the client may start its next run, which reads it
         if self.warm is not None and not (claim and self.warm.claim()):
             self.warm.close()
             self.warm = None
@@ -356,6 +362,8 @@ class Supervisor:
                 self.store.save_index()  # for the next run to start from (no scan)
             except OSError as exc:
                 log("could not save the content store's index", run=self.job.run, error=str(exc))
+            if hasattr(self, "owned"):
+                self.owned.save()
         await self._detach_world()
         unmount(str(self.lower))
         if self.warm is not None and hasattr(self, "tree"):
@@ -367,7 +375,7 @@ class Supervisor:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 10)  # this thread only (Linux: a thread is a process here)
             started = time.monotonic()
-            added = self.warm.grow(self.tree.nodes, self.store)
+            added = self.warm.grow(self.tree.nodes, self.tree.contents)
             if added:
                 took = round(time.monotonic() - started, 3)
                 size = self.warm.index.size

@@ -44,7 +44,7 @@ from pathlib import Path
 import msgspec
 
 from .._keys import write_atomic
-from .cas import ContentStore
+from .fscontent import Contents
 from .fsnodes import Node, NodeTable
 from .fsproto import Attr, DirEntry
 
@@ -322,7 +322,7 @@ class WarmTree:
         while another run holds it (its own end will add what it read)."""
         return self._fd is not None and self._exclusive()
 
-    def grow(self, nodes: NodeTable, store: ContentStore, budget: float = BUDGET) -> int:
+    def grow(self, nodes: NodeTable, contents: Contents, budget: float = BUDGET) -> int:
         """With the tree claimed: add what this run knows and the tree lacks (its listed
         folders, their files whose content the store holds, their symlinks); return how many
         files were added."""
@@ -332,10 +332,10 @@ class WarmTree:
         if self._busy().exists():
             self._discard()
         folders = self._folders(nodes)
-        if not self._lacking(folders, nodes, store):
+        if not self._lacking(folders, nodes, contents):
             return 0
         deadline, added = time.monotonic() + budget, [0]
-        self._change(lambda: added.__setitem__(0, self._add(folders, nodes, store, deadline)))
+        self._change(lambda: added.__setitem__(0, self._add(folders, nodes, contents, deadline)))
         return added[0]
 
     def _folders(self, nodes: NodeTable) -> list[Node]:
@@ -352,17 +352,20 @@ class WarmTree:
                     todo.append(child)
         return out
 
-    def _wanted(self, child: Node, store: ContentStore) -> bool:
-        """Whether the tree should hold this entry: a file whose content the store has, a symlink."""
+    def _wanted(self, child: Node, contents: Contents) -> bool:
+        """Whether the tree should hold this entry: a symlink, or a file whose content the store
+        has and this run's tenant sent (never another tenant's content, see tenants.py)."""
         a = child.attr
         if a is None:
             return False
         if stat.S_ISLNK(a.mode):
             return a.target is not None
         # A file with other hard links is copied alone: its link count shows as 1 (as a copy's).
-        return stat.S_ISREG(a.mode) and a.chunks is not None and all(store.has(c) for c in a.chunks)
+        if not stat.S_ISREG(a.mode) or a.chunks is None:
+            return False
+        return all(contents.serves(c) and contents.store.has(c) for c in a.chunks)
 
-    def _lacking(self, folders: list[Node], nodes: NodeTable, store: ContentStore) -> bool:
+    def _lacking(self, folders: list[Node], nodes: NodeTable, contents: Contents) -> bool:
         dirs = self._dirs()
         for node in folders:
             here = dirs.get(node.path)
@@ -371,13 +374,13 @@ class WarmTree:
             assert node.children is not None
             for name, ino in node.children.items():
                 child = nodes.by_ino[ino]
-                if name not in here.files and self._wanted(child, store):
+                if name not in here.files and self._wanted(child, contents):
                     assert child.attr is not None
                     if self.index.size + child.attr.size <= self.limit:
                         return True
         return False
 
-    def _add(self, folders: list[Node], nodes: NodeTable, store: ContentStore, deadline: float) -> int:
+    def _add(self, folders: list[Node], nodes: NodeTable, contents: Contents, deadline: float) -> int:
         """The folders first, then their lacking files smallest first (the most FUSE operations
         saved for the bytes written) until the limit or the deadline."""
         dirs = self._dirs()
@@ -398,14 +401,14 @@ class WarmTree:
                 touched.append(path)
                 for name, ino in node.children.items():
                     child = nodes.by_ino[ino]
-                    if name not in dirs[path].files and self._wanted(child, store):
+                    if name not in dirs[path].files and self._wanted(child, contents):
                         assert child.attr is not None
                         lacking.append((child.attr.size, path, name, child.attr))
             lacking.sort(key=lambda item: item[0])
             for size, path, name, a in lacking:
                 if self.index.size + size > self.limit or time.monotonic() > deadline:
                     break
-                if self._copy(os.path.join(self._where(path), name), a, store):
+                if self._copy(os.path.join(self._where(path), name), a, contents):
                     dirs[path].files[name] = identity(a)
                     self.index.size += size
                     added += 1
@@ -428,7 +431,7 @@ class WarmTree:
         assert node.digest is not None
         self.index.digests[node.path] = node.digest
 
-    def _copy(self, where: bytes, a: Attr, store: ContentStore) -> bool:
+    def _copy(self, where: bytes, a: Attr, contents: Contents) -> bool:
         """Lay one file (or symlink) out; False when its content is gone from the store."""
         if stat.S_ISLNK(a.mode):
             assert a.target is not None
@@ -441,7 +444,7 @@ class WarmTree:
         try:
             written = 0
             for digest in a.chunks:
-                data = store.get(digest)
+                data = contents.store.get(digest)
                 if data is None:
                     break
                 view = memoryview(data)
