@@ -512,3 +512,15 @@ def test_extra_config_and_custom_values_replace(si, hosts, dc, cleanup):
     vm.setCustomValue("radium.test", "one")
     fields.SetField(entity=vm, key=field.key, value="two")
     assert [(v.key, v.value) for v in vm.customValue if v.key == field.key] == [(field.key, "two")]
+
+
+def test_the_password_is_not_on_the_simulators_command_line(vcsim, si):
+    """`ps` shows every process's command line to every local user: the password goes in the
+    environment (readable only by the simulator's own user), and logging in still needs it."""
+    assert si.content.sessionManager.currentSession is not None
+    cmdline = Path(f"/proc/{vcsim.process.pid}/cmdline").read_bytes()
+    assert PASSWORD.encode() not in cmdline and f"-username={USER}".encode() in cmdline
+    with pytest.raises(vim.fault.InvalidLogin):
+        SmartConnect(
+            host=vcsim.host, port=vcsim.port, user=USER, pwd=PASSWORD + "x", disableSslCertValidation=True
+        )

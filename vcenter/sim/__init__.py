@@ -267,11 +267,16 @@ def start(
         f"-ca-file={workdir / 'ca.pem'}",
         "-exit-on-stdin-eof",  # gone with its parent, even one killed hard
     ]
+    env = dict(os.environ)
+    env.pop("VCSIM_PASSWORD", None)
     if username is not None:
-        args += [f"-username={username}", f"-password={password}"]
+        # The password through the environment: a command line is every local user's to read.
+        args.append(f"-username={username}")
+        env["VCSIM_PASSWORD"] = password or ""
     with open(workdir / "vcsim.log", "wb") as log:
         proc = subprocess.Popen(
             args,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1128,10 +1128,14 @@ func main() {
 	vms := flag.Int("vms", 1, "VMs per cluster / standalone host (powered on, no GPUs)")
 	urlFile := flag.String("url-file", "", "write the server URL (https://user:pass@127.0.0.1:PORT/sdk) to this file once serving")
 	username := flag.String("username", "", "accept only this user (with -password); default: any non-empty user and password")
-	password := flag.String("password", "", "the password for -username")
+	password := flag.String("password", "", "the password for -username; better in the environment's VCSIM_PASSWORD, which ps does not show")
 	stdinEOF := flag.Bool("exit-on-stdin-eof", false, "stop when stdin reaches end of file (the parent went away)")
 	caFile := flag.String("ca-file", "", "write the PEM of the CA that signed the server's certificate to this file")
 	flag.Parse()
+	if *password == "" {
+		*password = os.Getenv("VCSIM_PASSWORD")
+	}
+	os.Unsetenv("VCSIM_PASSWORD")
 
 	for name, v := range map[string]int{"clusters": *clusters, "hosts-per-cluster": *hostsPerCluster,
 		"standalone-hosts": *standalone, "gpus-per-host": *gpus, "vms": *vms} {
