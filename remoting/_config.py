@@ -71,6 +71,11 @@ class RunSection(Section):
     # A run is served only stored content its own client sent (run/tenants.py); clients named
     # together here are one tenant and share what they send: {"team-a": ["vm1", "vm2"]}.
     tenant_groups: dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")], list[str]] = {}
+    # Each run in a cgroup of its own: its memory (swap counted; 0: the appliance's memory
+    # less a reserve for itself, and never more), its processes, its share of the CPU.
+    memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    pids_max: Annotated[int, msgspec.Meta(ge=16)] = 4096
+    cpu_weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
     # Supervisors started ahead of need (Python and its imports done, waiting for a
     # job), so that a run does not wait ~0.3 s for one to start; 0 starts each on demand.
     spare_supervisors: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1

@@ -74,6 +74,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     warm_dir: str | None = None  # the clients' warm trees (run/warmtree.py), root's; None: none
     warm_limit: int = 0  # bytes of files each client's warm tree may hold
     tenant_groups: dict[str, list[str]] = {}  # clients that share what they send (run/tenants.py)
+    # Each run's cgroup (run/limits.py): memory with swap (0: what the appliance can spare),
+    # processes, CPU weight.
+    memory_bytes: int = 0
+    pids_max: int = 4096
+    cpu_weight: int = 100
 
     ID_COUNT = 65536  # ids of one run (class attribute, not a field)
 

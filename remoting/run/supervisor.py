@@ -48,6 +48,8 @@ from .cas import ContentStore
 from .fs import ClientTree
 from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
+from .limits import ENV as CGROUP_ENV
+from .limits import Limits, RunCgroup, describe_bytes, ensure_mounted, spare_memory
 from .listings import KeptListings
 from .tenants import OwnedChunks, tenant_of
 from .warmtree import WarmTree
@@ -98,6 +100,7 @@ class Supervisor:
         self.work, self.root = run_dir / "work", run_dir / "root"
         self.warm_mount = run_dir / "warm"
         self.warm: WarmTree | None = None
+        self.cgroup: RunCgroup | None = None
         self.made_for_mounts: set[str] = set()  # upper paths we created; never written back
         self.mounted: list[Path] = []
 
@@ -226,7 +229,31 @@ class Supervisor:
         for path in binds:
             target = self.root / path.lstrip("/")
             await self._mount(target, mounts.bind, path, target, readonly=True)
+        self.cgroup = self._make_cgroup()
         self.phase("mount")
+
+    def _make_cgroup(self) -> RunCgroup | None:
+        """The run's cgroup (run/limits.py); None, logged, where the appliance has no usable cgroups."""
+        st = self.settings
+        spare = spare_memory()
+        memory = min(st.memory_bytes or spare, spare)
+        limits = Limits(memory=memory, pids=st.pids_max, cpu_weight=st.cpu_weight)
+        try:
+            ensure_mounted()
+            return RunCgroup(self.job.run, limits)
+        except OSError as exc:
+            log("run not confined: no cgroup", run=self.job.run, error=str(exc))
+            return None
+
+    def limit_report(self) -> str:
+        """Which limit ended processes of the run, for the user ("" if none did)."""
+        if self.cgroup is None or not (killed := self.cgroup.oom_kills()):
+            return ""
+        limit = describe_bytes(self.cgroup.limits.memory)
+        return (
+            f"out of memory: the run's limit is {limit} (swap included); the kernel ended "
+            f"{killed} of its processes there"
+        )
 
     async def _open_warm(self) -> WarmTree | None:
         """The client's warm tree, shared with its other runs; None when off or busy too long."""
@@ -366,6 +393,8 @@ class Supervisor:
                 self.owned.save()
         await self._detach_world()
         unmount(str(self.lower))
+        if self.cgroup is not None:
+            await trio.to_thread.run_sync(self.cgroup.remove)
         if self.warm is not None and hasattr(self, "tree"):
             # The client has its exit status: add what this run read, at low priority.
             await trio.to_thread.run_sync(self._grow_warm)
@@ -392,7 +421,7 @@ class Supervisor:
         base, count = self.id_base, self.settings.ID_COUNT
         if not (0 <= st.uid < count and 0 <= st.gid < count):
             raise ValueError(f"client uid/gid {st.uid}/{st.gid} outside the mapped range 0-{count - 1}")
-        return [
+        argv = [
             # If this supervisor dies, its process dies with it (pdeathsig survives exec).
             "setpriv",
             "--pdeathsig",
@@ -417,6 +446,7 @@ class Supervisor:
             *(["/bin/sh", "/.radium/mps"] if self.job.mps else []),
             *st.argv,
         ]
+        return argv if self.cgroup is None else self.cgroup.enter_command(argv)
 
     async def missing_command(self) -> str | None:
         """Why the process's program cannot be found in its world, or None.
@@ -452,6 +482,8 @@ class Supervisor:
         env = dict(self.start.env)
         env.update(self.job.device_env)
         env["RADIUM_RUN"] = self.job.run
+        if self.cgroup is not None:
+            env[CGROUP_ENV] = " ".join(self.cgroup.procs)  # read, then unset, by the entering shell
         if self.job.mps is not None:
             env.update(mps_environment(self.job.mps))
         return env
@@ -751,6 +783,7 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
                 missing = await sup.missing_command()
                 if missing is None:
                     status = await sup.run_process()
+                    detail = sup.limit_report()
                 else:
                     status, detail = 127, missing  # as a shell: nothing runs
                 await sup.write_back()

@@ -1,0 +1,189 @@
+"""A run's share of the appliance, held by the kernel: a cgroup of its own.
+
+Without one, a run allocating more memory than the appliance has, or a fork bomb, takes
+the appliance and every other tenant's runs down with it.  As batch schedulers confine
+jobs (Slurm's task/cgroup, HTCondor), each run gets a cgroup with
+
+- a memory ceiling, swap counted with it (`memory.memsw.limit_in_bytes` on v1,
+  `memory.swap.max = 0` on v2): at the ceiling the kernel's OOM killer ends a process of
+  that run, and nothing else; the supervisor reads the cgroup's OOM count and tells the
+  user which limit ended the run;
+- a pids limit: a fork bomb gets EAGAIN at it;
+- a CPU weight (`cpu.shares` on v1, `cpu.weight` on v2): runs share the cores evenly.
+
+`RunCgroup` is the one small interface over both hierarchies: cgroup v1 (one hierarchy per
+controller, as on this lab's machines: tested) and v2 (one unified hierarchy, as a Debian
+appliance boots under systemd; radiumd's unit delegates its subtree: written to the kernel's
+documentation, not tested here).  A run's process enters its cgroup before it starts
+(`enter_command`: a shell writes its own pid into the cgroup, then execs the run's
+command), so every process it makes is confined from the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import mounts
+
+log = logging.getLogger(__name__)
+
+ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+ENV = "RADIUM_CGROUP_PROCS"  # what the entering shell reads (and unsets)
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int  # bytes, swap included
+    pids: int
+    cpu_weight: int  # 1-10000; 100 is an equal share
+
+
+def spare_memory(reserve_fraction: float = 0.1, reserve_min: int = 512 << 20) -> int:
+    """What the appliance can spare a run: its memory less a reserve for itself."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+    return max(64 << 20, total - max(reserve_min, int(total * reserve_fraction)))
+
+
+def _own(controller: str | None) -> str:
+    """This process's cgroup path in a hierarchy (v1: a controller's; v2: None)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers.split(",") == [""] if controller is None else controller in controllers.split(","):
+            return path
+    raise OSError(f"no cgroup of {controller or 'the unified hierarchy'} for this process")
+
+
+def version(root: Path = ROOT) -> int | None:
+    """2 for a unified hierarchy, 1 for controllers mounted apart, None without cgroups."""
+    if (root / "cgroup.controllers").exists():
+        return 2
+    if all((root / c).is_dir() for c in V1_CONTROLLERS):
+        return 1
+    return None
+
+
+def ensure_mounted(root: Path = ROOT) -> None:
+    """Where this mount namespace lacks the cgroup hierarchies the system has (`ip netns exec`
+    mounts a fresh /sys: the lab's appliances), mount them here as init has them.  Only in a
+    supervisor's private mount namespace: nothing outside it sees these mounts."""
+    if version(root) is not None:
+        return
+    wanted = []
+    for line in Path("/proc/1/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fields, (fstype, _source, options) = before.split(), after.split()[:3]
+        if fstype in ("cgroup", "cgroup2") and _under(fields[4], str(root)):
+            kept = [o for o in options.split(",") if o not in ("rw", "ro")]
+            wanted.append((fstype, fields[4], ",".join(kept)))
+    if not wanted:
+        return
+    if any(target != str(root) for _, target, _ in wanted):
+        mounts.tmpfs(root, "mode=755")
+    for fstype, target, options in wanted:
+        os.makedirs(target, exist_ok=True)
+        mounts.mount(fstype, target, fstype, mounts.MS_NOSUID | mounts.MS_NODEV, options or None)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+class RunCgroup:
+    """One run's cgroup (its folders, one per v1 controller or one on v2)."""
+
+    def __init__(self, run: str, limits: Limits, root: Path = ROOT) -> None:
+        self.run, self.limits = run, limits
+        self.version = version(root)
+        if self.version is None:
+            raise OSError(f"no cgroups at {root} with {', '.join(V1_CONTROLLERS)}")
+        self.folders: list[Path] = []
+        try:
+            if self.version == 1:
+                self._make_v1(root)
+            else:
+                self._make_v2(root)
+        except OSError:
+            self.remove()
+            raise
+
+    def _made(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folders.append(folder)
+        return folder
+
+    def _make_v1(self, root: Path) -> None:
+        m = self._made(root / "memory" / _own("memory").lstrip("/") / "radium-runs" / self.run)
+        (m / "memory.limit_in_bytes").write_text(str(self.limits.memory))
+        if (m / "memory.memsw.limit_in_bytes").exists():  # swap accounting on: swap counts too
+            (m / "memory.memsw.limit_in_bytes").write_text(str(self.limits.memory))
+        p = self._made(root / "pids" / _own("pids").lstrip("/") / "radium-runs" / self.run)
+        (p / "pids.max").write_text(str(self.limits.pids))
+        c = self._made(root / "cpu" / _own("cpu").lstrip("/") / "radium-runs" / self.run)
+        (c / "cpu.shares").write_text(str(max(2, self.limits.cpu_weight * 1024 // 100)))
+
+    def _make_v2(self, root: Path) -> None:
+        # radiumd's unit (Delegate=yes) owns its subtree; runs go in <own>/radium-runs/<run>,
+        # with the controllers enabled below <own>/radium-runs.
+        base = root / _own(None).lstrip("/") / "radium-runs"
+        base.mkdir(exist_ok=True)
+        (base.parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
+        (base / "cgroup.subtree_control").write_text("+memory +pids +cpu")
+        g = self._made(base / self.run)
+        (g / "memory.max").write_text(str(self.limits.memory))
+        (g / "memory.swap.max").write_text("0")
+        (g / "pids.max").write_text(str(self.limits.pids))
+        (g / "cpu.weight").write_text(str(self.limits.cpu_weight))
+
+    @property
+    def procs(self) -> list[str]:
+        """The files a process writes its pid to, to enter this cgroup."""
+        return [str(f / "cgroup.procs") for f in self.folders]
+
+    def enter_command(self, argv: list[str]) -> list[str]:
+        """`argv`, run inside this cgroup from its first instruction (the files are in ENV)."""
+        script = f'for f in ${ENV}; do echo $$ > "$f" || exit 125; done; unset {ENV}; exec "$@"'
+        return ["/bin/sh", "-c", script, "sh", *argv]
+
+    def oom_kills(self) -> int:
+        """Processes of this run the kernel ended at its memory limit."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        for folder in self.folders:
+            with contextlib.suppress(OSError):
+                for line in (folder / name).read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        return 0
+
+    def remove(self) -> None:
+        """Remove the folders (the run's processes are gone with its PID namespace; a dying
+        one may hold a folder a moment longer)."""
+        for folder in reversed(self.folders):
+            for _ in range(50):
+                try:
+                    folder.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # EBUSY: a process still leaving
+                    time.sleep(0.01)
+            else:
+                log.warning("could not remove cgroup %s", folder)
+        self.folders = []
+
+
+def describe_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"

@@ -1,0 +1,133 @@
+"""Every run in a cgroup of its own (remoting/run/limits.py): its memory, its processes and its
+CPU share held by the kernel, so that one run cannot take the appliance or other runs down.
+
+These machines mount cgroup v1, which is what is tested here; the v2 path is written to the
+kernel's documentation and untested (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import BIN
+from test_run import PROJECT
+from test_run_faults import in_client_namespace, start_remote
+
+from radium.remoting.run import limits
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(limits.version() != 1, reason="cgroup v1 controllers memory, pids, cpu not mounted"),
+]
+
+RADIUM = str(BIN / "radium")
+
+
+@pytest.fixture
+def limited(two_hosts, tmp_path):
+    r = start_remote(two_hosts, tmp_path, "[run]\nmemory_bytes = 536870912\npids_max = 64\n")
+    try:
+        yield r
+    finally:
+        r.close()
+        r.appliance.stop()
+
+
+def _runs_folders(kind: str) -> list[Path]:
+    own = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+               if kind in line.split(":")[1].split(","))  # fmt: skip
+    base = limits.ROOT / kind / own.lstrip("/") / "radium-runs"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.exists() else []
+
+
+def test_a_run_past_its_memory_limit_is_ended_and_told_while_another_finishes(limited, tmp_path):
+    client = limited.client()
+    hog = "x = bytearray(2 << 30); x[:: 4096] = b'y' * len(x[:: 4096]); print('survived')"
+    patient = (
+        "import sys; print(open('/proc/self/cgroup').read().count('radium-runs')); "
+        "sys.stdin.read(); print('done')"
+    )
+    script = (
+        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
+        "d=$(mktemp -d) && mkfifo $d/gate\n"
+        f'{RADIUM} run -- python3 -c "{patient}" < $d/gate > $d/patient.out &\n'
+        "exec 3> $d/gate\n"
+        f'set +e; {RADIUM} run -- python3 -c "{hog}"; echo "hog=$?"; set -e\n'
+        "exec 3>&-; wait; cat $d/patient.out; rm -r $d\n"
+    )
+    out = subprocess.run(
+        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+    )
+    lines = out.stdout.decode().split()
+    assert "hog=137" in lines and "survived" not in lines, (out.stdout, out.stderr)
+    assert "out of memory: the run's limit is 512 MiB" in out.stderr.decode(), out.stderr.decode()
+    # The other run, in its own cgroup, went on and finished.
+    assert lines[-2:] == ["3", "done"], lines
+    assert limited.appliance.proc.poll() is None
+    limited.appliance.wait_for_log("run ended")
+    assert _runs_folders("memory") == [] and _runs_folders("pids") == []  # nothing left behind
+
+
+def test_a_fork_bomb_stops_at_the_pids_limit_and_the_appliance_answers(limited, tmp_path):
+    client = limited.client()
+    bomb = (
+        "import os, sys, time\n"
+        "kids = []\n"
+        "while True:\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError as e:\n"
+        "        print('stopped', len(kids), e.errno, flush=True); break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(120); os._exit(0)\n"
+        "    kids.append(pid)\n"
+        "sys.stdin.read()\n"
+        "for k in kids: os.kill(k, 9)\n"
+    )
+    script = (
+        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
+        f"cat > bomb.py <<'EOF'\n{bomb}EOF\n"
+        "d=$(mktemp -d) && mkfifo $d/gate $d/said\n"
+        f"{RADIUM} run -- python3 bomb.py < $d/gate > $d/said &\n"
+        "exec 3> $d/gate 4< $d/said\n"
+        'read line <&4; echo "$line"\n'
+        f"{RADIUM} health > /dev/null && echo healthy\n"  # during the bomb, held at its limit
+        "exec 3>&-; wait; rm -r $d\n"
+    )
+    out = subprocess.run(
+        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    stopped, count, errno_ = out.stdout.decode().split()[:3]
+    assert stopped == "stopped" and 0 < int(count) < 64 and int(errno_) == 11  # EAGAIN at pids.max
+    assert "healthy" in out.stdout.decode().split()
+
+
+def test_the_limits_are_the_kernels_not_the_processes_to_change(limited, tmp_path):
+    """Inside the run: its cgroup's limits, which it cannot raise (it owns nothing there)."""
+    client = limited.client()
+    probe = (
+        "import os\n"
+        "cg = [l.split(':', 2)[2] for l in open('/proc/self/cgroup') if ':memory:' in l][0]\n"
+        "print(cg.rsplit('/', 2)[-2])\n"
+        "try:\n"
+        "    open('/sys/fs/cgroup/memory' + cg + '/memory.limit_in_bytes', 'w').write(str(8 << 30))\n"
+        "    print('raised')\n"
+        "except OSError as e:\n"
+        "    print('refused', e.errno)\n"
+    )
+    script = (
+        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
+        f"cat > probe.py <<'EOF'\n{probe}EOF\n"
+        f"{RADIUM} run -- python3 probe.py\n"
+    )
+    out = subprocess.run(
+        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    where, verdict = out.stdout.decode().split()[:2]
+    assert where == "radium-runs" and verdict == "refused", out.stdout
+    assert os.geteuid() == 0
