@@ -74,6 +74,9 @@ class RunSection(Section):
     # Each run in a cgroup of its own: its memory (swap counted; 0: the appliance's memory
     # less a reserve for itself, and never more), its processes, its share of the CPU.
     memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # What a run may write (its overlay's upper layer, on a file system of its own): a run
+    # past it gets ENOSPC, not the appliance's disk; 0: unbounded, on the state disk.
+    writable_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 << 30
     pids_max: Annotated[int, msgspec.Meta(ge=16)] = 4096
     cpu_weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
     # Supervisors started ahead of need (Python and its imports done, waiting for a

@@ -67,7 +67,8 @@ def test_a_run_past_its_memory_limit_is_ended_and_told_while_another_finishes(li
     # The other run, in its own cgroup, went on and finished.
     assert lines[-2:] == ["3", "done"], lines
     assert limited.appliance.proc.poll() is None
-    limited.appliance.wait_for_log("run ended")
+    first = limited.appliance.wait_for_log("run ended")
+    limited.appliance.wait_for_log("run ended", where=lambda e: e["run"] != first["run"])
     assert _runs_folders("memory") == [] and _runs_folders("pids") == []  # nothing left behind
 
 
@@ -131,3 +132,32 @@ def test_the_limits_are_the_kernels_not_the_processes_to_change(limited, tmp_pat
     where, verdict = out.stdout.decode().split()[:2]
     assert where == "radium-runs" and verdict == "refused", out.stdout
     assert os.geteuid() == 0
+
+
+def test_a_run_filling_its_writable_layer_gets_enospc_and_the_next_starts(two_hosts, tmp_path):
+    """The run's writes land on a file system of its own (64 MiB here): filling it is the run's
+    ENOSPC, not the appliance's; the next run starts normally and nothing stays attached."""
+    r = start_remote(two_hosts, tmp_path, "[run]\nwritable_bytes = 67108864\n")
+    try:
+        client = r.client()
+        script = (
+            f"mkdir -p {PROJECT} && mount -t tmpfs -o size=512m tmpfs {PROJECT} && cd {PROJECT}\n"
+            f"{RADIUM} run -- sh -c 'dd if=/dev/zero of=big bs=1M count=200 2>&1; echo dd=$?'\n"
+            f"{RADIUM} run -- sh -c 'echo next > n.txt && cat n.txt'\n"
+            "stat -c 'big=%s' big\n"
+        )
+        out = subprocess.run(
+            in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+        )
+        assert out.returncode == 0, out.stderr.decode()
+        text = out.stdout.decode()
+        assert "No space left on device" in text and "dd=1" in text, text
+        assert "next" in text.split()
+        big = int(text.split("big=")[1].split()[0])
+        assert 0 < big <= 64 << 20  # as the run left it, whole: what it managed to write
+        r.appliance.wait_for_log("run ended")
+        attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        assert str(tmp_path) not in attached, attached  # the layers' loop devices went with them
+    finally:
+        r.close()
+        r.appliance.stop()

@@ -370,6 +370,7 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
         warm_limit=config.run.warm_tree_bytes,
         tenant_groups=dict(config.run.tenant_groups),
         memory_bytes=config.run.memory_bytes,
+        writable_bytes=config.run.writable_bytes,
         pids_max=config.run.pids_max,
         cpu_weight=config.run.cpu_weight,
     )

@@ -77,6 +77,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Each run's cgroup (run/limits.py): memory with swap (0: what the appliance can spare),
     # processes, CPU weight.
     memory_bytes: int = 0
+    writable_bytes: int = 0  # each run's writable layer on a file system of this size (0: unbounded)
     pids_max: int = 4096
     cpu_weight: int = 100
 

@@ -42,7 +42,7 @@ import traceback
 import msgspec
 import trio
 
-from . import mounts
+from . import limits, mounts
 from .channel import Settings
 from .supervisor import supervise
 
@@ -119,6 +119,7 @@ def _order(fields: list[bytes], children: set[int], runs: int | None) -> None:
         pass
     except OSError as exc:
         print(f"radium-forkserver: could not remove run folder {arg}: {exc}", file=sys.stderr)
+    limits.remove_left(arg)  # a supervisor killed before its teardown leaves its cgroups
 
 
 def _reap(control: socket.socket, children: set[int]) -> None:

@@ -182,6 +182,23 @@ class RunCgroup:
         self.folders = []
 
 
+def remove_left(run: str, root: Path = ROOT) -> None:
+    """Remove a run's cgroup folders if its supervisor left them (killed before its teardown).
+    Called by the fork server, a sibling of the supervisors: the same cgroups above them."""
+    with contextlib.suppress(OSError):
+        ensure_mounted(root)
+        v = version(root)
+        if v == 1:
+            folders = [root / c / _own(c).lstrip("/") / "radium-runs" / run for c in V1_CONTROLLERS]
+        elif v == 2:
+            folders = [root / _own(None).lstrip("/") / "radium-runs" / run]
+        else:
+            return
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError):
+                folder.rmdir()
+
+
 def describe_bytes(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:

@@ -48,6 +48,7 @@ from .cas import ContentStore
 from .fs import ClientTree
 from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
+from .layer import bounded_layer
 from .limits import ENV as CGROUP_ENV
 from .limits import Limits, RunCgroup, describe_bytes, ensure_mounted, spare_memory
 from .listings import KeptListings
@@ -172,8 +173,27 @@ class Supervisor:
 
     async def prepare(self, nursery: trio.Nursery) -> None:
         self.run_dir.mkdir(mode=0o700)  # root's: never one radiumd made, nor a name used before
-        for d in (self.lower, self.upper, self.work, self.root):
+        for d in (self.lower, self.root):
             d.mkdir(mode=0o755, exist_ok=True)
+        async with trio.open_nursery() as both:  # the writable layer is made beside the first request
+            both.start_soon(self._make_writable_layer)
+            await self._ask_first()
+        await self._mount_world(nursery)
+
+    async def _make_writable_layer(self) -> None:
+        """The upper and work folders, on a file system of the run's own of a bounded size
+        (run/layer.py; `writable_bytes` 0: on the appliance's disk, unbounded)."""
+        size = self.settings.writable_bytes
+        if size:
+            layer = self.run_dir / "layer"
+            layer.mkdir(mode=0o755)
+            await trio.to_thread.run_sync(bounded_layer, layer, self.run_dir / "layer.img", size)
+            self.mounted.append(layer)
+            self.upper, self.work = layer / "upper", layer / "work"
+        for d in (self.upper, self.work):
+            d.mkdir(mode=0o755, exist_ok=True)
+
+    async def _ask_first(self) -> None:
         store_dir = Path(self.settings.store_dir)
         self.store = ContentStore(store_dir, self.settings.store_limit, scan=False)
         self.kept = KeptListings(self.store, store_dir / "listings" / f"{self.job.client}.idx")
@@ -193,6 +213,8 @@ class Supervisor:
             except (OSError, ValueError) as exc:
                 log("prefetch failed", run=self.job.run, error=str(exc))
             self.phase("prefetch")
+
+    async def _mount_world(self, nursery: trio.Nursery) -> None:
         await nursery.start(mount_and_serve, self.tree, str(self.lower))
         self.mounted.append(self.lower)
         lowers = str(self.lower)
@@ -393,6 +415,9 @@ class Supervisor:
                 self.owned.save()
         await self._detach_world()
         unmount(str(self.lower))
+        if self.run_dir / "layer" in self.mounted:
+            with contextlib.suppress(OSError):
+                mounts.detach(self.run_dir / "layer")  # its loop device clears itself
         if self.cgroup is not None:
             await trio.to_thread.run_sync(self.cgroup.remove)
         if self.warm is not None and hasattr(self, "tree"):
