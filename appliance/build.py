@@ -49,7 +49,7 @@ PACKAGES = (
     "linux-image-amd64", "initramfs-tools", "zstd", "systemd", "systemd-sysv", "systemd-resolved",
     "systemd-boot-efi", "udev", "dbus", "kmod", "iproute2", "ca-certificates", "eject",
     "openssh-server", "open-vm-tools", "ocl-icd-libopencl1", "python3", "python3-venv", "fuse3",
-    "uidmap", "tini",
+    "uidmap", "tini", "e2fsprogs",
 )  # fmt: skip
 POCL = ("pocl-opencl-icd",)
 TOOLS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,12 @@ def limited(two_hosts, tmp_path):
         r.appliance.stop()
 
 
-def _runs_folders(kind: str) -> list[Path]:
+def _runs_folders(kind: str, runs: set[str]) -> list[Path]:
+    """The cgroup folders of these runs still there."""
     own = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
                if kind in line.split(":")[1].split(","))  # fmt: skip
     base = limits.ROOT / kind / own.lstrip("/") / "radium-runs"
-    return sorted(p for p in base.iterdir() if p.is_dir()) if base.exists() else []
+    return [base / run for run in sorted(runs) if (base / run).exists()]
 
 
 def test_a_run_past_its_memory_limit_is_ended_and_told_while_another_finishes(limited, tmp_path):
@@ -69,7 +71,9 @@ def test_a_run_past_its_memory_limit_is_ended_and_told_while_another_finishes(li
     assert limited.appliance.proc.poll() is None
     first = limited.appliance.wait_for_log("run ended")
     limited.appliance.wait_for_log("run ended", where=lambda e: e["run"] != first["run"])
-    assert _runs_folders("memory") == [] and _runs_folders("pids") == []  # nothing left behind
+    runs = {e["run"] for e in limited.appliance.lines if e.get("event") == "run started"}
+    assert len(runs) == 2
+    assert _runs_folders("memory", runs) == [] and _runs_folders("pids", runs) == []  # nothing left
 
 
 def test_a_fork_bomb_stops_at_the_pids_limit_and_the_appliance_answers(limited, tmp_path):
@@ -156,8 +160,16 @@ def test_a_run_filling_its_writable_layer_gets_enospc_and_the_next_starts(two_ho
         big = int(text.split("big=")[1].split()[0])
         assert 0 < big <= 64 << 20  # as the run left it, whole: what it managed to write
         r.appliance.wait_for_log("run ended")
-        attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-        assert str(tmp_path) not in attached, attached  # the layers' loop devices went with them
+        r.close()
+        r.appliance.stop()
+        # Every layer's loop device (the runs', and the one a spare made ahead) goes with its
+        # supervisor's mount namespace; the kernel frees them as those namespaces go.
+        deadline = time.monotonic() + 10
+        while str(tmp_path) in (
+            attached := subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        ):
+            assert time.monotonic() < deadline, attached
+            time.sleep(0.05)
     finally:
         r.close()
         r.appliance.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
+import time
 import tomllib
 from collections.abc import Mapping
 
@@ -11,6 +13,11 @@ from .._config import SYSTEM_CLIENT_CONFIG, ClientConfig, lab_profile_dir
 from .._errors import ConfigError
 from ..run.exports import ExportPolicy
 from .paths import state_dir
+
+# Made once a minute at most per set of rules: learning the denied inodes walks the denied
+# folders (~25 ms for the lab's state folder), too much for every run of the run agent.
+REMAKE_AFTER = 60.0
+_made: dict[tuple, tuple[float, ExportPolicy]] = {}
 
 
 def export_policy(config: ClientConfig, environ: Mapping[str, str]) -> ExportPolicy:
@@ -33,7 +40,13 @@ def export_policy(config: ClientConfig, environ: Mapping[str, str]) -> ExportPol
         deny += [(rule, system) for rule in section.get("deny", []) if isinstance(rule, str)]
         allow += [(rule, system) for rule in section.get("allow", []) if isinstance(rule, str)]
     always = [p for p in (config.source, str(state_dir(environ)), str(lab_profile_dir(environ))) if p]
-    try:
-        return ExportPolicy.make(homes, deny, allow, always)
-    except ValueError as exc:
-        raise ConfigError(f"[exports]: {exc}") from None
+    key = (tuple(homes), tuple(deny), tuple(allow), tuple(always))
+    now = time.monotonic()
+    made = _made.get(key)
+    if made is None or now - made[0] > REMAKE_AFTER:
+        try:
+            made = _made[key] = (now, ExportPolicy.make(homes, deny, allow, always))
+        except ValueError as exc:
+            raise ConfigError(f"[exports]: {exc}") from None
+    # Each run resolves paths afresh (a folder may have become a symlink since): its own cache.
+    return dataclasses.replace(made[1], _folders={})

@@ -28,7 +28,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 # The usual places of secrets, relative to a home folder ("~/") or absolute.
@@ -170,7 +170,7 @@ class ExportPolicy:
         folder, name = os.path.split(real)
         return self.entries(folder or b"/")(name, st)
 
-    def entries(self, real_folder: bytes):  # type: ignore[no-untyped-def]
+    def entries(self, real_folder: bytes) -> Callable[[bytes, os.stat_result | None], bool]:
         """A test of one folder's entries: `hidden(name, st)` (st: the entry's lstat, or None)."""
         canonical, folder_denied = self._folder(real_folder)
         relevant = [r for r in self.always if _under(r, canonical) or _under(canonical, r)]
@@ -178,12 +178,13 @@ class ExportPolicy:
         inodes = self.inodes
 
         def hidden(name: bytes, st: os.stat_result | None = None) -> bool:
-            path = os.path.join(canonical, name)
-            decision = self._decision(path) if relevant else None
-            if decision is True and self._exception_below(path):
-                return False  # a denied folder shown for the exceptions in it; its other entries stay hidden
-            if decision is not None:
-                return decision
+            if relevant:  # a rule over or under this folder: judge the path
+                path = os.path.join(canonical, name)
+                decision = self._decision(path)
+                if decision is True and self._exception_below(path):
+                    return False  # a denied folder shown for its exceptions; its other entries stay hidden
+                if decision is not None:
+                    return decision
             if folder_denied:
                 return True
             if st is None:

@@ -36,7 +36,7 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,7 +287,7 @@ class FileServer:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))  # withheld: as if absent
         return real
 
-    def _withheld(self, real_folder: bytes):  # type: ignore[no-untyped-def]
+    def _withheld(self, real_folder: bytes) -> Callable[[bytes, os.stat_result | None], bool]:
         """`hidden(name, st)` for the entries of a folder being listed."""
         if self.exports is None:
             return lambda name, st: False

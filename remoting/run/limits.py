@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,7 @@ class RunCgroup:
     def _made(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         self.folders.append(folder)
+        _sweep(folder.parent, keep=folder)
         return folder
 
     def _make_v1(self, root: Path) -> None:
@@ -143,6 +145,20 @@ class RunCgroup:
         (g / "memory.swap.max").write_text("0")
         (g / "pids.max").write_text(str(self.limits.pids))
         (g / "cpu.weight").write_text(str(self.limits.cpu_weight))
+
+    def prime(self) -> None:
+        """Pay now, beside the run's first request, what the process's entry would pay: the
+        kernel's first cgroup migration after a quiet spell waits for an RCU grace period
+        (10-25 ms here), later ones within a short while do not.  This thread enters the
+        run's memory cgroup and leaves it again (v1 moves threads one by one)."""
+        if self.version != 1:
+            return
+        tid = str(threading.get_native_id())
+        memory = self.folders[0]
+        home = memory.parent.parent  # the supervisor's own memory cgroup
+        with contextlib.suppress(OSError):
+            (memory / "tasks").write_text(tid)
+            (home / "tasks").write_text(tid)
 
     @property
     def procs(self) -> list[str]:
@@ -180,6 +196,23 @@ class RunCgroup:
             else:
                 log.warning("could not remove cgroup %s", folder)
         self.folders = []
+
+
+STALE_AFTER = 60.0  # seconds an empty run cgroup may stay before a later run removes it
+
+
+def _sweep(parent: Path, keep: Path) -> None:
+    """Remove run cgroups left empty for a while (a supervisor killed while its processes were
+    still leaving, so that neither it nor the fork server could).  Never a young one: a run
+    side by side makes its cgroup a moment before its process enters it."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for folder in parent.iterdir():
+            if folder == keep or not folder.name.startswith("R-") or not folder.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                if now - folder.stat().st_mtime > STALE_AFTER and not (folder / "cgroup.procs").read_text():
+                    folder.rmdir()
 
 
 def remove_left(run: str, root: Path = ROOT) -> None:

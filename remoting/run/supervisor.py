@@ -48,7 +48,7 @@ from .cas import ContentStore
 from .fs import ClientTree
 from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
-from .layer import bounded_layer
+from .layer import bounded_layer, drop, spare_layer, take
 from .limits import ENV as CGROUP_ENV
 from .limits import Limits, RunCgroup, describe_bytes, ensure_mounted, spare_memory
 from .listings import KeptListings
@@ -76,9 +76,11 @@ class Supervisor:
         settings: channel.Settings,
         stream: trio.SocketStream,
         reader: channel.TrioReader,
+        layer: Path | None = None,
     ) -> None:
         job.check(settings)
         self.job = job
+        self.spare_layer = layer  # the writable layer, made while this supervisor waited
         self.settings = settings
         self.id_base = settings.id_base + job.slot * settings.ID_COUNT
         self.start = job.start
@@ -175,9 +177,19 @@ class Supervisor:
         self.run_dir.mkdir(mode=0o700)  # root's: never one radiumd made, nor a name used before
         for d in (self.lower, self.root):
             d.mkdir(mode=0o755, exist_ok=True)
-        async with trio.open_nursery() as both:  # the writable layer is made beside the first request
-            both.start_soon(self._make_writable_layer)
-            await self._ask_first()
+        # The writable layer and the cgroup are made beside the first request (neither raises).
+        side_done = trio.Event()
+
+        async def side() -> None:
+            try:
+                await self._make_writable_layer()
+                await self._make_cgroup()
+            finally:
+                side_done.set()
+
+        nursery.start_soon(side)
+        await self._ask_first()
+        await side_done.wait()
         await self._mount_world(nursery)
 
     async def _make_writable_layer(self) -> None:
@@ -186,10 +198,17 @@ class Supervisor:
         size = self.settings.writable_bytes
         if size:
             layer = self.run_dir / "layer"
-            layer.mkdir(mode=0o755)
-            await trio.to_thread.run_sync(bounded_layer, layer, self.run_dir / "layer.img", size)
-            self.mounted.append(layer)
-            self.upper, self.work = layer / "upper", layer / "work"
+            try:
+                layer.mkdir(mode=0o755)
+                if self.spare_layer is not None:
+                    spare, self.spare_layer = self.spare_layer, None
+                    take(spare, layer)
+                else:
+                    await trio.to_thread.run_sync(bounded_layer, layer, self.run_dir / "layer.img", size)
+                self.mounted.append(layer)
+                self.upper, self.work = layer / "upper", layer / "work"
+            except (OSError, subprocess.SubprocessError) as exc:  # no mkfs.ext4, no loop devices
+                log("writable layer unbounded: no file system of its own", run=self.job.run, error=str(exc))
         for d in (self.upper, self.work):
             d.mkdir(mode=0o755, exist_ok=True)
 
@@ -251,10 +270,12 @@ class Supervisor:
         for path in binds:
             target = self.root / path.lstrip("/")
             await self._mount(target, mounts.bind, path, target, readonly=True)
-        self.cgroup = self._make_cgroup()
         self.phase("mount")
 
-    def _make_cgroup(self) -> RunCgroup | None:
+    async def _make_cgroup(self) -> None:
+        self.cgroup = await trio.to_thread.run_sync(self._new_cgroup)
+
+    def _new_cgroup(self) -> RunCgroup | None:
         """The run's cgroup (run/limits.py); None, logged, where the appliance has no usable cgroups."""
         st = self.settings
         spare = spare_memory()
@@ -262,8 +283,10 @@ class Supervisor:
         limits = Limits(memory=memory, pids=st.pids_max, cpu_weight=st.cpu_weight)
         try:
             ensure_mounted()
-            return RunCgroup(self.job.run, limits)
-        except OSError as exc:
+            cgroup = RunCgroup(self.job.run, limits)
+            cgroup.prime()
+            return cgroup
+        except (OSError, ValueError) as exc:
             log("run not confined: no cgroup", run=self.job.run, error=str(exc))
             return None
 
@@ -415,6 +438,8 @@ class Supervisor:
                 self.owned.save()
         await self._detach_world()
         unmount(str(self.lower))
+        if self.spare_layer is not None:  # the run never got as far as taking it
+            drop(self.spare_layer)
         if self.run_dir / "layer" in self.mounted:
             with contextlib.suppress(OSError):
                 mounts.detach(self.run_dir / "layer")  # its loop device clears itself
@@ -784,18 +809,20 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
     sock = socket.socket(fileno=fd)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     reader = channel.TrioReader(stream)
+    layers = Path(settings.runs_dir).with_name("layers")  # beside the runs' folders, root's alike
+    layer = await trio.to_thread.run_sync(spare_layer, layers, settings.writable_bytes)
     try:
         job = channel.decode("job", (await reader.read())[0])
+        _normal_priority()  # a spare waited at a low one
+        sup = Supervisor(job, settings, stream, reader, layer)
     except channel.ChannelClosed:
+        if layer is not None:
+            drop(layer)
         return 0  # a spare that radiumd no longer needs
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, ValueError) as exc:  # or what the settings do not allow
         log("bad job from radiumd", error=str(exc))
-        return 2
-    _normal_priority()  # a spare waited at a low one
-    try:
-        sup = Supervisor(job, settings, stream, reader)
-    except ValueError as exc:  # radiumd asked for what the settings do not allow
-        log("bad job from radiumd", error=str(exc))
+        if layer is not None:
+            drop(layer)
         return 2
     status, detail = 255, ""
     try:
