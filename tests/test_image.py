@@ -272,6 +272,13 @@ def test_the_image_boots_into_an_appliance_from_its_ovf_environment(image, tmp_p
         assert ran.returncode == 0 and release.returncode == 0, ran.stderr + release.stderr
         assert ran.stdout.split()[:3] == ["Linux", "qemu1", release.stdout.strip()]
         assert release.stdout.strip() != os.uname().release  # the appliance's kernel, not this machine's
+        # Confined (cgroup v2 here, under systemd, the unit delegating its subtree) and writing
+        # onto a file system of its own.
+        probe = "cat /proc/self/cgroup /proc/self/mountinfo"
+        world = ops.radium("run", "--", "sh", "-c", probe, cwd=tmp_path / "work")
+        assert world.returncode == 0, world.stderr
+        assert "radiumd.service/radium-runs/R-" in world.stdout, world.stdout
+        assert "/layer/upper" in world.stdout, world.stdout
         # radiumd runs as its own user, no capability left; its fork server and supervisors as root.
         who = vm.ssh(key, WHO_RUNS_RADIUMD)
         assert who.returncode == 0, who.stderr

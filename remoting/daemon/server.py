@@ -29,6 +29,7 @@ from .._version import VERSION
 from ..devices import load_backends
 from ..devices.base import Backend
 from ..devices.pci import undriven
+from ..run import limits
 from . import privileges
 from .auth import KeyStore, Peer, ZapHandler, run_zap
 from .logs import event
@@ -52,6 +53,8 @@ class Daemon:
         key_dirs = [Path(cfg.server.clients_dir), Path(cfg.server.admins_dir)]
         dropping = self.user is not None and privileges.needs_drop(self.user)
         privileges.clear_runs(state / "runs")
+        if os.geteuid() == 0:
+            limits.settle_v2()  # before the fork server: its supervisors make runs' cgroups beside us
         if dropping:
             assert self.user is not None
             # systemd's CacheDirectory= (the unit points XDG_CACHE_HOME there): radiumd's own.

@@ -12,9 +12,10 @@ jobs (Slurm's task/cgroup, HTCondor), each run gets a cgroup with
 - a CPU weight (`cpu.shares` on v1, `cpu.weight` on v2): runs share the cores evenly.
 
 `RunCgroup` is the one small interface over both hierarchies: cgroup v1 (one hierarchy per
-controller, as on this lab's machines: tested) and v2 (one unified hierarchy, as a Debian
-appliance boots under systemd; radiumd's unit delegates its subtree: written to the kernel's
-documentation, not tested here).  A run's process enters its cgroup before it starts
+controller, as on this lab's machines: tested whole) and v2 (one unified hierarchy, as the
+appliance image boots under systemd: radiumd's unit delegates its subtree, radiumd moves itself
+into a leaf of it at start (`settle_v2`), runs' cgroups go beside that leaf; the image test
+checks a run's placement there).  A run's process enters its cgroup before it starts
 (`enter_command`: a shell writes its own pid into the cgroup, then execs the run's
 command), so every process it makes is confined from the first.
 """
@@ -134,17 +135,24 @@ class RunCgroup:
         (c / "cpu.shares").write_text(str(max(2, self.limits.cpu_weight * 1024 // 100)))
 
     def _make_v2(self, root: Path) -> None:
-        # radiumd's unit (Delegate=yes) owns its subtree; runs go in <own>/radium-runs/<run>,
-        # with the controllers enabled below <own>/radium-runs.
-        base = root / _own(None).lstrip("/") / "radium-runs"
+        # radiumd's unit (Delegate=yes) owns its subtree; radiumd moved itself into its "daemon"
+        # leaf (settle_v2), so runs go beside it, in <unit>/radium-runs/<run>.
+        base = _v2_base(root)
         base.mkdir(exist_ok=True)
-        (base.parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
-        (base / "cgroup.subtree_control").write_text("+memory +pids +cpu")
+        for folder in (base.parent, base):
+            for controller in ("memory", "pids", "cpu"):
+                try:
+                    (folder / "cgroup.subtree_control").write_text(f"+{controller}")
+                except OSError:
+                    if controller != "cpu":  # the CPU weight is a nicety; memory and pids are not
+                        raise
         g = self._made(base / self.run)
         (g / "memory.max").write_text(str(self.limits.memory))
-        (g / "memory.swap.max").write_text("0")
+        if (g / "memory.swap.max").exists():  # swap counted with memory: none beyond it
+            (g / "memory.swap.max").write_text("0")
         (g / "pids.max").write_text(str(self.limits.pids))
-        (g / "cpu.weight").write_text(str(self.limits.cpu_weight))
+        if (g / "cpu.weight").exists():
+            (g / "cpu.weight").write_text(str(self.limits.cpu_weight))
 
     def prime(self) -> None:
         """Pay now, beside the run's first request, what the process's entry would pay: the
@@ -198,6 +206,30 @@ class RunCgroup:
         self.folders = []
 
 
+def _v2_base(root: Path) -> Path:
+    """Where runs' cgroups go on v2: beside the daemon's leaf, in its unit's cgroup."""
+    own = root / _own(None).lstrip("/")
+    return (own.parent if own.name == DAEMON_LEAF else own) / "radium-runs"
+
+
+DAEMON_LEAF = "daemon"
+
+
+def settle_v2(root: Path = ROOT) -> None:
+    """On cgroup v2, radiumd (root, at its start) moves itself into a leaf of its unit's cgroup
+    (systemd's `Delegate=yes` gives the unit its subtree): a cgroup with processes of its own
+    cannot give its children controllers, and the runs' cgroups are to be its children."""
+    if version(root) != 2:
+        return
+    with contextlib.suppress(OSError):
+        own = root / _own(None).lstrip("/")
+        if own == root or own.name == DAEMON_LEAF:
+            return
+        leaf = own / DAEMON_LEAF
+        leaf.mkdir(exist_ok=True)
+        (leaf / "cgroup.procs").write_text(str(os.getpid()))
+
+
 STALE_AFTER = 60.0  # seconds an empty run cgroup may stay before a later run removes it
 
 
@@ -224,7 +256,7 @@ def remove_left(run: str, root: Path = ROOT) -> None:
         if v == 1:
             folders = [root / c / _own(c).lstrip("/") / "radium-runs" / run for c in V1_CONTROLLERS]
         elif v == 2:
-            folders = [root / _own(None).lstrip("/") / "radium-runs" / run]
+            folders = [_v2_base(root) / run]
         else:
             return
         for folder in folders:
