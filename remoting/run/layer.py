@@ -24,7 +24,6 @@ from pathlib import Path
 from . import mounts
 
 log = logging.getLogger(__name__)
-MS_MOVE = 8192
 
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -76,7 +75,7 @@ def spare_layer(layers: Path, size: int) -> Path | None:
 
 def take(spare: Path, target: Path) -> None:
     """Move a layer made ahead to the run's folder."""
-    mounts.mount(spare, target, None, MS_MOVE)
+    mounts.mount(spare, target, None, mounts.MS_MOVE)
     spare.rmdir()
 
 

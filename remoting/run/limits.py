@@ -262,10 +262,3 @@ def remove_left(run: str, root: Path = ROOT) -> None:
         for folder in folders:
             with contextlib.suppress(FileNotFoundError):
                 folder.rmdir()
-
-
-def describe_bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:g} {unit}"
-    return f"{n} B"

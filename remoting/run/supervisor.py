@@ -43,6 +43,7 @@ import msgspec
 import trio
 
 from .. import schema as s
+from ..output import mib
 from . import channel, mounts
 from .cas import ContentStore
 from .fs import ClientTree
@@ -50,7 +51,7 @@ from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
 from .layer import bounded_layer, drop, spare_layer, take
 from .limits import ENV as CGROUP_ENV
-from .limits import Limits, RunCgroup, describe_bytes, ensure_mounted, spare_memory
+from .limits import Limits, RunCgroup, ensure_mounted, spare_memory
 from .listings import KeptListings
 from .tenants import OwnedChunks, tenant_of
 from .warmtree import WarmTree
@@ -294,7 +295,7 @@ class Supervisor:
         """Which limit ended processes of the run, for the user ("" if none did)."""
         if self.cgroup is None or not (killed := self.cgroup.oom_kills()):
             return ""
-        limit = describe_bytes(self.cgroup.limits.memory)
+        limit = mib(self.cgroup.limits.memory)
         return (
             f"out of memory: the run's limit is {limit} (swap included); the kernel ended "
             f"{killed} of its processes there"

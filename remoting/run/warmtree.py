@@ -38,8 +38,9 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -55,6 +56,7 @@ OPAQUE = "trusted.overlay.opaque"
 # waits for it): a big tree (a dataset read once) is laid out over several runs' ends.
 BUDGET = 1.0
 Identity = tuple[int, int, int, int, int, int, int, int]
+T = TypeVar("T")
 EntriesOf = Callable[[bytes], "list[DirEntry] | None"]
 
 
@@ -217,13 +219,14 @@ class WarmTree:
         self.usable = True
         return True
 
-    def _change(self, work) -> None:
+    def _change(self, work: Callable[[], T]) -> T:
         """Run `work` (exclusive lock held) between the busy mark and the saved index."""
         self._busy().touch(mode=0o600)
-        work()
+        result = work()
         self.index.generation += 1
         self._save()
         self._busy().unlink()
+        return result
 
     def _discard(self) -> None:
         """A change was cut short (the mark is there): start afresh."""
@@ -334,9 +337,8 @@ class WarmTree:
         folders = self._folders(nodes)
         if not self._lacking(folders, nodes, contents):
             return 0
-        deadline, added = time.monotonic() + budget, [0]
-        self._change(lambda: added.__setitem__(0, self._add(folders, nodes, contents, deadline)))
-        return added[0]
+        deadline = time.monotonic() + budget
+        return self._change(lambda: self._add(folders, nodes, contents, deadline))
 
     def _folders(self, nodes: NodeTable) -> list[Node]:
         """The run's listed folders that the tree may hold (their parents listed too), parents first."""
@@ -365,19 +367,22 @@ class WarmTree:
             return False
         return all(contents.serves(c) and contents.store.has(c) for c in a.chunks)
 
+    def _missing(self, node: Node, nodes: NodeTable, contents: Contents) -> Iterator[tuple[bytes, Attr]]:
+        """The entries of a listed folder the tree should hold and does not, with their attributes."""
+        here = self._dirs().get(node.path)
+        assert node.children is not None
+        for name, ino in node.children.items():
+            child = nodes.by_ino[ino]
+            if (here is None or name not in here.files) and self._wanted(child, contents):
+                assert child.attr is not None  # _wanted: described
+                yield name, child.attr
+
     def _lacking(self, folders: list[Node], nodes: NodeTable, contents: Contents) -> bool:
-        dirs = self._dirs()
         for node in folders:
-            here = dirs.get(node.path)
-            if here is None or self.index.digests.get(node.path) != node.digest:
+            if node.path not in self._dirs() or self.index.digests.get(node.path) != node.digest:
                 return True
-            assert node.children is not None
-            for name, ino in node.children.items():
-                child = nodes.by_ino[ino]
-                if name not in here.files and self._wanted(child, contents):
-                    assert child.attr is not None
-                    if self.index.size + child.attr.size <= self.limit:
-                        return True
+            if any(self.index.size + a.size <= self.limit for _, a in self._missing(node, nodes, contents)):
+                return True
         return False
 
     def _add(self, folders: list[Node], nodes: NodeTable, contents: Contents, deadline: float) -> int:
@@ -399,11 +404,7 @@ class WarmTree:
                 if path not in dirs:
                     self._make_dir(node)
                 touched.append(path)
-                for name, ino in node.children.items():
-                    child = nodes.by_ino[ino]
-                    if name not in dirs[path].files and self._wanted(child, contents):
-                        assert child.attr is not None
-                        lacking.append((child.attr.size, path, name, child.attr))
+                lacking += [(a.size, path, name, a) for name, a in self._missing(node, nodes, contents)]
             lacking.sort(key=lambda item: item[0])
             for size, path, name, a in lacking:
                 if self.index.size + size > self.limit or time.monotonic() > deadline:
