@@ -74,11 +74,16 @@ class RunSection(Section):
     # Each run in a cgroup of its own: its memory (swap counted; 0: the appliance's memory
     # less a reserve for itself, and never more), its processes, its share of the CPU.
     memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # The most a run may ask for (`radium run --memory`); 0: what the appliance can spare.
+    memory_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
     # What a run may write (its overlay's upper layer, on a file system of its own): a run
     # past it gets ENOSPC, not the appliance's disk; 0: unbounded, on the state disk.
     writable_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 << 30
     pids_max: Annotated[int, msgspec.Meta(ge=16)] = 4096
     cpu_weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    # Device nodes every run may open besides the basic ones (/dev/null, ttys...) and its
+    # lease's devices' (run/devicefilter.py): an RDMA NIC's /dev/infiniband/uverbs0, say.
+    device_nodes: list[str] = []
     # Supervisors started ahead of need (Python and its imports done, waiting for a
     # job), so that a run does not wait ~0.3 s for one to start; 0 starts each on demand.
     spare_supervisors: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1
@@ -135,6 +140,14 @@ class ExportsSection(Section):
 
     deny: list[str] = []
     allow: list[str] = []
+
+
+class SystemExports(msgspec.Struct, kw_only=True):
+    """The operator's /etc/radium/client.toml as a user's `radium run` reads it when it uses
+    another configuration: its [exports] only (other sections are not this reader's)."""
+
+    exports: ExportsSection = msgspec.field(default_factory=ExportsSection)
+    source: str = ""
 
 
 class ClientConfig(Section):
@@ -282,17 +295,21 @@ def load_client_config(path: Path | None = None) -> ClientConfig:
     return config
 
 
+def check_exports(exports: ExportsSection, src: str) -> None:
+    for key in ("deny", "allow"):
+        for i, rule in enumerate(getattr(exports, key)):
+            if not (rule.startswith("/") or rule.startswith("~/")):
+                raise ConfigError(
+                    f"{src}: exports.{key}.{i}: {rule!r}: give an absolute path or one starting with ~/"
+                )
+
+
 def check_client_config(config: ClientConfig) -> None:
     src = config.source
     for key in ("public_key", "secret_key"):
         if not is_z85_key(getattr(config.client, key)):
             raise ConfigError(f"{src}: client.{key}: expected a 40-character Z85 CURVE key")
-    for key in ("deny", "allow"):
-        for i, rule in enumerate(getattr(config.exports, key)):
-            if not (rule.startswith("/") or rule.startswith("~/")):
-                raise ConfigError(
-                    f"{src}: exports.{key}.{i}: {rule!r}: give an absolute path or one starting with ~/"
-                )
+    check_exports(config.exports, src)
     for i, a in enumerate(config.appliances):
         _check_listen(a.address, f"{src}: appliances.{i}.address")
         if not is_z85_key(a.public_key):

@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,7 @@ class KeyDirectory:
         self._stamp: object = None
         self._folder_mtime: int | None = -1
         self._by_key: dict[str, str] = {}
+        self.on_removed: Callable[[], None] | None = None  # called when a key is seen gone
 
     def _listing(self) -> tuple[tuple[str, int, int, int], ...] | None:
         try:
@@ -176,8 +178,11 @@ class KeyDirectory:
                 except (OSError, ValueError):
                     continue  # a half-copied or foreign file is not a key
                 by_key[public.decode()] = f.stem
+        gone = set(self._by_key.values()) - set(by_key.values())
         self._by_key = by_key
         self._stamp = stamp
+        if gone and self.on_removed is not None:
+            self.on_removed()
 
     def name_of(self, public: str) -> str | None:
         self._refresh()

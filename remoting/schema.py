@@ -210,6 +210,7 @@ class RunStart(Message, tag="run-start"):
     rows: int = 24
     cols: int = 80
     prefetch: list[str] = []  # trees whose listings the appliance asks for in one round trip
+    memory: int = 0  # bytes of the appliance's memory the run asks for, swap included (0: its default)
 
 
 # Run traffic from the client, forwarded to the run's supervisor; never answered.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from test_run_devices import PROBE
 
 from radium.appliance import ovf
 from radium.lab.vm import ApplianceVm, environment_iso
@@ -279,6 +280,18 @@ def test_the_image_boots_into_an_appliance_from_its_ovf_environment(image, tmp_p
         assert world.returncode == 0, world.stderr
         assert "radiumd.service/radium-runs/R-" in world.stdout, world.stdout
         assert "/layer/upper" in world.stdout, world.stdout
+        # Its device nodes only (v2: the eBPF device filter): a 0666 node it was not lent is EPERM.
+        made = vm.ssh(key, "mknod -m 666 /dev/radium-test c 240 0")
+        assert made.returncode == 0, made.stderr
+        opens = ops.radium(
+            "run", "--", "python3", "-c", PROBE, "/dev/null", "/dev/radium-test", cwd=tmp_path / "work"
+        )
+        assert opens.stdout.split() == ["ok", "EPERM"], opens.stdout + opens.stderr
+        # Its memory held to what it asked for, swap included; the user told which limit ended it.
+        hog = "x = bytearray(1 << 30); x[::4096] = b'y' * len(x[::4096]); print('survived')"
+        ended = ops.radium("run", "--memory", "256M", "--", "python3", "-c", hog, cwd=tmp_path / "work")
+        assert ended.returncode == 137 and "survived" not in ended.stdout, ended.stdout + ended.stderr
+        assert "out of memory: the run's limit is 256 MiB" in ended.stderr, ended.stderr
         # radiumd runs as its own user, no capability left; its fork server and supervisors as root.
         who = vm.ssh(key, WHO_RUNS_RADIUMD)
         assert who.returncode == 0, who.stderr

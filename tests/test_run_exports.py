@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from test_run import PROJECT, run_hidden
 
+from radium.remoting._config import ClientConfig, ClientSection
+from radium.remoting._errors import ConfigError
+from radium.remoting.client import withheld
 from radium.remoting.run.exports import ExportPolicy
 from radium.remoting.run.files import FileServer
 from radium.remoting.run.fsproto import (
@@ -247,3 +250,26 @@ def test_a_client_naming_another_tenants_chunk_never_receives_its_content(tmp_pa
     assert warm.share() and warm.claim()
     warm.grow(tree.nodes, tree.contents)
     assert not (tmp_path / "warm" / "b" / "tree" / "claim.bin").exists()
+
+
+def test_the_operators_rules_apply_to_every_configuration_and_a_broken_file_stops_the_run(
+    tmp_path, monkeypatch
+):
+    """The operator's /etc/radium/client.toml (here in tmp_path): its [exports] denial applies to
+    a user's own configuration; a mistake in it is told, not skipped (its denials unknown)."""
+    system = tmp_path / "etc-radium-client.toml"
+    monkeypatch.setattr(withheld, "SYSTEM_CLIENT_CONFIG", system)
+    (tmp_path / "data" / "customer").mkdir(parents=True)
+    config = ClientConfig(client=ClientSection(name="vm1", public_key="", secret_key=""),
+                          source=str(tmp_path / "user.toml"))  # fmt: skip
+    env = {"HOME": str(tmp_path)}
+    customer = os.fsencode(tmp_path / "data" / "customer")
+    assert not withheld.export_policy(config, env).denies(customer)
+    system.write_text(f'[appliances_are_not_read_here]\n[exports]\ndeny = ["{tmp_path}/data/*"]\n')
+    assert withheld.export_policy(config, env).denies(customer)
+    system.write_text('[exports]\ndeny = "/srv"\n')
+    with pytest.raises(ConfigError, match=f"{system}: exports.deny"):
+        withheld.export_policy(config, env)
+    system.write_text('[exports]\ndeny = ["relative"]\n')
+    with pytest.raises(ConfigError, match="give an absolute path"):
+        withheld.export_policy(config, env)

@@ -1,13 +1,14 @@
 """Every run in a cgroup of its own (remoting/run/limits.py): its memory, its processes and its
 CPU share held by the kernel, so that one run cannot take the appliance or other runs down.
 
-These machines mount cgroup v1, which is what is tested here; the v2 path is written to the
-kernel's documentation and untested (docs/security.md).
+These machines mount cgroup v1, which is what is tested here; the v2 path (the shipped image,
+under systemd) is tested in the booted image (tests/test_image.py): a run's placement, its
+memory limit and its device filter.  Device nodes: tests/test_run_devices.py.
 """
 
 from __future__ import annotations
 
-import os
+import errno
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ RADIUM = str(BIN / "radium")
 
 @pytest.fixture
 def limited(two_hosts, tmp_path):
-    r = start_remote(two_hosts, tmp_path, "[run]\nmemory_bytes = 536870912\npids_max = 64\n")
+    config = "[run]\nmemory_bytes = 536870912\nmemory_max_bytes = 1073741824\npids_max = 64\n"
+    r = start_remote(two_hosts, tmp_path, config)
     try:
         yield r
     finally:
@@ -67,13 +69,13 @@ def test_a_run_past_its_memory_limit_is_ended_and_told_while_another_finishes(li
     assert "hog=137" in lines and "survived" not in lines, (out.stdout, out.stderr)
     assert "out of memory: the run's limit is 512 MiB" in out.stderr.decode(), out.stderr.decode()
     # The other run, in its own cgroup, went on and finished.
-    assert lines[-2:] == ["3", "done"], lines
+    assert lines[-2:] == [str(len(limits.V1_CONTROLLERS)), "done"], lines
     assert limited.appliance.proc.poll() is None
     first = limited.appliance.wait_for_log("run ended")
     limited.appliance.wait_for_log("run ended", where=lambda e: e["run"] != first["run"])
     runs = {e["run"] for e in limited.appliance.lines if e.get("event") == "run started"}
     assert len(runs) == 2
-    assert _runs_folders("memory", runs) == [] and _runs_folders("pids", runs) == []  # nothing left
+    assert [f for c in limits.V1_CONTROLLERS for f in _runs_folders(c, runs)] == []  # nothing left
 
 
 def test_a_fork_bomb_stops_at_the_pids_limit_and_the_appliance_answers(limited, tmp_path):
@@ -116,8 +118,9 @@ def test_the_limits_are_the_kernels_not_the_processes_to_change(limited, tmp_pat
     client = limited.client()
     probe = (
         "import os\n"
-        "cg = [l.split(':', 2)[2] for l in open('/proc/self/cgroup') if ':memory:' in l][0]\n"
+        "cg = [l.split(':', 2)[2] for l in open('/proc/self/cgroup') if ':memory:' in l][0].strip()\n"
         "print(cg.rsplit('/', 2)[-2])\n"
+        "print(open('/sys/fs/cgroup/memory' + cg + '/memory.limit_in_bytes').read())\n"
         "try:\n"
         "    open('/sys/fs/cgroup/memory' + cg + '/memory.limit_in_bytes', 'w').write(str(8 << 30))\n"
         "    print('raised')\n"
@@ -133,9 +136,37 @@ def test_the_limits_are_the_kernels_not_the_processes_to_change(limited, tmp_pat
         in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
     )
     assert out.returncode == 0, out.stderr.decode()
-    where, verdict = out.stdout.decode().split()[:2]
-    assert where == "radium-runs" and verdict == "refused", out.stdout
-    assert os.geteuid() == 0
+    where, limit, verdict, errno_ = out.stdout.decode().split()[:4]
+    assert where == "radium-runs" and int(limit) == 512 << 20, out.stdout
+    assert verdict == "refused" and int(errno_) in (errno.EACCES, errno.EPERM), out.stdout
+
+
+def test_a_run_asks_for_its_memory_within_what_the_appliance_gives(limited, tmp_path):
+    """`radium run --memory`: the run's limit, at most `[run] memory_max_bytes`; a bigger ask is
+    refused before anything runs, a malformed one told as such."""
+    client = limited.client()
+    probe = (
+        "cg = [l.split(':', 2)[2] for l in open('/proc/self/cgroup') if ':memory:' in l][0].strip()\n"
+        "print(open('/sys/fs/cgroup/memory' + cg + '/memory.limit_in_bytes').read())\n"
+    )
+    script = (
+        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
+        f"cat > probe.py <<'EOF'\n{probe}EOF\n"
+        f"{RADIUM} run --memory 300M -- python3 probe.py\n"
+        f"{RADIUM} run --memory 1GiB -- python3 probe.py\n"
+        f"set +e; {RADIUM} run --memory 2G -- touch ran; echo status=$?\n"
+        f"{RADIUM} run --memory lots -- touch ran; echo status=$?\n"
+        "test -e ran || echo nothing-ran\n"
+    )
+    out = subprocess.run(
+        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+    )
+    said, told = out.stdout.decode().split(), out.stderr.decode()
+    assert said[:2] == [str(300 << 20), str(1 << 30)], (said, told)
+    assert said[2] != "status=0" and said[3] != "status=0" and said[4] == "nothing-ran", (said, told)
+    assert "gives a run at most 1,024 MiB of memory, not 2,048 MiB: ask for less with --memory" in told, told
+    assert "expected a size such as 512M or 8G, got 'lots'" in told, told
+    assert "Traceback" not in told
 
 
 def test_a_run_filling_its_writable_layer_gets_enospc_and_the_next_starts(two_hosts, tmp_path):

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import msgspec
@@ -267,3 +268,28 @@ def test_a_full_disk_stops_the_tree_growing_and_nothing_breaks(two_hosts, tmp_pa
             r.close()
             r.appliance.stop()
         subprocess.run(["umount", "-l", str(warm)], check=False)
+
+
+def test_what_a_revoked_client_left_on_the_appliance_is_removed_and_no_one_elses(remote, tmp_path):
+    """A client's warm tree, kept listings and tenant record describe its files: once its key is
+    gone (here removed by hand, as `radium-admin revoke --appliance CONFIG` does), radiumd sees
+    it at its next message and the fork server removes them; another client's stay."""
+    files = {"pkg/big.bin": os.urandom(2 << 20), "read.py": READ_ALL}
+    for name in ("vm1", "vm2"):
+        session(remote, tmp_path, files, ["radium run -- python3 read.py"], client_name=name)
+    state = remote.appliance.dir / "state"
+
+    def left(name: str) -> list[str]:
+        paths = [f"warm/{name}", f"cas/listings/{name}.idx", f"cas/tenants/{name}.chunks"]
+        return [p for p in paths if (state / p).exists()]
+
+    assert len(left("vm1")) == len(left("vm2")) == 3, (left("vm1"), left("vm2"))
+    revoke = [str(BIN / "radium-admin"), "revoke", "vm1", "--appliance", str(remote.appliance.config)]
+    assert subprocess.run(revoke, capture_output=True, timeout=30).returncode == 0
+    assert remote.client("vm2").run("health").returncode == 0  # a message: radiumd sees the key gone
+    deadline = time.monotonic() + 30
+    while left("vm1"):
+        assert time.monotonic() < deadline, left("vm1")
+        time.sleep(0.05)
+    assert len(left("vm2")) == 3
+    assert sorted(p.name for p in (state / "warm").iterdir()) == ["vm2"]  # nothing set aside remains

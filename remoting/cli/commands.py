@@ -197,7 +197,7 @@ def cmd_release_gpus(args: argparse.Namespace) -> Result:
 
 
 def run_arguments(args: argparse.Namespace) -> tuple[list[str], s.AllocationRequest | None]:
-    """`radium run`'s command and what it asks for (None: the reservation, or one device)."""
+    """`radium run`'s command and the devices it asks for (None: the reservation, or one device)."""
     argv = list(args.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -260,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(show_exports(config, os.environ))
         return 0
     argv, request = run_arguments(args)
-    result = asyncio.run(remote.run(config, argv, request, args.timeout, args.server))
+    result = asyncio.run(remote.run(config, argv, request, args.timeout, args.server, memory=args.memory))
     sys.stderr.write(run_report(result, args.stats))
     return result.status
 
@@ -399,6 +399,22 @@ def cmd_configure(args: argparse.Namespace) -> Result:
 # --- parsing ------------------------------------------------------------------------
 
 
+SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """A size such as 512M, 8G or 1.5GiB (binary units; a bare number is MiB), in bytes."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in SIZE_UNITS else ""
+    try:
+        value = float(number[: len(number) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 8G, got {text!r}") from None
+    if not 0 < value < 1 << 20:
+        raise argparse.ArgumentTypeError(f"expected a size above 0 such as 512M or 8G, got {text!r}")
+    return int(value * SIZE_UNITS[unit])
+
+
 def _fraction(text: str) -> float:
     try:
         return float(text)
@@ -454,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     share.add_argument("-m", type=int, metavar="MiB", help="memory of each device, in MiB")
     p.add_argument("--filter", action="append", default=[], metavar="K=V", help="as for request-gpus")
     p.add_argument("--timeout", type=float, default=0.0, metavar="S", help="wait up to S seconds for devices")
+    p.add_argument(
+        "--memory",
+        type=_size,
+        default=0,
+        metavar="SIZE",
+        help="the appliance's memory the run may use, swap included (512M, 8G; default: the appliance's)",
+    )
     p.add_argument(
         "--stats", action="store_true", help="print bytes moved, cache hits and timings at the end"
     )

@@ -290,6 +290,7 @@ class Agent:
                 request,
                 args.timeout,
                 args.server,
+                memory=args.memory,
                 ends=ends,
                 cwd=cwd,
                 environ=environ,

@@ -215,8 +215,10 @@ class RemoteRun:
         env: dict[str, str],
         ends: Ends | None = None,
         exports: ExportPolicy | None = None,
+        memory: int = 0,  # bytes of the appliance's memory asked for (0: its default)
     ) -> None:
         self.session = session
+        self.memory = memory
         self.conn: Connection = session.conn
         self.argv, self.cwd, self.env = argv, cwd, env
         self.ends = ends or ProcessEnds()
@@ -265,6 +267,7 @@ class RemoteRun:
                 rows=rows,
                 cols=cols,
                 prefetch=prefetch_paths(self.argv, self.cwd, self.env.get("PATH")),
+                memory=self.memory,
             ),
             timeout=None if lease_id is None else 30.0,
         )
@@ -488,6 +491,7 @@ async def run(
     ends: Ends | None = None,
     cwd: str | None = None,
     environ: Mapping[str, str] | None = None,
+    memory: int = 0,
 ) -> RunResult:
     """Run `argv` remotely: on the reserved lease if there is one, else on a new one.
 
@@ -507,14 +511,14 @@ async def run(
         conn = await Connection(entry, config.keys).open()
         session = await Session(conn).open()
         try:
-            run = RemoteRun(session, argv, cwd, env, ends, exports)
+            run = RemoteRun(session, argv, cwd, env, ends, exports, memory)
             return await run.execute(reservation.lease.id, None, 0)
         finally:
             await session.close()
             await conn.close()
     reserved = await api.reserve(config, request or s.AllocationRequest(), timeout, server)
     try:
-        run = RemoteRun(reserved.session, argv, cwd, env, ends, exports)
+        run = RemoteRun(reserved.session, argv, cwd, env, ends, exports, memory)
         return await run.execute(reserved.lease.id, None, 0)
     finally:
         await reserved.release()

@@ -6,10 +6,17 @@ import dataclasses
 import os
 import pwd
 import time
-import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 
-from .._config import SYSTEM_CLIENT_CONFIG, ClientConfig, lab_profile_dir
+from .._config import (
+    SYSTEM_CLIENT_CONFIG,
+    ClientConfig,
+    SystemExports,
+    check_exports,
+    lab_profile_dir,
+    load_toml,
+)
 from .._errors import ConfigError
 from ..run.exports import ExportPolicy
 from .paths import state_dir
@@ -31,14 +38,13 @@ def export_policy(config: ClientConfig, environ: Mapping[str, str]) -> ExportPol
     deny = [(rule, config.source) for rule in config.exports.deny]
     allow = [(rule, config.source) for rule in config.exports.allow]
     system = str(SYSTEM_CLIENT_CONFIG)
-    if config.source != system and os.path.exists(system):
-        try:
-            with open(system, "rb") as f:
-                section = tomllib.load(f).get("exports", {})
-        except (OSError, tomllib.TOMLDecodeError):
-            section = {}  # not ours to read (0600, another user's), or broken: radium-admin says so
-        deny += [(rule, system) for rule in section.get("deny", []) if isinstance(rule, str)]
-        allow += [(rule, system) for rule in section.get("allow", []) if isinstance(rule, str)]
+    # The operator's rules apply to every configuration; a file they cannot be read from for a
+    # mistake in it stops the run (its denials unknown), one kept from this user is not theirs.
+    if config.source != system and os.access(system, os.R_OK):
+        operator = load_toml(Path(system), SystemExports)
+        check_exports(operator.exports, system)
+        deny += [(rule, system) for rule in operator.exports.deny]
+        allow += [(rule, system) for rule in operator.exports.allow]
     always = [p for p in (config.source, str(state_dir(environ)), str(lab_profile_dir(environ))) if p]
     key = (tuple(homes), tuple(deny), tuple(allow), tuple(always))
     now = time.monotonic()

@@ -27,8 +27,11 @@ from .. import wire as wire
 from .._config import DaemonConfig, address_host
 from .._errors import LeaseNotFound, RunsUnavailable, UsageError
 from ..devices.base import Backend, MpsLimits
+from ..devices.pci import device_nodes
+from ..output import mib
 from ..run import channel
 from ..run.cas import ContentStore
+from ..run.limits import memory_ceiling
 from .auth import Peer
 from .logs import event
 from .service import Service
@@ -154,6 +157,11 @@ class Runs:
             raise UsageError("nothing to run: the command is empty")
         if not msg.cwd.startswith("/"):
             raise UsageError(f"the working directory must be absolute, got {msg.cwd!r}")
+        if msg.memory < 0 or msg.memory > (most := self.memory_most()):
+            raise UsageError(
+                f"{self.service.server.name} gives a run at most {mib(most)} of memory, "
+                f"not {mib(msg.memory)}: ask for less with --memory"
+            )
         if not self._free_slots:
             raise RunsUnavailable(f"{self.service.server.name} runs {len(self.runs)} processes, its limit")
         own = msg.lease_id is None
@@ -208,14 +216,22 @@ class Runs:
         for part in run.lease.parts:
             device = self.service.allocator.devices[part.device_id]
             by_backend.setdefault(device.backend, []).append((device, part))
-        mps = None
+        mps, nodes = None, set()
         for name, held in by_backend.items():
+            for device, _ in held:
+                nodes.update(device_nodes(device.pci_address))
             seen = self.backends[name].visibility([d for d, _ in held], [p for _, p in held])
             device_env.update(seen.environment)
             if seen.mps is not None:
                 mps = self._mps(run, seen.mps)
         job = channel.Job(
-            run=run.id, client=run.client, start=msg, slot=run.slot, device_env=device_env, mps=mps
+            run=run.id,
+            client=run.client,
+            start=msg,
+            slot=run.slot,
+            device_env=device_env,
+            mps=mps,
+            device_nodes=sorted(nodes),
         )
         supervisor = self._take_spare() or await self.launcher.launch()
         with contextlib.suppress(OSError):  # a spare may still be importing: not at low priority now
@@ -226,6 +242,10 @@ class Runs:
         run.writer = writer
         writer.write(channel.pack(job))
         run.relay = asyncio.create_task(self._relay(run, reader))
+
+    def memory_most(self) -> int:
+        """The most memory a run may ask for here (`radium run --memory`)."""
+        return memory_ceiling(0, 0, self.config.run.memory_max_bytes)
 
     def _mps(self, run: Run, limits: MpsLimits) -> channel.Mps | None:
         """The run's private MPS daemon, if this appliance has CUDA MPS (see docs/run.md)."""
@@ -304,6 +324,7 @@ class Runs:
             # Idle: scan the store again, so that its size limit holds across the runs that
             # shared it (each kept it over what it knew of) and the next run's snapshot is fresh.
             self._indexed_at = time.monotonic()
+            self.launcher.sweep()  # and what clients revoked meanwhile left (a key file removed by hand)
             task = asyncio.create_task(asyncio.to_thread(self.index_store))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -367,12 +388,15 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
         mps_control=None if config.run.mps == "off" else shutil.which("nvidia-cuda-mps-control"),
         direct_host=listen_host(config.server.listen) if config.run.direct else None,
         warm_dir=str(state / "warm"),
+        clients_dir=config.server.clients_dir,
         warm_limit=config.run.warm_tree_bytes,
         tenant_groups=dict(config.run.tenant_groups),
         memory_bytes=config.run.memory_bytes,
+        memory_max_bytes=config.run.memory_max_bytes,
         writable_bytes=config.run.writable_bytes,
         pids_max=config.run.pids_max,
         cpu_weight=config.run.cpu_weight,
+        device_nodes=list(config.run.device_nodes),
     )
 
 

@@ -66,6 +66,7 @@ class Daemon:
             directory.mkdir(parents=True, exist_ok=True)
         # The fork server is started first: when radiumd drops to its user it must be root.
         self.launcher = Launcher(self.log, supervisor_settings(cfg))
+        self.keys.clients.on_removed = self.launcher.sweep  # by operator or by hand: run/revoked.py
         runnable = cannot_run(cfg) is None
         if runnable:  # else whoever asks for a run is told why
             self.launcher.start()
@@ -129,6 +130,7 @@ class Daemon:
         self.runs = Runs(cfg, self.service, self.backends, self._send, self.log, self.launcher)
         self.service.on_session_end = self.runs.end_session
         self.service.runs_of = self.runs.of_session
+        self.service.on_client_revoked = self.launcher.sweep
         self.service.handlers[s.RunStart] = self.runs.start
         self.metrics_address = None
         if cfg.metrics.enabled:
@@ -159,6 +161,7 @@ class Daemon:
             metrics=self.metrics_address and f"{self.metrics_address[0]}:{self.metrics_address[1]}",
         )
         await asyncio.to_thread(self.runs.index_store)
+        self.launcher.sweep()
         self.runs.keep_spares()
         if ready is not None:
             ready.set()

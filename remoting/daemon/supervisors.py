@@ -120,6 +120,7 @@ class Launcher:
         self._replies: deque[asyncio.Future[Forked]] = deque()
         self._forked: dict[int, Forked] = {}
         self._reader: asyncio.Task | None = None
+        self._sweeps: set[asyncio.Future[None]] = set()
 
     def start(self) -> None:
         """Start the fork server in the background; supervisors asked for meanwhile wait for it."""
@@ -238,6 +239,26 @@ class Launcher:
                 self.control.send(b"clean " + run.encode())
                 return
         shutil.rmtree(self.runs / run, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Have what revoked clients left removed (run/revoked.py): by the fork server, root,
+        once it has started; without one, here if radiumd is root."""
+
+        async def sweep() -> None:
+            if self._ready is not None:
+                await self._ready
+            if self.control is not None:
+                with contextlib.suppress(OSError):
+                    self.control.send(b"sweep")
+                    return
+            if os.geteuid() == 0:
+                from ..run.revoked import forget_revoked  # the supervisors' modules: only here
+
+                await asyncio.to_thread(forget_revoked, self.settings)
+
+        task = asyncio.ensure_future(sweep())
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
 
     def _gone(self, why: str) -> None:
         """No more forks: supervisors are started afresh from now on."""

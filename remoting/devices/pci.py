@@ -9,6 +9,7 @@ simply not list it.  These are listed instead, as failed devices that say why, s
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..schema import Device
@@ -62,3 +63,32 @@ def undriven(sys_root: Path = Path("/sys")) -> list[Device]:
             )
         )
     return found
+
+
+NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+
+
+def device_nodes(pci_address: str | None, sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc"),
+                 dev_root: Path = Path("/dev")) -> list[str]:  # fmt: skip
+    """The device nodes a process needs to use the accelerator at this PCI address (a run's
+    cgroup lets it open these, run/devicefilter.py): its DRM nodes (`/dev/dri/renderD*`,
+    `card*`), and by vendor NVIDIA's `/dev/nvidiaN` (N its minor, from the driver's /proc
+    entry) with the driver's shared nodes, AMD's `/dev/kfd` (ROCm).  None without an address
+    (a CPU device: PoCL's needs no node).  Only nodes that exist."""
+    if not pci_address:
+        return []
+    device = sys_root / "bus/pci/devices" / pci_address
+    found = [dev_root / "dri" / d.name for d in sorted((device / "drm").glob("*"))]
+    vendor = VENDORS.get(_hex(device / "vendor") or 0)
+    if vendor == "NVIDIA":
+        with contextlib.suppress(OSError):
+            information = (proc_root / "driver/nvidia/gpus" / pci_address / "information").read_text()
+            for line in information.splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "Device Minor" and value.strip().isdigit():
+                    found.append(dev_root / f"nvidia{int(value)}")
+        found += [dev_root / name for name in NVIDIA_SHARED]
+        found += sorted((dev_root / "nvidia-caps").glob("*"))  # MIG's capabilities
+    elif vendor == "AMD":
+        found.append(dev_root / "kfd")
+    return [str(path) for path in found if path.exists()]

@@ -7,6 +7,7 @@ with asyncio, the supervisor (which serves FUSE through pyfuse3) with trio.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -73,13 +74,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     direct_host: str | None = None  # where a run's direct file channel listens (None: none)
     warm_dir: str | None = None  # the clients' warm trees (run/warmtree.py), root's; None: none
     warm_limit: int = 0  # bytes of files each client's warm tree may hold
+    clients_dir: str | None = None  # the enrolled clients' keys: what a revoked client left is removed
     tenant_groups: dict[str, list[str]] = {}  # clients that share what they send (run/tenants.py)
     # Each run's cgroup (run/limits.py): memory with swap (0: what the appliance can spare),
     # processes, CPU weight.
     memory_bytes: int = 0
+    memory_max_bytes: int = 0  # the most a run may ask for (0: what the appliance can spare)
     writable_bytes: int = 0  # each run's writable layer on a file system of this size (0: unbounded)
     pids_max: int = 4096
     cpu_weight: int = 100
+    device_nodes: list[str] = []  # device nodes every run may open (run/devicefilter.py)
 
     ID_COUNT = 65536  # ids of one run (class attribute, not a field)
 
@@ -93,6 +97,7 @@ class Job(msgspec.Struct, kw_only=True):
     slot: int  # client uid/gid N runs as Settings.id_base + slot * ID_COUNT + N on the appliance
     device_env: dict[str, str]
     mps: Mps | None = None
+    device_nodes: list[str] = []  # its lease's devices' nodes (character devices under /dev)
 
     def check(self, settings: Settings) -> None:
         """ValueError if this job asks for what the settings do not allow."""
@@ -101,6 +106,9 @@ class Job(msgspec.Struct, kw_only=True):
                 raise ValueError(f"bad job: {what} {name!r} is not a plain name")
         if not 0 <= self.slot < settings.id_slots:
             raise ValueError(f"bad job: id slot {self.slot} outside 0-{settings.id_slots - 1}")
+        for path in self.device_nodes:  # radiumd names its lease's nodes, never anything else
+            if not path.startswith("/dev/") or os.path.normpath(path) != path:
+                raise ValueError(f"bad job: device node {path!r} is not a path under /dev")
         if self.mps is not None and settings.mps_control is None:
             raise ValueError("bad job: an MPS share on an appliance without nvidia-cuda-mps-control")
 

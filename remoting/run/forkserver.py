@@ -15,8 +15,11 @@ Its control socket (SOCK_SEQPACKET, radiumd at the other end):
     server -> radiumd   b"exit PID STATUS" once the child is reaped (a signal N as -N)
     radiumd -> server   b"kill PID": SIGKILL to that child (to no other process)
     radiumd -> server   b"clean RUN": remove the run folder RUN (in Settings.runs_dir)
+    radiumd -> server   b"sweep": remove what clients no longer enrolled left (their warm
+                        trees, kept listings, tenant records: run/revoked.py), judged by
+                        the key folder of Settings, not by anything radiumd says
 
-The last two need no answer; they are how radiumd, once it has dropped to its own
+The last three need no answer; they are how radiumd, once it has dropped to its own
 user (daemon/privileges.py), still ends a run's supervisor and removes the files
 the run's ids own.  The fork server stays root for what radiumd may not do, and
 does nothing else for it: it forks supervisors, signals its own children, and
@@ -37,6 +40,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import traceback
 
 import msgspec
@@ -44,6 +48,7 @@ import trio
 
 from . import limits, mounts
 from .channel import Settings
+from .revoked import forget_revoked
 from .supervisor import supervise
 
 MAX_MESSAGE = 4096
@@ -80,6 +85,11 @@ def serve(control: socket.socket, settings: Settings, runs: int | None = None) -
             if not data:
                 return 0  # radiumd is gone
             fields = data.split()
+            if fields[:1] == [b"sweep"]:
+                for fd in fds:
+                    os.close(fd)
+                _sweep(settings)
+                continue
             if fields[:1] in ([b"kill"], [b"clean"]):
                 for fd in fds:
                     os.close(fd)
@@ -120,6 +130,28 @@ def _order(fields: list[bytes], children: set[int], runs: int | None) -> None:
     except OSError as exc:
         print(f"radium-forkserver: could not remove run folder {arg}: {exc}", file=sys.stderr)
     limits.remove_left(arg)  # a supervisor killed before its teardown leaves its cgroups
+
+
+_sweeping = threading.Lock()
+
+
+def _sweep(settings: Settings) -> None:
+    """In a thread of its own (a warm tree's removal may wait for a run to let it go); one at a time."""
+
+    def sweep() -> None:
+        if not _sweeping.acquire(blocking=False):
+            return  # one is under way: it reads the keys as they are now
+        try:
+            forgotten = forget_revoked(settings)
+            if forgotten:
+                print(f"radium-forkserver: removed what revoked clients left: {', '.join(forgotten)}",
+                      file=sys.stderr)  # fmt: skip
+        except Exception:
+            traceback.print_exc()
+        finally:
+            _sweeping.release()
+
+    threading.Thread(target=sweep, name="sweep", daemon=True).start()
 
 
 def _reap(control: socket.socket, children: set[int]) -> None:

@@ -9,7 +9,9 @@ jobs (Slurm's task/cgroup, HTCondor), each run gets a cgroup with
   that run, and nothing else; the supervisor reads the cgroup's OOM count and tells the
   user which limit ended the run;
 - a pids limit: a fork bomb gets EAGAIN at it;
-- a CPU weight (`cpu.shares` on v1, `cpu.weight` on v2): runs share the cores evenly.
+- a CPU weight (`cpu.shares` on v1, `cpu.weight` on v2): runs share the cores evenly;
+- its device nodes: the basic ones, its lease's and the operator's, no other
+  (run/devicefilter.py: the `devices` controller on v1, an eBPF filter on v2).
 
 `RunCgroup` is the one small interface over both hierarchies: cgroup v1 (one hierarchy per
 controller, as on this lab's machines: tested whole) and v2 (one unified hierarchy, as the
@@ -30,12 +32,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import mounts
+from . import devicefilter, mounts
 
 log = logging.getLogger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "devices")
 ENV = "RADIUM_CGROUP_PROCS"  # what the entering shell reads (and unsets)
 
 
@@ -44,6 +46,7 @@ class Limits:
     memory: int  # bytes, swap included
     pids: int
     cpu_weight: int  # 1-10000; 100 is an equal share
+    devices: tuple[devicefilter.Rule, ...] = devicefilter.BASIC  # what it may open
 
 
 def spare_memory(reserve_fraction: float = 0.1, reserve_min: int = 512 << 20) -> int:
@@ -54,6 +57,14 @@ def spare_memory(reserve_fraction: float = 0.1, reserve_min: int = 512 << 20) ->
             if line.startswith("MemTotal:"):
                 total = int(line.split()[1]) * 1024
     return max(64 << 20, total - max(reserve_min, int(total * reserve_fraction)))
+
+
+def memory_ceiling(asked: int, default: int, most: int) -> int:
+    """A run's memory limit: what it asked for, else the operator's default per run, never
+    more than the operator's most (0: none) nor than the appliance can spare."""
+    spare = spare_memory()
+    cap = min(most or spare, spare)
+    return min(asked or default or cap, cap)
 
 
 def _own(controller: str | None) -> str:
@@ -133,6 +144,8 @@ class RunCgroup:
         (p / "pids.max").write_text(str(self.limits.pids))
         c = self._made(root / "cpu" / _own("cpu").lstrip("/") / "radium-runs" / self.run)
         (c / "cpu.shares").write_text(str(max(2, self.limits.cpu_weight * 1024 // 100)))
+        d = self._made(root / "devices" / _own("devices").lstrip("/") / "radium-runs" / self.run)
+        devicefilter.apply_v1(d, list(self.limits.devices))
 
     def _make_v2(self, root: Path) -> None:
         # radiumd's unit (Delegate=yes) owns its subtree; radiumd moved itself into its "daemon"
@@ -153,6 +166,7 @@ class RunCgroup:
         (g / "pids.max").write_text(str(self.limits.pids))
         if (g / "cpu.weight").exists():
             (g / "cpu.weight").write_text(str(self.limits.cpu_weight))
+        devicefilter.attach_v2(g, list(self.limits.devices))
 
     def prime(self) -> None:
         """Pay now, beside the run's first request, what the process's entry would pay: the

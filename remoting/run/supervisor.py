@@ -44,14 +44,14 @@ import trio
 
 from .. import schema as s
 from ..output import mib
-from . import channel, mounts
+from . import channel, devicefilter, mounts
 from .cas import ContentStore
 from .fs import ClientTree
 from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
 from .layer import bounded_layer, drop, spare_layer, take
 from .limits import ENV as CGROUP_ENV
-from .limits import Limits, RunCgroup, ensure_mounted, spare_memory
+from .limits import Limits, RunCgroup, ensure_mounted, memory_ceiling
 from .listings import KeptListings
 from .tenants import OwnedChunks, tenant_of
 from .warmtree import WarmTree
@@ -279,9 +279,14 @@ class Supervisor:
     def _new_cgroup(self) -> RunCgroup | None:
         """The run's cgroup (run/limits.py); None, logged, where the appliance has no usable cgroups."""
         st = self.settings
-        spare = spare_memory()
-        memory = min(st.memory_bytes or spare, spare)
-        limits = Limits(memory=memory, pids=st.pids_max, cpu_weight=st.cpu_weight)
+        memory = memory_ceiling(self.job.start.memory, st.memory_bytes, st.memory_max_bytes)
+        lent, not_nodes = devicefilter.rules_for(st.device_nodes)
+        leased, not_leased = devicefilter.rules_for(self.job.device_nodes)
+        leased = [rule for rule in leased if rule.kind == "c"]  # a GPU's nodes: never a disk
+        if not_nodes or not_leased:
+            log("not device nodes: not lent to the run", run=self.job.run, paths=not_nodes + not_leased)
+        devices = (*devicefilter.BASIC, *lent, *leased)
+        limits = Limits(memory=memory, pids=st.pids_max, cpu_weight=st.cpu_weight, devices=devices)
         try:
             ensure_mounted()
             cgroup = RunCgroup(self.job.run, limits)

@@ -155,6 +155,29 @@ class WarmTree:
             os.close(self._fd)  # and the lock with it
             self._fd, self._held = None, 0
 
+    def remove(self, still_due: Callable[[], bool], wait: float) -> bool:
+        """Remove the whole tree (its client's enrolment was revoked) once no run holds it
+        (waiting up to `wait` seconds) and `still_due()` says so under the lock; renamed
+        aside first, so that nothing ever finds it half-removed.  False: left for later."""
+        try:
+            self._fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            self._fd = None  # never used by a run, or its lock gone with a crash: nothing holds it
+        try:
+            deadline = time.monotonic() + wait
+            while self._fd is not None and not self._lock(fcntl.LOCK_EX):
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+            if not still_due():
+                return False
+            aside = self.folder.with_name(f".gone-{self.folder.name}-{os.getpid()}")
+            os.rename(self.folder, aside)
+        finally:
+            self.close()
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
     def _busy(self) -> Path:
         return self.folder / "busy"
 
