@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -142,6 +143,38 @@ def test_what_changed_on_the_client_between_runs_is_seen_never_the_old(remote, t
     assert (here / "a" / "m3.py").read_text() == "value = 9\n" * 20
     assert (here / "c" / "x.txt" / "y").read_text() == "deeper\n"
     assert os.stat(here / "a" / "m1.py").st_mode & 0o777 == 0o600
+
+
+def test_names_looked_up_in_vain_are_whiteouts_until_the_client_has_them(remote, tmp_path):
+    """What a run looked up and did not find (Python's and ld.so's probes for other suffixes)
+    is marked absent in the tree: an overlay whiteout, so that the next runs' lookups of it stop
+    in the tree instead of asking FUSE. Once the client has such a name, runs see it."""
+    probe = (
+        "import os, sys\nprint(*[os.path.exists(n) for n in sys.argv[1:]], open('pkg/m.py').read().strip())\n"
+    )
+    files = {"pkg/m.py": "value = 1", "pkg/sub/n.py": "n = 1\n", "probe.py": probe}
+    names = "pkg/probe.so pkg/probe.abi3.so pkg/other.so pkg/m.py"
+    steps = session(
+        remote,
+        tmp_path,
+        files,
+        [
+            "radium run --stats -- python3 probe.py",
+            f"radium run --stats -- python3 probe.py {names}",  # FUSE answers the probes
+            f"radium run --stats -- python3 probe.py {names}",  # the tree's whiteouts do
+            "echo made > pkg/probe.so",
+            f"radium run --stats -- python3 probe.py {names}",
+        ],
+    )
+    _, asked, marked, _, after = steps
+    assert asked[0] == marked[0] == b"False False False True value = 1\n", marked[0]
+    assert after[0] == b"True False False True value = 1\n", after[1].decode()
+    assert fuse_and_warm(marked[1])[0] <= fuse_and_warm(asked[1])[0] - 3, (asked[1], marked[1])
+    tree, _ = warm_index(remote)
+    here = tree / PROJECT.lstrip("/") / "pkg"
+    kept = os.lstat(here / "probe.abi3.so")
+    assert stat.S_ISCHR(kept.st_mode) and kept.st_rdev == 0  # still absent on the client: kept
+    assert not (here / "probe.so").is_char_device()  # the client has it now: its whiteout went
 
 
 def test_owners_as_the_client_has_them_whichever_id_slot(remote, tmp_path):

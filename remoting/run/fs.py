@@ -63,6 +63,7 @@ from radium.remoting.run.tenants import OwnedChunks
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[FsRequest], Awaitable[FsReply]]
+ABSENT_KEPT = 256  # names a listed folder remembers the process looked up in vain (warm tree whiteouts)
 
 __all__ = ["ClientTree", "Fetch", "TreeStats"]
 
@@ -97,6 +98,7 @@ class ClientTree(pyfuse3.Operations):
         )
         self._inflight: dict[object, trio.Event] = {}
         self._learned: set[int] = set()  # directories with files whose hashes this run learned
+        self.absent_noted = 0  # names looked up in vain in listed folders (the warm tree marks them)
         # Listings sent ahead (Prefetch), by path, until the process reaches them: a listing,
         # or the digest of the kept one the client said still holds.
         self._ahead: dict[bytes, DirListing | bytes] = {}
@@ -360,7 +362,12 @@ class ClientTree(pyfuse3.Operations):
         if parent.children is not None:
             self._consulted(parent)
             ino = parent.children.get(name)
-            return None if ino is None else self.nodes.by_ino[ino]
+            if ino is None:
+                if len(parent.absent) < ABSENT_KEPT and name not in parent.absent:  # warm tree whiteouts
+                    parent.absent.add(name)
+                    self.absent_noted += 1
+                return None
+            return self.nodes.by_ino[ino]
         # A directory we may enter but not list: one name at a time.
         path = join(parent.path, name)
         if path in self.nodes.by_path:

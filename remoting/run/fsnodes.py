@@ -38,6 +38,7 @@ class Node:
     attr: Attr | None = None
     children: dict[bytes, int] | None = None  # name -> inode, once the directory is listed
     missing: set[bytes] = field(default_factory=set)  # names known absent while unlisted
+    absent: set[bytes] = field(default_factory=set)  # names looked up and not in its listing
     unlistable: bool = False  # ReadDir was refused (EACCES): look names up one by one
     data: bytes | None = None  # a small file's content, kept when the store could not take it
     read_end: int = 0  # where the last read ended: a read starting there is sequential
@@ -107,7 +108,7 @@ class NodeTable:
         if old is not None and attr.chunks is None and unchanged(old, attr):
             attr.chunks = old.chunks  # a listing carries fewer details than a lookup: keep ours
         if old is not None and stat.S_IFMT(old.mode) != stat.S_IFMT(attr.mode):
-            node.children, node.missing = None, set()
+            node.children, node.missing, node.absent = None, set(), set()
         if old is not None and (old.size, old.mtime_ns, old.ctime_ns) != (
             attr.size,
             attr.mtime_ns,
@@ -125,7 +126,7 @@ class NodeTable:
                 log.warning("ignoring bad name %r in the listing of %r", name, node.path)
                 continue
             children[name] = self.add(join(node.path, name), node.ino, item.attr).ino
-        node.children, node.missing = children, set()
+        node.children, node.missing, node.absent = children, set(), set()
         node.digest = listing.digest
 
     def _id(self, value: int) -> int:

@@ -860,8 +860,10 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
                 st = sup.tree.stats
                 sup.stats.fuse_ops = sum(st.ops.values())
                 sup.stats.content_seconds = {k: round(v, 4) for k, v in st.seconds.items()}
-                # Files came through FUSE: the warm tree may take them.
-                await sup.leave_world(claim=bool(st.ops["open"] or st.ops["readlink"]))
+                # Files came through FUSE, or names it did not find: the warm tree may take them.
+                await sup.leave_world(
+                    claim=bool(st.ops["open"] or st.ops["readlink"] or sup.tree.absent_noted)
+                )
                 log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
             nursery.cancel_scope.cancel()

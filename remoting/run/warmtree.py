@@ -16,7 +16,9 @@ folder whose listing changed is brought in line with the new one (entries gone o
 changed are removed, a folder's own attributes updated), and a folder the client
 could not vouch for is removed whole.  A folder holding every entry of its
 listing, its subfolders complete too, is marked opaque, so that the overlay never
-asks FUSE below it.
+asks FUSE below it.  Names a run looked up in vain in a folder whose listing it had
+(Python's and ld.so's probes) are laid out as whiteouts, so that the overlay stops at
+them too; a listing that later has such a name removes its whiteout.
 
 Runs of one client share it: a run uses it under a shared lock, and changes it
 (pruning at its start, adding what it read when it ends) only under an exclusive
@@ -55,6 +57,7 @@ OPAQUE = "trusted.overlay.opaque"
 # Seconds a run may spend adding to its client's tree after it ended (the client's next run
 # waits for it): a big tree (a dataset read once) is laid out over several runs' ends.
 BUDGET = 1.0
+WHITEOUTS = 256  # the most names one folder of the tree marks absent
 Identity = tuple[int, int, int, int, int, int, int, int]
 T = TypeVar("T")
 EntriesOf = Callable[[bytes], "list[DirEntry] | None"]
@@ -72,6 +75,7 @@ class _Dir(msgspec.Struct, array_like=True):
     mtime_ns: int
     files: dict[bytes, Identity] = {}  # the files and symlinks copied here, as the client described them
     complete: bool = False  # every entry of its listing is here, subfolders complete: opaque
+    absent: set[bytes] = set()  # whiteouts: names runs looked up in vain, not in its listing
 
 
 class _Index(msgspec.Struct, array_like=True):
@@ -287,6 +291,10 @@ class WarmTree:
                     os.unlink(os.path.join(where, name))
                 del here.files[name]
                 self.index.size -= ident[3]
+        for name in [n for n in here.absent if n in listing]:  # there now: its whiteout goes
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(where, name))
+            here.absent.discard(name)
         for sub in [p for p in dirs if p != path and _parent(p) == path]:
             a = listing.get(sub.rsplit(b"/", 1)[1])
             if a is None or not stat.S_ISDIR(a.mode):
@@ -406,7 +414,31 @@ class WarmTree:
                 return True
             if any(self.index.size + a.size <= self.limit for _, a in self._missing(node, nodes, contents)):
                 return True
+            if self._unmarked(node):
+                return True
         return False
+
+    def _unmarked(self, node: Node) -> list[bytes]:
+        """Names the run looked up in vain in this folder that the tree has no whiteout for."""
+        here = self._dirs().get(node.path)
+        if here is None or here.complete or len(here.absent) >= WHITEOUTS:
+            return []
+        assert node.children is not None
+        new = [n for n in node.absent - here.absent if n not in node.children and n not in here.files]
+        return sorted(new)[: WHITEOUTS - len(here.absent)]
+
+    def _whiteouts(self, folders: list[Node]) -> None:
+        """Mark what the run looked up in vain as absent in the tree (an overlay whiteout: a
+        character device 0:0), so that the next runs' lookups of it stop here, not in FUSE.
+        Only in a folder whose listing this run had (the names are absent from it); a later
+        listing with such a name removes its whiteout (`_prune`)."""
+        dirs = self._dirs()
+        for node in folders:
+            if self.index.digests.get(node.path) != node.digest:
+                continue
+            for name in self._unmarked(node):
+                os.mknod(os.path.join(self._where(node.path), name), stat.S_IFCHR, os.makedev(0, 0))
+                dirs[node.path].absent.add(name)
 
     def _add(self, folders: list[Node], nodes: NodeTable, contents: Contents, deadline: float) -> int:
         """The folders first, then their lacking files smallest first (the most FUSE operations
@@ -436,6 +468,7 @@ class WarmTree:
                     dirs[path].files[name] = identity(a)
                     self.index.size += size
                     added += 1
+            self._whiteouts(folders)
         except OSError as exc:  # a full disk, most likely: what is complete stays
             log.warning("warm tree %s: stopped adding: %s", self.folder, exc)
         self._mark_complete(folders, nodes)
