@@ -83,7 +83,7 @@ class RunSection(Section):
     cpu_weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
     # Device nodes every run may open besides the basic ones (/dev/null, ttys...) and its
     # lease's devices' (run/devicefilter.py): an RDMA NIC's /dev/infiniband/uverbs0, say.
-    device_nodes: list[str] = []
+    device_nodes: list[Annotated[str, msgspec.Meta(pattern=r"^/")]] = []
     # Supervisors started ahead of need (Python and its imports done, waiting for a
     # job), so that a run does not wait ~0.3 s for one to start; 0 starts each on demand.
     spare_supervisors: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1

@@ -8,7 +8,7 @@ there is one definition of each concept.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -210,7 +210,9 @@ class RunStart(Message, tag="run-start"):
     rows: int = 24
     cols: int = 80
     prefetch: list[str] = []  # trees whose listings the appliance asks for in one round trip
-    memory: int = 0  # bytes of the appliance's memory the run asks for, swap included (0: its default)
+    memory: Annotated[int, msgspec.Meta(ge=0)] = (
+        0  # bytes of the appliance's memory asked, swap included (0: its default)
+    )
 
 
 # Run traffic from the client, forwarded to the run's supervisor; never answered.

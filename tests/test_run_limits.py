@@ -156,6 +156,7 @@ def test_a_run_asks_for_its_memory_within_what_the_appliance_gives(limited, tmp_
         f"{RADIUM} run --memory 1GiB -- python3 probe.py\n"
         f"set +e; {RADIUM} run --memory 2G -- touch ran; echo status=$?\n"
         f"{RADIUM} run --memory lots -- touch ran; echo status=$?\n"
+        f"{RADIUM} run --memory 1M -- touch ran; echo status=$?\n"
         "test -e ran || echo nothing-ran\n"
     )
     out = subprocess.run(
@@ -163,9 +164,13 @@ def test_a_run_asks_for_its_memory_within_what_the_appliance_gives(limited, tmp_
     )
     said, told = out.stdout.decode().split(), out.stderr.decode()
     assert said[:2] == [str(300 << 20), str(1 << 30)], (said, told)
-    assert said[2] != "status=0" and said[3] != "status=0" and said[4] == "nothing-ran", (said, told)
+    assert said[2:5] != ["status=0"] * 3 and "status=0" not in said[2:5] and said[5] == "nothing-ran", (
+        said,
+        told,
+    )
     assert "gives a run at most 1,024 MiB of memory, not 2,048 MiB: ask for less with --memory" in told, told
     assert "expected a size such as 512M or 8G, got 'lots'" in told, told
+    assert "--memory 1 MiB is too little to start a process: ask for 64 MiB or more" in told, told
     assert "Traceback" not in told
 
 

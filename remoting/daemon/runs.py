@@ -38,6 +38,7 @@ from .service import Service
 from .supervisors import Launcher, Process, SupervisorProcess
 
 TINI = "/usr/bin/tini-static"
+RUN_MEMORY_LEAST = 64 << 20  # below this, `radium run --memory` is a mistake (Python alone takes ~10 MiB)
 REINDEX_INTERVAL = 60.0  # seconds: at most this often (and 5 % of the time), the idle store is rescanned
 
 
@@ -157,10 +158,14 @@ class Runs:
             raise UsageError("nothing to run: the command is empty")
         if not msg.cwd.startswith("/"):
             raise UsageError(f"the working directory must be absolute, got {msg.cwd!r}")
-        if msg.memory < 0 or msg.memory > (most := self.memory_most()):
+        if msg.memory > (most := self.memory_most()):
             raise UsageError(
                 f"{self.service.server.name} gives a run at most {mib(most)} of memory, "
                 f"not {mib(msg.memory)}: ask for less with --memory"
+            )
+        if msg.memory and msg.memory < RUN_MEMORY_LEAST:
+            raise UsageError(
+                f"--memory {mib(msg.memory)} is too little to start a process: ask for 64 MiB or more"
             )
         if not self._free_slots:
             raise RunsUnavailable(f"{self.service.server.name} runs {len(self.runs)} processes, its limit")
