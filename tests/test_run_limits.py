@@ -164,10 +164,7 @@ def test_a_run_asks_for_its_memory_within_what_the_appliance_gives(limited, tmp_
     )
     said, told = out.stdout.decode().split(), out.stderr.decode()
     assert said[:2] == [str(300 << 20), str(1 << 30)], (said, told)
-    assert said[2:5] != ["status=0"] * 3 and "status=0" not in said[2:5] and said[5] == "nothing-ran", (
-        said,
-        told,
-    )
+    assert "status=0" not in said[2:5] and said[5] == "nothing-ran", (said, told)
     assert "gives a run at most 1,024 MiB of memory, not 2,048 MiB: ask for less with --memory" in told, told
     assert "expected a size such as 512M or 8G, got 'lots'" in told, told
     assert "--memory 1 MiB is too little to start a process: ask for 64 MiB or more" in told, told
