@@ -56,9 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--run-json", type=Path, help="also write the results to this file")
     g.add_argument(
         "--run-parts",
-        default="starts,many,resnet,cold",
-        help="which measurements after the baselines, comma-separated (starts,many,resnet,cold: all)",
+        default="starts,many,resnet,opencl,cold",
+        help="which measurements after the baselines, comma-separated (starts,many,resnet,opencl,cold: all)",
     )
+    g.add_argument("--run-opencl", type=int, default=3, help="warm runs of the pyopencl vector add (3)")
     g.add_argument("--run-many", type=int, default=10_000, help="files of the many-files project (10000)")
     g.add_argument("--run-many-runs", type=int, default=3, help="its warm runs (3)")
 

@@ -340,6 +340,40 @@ class Bench:
         )
         return out
 
+    def opencl(self, client: Any) -> dict:
+        """A numpy + pyopencl vector add (benchmarks/vecadd.py): its first run, then `run_opencl`
+        warm ones, each followed by the same program run locally; the program's own time from
+        its first import to its checked result."""
+        env = self.client_env(client)
+        argv = [PY, "-m", "benchmarks.vecadd"]
+        remote, local = [], []
+        for i in range(1 + self.args.run_opencl):
+            for where, runs in (("remote", remote), ("local", local)):
+                cmd = argv if where == "local" else [RADIUM, "run", "--stats", "--", *argv]
+                r = timed(
+                    self.topo.client.command(cmd), self.topo.client.name, cwd=ROOT, env=env, timeout=300
+                )
+                _check(r, f"pyopencl vector add {where}")
+                r["result"] = json.loads(r["stdout"].strip().splitlines()[-1])
+                if not r["result"]["ok"]:
+                    raise RuntimeError(f"pyopencl vector add {where}: wrong result")
+                del r["stdout"], r["stderr"]
+                runs.append(r)
+            self.log(
+                f"pyopencl vector add {'first' if i == 0 else 'warm'}: remote "
+                f"{remote[-1]['result']['seconds']:.3f} s, local {local[-1]['result']['seconds']:.3f} s "
+                f"in the program ({remote[-1]['result']['device']})"
+            )
+        warm = remote[1:]
+        return {
+            "first": remote[0],
+            "warm": warm,
+            "warm_median": statistics.median(r["result"]["seconds"] for r in warm),
+            "local_median": statistics.median(r["result"]["seconds"] for r in local[1:]),
+            "warm_wall_median": statistics.median(r["wall"] for r in warm),
+            "local_wall_median": statistics.median(r["wall"] for r in local[1:]),
+        }
+
     def resnet(self, client: Any) -> dict:
         a = self.args
         env = self.client_env(client)
@@ -426,7 +460,7 @@ class Bench:
         r["stages"] = stage_costs(self.tmp)
 
         parts = set(a.run_parts.split(","))
-        if parts & {"starts", "many", "resnet"}:
+        if parts & {"starts", "many", "resnet", "opencl"}:
             client = self.start_appliance("app1")
             if "starts" in parts:
                 r["starts"] = self.starts(client)
@@ -434,6 +468,8 @@ class Bench:
                 r["many"] = self.many(client)
             if a.torch and "resnet" in parts:
                 r["resnet"] = self.resnet(client)
+            if "opencl" in parts:
+                r["opencl"] = self.opencl(client)
         if "cold" in parts:
             # A new radiumd with a new state directory: its content store is empty.
             client = self.start_appliance("app2")
