@@ -87,7 +87,7 @@ def test_half_a_gpu_cannot_take_more_than_half_its_memory(nvidia_remote, tmp_pat
 def test_the_mps_start_script_is_valid_sh_and_the_limits_are_in_mps_units():
     """Without a GPU: what the run is given for a partial lease (the GPU test above runs it)."""
     from radium.remoting.run.channel import Mps
-    from radium.remoting.run.supervisor import MPS_START, mps_environment
+    from radium.remoting.run.mps import MPS_START, mps_environment
 
     syntax = subprocess.run(["sh", "-n", "-c", MPS_START], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr

@@ -5,7 +5,8 @@ It builds the process's world and watches over it:
 1. the client's file system, served on demand by FUSE (`fs.ClientTree`), as the
    read-only lower layer of an overlay whose upper layer catches every write; above
    FUSE, the client's warm tree (`warmtree`): what its earlier runs read, as real files;
-2. the appliance's `/dev`, `/sys` and driver paths bound in, a fresh `/tmp`;
+2. the appliance's `/dev`, `/sys` and driver paths bound in, a fresh `/tmp`; the run's
+   cgroup and writable layer (these two steps are world.py's: `Supervisor` is a `World`);
 3. the process itself, under `unshare`: a user namespace that maps the client's
    uid/gid onto an unprivileged range of this run, a PID namespace with tini as
    its init (so signals behave), chrooted into the overlay, in the client's cwd;
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import functools
 import os
 import signal
 import socket
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,34 +43,22 @@ import msgspec
 import trio
 
 from .. import schema as s
-from ..output import mib
-from . import channel, devicefilter, mounts
-from .cas import ContentStore
-from .fs import ClientTree
+from . import channel
 from .fsasks import FileAsks
-from .fsmount import mount_and_serve, unmount
-from .layer import bounded_layer, drop, spare_layer, take
+from .layer import drop, spare_layer
 from .limits import ENV as CGROUP_ENV
-from .limits import Limits, RunCgroup, ensure_mounted, memory_ceiling
-from .listings import KeptListings
-from .tenants import OwnedChunks, tenant_of
+from .limits import RunCgroup
+from .mps import mps_environment
 from .warmtree import WarmTree
+from .world import World, inside, log
 
 CHUNK = 64 * 1024
 WRITEBACK_CHUNK = 1 << 20
 OUTPUT_WINDOW = 16 << 20
-PREFETCH_ENTRIES = 20_000
-WARM_WAIT = 2.0  # seconds a run waits for another run of its client to finish changing the warm tree
 OVERLAY_ERRORS = (OSError, subprocess.CalledProcessError)
 
 
-def log(message: str, **fields: object) -> None:
-    """JSON lines on stderr, which radiumd's log collects."""
-    entry = {"ts": round(time.time(), 6), "level": "info", "event": message, **fields}
-    sys.stderr.write(msgspec.json.encode(entry).decode() + "\n")
-
-
-class Supervisor:
+class Supervisor(World):
     def __init__(
         self,
         job: channel.Job,
@@ -167,309 +155,6 @@ class Supervisor:
             self.writeback_result = msg
             self.writeback_done.set()
 
-    # --- building the world ----------------------------------------------------
-
-    def phase(self, name: str) -> None:
-        now = time.monotonic()
-        self.stats.phases[name] = round(now - self.phase_started, 4)
-        self.phase_started = now
-
-    async def prepare(self, nursery: trio.Nursery) -> None:
-        self.run_dir.mkdir(mode=0o700)  # root's: never one radiumd made, nor a name used before
-        for d in (self.lower, self.root):
-            d.mkdir(mode=0o755, exist_ok=True)
-        # The writable layer and the cgroup are made beside the first request (neither raises).
-        side_done = trio.Event()
-
-        async def side() -> None:
-            try:
-                await self._make_writable_layer()
-                await self._make_cgroup()
-            finally:
-                side_done.set()
-
-        nursery.start_soon(side)
-        await self._ask_first()
-        await side_done.wait()
-        await self._mount_world(nursery)
-
-    async def _make_writable_layer(self) -> None:
-        """The upper and work folders, on a file system of the run's own of a bounded size
-        (run/layer.py; `writable_bytes` 0: on the appliance's disk, unbounded)."""
-        size = self.settings.writable_bytes
-        if size:
-            layer = self.run_dir / "layer"
-            try:
-                layer.mkdir(mode=0o755)
-                if self.spare_layer is not None:
-                    spare, self.spare_layer = self.spare_layer, None
-                    take(spare, layer)
-                else:
-                    await trio.to_thread.run_sync(bounded_layer, layer, self.run_dir / "layer.img", size)
-                self.mounted.append(layer)
-                self.upper, self.work = layer / "upper", layer / "work"
-            except (OSError, subprocess.SubprocessError) as exc:  # no mkfs.ext4, no loop devices
-                log("writable layer unbounded: no file system of its own", run=self.job.run, error=str(exc))
-        for d in (self.upper, self.work):
-            d.mkdir(mode=0o755, exist_ok=True)
-
-    async def _ask_first(self) -> None:
-        store_dir = Path(self.settings.store_dir)
-        self.store = ContentStore(store_dir, self.settings.store_limit, scan=False)
-        self.kept = KeptListings(self.store, store_dir / "listings" / f"{self.job.client}.idx")
-        tenant = tenant_of(self.job.client, self.settings.tenant_groups)
-        self.owned = OwnedChunks(store_dir / "tenants" / f"{tenant}.chunks")
-        self.tree = ClientTree(
-            self.asks.fetch, self.store, id_offset=self.id_base, kept=self.kept, owned=self.owned
-        )
-        self.warm = await self._open_warm()
-        warm_dirs = self.warm.known() if self.warm is not None else {}
-        if self.start.prefetch or self.kept.previous or warm_dirs:  # one round trip, not one per directory
-            # The warm tree's folders are rechecked by the digests kept now (a later run may have
-            # kept a newer listing than the one the warm tree agrees with: then it is pruned).
-            also = {p: self.kept.digest(p) or d for p, d in warm_dirs.items()}
-            try:
-                await self.tree.prefetch(self.start.prefetch, max_entries=PREFETCH_ENTRIES, also=also)
-            except (OSError, ValueError) as exc:
-                log("prefetch failed", run=self.job.run, error=str(exc))
-            self.phase("prefetch")
-
-    async def _mount_world(self, nursery: trio.Nursery) -> None:
-        await nursery.start(mount_and_serve, self.tree, str(self.lower))
-        self.mounted.append(self.lower)
-        lowers = str(self.lower)
-        if self.warm is not None and await self._mount_warm():
-            lowers = f"{self.warm_mount}:{self.lower}"
-        # The init, and mount points for what the appliance lends, are made in the
-        # upper layer before the overlay is mounted; they are never written back.
-        await self._make_in_upper("/.radium", directory=True)
-        await self._make_in_upper("/.radium/init", directory=False)
-        mps_binds = self._prepare_mps()
-        binds = [p for p in self.settings.appliance_paths if os.path.exists(p)]
-        for path in binds:
-            if await self.tree.stat_path(path) is None:
-                await self._make_in_upper(path, directory=os.path.isdir(path))
-        # xino=on: the layers are two file systems (FUSE, the run's disk); without it a
-        # directory's inode number in a listing (d_ino) is not the one stat gives.
-        options = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work},xino=on"
-        await self._mount(self.root, mounts.mount, "overlay", self.root, "overlay", 0, options)
-        init = self.root / ".radium/init"
-        await self._mount(init, mounts.bind, self.settings.tini, init)
-        for source, inside in mps_binds:
-            target = self.root / inside.lstrip("/")
-            await self._mount(target, mounts.bind, source, target, readonly=True)
-        for path in ("/dev", "/sys"):
-            if await self._client_has_dir(path):
-                target = self.root / path.lstrip("/")
-                await self._mount(target, mounts.bind, path, target, recursive=True)
-        for path in self.private_dirs():
-            # /dev/shm is the appliance's /dev by then, /tmp the client's.
-            exists = os.path.isdir(path) if path == "/dev/shm" else await self._client_has_dir(path)
-            if exists:
-                target = self.root / path.lstrip("/")
-                await self._mount(target, mounts.tmpfs, target)
-        for path in binds:
-            target = self.root / path.lstrip("/")
-            await self._mount(target, mounts.bind, path, target, readonly=True)
-        self.phase("mount")
-
-    async def _make_cgroup(self) -> None:
-        self.cgroup = await trio.to_thread.run_sync(self._new_cgroup)
-
-    def _new_cgroup(self) -> RunCgroup | None:
-        """The run's cgroup (run/limits.py); None, logged, where the appliance has no usable cgroups."""
-        st = self.settings
-        memory = memory_ceiling(self.job.start.memory, st.memory_bytes, st.memory_max_bytes)
-        lent, not_nodes = devicefilter.rules_for(st.device_nodes)
-        leased, not_leased = devicefilter.rules_for(self.job.device_nodes)
-        leased = [rule for rule in leased if rule.kind == "c"]  # a GPU's nodes: never a disk
-        if not_nodes or not_leased:
-            log("not device nodes: not lent to the run", run=self.job.run, paths=not_nodes + not_leased)
-        devices = (*devicefilter.BASIC, *lent, *leased)
-        limits = Limits(memory=memory, pids=st.pids_max, cpu_weight=st.cpu_weight, devices=devices)
-        try:
-            ensure_mounted()
-            cgroup = RunCgroup(self.job.run, limits)
-            cgroup.prime()
-            return cgroup
-        except (OSError, ValueError) as exc:
-            log("run not confined: no cgroup", run=self.job.run, error=str(exc))
-            return None
-
-    def limit_report(self) -> str:
-        """Which limit ended processes of the run, for the user ("" if none did)."""
-        if self.cgroup is None or not (killed := self.cgroup.oom_kills()):
-            return ""
-        limit = mib(self.cgroup.limits.memory)
-        return (
-            f"out of memory: the run's limit is {limit} (swap included); the kernel ended "
-            f"{killed} of its processes there"
-        )
-
-    async def _open_warm(self) -> WarmTree | None:
-        """The client's warm tree, shared with its other runs; None when off or busy too long."""
-        st = self.settings
-        if st.warm_dir is None or st.warm_limit <= 0:
-            return None
-        warm = WarmTree(Path(st.warm_dir) / self.job.client, st.warm_limit)
-        deadline = trio.current_time() + WARM_WAIT
-        try:
-            while not warm.share():  # another run is changing it (its end adds what it read)
-                if trio.current_time() > deadline:
-                    log("warm tree busy: this run goes without", run=self.job.run)
-                    warm.close()
-                    return None
-                await trio.sleep(0.01)
-        except OSError as exc:
-            log("warm tree unavailable", run=self.job.run, error=str(exc))
-            warm.close()
-            return None
-        return warm
-
-    async def _mount_warm(self) -> bool:
-        """Bring the warm tree in line with the client's answers and mount it for the run's ids."""
-        warm = self.warm
-        assert warm is not None
-        try:
-            tree = self.tree
-            if await trio.to_thread.run_sync(warm.reconcile, tree.confirmed, tree.entries_ahead):
-                self.warm_mount.mkdir(mode=0o755)
-                await self._mount(
-                    self.warm_mount,
-                    mounts.idmapped_bind,
-                    warm.files,
-                    self.warm_mount,
-                    self.id_base,
-                    self.settings.ID_COUNT,
-                )
-                self.stats.warm_files = warm.index.files
-                return True
-        except OSError as exc:  # e.g. a kernel without idmapped mounts: FUSE serves it all
-            log("warm tree not mounted", run=self.job.run, error=str(exc))
-            warm.close()
-            self.warm = None
-        return False
-
-    def private_dirs(self) -> list[str]:
-        """Scratch folders the run gets fresh and empty, and that are thrown away.
-
-        Not /tmp when the client works inside it: then the client's /tmp is served
-        (the working directory must be there), and only what is written under the
-        working directory comes back.
-        """
-        if _inside(self.start.cwd, "/tmp"):
-            return ["/dev/shm"]
-        return ["/tmp", "/dev/shm"]
-
-    async def _client_has_dir(self, path: str) -> bool:
-        attr = await self.tree.stat_path(path, follow=True)
-        return attr is not None and stat.S_ISDIR(attr.mode)
-
-    async def _make_in_upper(self, path: str, directory: bool) -> None:
-        # Never look at the client's tree through the mount from here: this thread
-        # serves it (a deadlock); ask the tree itself.
-        parts = Path(path.lstrip("/")).parts
-        for i in range(1, len(parts) + 1):
-            rel = "/" + "/".join(parts[:i])
-            target = self.upper / rel.lstrip("/")
-            is_dir = directory or i < len(parts)
-            if os.path.lexists(target):
-                continue
-            if is_dir:
-                target.mkdir(mode=0o755)
-                attr = await self.tree.stat_path(rel)
-                if attr is not None and stat.S_ISDIR(attr.mode):
-                    # It exists on the client: keep its mode and time, and changes
-                    # below it are real changes.
-                    os.chmod(target, stat.S_IMODE(attr.mode))
-                    os.utime(target, ns=(attr.atime_ns, attr.mtime_ns))
-                    continue
-            else:
-                target.touch(mode=0o755)
-            self.made_for_mounts.add(rel)
-
-    def _prepare_mps(self) -> list[tuple[str, str]]:
-        """For a partial NVIDIA lease: the script that starts the run's MPS daemon, and the
-        appliance's MPS binaries to bind in as (appliance path, path in the run)."""
-        control = self.settings.mps_control
-        if self.job.mps is None or control is None:
-            return []
-        folder = self.upper / ".radium" / "bin"
-        folder.mkdir(mode=0o755, exist_ok=True)
-        binds = []
-        for source in (control, os.path.join(os.path.dirname(control), "nvidia-cuda-mps-server")):
-            if os.path.exists(source):
-                (folder / os.path.basename(source)).touch(mode=0o755)
-                binds.append((source, f"/.radium/bin/{os.path.basename(source)}"))
-        script = self.upper / ".radium" / "mps"
-        script.write_text(MPS_START)
-        script.chmod(0o755)
-        return binds
-
-    async def _mount(self, target: Path, how: Callable[..., None], *args: Any, **kw: Any) -> None:
-        """`how(*args, **kw)` mounts something at `target`."""
-        # In a thread: the kernel resolves paths inside the overlay by asking our
-        # FUSE server, which is this thread's trio loop.
-        await trio.to_thread.run_sync(functools.partial(how, *args, **kw))
-        self.mounted.append(target)
-
-    async def leave_world(self, claim: bool) -> None:
-        """The process is gone: take its world apart and, before the client hears of the end,
-        let the client's next run have the warm tree — claimed, when this run has files to add
-        to it (the next run then waits for that), else released."""
-        await self._detach_world()
-        self.owned.save()  # before the client may start its next run, which reads it
-        if self.warm is not None and not (claim and self.warm.claim()):
-            self.warm.close()
-            self.warm = None
-
-    async def _detach_world(self) -> None:
-        # Nothing here may touch the mounts' contents: a stat would ask FUSE, maybe no longer served.
-        if self.root in self.mounted:
-            with contextlib.suppress(OSError):
-                await trio.to_thread.run_sync(mounts.detach, self.root)  # and all below it
-        if self.warm_mount in self.mounted:
-            with contextlib.suppress(OSError):
-                mounts.detach(self.warm_mount)
-        self.mounted = [m for m in self.mounted if m not in (self.root, self.warm_mount)]
-
-    async def teardown(self) -> None:
-        self.asks.close()
-        if hasattr(self, "store"):
-            try:
-                self.store.save_index()  # for the next run to start from (no scan)
-            except OSError as exc:
-                log("could not save the content store's index", run=self.job.run, error=str(exc))
-            if hasattr(self, "owned"):
-                self.owned.save()
-        await self._detach_world()
-        unmount(str(self.lower))
-        if self.spare_layer is not None:  # the run never got as far as taking it
-            drop(self.spare_layer)
-        if self.run_dir / "layer" in self.mounted:
-            with contextlib.suppress(OSError):
-                mounts.detach(self.run_dir / "layer")  # its loop device clears itself
-        if self.cgroup is not None:
-            await trio.to_thread.run_sync(self.cgroup.remove)
-        if self.warm is not None and hasattr(self, "tree"):
-            # The client has its exit status: add what this run read, at low priority.
-            await trio.to_thread.run_sync(self._grow_warm)
-
-    def _grow_warm(self) -> None:
-        assert self.warm is not None
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, 10)  # this thread only (Linux: a thread is a process here)
-            started = time.monotonic()
-            added = self.warm.grow(self.tree.nodes, self.tree.contents)
-            if added:
-                took = round(time.monotonic() - started, 3)
-                size = self.warm.index.size
-                log("warm tree grown", run=self.job.run, files=added, bytes=size, seconds=took)
-        except OSError as exc:
-            log("warm tree not grown", run=self.job.run, error=str(exc))
-        finally:
-            self.warm.close()
-
     # --- the process ---------------------------------------------------------------
 
     def command(self) -> list[str]:
@@ -525,9 +210,9 @@ class Supervisor:
         return why
 
     async def _process_sees(self, path: str) -> bool:
-        if any(_inside(path, d) for d in self.private_dirs()):
+        if any(inside(path, d) for d in self.private_dirs()):
             return False  # fresh and empty
-        if any(_inside(path, d) for d in ("/dev", "/sys", *self.settings.appliance_paths)):
+        if any(inside(path, d) for d in ("/dev", "/sys", *self.settings.appliance_paths)):
             return os.path.exists(path)  # the appliance's own
         try:
             return await self.tree.stat_path(path, follow=True) is not None
@@ -670,10 +355,10 @@ class Supervisor:
             for name in sorted(dirs + files):
                 full = Path(top) / name
                 path = rel_top.rstrip("/") + "/" + name
-                if _inside(path, "/.radium") or path in self.made_for_mounts:
+                if inside(path, "/.radium") or path in self.made_for_mounts:
                     continue  # the supervisor's own: init, the MPS script and binaries
-                if _inside(path, "/tmp") and not (
-                    _inside(path, self.start.cwd) or _inside(self.start.cwd, path)
+                if inside(path, "/tmp") and not (
+                    inside(path, self.start.cwd) or inside(self.start.cwd, path)
                 ):
                     continue  # the client's /tmp was served for the working directory's sake only
                 st = os.lstat(full)
@@ -749,49 +434,12 @@ class Supervisor:
         self.phase("writeback")
 
 
-# The run's own CUDA MPS control daemon (see docs/run.md, "Partial NVIDIA devices"): started
-# inside the run, as its user, before the process; it and its server end with the run's PID
-# namespace.  The defaults set here bind every client of this daemon, the process included.
-MPS_DIR = "/dev/shm/.radium-mps"  # private to the run, thrown away with it
-MPS_START = """\
-# Radium: start this run's CUDA MPS daemon with its lease's limits, then the process.
-set -e
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-PATH=/.radium/bin:$PATH nvidia-cuda-mps-control -d
-control() { echo "$1" | PATH=/.radium/bin:$PATH nvidia-cuda-mps-control >/dev/null; }
-control "set_default_active_thread_percentage $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
-IFS=,
-for limit in $CUDA_MPS_PINNED_DEVICE_MEM_LIMIT; do
-  control "set_default_device_pinned_mem_limit ${limit%%=*} ${limit#*=}"
-done
-unset IFS
-set +e
-exec "$@"
-"""
-
-
-def mps_environment(mps: channel.Mps) -> dict[str, str]:
-    """What the process (and the MPS daemon started before it) is given for a partial lease."""
-    return {
-        "CUDA_MPS_PIPE_DIRECTORY": f"{MPS_DIR}/pipe",
-        "CUDA_MPS_LOG_DIRECTORY": f"{MPS_DIR}/log",
-        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(mps.threads),
-        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": ",".join(
-            f"{index}={mib}M" for index, mib in sorted(mps.memory_mib.items())
-        ),
-    }
-
-
 # Run by the appliance's Python just before `unshare`: make the terminal on stdin the
 # controlling terminal of this new session, so that ^C and window changes reach the process.
 _TAKE_TERMINAL = (
     "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
     "os.execvp(sys.argv[1], sys.argv[1:])"
 )
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _opaque(path: Path) -> bool:
