@@ -177,6 +177,23 @@ def test_names_looked_up_in_vain_are_whiteouts_until_the_client_has_them(remote,
     assert not (here / "probe.so").is_char_device()  # the client has it now: its whiteout went
 
 
+def test_what_a_run_wrote_is_not_fetched_back_by_the_next(remote, tmp_path):
+    """A run's output (a checkpoint, a cache) sent back to the client is kept in the appliance's
+    store as its client's: the next run that reads it is served it there, not over the link."""
+    write = "import hashlib, os\nopen('ckpt.bin', 'wb').write(os.urandom(3 << 20))\n"
+    read = "import hashlib\nprint(hashlib.sha256(open('ckpt.bin', 'rb').read()).hexdigest())\n"
+    steps = session(
+        remote,
+        tmp_path,
+        {"w.py": write, "r.py": read},
+        ["radium run -- python3 w.py", "radium run --stats -- python3 r.py", "python3 r.py"],
+    )
+    _, (remote_out, stats), (local_out, _) = steps
+    assert remote_out == local_out and len(remote_out.strip()) == 64
+    fetched = int(re.search(rb"bytes fetched (\d+)", stats)[1])
+    assert fetched < 256 << 10, stats.decode()  # not the 3 MiB written: its hashes only
+
+
 def test_owners_as_the_client_has_them_whichever_id_slot(remote, tmp_path):
     probe = (
         "import os\n"

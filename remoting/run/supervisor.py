@@ -80,6 +80,7 @@ class Supervisor(World):
         self.credit_changed = trio.Event()
         self.writeback_done = trio.Event()
         self.writeback_result: s.WritebackAck | None = None
+        self.written: list[tuple[Path, int]] = []  # files sent back, with their sizes
         self.proc: subprocess.Popen | None = None
         # Input can arrive before the process exists: it waits here, in order.
         stdin = trio.open_memory_channel[tuple[bytes | bytearray, bool]](float("inf"))
@@ -409,6 +410,7 @@ class Supervisor(World):
 
     async def write_back(self) -> None:
         changes = self.changes()
+        self.written = [(source, change.size) for change, source in changes if source is not None]
         for change, source in changes:
             await self.take_credit(0)
             await self.send(s.Writeback(run=self.job.run, change=change))

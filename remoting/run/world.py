@@ -34,10 +34,11 @@ import trio
 from .. import schema as s
 from ..output import mib
 from . import channel, devicefilter, mounts
-from .cas import ContentStore
+from .cas import ContentStore, StoreFull
 from .fs import ClientTree
 from .fsasks import FileAsks
 from .fsmount import mount_and_serve, unmount
+from .fsproto import CHUNK_SIZE, INLINE_MAX, chunk_hash
 from .layer import bounded_layer, drop, take
 from .limits import Limits, RunCgroup, ensure_mounted, memory_ceiling
 from .listings import KeptListings
@@ -46,6 +47,10 @@ from .tenants import OwnedChunks, tenant_of
 from .warmtree import WarmTree
 
 PREFETCH_ENTRIES = 20_000
+# What a run wrote and sent back is kept in the content store for its client's next runs (a
+# checkpoint, a cache they read again), up to this many bytes and seconds after the run.
+KEEP_WRITTEN = 256 << 20
+KEEP_BUDGET = 1.0
 WARM_WAIT = 2.0  # seconds a run waits for another run of its client to finish changing the warm tree
 
 
@@ -84,6 +89,7 @@ class World:
     kept: KeptListings
     owned: OwnedChunks
     tree: ClientTree
+    written: list[tuple[Path, int]]  # the files the write-back sent, in the upper layer, and their sizes
 
     def phase(self, name: str) -> None:
         now = time.monotonic()
@@ -352,6 +358,8 @@ class World:
     async def teardown(self) -> None:
         self.asks.close()
         if hasattr(self, "store"):
+            if self.written:  # before the writable layer goes
+                await trio.to_thread.run_sync(self._keep_written)
             try:
                 self.store.save_index()  # for the next run to start from (no scan)
             except OSError as exc:
@@ -370,6 +378,30 @@ class World:
         if self.warm is not None and hasattr(self, "tree"):
             # The client has its exit status: add what this run read, at low priority.
             await trio.to_thread.run_sync(self._grow_warm)
+
+    def _keep_written(self) -> None:
+        """Keep what the run wrote and sent back in the content store as its tenant's, so that
+        the client's next run reading it is served it here instead of fetching it back. Small
+        files are left out (a client sends those whole with their attributes anyway); bounded
+        by KEEP_WRITTEN bytes and KEEP_BUDGET seconds, at low priority; a failure (a full
+        store) costs only a later fetch."""
+        os.setpriority(os.PRIO_PROCESS, 0, 10)  # this thread only
+        deadline, kept = time.monotonic() + KEEP_BUDGET, 0
+        try:
+            for source, size in sorted(self.written, key=lambda w: w[1]):
+                if size <= INLINE_MAX:
+                    continue
+                if kept + size > KEEP_WRITTEN or time.monotonic() > deadline:
+                    break
+                with open(source, "rb") as f:
+                    while data := f.read(CHUNK_SIZE):
+                        digest = chunk_hash(data)
+                        if not self.store.has(digest):
+                            self.store.put(digest, data, verified=True)
+                        self.owned.add(digest)
+                kept += size
+        except (OSError, StoreFull) as exc:
+            log("written files not kept", run=self.job.run, error=str(exc))
 
     def _grow_warm(self) -> None:
         assert self.warm is not None
