@@ -142,7 +142,7 @@ class ExportsSection(Section):
     allow: list[str] = []
 
 
-class SystemExports(msgspec.Struct, kw_only=True):
+class SystemExports(Section, forbid_unknown_fields=False):
     """The operator's /etc/radium/client.toml as a user's `radium run` reads it when it uses
     another configuration: its [exports] only (other sections are not this reader's)."""
 

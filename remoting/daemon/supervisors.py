@@ -256,7 +256,10 @@ class Launcher:
 
                 await asyncio.to_thread(forget_revoked, self.settings)
 
-        task = asyncio.ensure_future(sweep())
+        try:
+            task = asyncio.get_running_loop().create_task(sweep())
+        except RuntimeError:  # not on radiumd's loop: its next sweep (when idle) covers this one
+            return
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
 

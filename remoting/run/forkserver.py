@@ -22,9 +22,10 @@ Its control socket (SOCK_SEQPACKET, radiumd at the other end):
 The last three need no answer; they are how radiumd, once it has dropped to its own
 user (daemon/privileges.py), still ends a run's supervisor and removes the files
 the run's ids own.  The fork server stays root for what radiumd may not do, and
-does nothing else for it: it forks supervisors, signals its own children, and
+does nothing else for it: it forks supervisors, signals its own children,
 removes names inside the one folder it opened at start (no path from radiumd is
-followed: a name with a slash is refused, and the removal does not follow links).
+followed: a name with a slash is refused, and the removal does not follow links),
+and sweeps what revoked clients left, judging by the key folder it was set up with.
 
 It exits when radiumd's end closes; children carry on with their own channels
 to radiumd, and end when those close.
@@ -133,23 +134,33 @@ def _order(fields: list[bytes], children: set[int], runs: int | None) -> None:
 
 
 _sweeping = threading.Lock()
+_sweeps = {"running": False, "again": False}  # under _sweeping
 
 
 def _sweep(settings: Settings) -> None:
-    """In a thread of its own (a warm tree's removal may wait for a run to let it go); one at a time."""
+    """In a thread of its own (a warm tree's removal may wait for a run to let it go), one at a
+    time; asked again while one is under way, it sweeps once more when that one ends (the keys
+    it read may be older than the revocation that asked)."""
+    with _sweeping:
+        if _sweeps["running"]:
+            _sweeps["again"] = True
+            return
+        _sweeps["running"] = True
 
     def sweep() -> None:
-        if not _sweeping.acquire(blocking=False):
-            return  # one is under way: it reads the keys as they are now
-        try:
-            forgotten = forget_revoked(settings)
-            if forgotten:
-                print(f"radium-forkserver: removed what revoked clients left: {', '.join(forgotten)}",
-                      file=sys.stderr)  # fmt: skip
-        except Exception:
-            traceback.print_exc()
-        finally:
-            _sweeping.release()
+        while True:
+            try:
+                forgotten = forget_revoked(settings)
+                if forgotten:
+                    print(f"radium-forkserver: removed what revoked clients left: {', '.join(forgotten)}",
+                          file=sys.stderr)  # fmt: skip
+            except Exception:
+                traceback.print_exc()
+            with _sweeping:
+                if not _sweeps["again"]:
+                    _sweeps["running"] = False
+                    return
+                _sweeps["again"] = False
 
     threading.Thread(target=sweep, name="sweep", daemon=True).start()
 

@@ -50,9 +50,8 @@ def forget_revoked(settings: Settings, lock_wait: float = 10.0) -> list[str]:
             continue
         try:
             tree = trees.get(client)
-            if tree is not None and not WarmTree(tree, 0).remove(
-                still_due=lambda c=client: c not in keys.names(), wait=lock_wait
-            ):
+            due = lambda: client not in keys.names()  # noqa: B023, E731 (called within this iteration)
+            if tree is not None and not WarmTree(tree, 0).remove(still_due=due, wait=lock_wait):
                 continue  # a run holds it (or the client was enrolled again): the next sweep
             for path in kept.get(client, []):
                 path.unlink(missing_ok=True)

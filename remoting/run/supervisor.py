@@ -45,6 +45,7 @@ import trio
 from .. import schema as s
 from . import channel
 from .fsasks import FileAsks
+from .fsproto import INLINE_MAX
 from .layer import drop, spare_layer
 from .limits import ENV as CGROUP_ENV
 from .limits import RunCgroup
@@ -408,6 +409,10 @@ class Supervisor(World):
             ]
         return out
 
+    def keeps(self) -> bool:
+        """Whether the run wrote files its teardown keeps in the store (world._keep_written)."""
+        return any(size > INLINE_MAX for _, size in self.written)
+
     async def write_back(self) -> None:
         changes = self.changes()
         self.written = [(source, change.size) for change, source in changes if source is not None]
@@ -510,9 +515,10 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
                 st = sup.tree.stats
                 sup.stats.fuse_ops = sum(st.ops.values())
                 sup.stats.content_seconds = {k: round(v, 4) for k, v in st.seconds.items()}
-                # Files came through FUSE, or names it did not find: the warm tree may take them.
+                # Files came through FUSE, or names it did not find: the warm tree may take them;
+                # files it wrote are kept for the client's next run (which waits for the tree).
                 await sup.leave_world(
-                    claim=bool(st.ops["open"] or st.ops["readlink"] or sup.tree.absent_noted)
+                    claim=bool(st.ops["open"] or st.ops["readlink"] or sup.tree.absent_noted or sup.keeps())
                 )
                 log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
