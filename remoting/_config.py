@@ -81,6 +81,10 @@ class RunSection(Section):
     writable_bytes: Annotated[int, msgspec.Meta(ge=0)] = 32 << 30
     pids_max: Annotated[int, msgspec.Meta(ge=16)] = 4096
     cpu_weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    # A file a run reads in part (a library the loader maps) is fetched whole in the background
+    # while the process runs, so that the client's next runs map it from the warm tree: warm
+    # runs near local, for more bytes (and some CPU) in the first. false: only what is read.
+    complete_files: bool = True
     # Device nodes every run may open besides the basic ones (/dev/null, ttys...) and its
     # lease's devices' (run/devicefilter.py): an RDMA NIC's /dev/infiniband/uverbs0, say.
     device_nodes: list[Annotated[str, msgspec.Meta(pattern=r"^/")]] = []

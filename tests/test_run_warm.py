@@ -194,6 +194,42 @@ def test_what_a_run_wrote_is_not_fetched_back_by_the_next(remote, tmp_path):
     assert fetched < 256 << 10, stats.decode()  # not the 3 MiB written: its hashes only
 
 
+@pytest.mark.parametrize("complete", [True, False], ids=["complete_files", "off"])
+def test_a_file_read_in_part_is_fetched_whole_for_the_next_runs(two_hosts, tmp_path, complete):
+    """A file read out of order — as the loader maps a library, touching some of its pages — is
+    fetched whole in the background while the program goes on working (here: 2 s), so that the
+    next runs read all of it from the warm tree, none of it through FUSE or over the link."""
+    touch = (
+        "import hashlib, time\n"  # the same imports as the reader's, whose libraries come warm
+        "with open('lib.so', 'rb') as f:\n"
+        "    for at in (9, 2, 6):\n"
+        "        f.seek(at << 20); f.read(4096)\n"
+        "time.sleep(2)\n"  # the program's work, while the rest of the file arrives
+    )
+    whole = "import hashlib\nprint(hashlib.sha256(open('lib.so', 'rb').read()).hexdigest())\n"
+    data = os.urandom(12 << 20)
+    remote = start_remote(two_hosts, tmp_path, "" if complete else "[run]\ncomplete_files = false\n")
+    try:
+        steps = session(
+            remote,
+            tmp_path,
+            {"lib.so": data, "touch.py": touch, "whole.py": whole},
+            ["radium run -- python3 touch.py", "radium run --stats -- python3 whole.py", "python3 whole.py"],
+        )
+        _, (remote_out, stats), (local_out, _) = steps
+        assert remote_out == local_out
+        fetched = int(re.search(rb"bytes fetched (\d+)", stats)[1])
+        if complete:  # not the 12 MiB: it was all fetched in the first run, and laid out
+            assert fetched < 1 << 20, stats.decode()
+            tree, _ = warm_index(remote)
+            assert (tree / PROJECT.lstrip("/") / "lib.so").read_bytes() == data
+        else:  # the 9 MiB the first run did not read
+            assert fetched >= 8 << 20, stats.decode()
+    finally:
+        remote.close()
+        remote.appliance.stop()
+
+
 def test_owners_as_the_client_has_them_whichever_id_slot(remote, tmp_path):
     probe = (
         "import os\n"

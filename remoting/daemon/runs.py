@@ -395,6 +395,7 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
         warm_dir=str(state / "warm"),
         clients_dir=config.server.clients_dir,
         warm_limit=config.run.warm_tree_bytes,
+        complete_files=config.run.complete_files,
         tenant_groups=dict(config.run.tenant_groups),
         memory_bytes=config.run.memory_bytes,
         memory_max_bytes=config.run.memory_max_bytes,

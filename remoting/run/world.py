@@ -144,6 +144,8 @@ class World:
         self.tree = ClientTree(
             self.asks.fetch, self.store, id_offset=self.id_base, kept=self.kept, owned=self.owned
         )
+        if not self.settings.complete_files:
+            self.tree.contents.complete_budget = 0
         self.warm = await self._open_warm()
         warm_dirs = self.warm.known() if self.warm is not None else {}
         if self.start.prefetch or self.kept.previous or warm_dirs:  # one round trip, not one per directory
