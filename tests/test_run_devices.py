@@ -43,7 +43,10 @@ def nodes():
     made = {name: Path(f"/dev/radium-test-{name}-{tag}") for name in ("lent", "other")}
     try:
         for minor, path in enumerate(made.values()):
-            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(240, minor))
+            try:
+                os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(240, minor))
+            except PermissionError:
+                pytest.skip("cannot make device nodes in /dev here (no CAP_MKNOD, or /dev read-only)")
             path.chmod(0o666)
         yield made
     finally:
