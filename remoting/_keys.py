@@ -203,4 +203,5 @@ class KeyDirectory:
             (self.path / f"{name}.key").unlink()
         except FileNotFoundError:
             return False
+        self._refresh()  # seen gone at once (on_removed), not at the next lookup
         return True

@@ -9,6 +9,7 @@ with ENXIO; one it refuses fails with EPERM, before any driver is asked.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 from support import BIN
-from test_run import PROJECT
-from test_run_faults import in_client_namespace, start_remote
+from test_run_faults import start_remote
+from test_run_limits import in_project
 
 from radium.remoting.devices.pci import device_nodes
 from radium.remoting.run import devicefilter, limits
@@ -60,13 +61,9 @@ def test_a_run_opens_the_basic_and_lent_device_nodes_and_no_other(two_hosts, tmp
     r = start_remote(two_hosts, tmp_path, f'[run]\ndevice_nodes = ["{lent}"]\n')
     try:
         client = r.client()
-        script = (
-            f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
-            f"cat > probe.py <<'EOF'\n{PROBE}EOF\n"
-            f"{RADIUM} run -- python3 probe.py /dev/null /dev/urandom /dev/tty {lent} {other} < /dev/null\n"
-        )
-        out = subprocess.run(
-            in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+        paths = f"/dev/null /dev/urandom /dev/tty {lent} {other}"
+        out = in_project(
+            client, f"{RADIUM} run -- python3 probe.py {paths} < /dev/null\n", {"probe.py": PROBE}
         )
         assert out.returncode == 0, out.stderr.decode()
         # /dev/tty: allowed, but the run has no terminal here (ENXIO, not EPERM).
@@ -74,7 +71,7 @@ def test_a_run_opens_the_basic_and_lent_device_nodes_and_no_other(two_hosts, tmp
         # The same node opens (to the driver's ENXIO) on the appliance itself: the cgroup refused it.
         with pytest.raises(OSError) as raised:
             open(other, "rb")
-        assert raised.value.errno == 6
+        assert raised.value.errno == errno.ENXIO
     finally:
         r.close()
         r.appliance.stop()

@@ -39,6 +39,18 @@ def limited(two_hosts, tmp_path):
         r.appliance.stop()
 
 
+def in_project(
+    client, commands: str, files: dict[str, str] | None = None, size: str = ""
+) -> subprocess.CompletedProcess:
+    """`commands` (sh) in the client's namespace, in a fresh tmpfs project (of `size`) holding `files`."""
+    options = f"-o size={size} " if size else ""
+    script = f"mkdir -p {PROJECT} && mount -t tmpfs {options}tmpfs {PROJECT} && cd {PROJECT}\n"
+    script += "".join(f"cat > {name} <<'EOF'\n{text}EOF\n" for name, text in (files or {}).items())
+    return subprocess.run(
+        in_client_namespace(client, script + commands), env=client.env(), capture_output=True, timeout=200
+    )
+
+
 def _runs_folders(kind: str, runs: set[str]) -> list[Path]:
     """The cgroup folders of these runs still there."""
     own = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
@@ -54,16 +66,13 @@ def test_a_run_past_its_memory_limit_is_ended_and_told_while_another_finishes(li
         "import sys; print(open('/proc/self/cgroup').read().count('radium-runs')); "
         "sys.stdin.read(); print('done')"
     )
-    script = (
-        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
+    out = in_project(
+        client,
         "d=$(mktemp -d) && mkfifo $d/gate\n"
         f'{RADIUM} run -- python3 -c "{patient}" < $d/gate > $d/patient.out &\n'
         "exec 3> $d/gate\n"
         f'set +e; {RADIUM} run -- python3 -c "{hog}"; echo "hog=$?"; set -e\n'
-        "exec 3>&-; wait; cat $d/patient.out; rm -r $d\n"
-    )
-    out = subprocess.run(
-        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+        "exec 3>&-; wait; cat $d/patient.out; rm -r $d\n",
     )
     lines = out.stdout.decode().split()
     assert "hog=137" in lines and "survived" not in lines, (out.stdout, out.stderr)
@@ -94,18 +103,15 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_the_appliance_answers(limited, 
         "sys.stdin.read()\n"
         "for k in kids: os.kill(k, 9)\n"
     )
-    script = (
-        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
-        f"cat > bomb.py <<'EOF'\n{bomb}EOF\n"
+    out = in_project(
+        client,
         "d=$(mktemp -d) && mkfifo $d/gate $d/said\n"
         f"{RADIUM} run -- python3 bomb.py < $d/gate > $d/said &\n"
         "exec 3> $d/gate 4< $d/said\n"
         'read line <&4; echo "$line"\n'
         f"{RADIUM} health > /dev/null && echo healthy\n"  # during the bomb, held at its limit
-        "exec 3>&-; wait; rm -r $d\n"
-    )
-    out = subprocess.run(
-        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+        "exec 3>&-; wait; rm -r $d\n",
+        {"bomb.py": bomb},
     )
     assert out.returncode == 0, out.stderr.decode()
     stopped, count, errno_ = out.stdout.decode().split()[:3]
@@ -127,14 +133,7 @@ def test_the_limits_are_the_kernels_not_the_processes_to_change(limited, tmp_pat
         "except OSError as e:\n"
         "    print('refused', e.errno)\n"
     )
-    script = (
-        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
-        f"cat > probe.py <<'EOF'\n{probe}EOF\n"
-        f"{RADIUM} run -- python3 probe.py\n"
-    )
-    out = subprocess.run(
-        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
-    )
+    out = in_project(client, f"{RADIUM} run -- python3 probe.py\n", {"probe.py": probe})
     assert out.returncode == 0, out.stderr.decode()
     where, limit, verdict, errno_ = out.stdout.decode().split()[:4]
     assert where == "radium-runs" and int(limit) == 512 << 20, out.stdout
@@ -149,18 +148,15 @@ def test_a_run_asks_for_its_memory_within_what_the_appliance_gives(limited, tmp_
         "cg = [l.split(':', 2)[2] for l in open('/proc/self/cgroup') if ':memory:' in l][0].strip()\n"
         "print(open('/sys/fs/cgroup/memory' + cg + '/memory.limit_in_bytes').read())\n"
     )
-    script = (
-        f"mkdir -p {PROJECT} && mount -t tmpfs tmpfs {PROJECT} && cd {PROJECT}\n"
-        f"cat > probe.py <<'EOF'\n{probe}EOF\n"
+    out = in_project(
+        client,
         f"{RADIUM} run --memory 300M -- python3 probe.py\n"
         f"{RADIUM} run --memory 1GiB -- python3 probe.py\n"
         f"set +e; {RADIUM} run --memory 2G -- touch ran; echo status=$?\n"
         f"{RADIUM} run --memory lots -- touch ran; echo status=$?\n"
         f"{RADIUM} run --memory 1M -- touch ran; echo status=$?\n"
-        "test -e ran || echo nothing-ran\n"
-    )
-    out = subprocess.run(
-        in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+        "test -e ran || echo nothing-ran\n",
+        {"probe.py": probe},
     )
     said, told = out.stdout.decode().split(), out.stderr.decode()
     assert said[:2] == [str(300 << 20), str(1 << 30)], (said, told)
@@ -177,14 +173,12 @@ def test_a_run_filling_its_writable_layer_gets_enospc_and_the_next_starts(two_ho
     r = start_remote(two_hosts, tmp_path, "[run]\nwritable_bytes = 67108864\n")
     try:
         client = r.client()
-        script = (
-            f"mkdir -p {PROJECT} && mount -t tmpfs -o size=512m tmpfs {PROJECT} && cd {PROJECT}\n"
+        out = in_project(
+            client,
             f"{RADIUM} run -- sh -c 'dd if=/dev/zero of=big bs=1M count=200 2>&1; echo dd=$?'\n"
             f"{RADIUM} run -- sh -c 'echo next > n.txt && cat n.txt'\n"
-            "stat -c 'big=%s' big\n"
-        )
-        out = subprocess.run(
-            in_client_namespace(client, script), env=client.env(), capture_output=True, timeout=200
+            "stat -c 'big=%s' big\n",
+            size="512m",
         )
         assert out.returncode == 0, out.stderr.decode()
         text = out.stdout.decode()

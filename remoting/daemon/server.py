@@ -66,7 +66,9 @@ class Daemon:
             directory.mkdir(parents=True, exist_ok=True)
         # The fork server is started first: when radiumd drops to its user it must be root.
         self.launcher = Launcher(self.log, supervisor_settings(cfg))
-        self.keys.clients.on_removed = self.launcher.sweep  # by operator or by hand: run/revoked.py
+        # A client key gone (revoked through radiumd, or its file removed by hand): what the
+        # client left on this appliance goes too (run/revoked.py).
+        self.keys.clients.on_removed = self.launcher.sweep
         runnable = cannot_run(cfg) is None
         if runnable:  # else whoever asks for a run is told why
             self.launcher.start()
@@ -130,7 +132,6 @@ class Daemon:
         self.runs = Runs(cfg, self.service, self.backends, self._send, self.log, self.launcher)
         self.service.on_session_end = self.runs.end_session
         self.service.runs_of = self.runs.of_session
-        self.service.on_client_revoked = self.launcher.sweep
         self.service.handlers[s.RunStart] = self.runs.start
         self.metrics_address = None
         if cfg.metrics.enabled:

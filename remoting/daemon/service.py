@@ -64,7 +64,6 @@ class Service:
     on_expired: Callable[[], None] = lambda: None
     on_session_end: Callable[[str, str], None] = lambda session_id, reason: None
     runs_of: Callable[[str], list[s.RunInfo]] = lambda session_id: []
-    on_client_revoked: Callable[[], None] = lambda: None  # what the client left goes (run/revoked.py)
 
     def __post_init__(self) -> None:
         self.handlers: dict[type, Callable[[Peer, bytes, Any], Awaitable[s.Message]]] = {
@@ -337,8 +336,6 @@ class Service:
             raise UsageError(f"no {msg.role} named {msg.name!r} is enrolled on {self.server.name}")
         self.revoked(msg.name)
         event(self.log, "info", "key revoked", name=msg.name, role=msg.role, by=peer.name)
-        if msg.role == "client":
-            self.on_client_revoked()
         return s.Ok()
 
     # --- sessions (operators only) ----------------------------------------

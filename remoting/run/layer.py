@@ -14,6 +14,7 @@ mount lives in the supervisor's private mount namespace, which goes with the sup
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -101,8 +102,8 @@ def _attach(backing: int) -> tuple[str, int]:
                 return path, dev
             except OSError as exc:
                 os.close(dev)
-                if exc.errno != 16:  # EBUSY: taken meanwhile
+                if exc.errno != errno.EBUSY:  # taken meanwhile
                     raise
-        raise OSError(16, "no free loop device")
+        raise OSError(errno.EBUSY, "no free loop device")
     finally:
         os.close(control)

@@ -11,6 +11,7 @@ A group's record (`[run] tenant_groups`) stays: the group's other clients share 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -50,7 +51,7 @@ def forget_revoked(settings: Settings, lock_wait: float = 10.0) -> list[str]:
             continue
         try:
             tree = trees.get(client)
-            due = lambda: client not in keys.names()  # noqa: B023, E731 (called within this iteration)
+            due = functools.partial(_revoked, keys, client)
             if tree is not None and not WarmTree(tree, 0).remove(still_due=due, wait=lock_wait):
                 continue  # a run holds it (or the client was enrolled again): the next sweep
             for path in kept.get(client, []):
@@ -60,6 +61,10 @@ def forget_revoked(settings: Settings, lock_wait: float = 10.0) -> list[str]:
             continue
         forgotten.append(client)
     return forgotten
+
+
+def _revoked(keys: KeyDirectory, client: str) -> bool:
+    return client not in keys.names()
 
 
 def _entries(folder: Path | None) -> list[Path]:

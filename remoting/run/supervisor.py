@@ -45,7 +45,6 @@ import trio
 from .. import schema as s
 from . import channel
 from .fsasks import FileAsks
-from .fsproto import INLINE_MAX
 from .layer import drop, spare_layer
 from .limits import ENV as CGROUP_ENV
 from .limits import RunCgroup
@@ -409,10 +408,6 @@ class Supervisor(World):
             ]
         return out
 
-    def keeps(self) -> bool:
-        """Whether the run wrote files its teardown keeps in the store (world._keep_written)."""
-        return any(size > INLINE_MAX for _, size in self.written)
-
     async def write_back(self) -> None:
         changes = self.changes()
         self.written = [(source, change.size) for change, source in changes if source is not None]
@@ -518,7 +513,7 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
                 # Files came through FUSE, or names it did not find: the warm tree may take them;
                 # files it wrote are kept for the client's next run (which waits for the tree).
                 await sup.leave_world(
-                    claim=bool(st.ops["open"] or st.ops["readlink"] or sup.tree.absent_noted or sup.keeps())
+                    claim=bool(st.ops["open"] or st.ops["readlink"] or sup.tree.absent_noted or sup.to_keep())
                 )
                 log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))

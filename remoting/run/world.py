@@ -360,7 +360,7 @@ class World:
     async def teardown(self) -> None:
         self.asks.close()
         if hasattr(self, "store"):
-            if self.written:  # before the writable layer goes
+            if self.to_keep():  # before the writable layer goes
                 await trio.to_thread.run_sync(self._keep_written)
             try:
                 self.store.save_index()  # for the next run to start from (no scan)
@@ -381,25 +381,26 @@ class World:
             # The client has its exit status: add what this run read, at low priority.
             await trio.to_thread.run_sync(self._grow_warm)
 
+    def to_keep(self) -> list[tuple[Path, int]]:
+        """The written files `_keep_written` keeps, smallest first: not the small ones (a client
+        sends those whole with their attributes anyway)."""
+        return sorted((w for w in self.written if w[1] > INLINE_MAX), key=lambda w: w[1])
+
     def _keep_written(self) -> None:
         """Keep what the run wrote and sent back in the content store as its tenant's, so that
-        the client's next run reading it is served it here instead of fetching it back. Small
-        files are left out (a client sends those whole with their attributes anyway); bounded
+        the client's next run reading it is served it here instead of fetching it back; bounded
         by KEEP_WRITTEN bytes and KEEP_BUDGET seconds, at low priority; a failure (a full
         store) costs only a later fetch."""
         os.setpriority(os.PRIO_PROCESS, 0, 10)  # this thread only
         deadline, kept = time.monotonic() + KEEP_BUDGET, 0
         try:
-            for source, size in sorted(self.written, key=lambda w: w[1]):
-                if size <= INLINE_MAX:
-                    continue
+            for source, size in self.to_keep():
                 if kept + size > KEEP_WRITTEN or time.monotonic() > deadline:
                     break
                 with open(source, "rb") as f:
                     while data := f.read(CHUNK_SIZE):
                         digest = chunk_hash(data)
-                        if not self.store.has(digest):
-                            self.store.put(digest, data, verified=True)
+                        self.store.put(digest, data, verified=True)  # nothing written if it is there
                         self.owned.add(digest)
                 kept += size
         except (OSError, StoreFull) as exc:
