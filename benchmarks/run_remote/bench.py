@@ -340,6 +340,16 @@ class Bench:
         )
         return out
 
+    def program(self, argv: list[str], where: str, what: str, env: dict[str, str], timeout: float) -> dict:
+        """One run of a benchmark program whose last line is JSON, here ("local") or through
+        `radium run --stats`: `timed`'s record, with that line as its `result`."""
+        cmd = argv if where == "local" else [RADIUM, "run", "--stats", "--", *argv]
+        r = timed(self.topo.client.command(cmd), self.topo.client.name, cwd=ROOT, env=env, timeout=timeout)
+        _check(r, f"{what} {where}")
+        r["result"] = json.loads(r["stdout"].strip().splitlines()[-1])
+        del r["stdout"], r["stderr"]
+        return r
+
     def opencl(self, client: Any) -> dict:
         """A numpy + pyopencl vector add (benchmarks/vecadd.py): its first run, then `run_opencl`
         warm ones, each followed by the same program run locally; the program's own time from
@@ -349,15 +359,9 @@ class Bench:
         remote, local = [], []
         for i in range(1 + self.args.run_opencl):
             for where, runs in (("remote", remote), ("local", local)):
-                cmd = argv if where == "local" else [RADIUM, "run", "--stats", "--", *argv]
-                r = timed(
-                    self.topo.client.command(cmd), self.topo.client.name, cwd=ROOT, env=env, timeout=300
-                )
-                _check(r, f"pyopencl vector add {where}")
-                r["result"] = json.loads(r["stdout"].strip().splitlines()[-1])
+                r = self.program(argv, where, "pyopencl vector add", env, timeout=300)
                 if not r["result"]["ok"]:
                     raise RuntimeError(f"pyopencl vector add {where}: wrong result")
-                del r["stdout"], r["stderr"]
                 runs.append(r)
             self.log(
                 f"pyopencl vector add {'first' if i == 0 else 'warm'}: remote "
@@ -383,15 +387,10 @@ class Bench:
         for i in range(a.run_rounds):
             pair = {}
             for where in ("local", "remote") if i % 2 == 0 else ("remote", "local"):  # ABBA order
-                cmd = argv if where == "local" else [RADIUM, "run", "--stats", "--", *argv]
                 with CpuSampler("benchmarks.resnet") as cpu:
-                    r = timed(
-                        self.topo.client.command(cmd), self.topo.client.name, cwd=ROOT, env=env, timeout=900
-                    )
-                _check(r, f"ResNet-20 {where}")
-                r["result"] = res = json.loads(r["stdout"].strip().splitlines()[-1])
+                    r = self.program(argv, where, "ResNet-20", env, timeout=900)
+                res = r["result"]
                 r["cpu"] = cpu.window(res["timed_start_unix"], res["timed_start_unix"] + res["timed_wall_s"])
-                del r["stdout"], r["stderr"]
                 pair[where] = r
                 self.log(
                     f"ResNet-20 round {i + 1} {where}: {r['result']['images_per_s']:.1f} images/s "

@@ -274,7 +274,8 @@ def report(r: dict, args: argparse.Namespace) -> bool:
         seconds = " ".join(f"{x['result']['seconds']:.3f}" for x in ocl["warm"])
         print(
             f"pyopencl vector add on {first['result']['device']}: "
-            f"first run {first['result']['seconds']:.3f} s in the program ({_moved(first)}); warm {seconds} s ({_moved(last)}, the last); "
+            f"first run {first['result']['seconds']:.3f} s in the program ({_moved(first)}); "
+            f"warm {seconds} s ({_moved(last)}, the last); "
             f"whole runs {ocl['warm_wall_median']:.3f} s against {ocl['local_wall_median']:.3f} s locally"
         )
     return True  # the targets are reported, met or missed; no invariant is checked here
