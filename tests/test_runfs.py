@@ -10,6 +10,7 @@ JSON line when mounted and answers "stats" lines with its counters.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import queue
@@ -392,6 +393,34 @@ def test_store_verifies_and_serves_chunks(tmp_path):
     assert list((tmp_path / "store" / "tmp").iterdir()) == []
 
 
+def test_big_chunks_are_stored_past_the_page_cache_and_read_back_whole(tmp_path):
+    from radium.remoting.run.cas import DIRECT_MIN
+
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        pytest.skip(f"the file system under {tmp_path} refuses O_DIRECT: the store writes buffered there")
+    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
+    blobs = [os.urandom(n) for n in (CHUNK_SIZE, DIRECT_MIN, DIRECT_MIN + 4097, CHUNK_SIZE - 1, 5000)]
+    for data in blobs:
+        assert store.put(chunk_hash(data), data) is True
+
+    def cached(data: bytes) -> int:
+        """Bytes of the stored chunk's file in the page cache (util-linux fincore)."""
+        path = tmp_path / "store" / chunk_hash(data).hex()[:2] / chunk_hash(data).hex()[2:]
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return int(out.stdout)
+
+    assert [cached(data) for data in blobs[:-1]] == [0, 0, 0, 0]  # O_DIRECT, sizes in whole blocks or not
+    assert cached(blobs[-1]) > 0  # a small chunk is written through the page cache
+    for data in blobs:  # byte for byte, cut to its size
+        assert store.get(chunk_hash(data)) == data
+    assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
 def test_store_evicts_least_recently_used_also_after_a_restart(tmp_path, monkeypatch):
     from radium.remoting.run import cas
 
@@ -553,6 +582,83 @@ def test_client_tree_copes_with_a_full_store_changed_files_and_absent_names(tmp_
         assert await tree.stat_path(b"/small.txt/x") is None and await tree.stat_path(b"/no/such") is None
 
     trio.run(main)
+
+
+def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its_walk_comes_early(tmp_path):
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+    import trio.testing
+
+    from radium.remoting.run.fs import ClientTree
+
+    client = tmp_path / "client"
+    contents: dict[str, bytes] = {}
+    for folder in ("byname", "listed", "shuffled"):
+        (client / folder).mkdir(parents=True)
+        for i in range(5):
+            contents[f"{folder}/f{i}"] = data = os.urandom(4 * CHUNK_SIZE)
+            (client / folder / f"f{i}").write_bytes(data)
+    listed = {folder: os.listdir(client / folder) for folder in ("listed", "shuffled")}
+
+    def follows(a: str, b: str, order: list[str]) -> bool:
+        return order.index(b) == order.index(a) + 1
+
+    shuffled = next(  # an order in which no file follows the one before by name or in the listing
+        list(p)
+        for p in itertools.permutations(sorted(listed["shuffled"]))
+        if not any(
+            follows(a, b, sorted(p)) or follows(a, b, listed["shuffled"]) for a, b in itertools.pairwise(p)
+        )
+    )
+    server = FileServer(client)
+    asked: list[tuple] = []  # in the order the requests were sent
+
+    async def fetch(request):
+        asked.append((type(request).__name__, request.path, tuple(getattr(request, "indexes", ()))))
+        return server.handle(request)
+
+    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=1, ahead_chunks=3)
+
+    async def read_whole(folder_ino: int, folder: str, name: str) -> None:
+        asked.append(("open", f"/{folder}/{name}".encode(), ()))
+        entry = await tree.lookup(folder_ino, name.encode(), None)
+        fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
+        got = b"".join([await tree.read(fh, off, CHUNK_SIZE) for off in range(0, 4 * CHUNK_SIZE, CHUNK_SIZE)])
+        assert got == contents[f"{folder}/{name}"]
+        await trio.testing.wait_all_tasks_blocked()  # what it asked for ahead has come
+
+    async def main():
+        async with trio.open_nursery() as background:
+            tree.contents.background = background
+            # A walk by name, one in the listing's order (the client's scandir order), one in neither.
+            for folder, names in (
+                ("byname", [f"f{i}" for i in range(5)]),
+                ("listed", listed["listed"]),
+                ("shuffled", shuffled),
+            ):
+                folder_ino = (await tree.lookup(pyfuse3.ROOT_INODE, folder.encode(), None)).st_ino
+                await tree.opendir(folder_ino, None)
+                for name in names:
+                    await read_whole(folder_ino, folder, name)
+            background.cancel_scope.cancel()
+
+    trio.run(main)
+    for folder, names in (
+        ("byname", [f"f{i}" for i in range(5)]),
+        ("listed", listed["listed"]),
+        ("shuffled", shuffled),
+    ):
+        for k, path in enumerate(f"/{folder}/{name}".encode() for name in names):
+            chunks = [req[2] for req in asked if req[0] == "ReadChunks" and req[1] == path]
+            # Each chunk asked for once, and in the file's order: the reader's first, then those
+            # ahead of it (started at once as tasks, which trio runs in no set order).
+            assert [i for c in chunks for i in c] == [0, 1, 2, 3], (path, chunks)
+            opened = asked.index(("open", path, ()))
+            early = [req for req in asked[:opened] if req[1] == path]
+            if k < 2 or folder == "shuffled":  # no walk seen: nothing of it before the process opens it
+                assert early == [], early
+            else:  # looked up and read (NEXT_FILE_CHUNKS ≥ 4) while the process read the one before
+                assert [req[0] for req in early] == ["Lookup"] + ["ReadChunks"] * len(chunks), early
 
 
 # --- end to end through FUSE ------------------------------------------------------------------------

@@ -9,6 +9,12 @@ each write and each access sets the chunk file's atime (an access at most once p
 `TOUCH_INTERVAL` per chunk), and a new store rebuilds its index by scanning the
 folder, oldest atime first.
 
+Chunks of DIRECT_MIN bytes or more are written with O_DIRECT, past the page cache: a cold
+read stores what it fetches at the link's pace, and buffered writes would cost the CPU a
+copy into fresh page-cache memory each (0.25-2.5 CPU-s a GiB on the lab's VM, measured;
+O_DIRECT ~0.2, the disk doing the rest), and evict what the processes use.  Where the
+file system refuses O_DIRECT (tmpfs), chunks are written buffered.
+
 Without `durable=True` nothing is fsync'ed: after a crash a chunk may be left
 empty, and the scan drops empty files (no chunk is empty).  Data is checked
 against its digest when it is put, not when it is read back.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import threading
 import time
@@ -47,6 +54,24 @@ TOUCH_INTERVAL = 10.0  # seconds: LRU order on disk need not be finer than this
 INDEX = "index.bin"  # the saved index: [(hex digest, size)], least recently used first
 _index_decoder = msgspec.msgpack.Decoder(list[tuple[str, int]])
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DIRECT_MIN = 256 << 10  # chunks at least this big are written past the page cache (O_DIRECT)
+_ALIGN = 4096  # O_DIRECT's alignment of memory, offsets and lengths (the largest block size in use)
+
+
+class _Aligned(threading.local):
+    """A page-aligned buffer per thread, for O_DIRECT writes."""
+
+    buffer: mmap.mmap | None = None
+
+    def get(self, size: int) -> mmap.mmap:
+        if self.buffer is None or len(self.buffer) < size:
+            if self.buffer is not None:
+                self.buffer.close()
+            self.buffer = mmap.mmap(-1, size)
+        return self.buffer
+
+
+_aligned = _Aligned()
 
 
 class StoreFull(RadiumError):
@@ -82,6 +107,23 @@ def _writer_alive(tmp_name: str) -> bool:
     return os.path.exists(f"/proc/{parts[1]}")
 
 
+def _write_direct(fd: int, data: bytes) -> None:
+    """Write `data` to a new file opened with O_DIRECT: from an aligned buffer, in whole blocks,
+    the file then cut to its size."""
+    size = len(data)
+    padded = -(-size // _ALIGN) * _ALIGN
+    buffer = _aligned.get(padded)
+    buffer[:size] = data
+    buffer[size:padded] = bytes(padded - size)
+    with memoryview(buffer) as whole:
+        view = whole[:padded]
+        while view:
+            view = view[os.write(fd, view) :]
+        view.release()
+    if padded != size:
+        os.ftruncate(fd, size)
+
+
 def _hex(digest: bytes | str) -> str:
     key = digest.hex() if isinstance(digest, bytes) else digest.lower()
     if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
@@ -102,6 +144,7 @@ class ContentStore:
         self.path = Path(path)
         self.limit_bytes = limit_bytes
         self.durable = durable
+        self._direct = hasattr(os, "O_DIRECT")  # until the file system refuses it
         self._lock = threading.Lock()
         # hex digest -> [size, monotonic time of the last atime update]; oldest use first.
         self._index: OrderedDict[str, list] = OrderedDict()
@@ -269,11 +312,14 @@ class ContentStore:
     def _write(self, key: str, data: bytes) -> None:
         tmp = self._tmp / f"{key}.{os.getpid()}.{threading.get_ident()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd, direct = self._create(tmp, direct=self._direct and len(data) >= DIRECT_MIN)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                if direct:
+                    _write_direct(fd, data)
+                else:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 with self._lock:
                     stamp = self._stamp()
                 os.utime(fd, ns=(stamp, stamp))
@@ -290,6 +336,19 @@ class ContentStore:
                     f"it holds {self._used} bytes in {len(self._index)} chunks"
                 ) from None
             raise
+
+    def _create(self, tmp: Path, direct: bool) -> tuple[int, bool]:
+        """A new file to write a chunk into; with O_DIRECT when asked and the file system allows."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if direct:
+            try:
+                return os.open(tmp, flags | os.O_DIRECT, 0o644), True
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False  # not here: buffered from now on
+                tmp.unlink(missing_ok=True)
+        return os.open(tmp, flags, 0o644), False
 
     # --- eviction
 

@@ -63,6 +63,7 @@ from radium.remoting.run.tenants import OwnedChunks
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[FsRequest], Awaitable[FsReply]]
+NEXT_FILE_MAX = 256 << 20  # the largest next file looked up ahead (the client hashes it whole)
 ABSENT_KEPT = 256  # names a listed folder remembers the process looked up in vain (warm tree whiteouts)
 
 __all__ = ["ClientTree", "Fetch", "TreeStats"]
@@ -96,6 +97,9 @@ class ClientTree(pyfuse3.Operations):
         self.contents = Contents(
             self._ask, store, self.stats, batch_chunks=batch_chunks, ahead_chunks=ahead_chunks, owned=owned
         )
+        self.contents.reading_on = self._reading_on
+        self._read_through: Node | None = None  # the last file a sequential reader reached the end of
+        self._orders: tuple[tuple[int, int, int], list[tuple[list[int], dict[int, int]]]] | None = None
         self._inflight: dict[object, trio.Event] = {}
         self._learned: set[int] = set()  # directories with files whose hashes this run learned
         self.absent_noted = 0  # names looked up in vain in listed folders (the warm tree marks them)
@@ -479,6 +483,59 @@ class ClientTree(pyfuse3.Operations):
         return s
 
     # --- content ---------------------------------------------------------------------------
+
+    def _reading_on(self, node: Node) -> None:
+        """A sequential reader's read-ahead reached the end of `node`'s file (Contents calls this).
+
+        When that file comes right after the previous one so read in their folder, in its
+        listing's order or by name, the process walks the folder reading its files in that
+        order (a dataset, a copy, an archive): the next file is looked up and its first chunks
+        fetched now, so that the link does not idle while the process goes from one file to
+        the next.  A wrong guess costs one lookup and NEXT_FILE_CHUNKS chunks per file read
+        through; a process reading its files in another order causes none.
+        """
+        last, self._read_through = self._read_through, node
+        if last is None or last.parent != node.parent or self.contents.background is None:
+            return
+        parent = self.nodes.by_ino.get(node.parent)
+        if parent is None or parent.children is None:
+            return
+        for files, position in self._file_orders(parent):
+            i, j = position.get(last.ino), position.get(node.ino)
+            if i is not None and j == i + 1:
+                if j + 1 < len(files):
+                    following = self.nodes.by_ino.get(files[j + 1])
+                    if following is not None and following.attr and following.attr.size <= NEXT_FILE_MAX:
+                        self.contents.background.start_soon(self._read_next, following)
+                return
+
+    def _file_orders(self, parent: Node) -> list[tuple[list[int], dict[int, int]]]:
+        """A folder's files whose content is read through FUSE (larger than INLINE_MAX) in the
+        order of its listing and by name, each with their positions (kept for the last folder)."""
+        children = parent.children
+        assert children is not None
+        key = (parent.ino, id(children), len(children))
+        if self._orders is None or self._orders[0] != key:
+            files = []
+            for name, ino in children.items():
+                child = self.nodes.by_ino.get(ino)
+                a = child.attr if child is not None else None
+                if a is not None and stat.S_ISREG(a.mode) and a.size > INLINE_MAX:
+                    files.append((name, ino))
+            listed = [ino for _, ino in files]
+            named = [ino for _, ino in sorted(files)]
+            self._orders = (
+                key,
+                [(order, {ino: i for i, ino in enumerate(order)}) for order in (listed, named)],
+            )
+        return self._orders[1]
+
+    async def _read_next(self, node: Node) -> None:
+        try:
+            await self._ensure_attr(node, content=True)
+        except pyfuse3.FUSEError:
+            return  # the process's own open will say what is wrong
+        self.contents.fetch_head(node)
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         self._op("open")

@@ -49,6 +49,10 @@ RECENT_CHUNKS = 48
 # biggest (a dataset read at random), and at most so many bytes a run.
 COMPLETE_SIZES = (4 * CHUNK_SIZE, 1 << 30)
 COMPLETE_RUN_BYTES = 1 << 30
+# Chunks of the next file fetched ahead when a process reads a folder's files in order (the
+# tree's `ClientTree._reading_on`): enough to keep the link busy while the process closes one
+# file, opens the next and its own read-ahead starts.
+NEXT_FILE_CHUNKS = 8
 
 #: Sends a request to the client: its reply, of the type expected, or a FUSEError.
 Ask = Callable[[FsRequest, type], Awaitable[FsReply]]
@@ -88,6 +92,10 @@ class Contents:
         self._seconds_lock = threading.Lock()
         self._completing: set[int] = set()  # files being fetched whole (by inode)
         self.complete_budget = COMPLETE_RUN_BYTES  # 0: files read in part are left so
+        # Told of each file whose read-ahead has reached its end (once a file): the tree may then
+        # fetch the start of the file it expects next (`fetch_head`).
+        self.reading_on: Callable[[Node], None] | None = None
+        self._reached_end: set[int] = set()  # those files, by inode
 
     def keep_inline(self, node: Node, attr: Attr) -> None:
         """Put a small file's inline data into the store (or keep it here if the store refuses)."""
@@ -124,6 +132,10 @@ class Contents:
         last = (end - 1) // CHUNK_SIZE
         if sequential:
             self._read_ahead(node, last + 1)
+            if last + 1 + self.ahead_chunks >= len(chunks) and node.ino not in self._reached_end:
+                self._reached_end.add(node.ino)
+                if self.reading_on is not None:
+                    self.reading_on(node)
         else:
             self._complete_soon(node)
         parts = []
@@ -134,8 +146,13 @@ class Contents:
         node.read_end = end
         return b"".join(parts)
 
-    def _read_ahead(self, node: Node, start: int) -> None:
-        """For a sequential reader: fetch the missing chunks of the next `ahead_chunks` in the background.
+    def fetch_head(self, node: Node) -> None:
+        """Fetch the first NEXT_FILE_CHUNKS chunks of a file the process is expected to read next."""
+        self._read_ahead(node, 0, NEXT_FILE_CHUNKS)
+
+    def _read_ahead(self, node: Node, start: int, count: int | None = None) -> None:
+        """For a sequential reader: fetch the missing chunks of the next `ahead_chunks` (or `count`)
+        in the background.
 
         Several requests are in flight at once (one per `batch_chunks`), so that the
         client reading, the link and this side storing overlap instead of taking turns.
@@ -145,16 +162,15 @@ class Contents:
         assert node.attr is not None and node.attr.chunks is not None
         chunks = node.attr.chunks
         batch: list[int] = []
+        batches: list[tuple[list[int], dict[object, trio.Event]]] = []
 
         def flush() -> None:
             if batch:
                 # Registered now, not when the task starts: the next read must see them in flight.
-                events = self._register(chunks, batch)
-                assert self.background is not None
-                self.background.start_soon(self._fetch_quietly, node, list(batch), events)
+                batches.append((list(batch), self._register(chunks, batch)))
                 batch.clear()
 
-        for i in range(start, min(len(chunks), start + self.ahead_chunks)):
+        for i in range(start, min(len(chunks), start + (self.ahead_chunks if count is None else count))):
             digest = chunks[i]
             if self._here_or_coming(digest):
                 flush()  # requests stay runs of consecutive chunks
@@ -163,6 +179,35 @@ class Contents:
             if len(batch) == self.batch_chunks:
                 flush()
         flush()
+        if batches:
+            self.background.start_soon(self._fetch_in_order, node, batches)
+
+    async def _fetch_in_order(
+        self, node: Node, batches: list[tuple[list[int], dict[object, trio.Event]]]
+    ) -> None:
+        """Ask for the batches in file order, all in flight at once: the first is answered first,
+        so that the reader goes on while the rest comes (trio starts tasks in no set order)."""
+        assert self.background is not None
+        started = 0
+        try:
+            for indexes, events in batches:
+                await self.background.start(self._fetch_started, node, indexes, events)
+                started += 1
+        finally:  # cancelled (the tree is unmounted): what was not asked for is no longer coming
+            for _, events in batches[started:]:
+                self._release(events)
+
+    async def _fetch_started(
+        self,
+        node: Node,
+        indexes: list[int],
+        events: dict[object, trio.Event],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # started() wakes the caller, but this task runs on until its first checkpoint, which
+        # comes after its request is sent (FileAsks.fetch sends before it waits).
+        task_status.started()
+        await self._fetch_quietly(node, indexes, events)
 
     def _complete_soon(self, node: Node) -> None:
         """A file read out of order: fetch the rest of it in the background (COMPLETE_SIZES)."""
@@ -219,6 +264,13 @@ class Contents:
             if key not in self._inflight:
                 events[key] = self._inflight[key] = trio.Event()
         return events
+
+    def _release(self, events: dict[object, trio.Event]) -> None:
+        """Chunks are no longer in flight: wake those waiting for them (once: a second call is a no-op)."""
+        for key, event in events.items():
+            if self._inflight.get(key) is event:
+                del self._inflight[key]
+            event.set()
 
     async def _fetch_quietly(self, node: Node, indexes: list[int], events: dict[object, trio.Event]) -> None:
         try:
@@ -310,9 +362,7 @@ class Contents:
             elif verified:  # stored before its in-flight marks go, since it is not in memory
                 await trio.to_thread.run_sync(self._store_chunks, verified)
         finally:
-            for key, event in events.items():
-                del self._inflight[key]
-                event.set()
+            self._release(events)
         if len(verified) < len(pairs):
             raise Changed()
 
