@@ -219,7 +219,9 @@ def test_file_server_hashes_each_version_once_and_keeps_hashes_across_runs(tmp_p
     assert attr.chunks[0] == chunk_hash((tree / "big.bin").read_bytes()[:CHUNK_SIZE])
 
 
-def test_a_listing_asked_with_content_carries_small_files_never_hashed_smallest_first(tmp_path, monkeypatch):
+def test_a_listing_asked_with_content_carries_small_files_the_appliance_lacks_smallest_first(
+    tmp_path, monkeypatch
+):
     from radium.remoting.run import files
 
     monkeypatch.setattr(files, "LISTING_CONTENT_MAX", 10_000)
@@ -240,6 +242,14 @@ def test_a_listing_asked_with_content_carries_small_files_never_hashed_smallest_
     assert full["c"].chunks is None and full["big"].chunks is None and full["big"].data is None
     # Unchanged, the digest is the plain listing's: content does not make a directory look changed.
     assert server.handle(ReadDir(path=b"/", content=True)).digest == server.handle(ReadDir(path=b"/")).digest
+
+    # (c came with the listing just asked for, b and d being delivered.) Hashed here (the hash
+    # cache of earlier runs) but not sent to this appliance: a's content comes with its hashes, once.
+    server.delivered.discard(chunk_hash((tmp_path / "a").read_bytes()))
+    again = {e.name.decode(): e.attr for e in server.handle(ReadDir(path=b"/", content=True)).entries}
+    assert [n for n in "abcd" if again[n].data is not None] == ["a"]
+    assert again["a"].data == (tmp_path / "a").read_bytes()
+    assert all(e.attr.data is None for e in server.handle(ReadDir(path=b"/", content=True)).entries)
 
 
 def test_reading_chunks_reuses_the_lookups_hashes_for_what_the_appliance_holds(tmp_path, monkeypatch):
@@ -393,7 +403,7 @@ def test_store_verifies_and_serves_chunks(tmp_path):
     assert list((tmp_path / "store" / "tmp").iterdir()) == []
 
 
-def test_big_chunks_are_stored_past_the_page_cache_and_read_back_whole(tmp_path):
+def test_big_chunks_can_be_stored_past_the_page_cache_and_read_back_whole(tmp_path):
     from radium.remoting.run.cas import DIRECT_MIN
 
     try:
@@ -403,7 +413,9 @@ def test_big_chunks_are_stored_past_the_page_cache_and_read_back_whole(tmp_path)
     store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
     blobs = [os.urandom(n) for n in (CHUNK_SIZE, DIRECT_MIN, DIRECT_MIN + 4097, CHUNK_SIZE - 1, 5000)]
     for data in blobs:
-        assert store.put(chunk_hash(data), data) is True
+        assert store.put(chunk_hash(data), data, direct=True) is True
+    through = os.urandom(CHUNK_SIZE)  # not asked for: through the page cache
+    assert store.put(chunk_hash(through), through) is True
 
     def cached(data: bytes) -> int:
         """Bytes of the stored chunk's file in the page cache (util-linux fincore)."""
@@ -415,7 +427,7 @@ def test_big_chunks_are_stored_past_the_page_cache_and_read_back_whole(tmp_path)
         return int(out.stdout)
 
     assert [cached(data) for data in blobs[:-1]] == [0, 0, 0, 0]  # O_DIRECT, sizes in whole blocks or not
-    assert cached(blobs[-1]) > 0  # a small chunk is written through the page cache
+    assert cached(blobs[-1]) > 0 and cached(through) == CHUNK_SIZE  # small, or not asked for
     for data in blobs:  # byte for byte, cut to its size
         assert store.get(chunk_hash(data)) == data
     assert list((tmp_path / "store" / "tmp").iterdir()) == []
@@ -659,6 +671,49 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
                 assert early == [], early
             else:  # looked up and read (NEXT_FILE_CHUNKS ≥ 4) while the process read the one before
                 assert [req[0] for req in early] == ["Lookup"] + ["ReadChunks"] * len(chunks), early
+
+
+def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request(tmp_path):
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+
+    from radium.remoting.run.fs import ClientTree
+
+    cache = tmp_path / "client" / "pkg" / "__pycache__"
+    cache.mkdir(parents=True)
+    modules = {f"m{i}.cpython-311.pyc": os.urandom(1000 + 500 * i) for i in range(6)}
+    for name, data in modules.items():
+        (cache / name).write_bytes(data)
+    server = FileServer(tmp_path / "client")
+    for name in modules:  # hashed by earlier runs (the client's hash cache), sent to another appliance
+        server.handle(Lookup(path=b"/pkg/__pycache__/" + name.encode(), content=True))
+    server.delivered.clear()
+    asked: list[tuple] = []
+
+    async def fetch(request):
+        asked.append((type(request).__name__, request.path, getattr(request, "content", None)))
+        return server.handle(request)
+
+    store = ContentStore(tmp_path / "store", 1 << 30)
+    tree = ClientTree(fetch, store)
+
+    async def main():  # as Python imports: each module's bytecode looked up and read, no listing
+        pkg = (await tree.lookup(pyfuse3.ROOT_INODE, b"pkg", None)).st_ino
+        folder = (await tree.lookup(pkg, b"__pycache__", None)).st_ino
+        for name, data in modules.items():
+            entry = await tree.lookup(folder, name.encode(), None)
+            fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
+            assert await tree.read(fh, 0, 1 << 16) == data
+
+    trio.run(main)
+    # The package folder listed plainly, its __pycache__ with content: nothing asked per module.
+    assert asked == [
+        ("Lookup", b"/", False),
+        ("ReadDir", b"/", False),
+        ("ReadDir", b"/pkg", False),
+        ("ReadDir", b"/pkg/__pycache__", True),
+    ]
+    assert all(store.get(chunk_hash(data)) == data for data in modules.values())
 
 
 # --- end to end through FUSE ------------------------------------------------------------------------

@@ -9,11 +9,13 @@ each write and each access sets the chunk file's atime (an access at most once p
 `TOUCH_INTERVAL` per chunk), and a new store rebuilds its index by scanning the
 folder, oldest atime first.
 
-Chunks of DIRECT_MIN bytes or more are written with O_DIRECT, past the page cache: a cold
-read stores what it fetches at the link's pace, and buffered writes would cost the CPU a
-copy into fresh page-cache memory each (0.25-2.5 CPU-s a GiB on the lab's VM, measured;
-O_DIRECT ~0.2, the disk doing the rest), and evict what the processes use.  Where the
-file system refuses O_DIRECT (tmpfs), chunks are written buffered.
+Chunks put with `direct=True` (of DIRECT_MIN bytes or more) are written with O_DIRECT,
+past the page cache: a cold read stores a dataset it streams at the link's pace, and
+buffered writes would cost the CPU a copy into fresh page-cache memory each (0.25-2.5
+CPU-s a GiB on the lab's VM, measured; O_DIRECT ~0.2, the disk doing the rest), and evict
+what the processes use.  Reading such a chunk back costs the disk, not the page cache:
+the caller asks for it only for content unlikely to be read again soon.  Where the file
+system refuses O_DIRECT, chunks are written buffered.
 
 Without `durable=True` nothing is fsync'ed: after a crash a chunk may be left
 empty, and the scan drops empty files (no chunk is empty).  Data is checked
@@ -54,7 +56,7 @@ TOUCH_INTERVAL = 10.0  # seconds: LRU order on disk need not be finer than this
 INDEX = "index.bin"  # the saved index: [(hex digest, size)], least recently used first
 _index_decoder = msgspec.msgpack.Decoder(list[tuple[str, int]])
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-DIRECT_MIN = 256 << 10  # chunks at least this big are written past the page cache (O_DIRECT)
+DIRECT_MIN = 256 << 10  # chunks at least this big may be written past the page cache (O_DIRECT)
 _ALIGN = 4096  # O_DIRECT's alignment of memory, offsets and lengths (the largest block size in use)
 
 
@@ -273,9 +275,9 @@ class ContentStore:
 
     # --- writing
 
-    def put(self, digest: bytes | str, data: bytes, *, verified: bool = False) -> bool:
+    def put(self, digest: bytes | str, data: bytes, *, verified: bool = False, direct: bool = False) -> bool:
         """Store `data` under `digest` after checking that it is its BLAKE3 digest
-        (`verified`: the caller just did).
+        (`verified`: the caller just did); past the page cache with `direct` (see the module).
 
         Returns True when stored, False when it was already there.  Raises
         `HashMismatch` when the data does not match, `StoreFull` when the chunk
@@ -296,7 +298,7 @@ class ContentStore:
             self._used += len(data)  # reserved while it is written, so that concurrent puts respect the limit
         self._unlink(victims)
         try:
-            self._write(key, data)
+            self._write(key, data, direct)
         except BaseException:
             with self._lock:
                 self._used -= len(data)
@@ -309,10 +311,10 @@ class ContentStore:
                 self._stats.bytes_in += len(data)
         return True
 
-    def _write(self, key: str, data: bytes) -> None:
+    def _write(self, key: str, data: bytes, direct: bool = False) -> None:
         tmp = self._tmp / f"{key}.{os.getpid()}.{threading.get_ident()}"
         try:
-            fd, direct = self._create(tmp, direct=self._direct and len(data) >= DIRECT_MIN)
+            fd, direct = self._create(tmp, direct=direct and self._direct and len(data) >= DIRECT_MIN)
             try:
                 if direct:
                     _write_direct(fd, data)

@@ -448,8 +448,9 @@ class FileServer:
 
     def _listing(self, path: bytes, real: bytes, dir_dev: int, budget: int = 0) -> list[DirEntry]:
         """The entries of a directory with their attributes (and the hashes this client knows);
-        small files never hashed here also with their hashes and content, up to `budget` bytes
-        read, smallest first (one round trip for a folder of them, not one per file)."""
+        small files whose content the appliance is not believed to hold also with their hashes
+        and content, up to `budget` bytes read, smallest first (one round trip for a folder of
+        them, not one per file)."""
         entries, small = [], []
         withheld = self._withheld(real)
         with os.scandir(real) as it:
@@ -465,7 +466,7 @@ class FileServer:
                     self._maybe_new_mount(child)
                 attr = self._attr(st, item.path, content=False)
                 entries.append(DirEntry(name=item.name, attr=attr))
-                if budget and attr.chunks is None and stat.S_ISREG(st.st_mode) and st.st_size <= INLINE_MAX:
+                if budget and stat.S_ISREG(st.st_mode) and st.st_size <= INLINE_MAX and not self._sent(attr):
                     small.append((st.st_size, item.path, len(entries) - 1))
         for size, real_child, i in sorted(small, key=lambda s: s[0]):
             if size > budget:
@@ -476,6 +477,10 @@ class FileServer:
                 continue  # unreadable or gone: its lookup will say
             budget -= size
         return entries
+
+    def _sent(self, attr: Attr) -> bool:
+        """Whether the appliance is believed to hold the content of a file (its hashes known here)."""
+        return attr.chunks is not None and all(h in self.delivered for h in attr.chunks)
 
     def _readdir(self, path: bytes, known: bytes | None = None, content: int = 0) -> DirListing:
         return self._readdir_against(path, known, content)[0]

@@ -180,20 +180,26 @@ class ClientTree(pyfuse3.Operations):
         assert node.attr is not None
         return node.attr
 
-    async def _small_files_of_folder(self, node: Node) -> bool:
-        """A small file is opened whose hashes we lack, and so are others of its folder: ask for
-        the folder with its small files' hashes and content (ReadDir, up to LISTING_CONTENT_MAX)
-        instead of one lookup per file. False when it does not apply (then: a lookup)."""
-        parent = self.nodes.by_ino.get(node.parent)
-        a = node.attr
-        if parent is None or parent.children is None or a is None or a.size > INLINE_MAX:
+    def _lacks_content(self, node: Node | None) -> bool:
+        """A small file whose hashes, or content, this side lacks (a cold store's, with the
+        client's hash cache warm)."""
+        a = node.attr if node is not None else None
+        if node is None or a is None or not stat.S_ISREG(a.mode) or not 0 < a.size <= INLINE_MAX:
             return False
-        lacking = 0
-        for ino in parent.children.values():
-            sibling = self.nodes.by_ino.get(ino)
-            sa = sibling.attr if sibling is not None else None
-            if sa is not None and stat.S_ISREG(sa.mode) and sa.chunks is None and sa.size <= INLINE_MAX:
-                lacking += 1
+        if a.chunks is None:
+            return True
+        return node.data is None and a.data is None and not all(map(self.contents.here_or_coming, a.chunks))
+
+    async def _small_files_of_folder(self, node: Node) -> bool:
+        """A small file is opened whose hashes or content we lack, and so are others of its
+        folder: ask for the folder with its small files' hashes and content (ReadDir, up to
+        LISTING_CONTENT_MAX) instead of one request per file. False when it does not apply."""
+        parent = self.nodes.by_ino.get(node.parent)
+        if parent is None or parent.children is None or not self._lacks_content(node):
+            return False
+        lacking = sum(
+            1 for ino in parent.children.values() if self._lacks_content(self.nodes.by_ino.get(ino))
+        )
         if lacking < 2:
             return False
 
@@ -205,7 +211,7 @@ class ClientTree(pyfuse3.Operations):
                 sibling = self.nodes.by_ino.get(ino) if ino is not None else None
                 if sibling is None or sibling.attr is None or entry.attr.chunks is None:
                     continue
-                if unchanged(sibling.attr, entry.attr):
+                if self._lacks_content(sibling) and unchanged(sibling.attr, entry.attr):
                     self.nodes.set_attr(sibling, entry.attr)
                     self.contents.keep_inline(sibling, entry.attr)
             self._learned.add(parent.ino)
@@ -225,6 +231,11 @@ class ClientTree(pyfuse3.Operations):
                     node.unlistable = True
                     return
                 self.nodes.install_listing(node, listing)
+                for entry in listing.entries:  # small files' content, when it came: into the store
+                    if entry.attr.data is not None and node.children and entry.name in node.children:
+                        child = self.nodes.by_ino[node.children[entry.name]]
+                        if child.attr is entry.attr:
+                            self.contents.keep_inline(child, entry.attr)
 
             await self._once(("list", node.ino), work)
 
@@ -239,14 +250,26 @@ class ClientTree(pyfuse3.Operations):
             if entries is not None:
                 return DirListing(path=path, entries=entries, digest=sent)
         known = self.kept.digest(path) if self.kept else None
-        listing = await self._ask(ReadDir(path=path, known=known), DirListing)
+        # Python opens the bytecode of each module it imports from a `__pycache__` folder, a
+        # file at a time, without listing it: their content comes with the listing (a cold
+        # `import torch` lists 120 such folders; otherwise each costs a second request).
+        content = path.rpartition(b"/")[2] == b"__pycache__"
+        listing = await self._ask(ReadDir(path=path, known=known, content=content), DirListing)
         if listing.unchanged:
             entries = self.kept.load(path) if self.kept else None
             if entries is not None:
                 return DirListing(path=path, entries=entries, digest=listing.digest)
             listing = await self._ask(ReadDir(path=path), DirListing)  # lost here meanwhile
         if self.kept is not None and listing.digest is not None:
-            self.kept.keep(path, listing.digest, listing.entries)
+            entries = listing.entries
+            if content:  # the files' content goes to the store when opened, not into the kept listing
+                entries = [
+                    e
+                    if e.attr.data is None
+                    else DirEntry(name=e.name, attr=msgspec.structs.replace(e.attr, data=None))
+                    for e in entries
+                ]
+            self.kept.keep(path, listing.digest, entries)
         return listing
 
     async def prefetch(
@@ -548,6 +571,9 @@ class ClientTree(pyfuse3.Operations):
         if not stat.S_ISREG(attr.mode):
             raise pyfuse3.FUSEError(errno.EINVAL)
         attr = await self._ensure_attr(node, content=True)
+        if await self._small_files_of_folder(node):  # hashes known, content not here: the folder's
+            attr = node.attr
+            assert attr is not None
         self.contents.keep_inline(node, attr)
         node.read_end = 0
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)

@@ -49,6 +49,15 @@ RECENT_CHUNKS = 48
 # biggest (a dataset read at random), and at most so many bytes a run.
 COMPLETE_SIZES = (4 * CHUNK_SIZE, 1 << 30)
 COMPLETE_RUN_BYTES = 1 << 30
+# The completion waits until readers have fetched nothing for this long: it takes the link
+# and both ends' CPU when the process computes, not while it waits for its files (a cold
+# `import torch` reads 390 MiB of libraries in part: completing them meanwhile cost 0.6 s).
+COMPLETE_QUIET_S = 0.2
+# Chunks of a file at least this big that a reader streams (reads in order) are stored past the
+# page cache (ContentStore's O_DIRECT): a dataset read through, whose copy in the page cache
+# would cost CPU now (the cold read) and little later. Others (libraries, modules: read in
+# part, and copied into the warm tree at the end of the run) are stored through it.
+STREAMED_DIRECT_MIN = 8 * CHUNK_SIZE
 # Chunks of the next file fetched ahead when a process reads a folder's files in order (the
 # tree's `ClientTree._reading_on`): enough to keep the link busy while the process closes one
 # file, opens the next and its own read-ahead starts.
@@ -91,6 +100,7 @@ class Contents:
         self.recent: OrderedDict[bytes, bytes] = OrderedDict()
         self._seconds_lock = threading.Lock()
         self._completing: set[int] = set()  # files being fetched whole (by inode)
+        self._fetched_for_readers = 0.0  # when a fetch for a reader was last asked for (monotonic)
         self.complete_budget = COMPLETE_RUN_BYTES  # 0: files read in part are left so
         # Told of each file whose read-ahead has reached its end (once a file): the tree may then
         # fetch the start of the file it expects next (`fetch_head`).
@@ -172,7 +182,7 @@ class Contents:
 
         for i in range(start, min(len(chunks), start + (self.ahead_chunks if count is None else count))):
             digest = chunks[i]
-            if self._here_or_coming(digest):
+            if self.here_or_coming(digest):
                 flush()  # requests stay runs of consecutive chunks
                 continue
             batch.append(i)
@@ -223,12 +233,14 @@ class Contents:
 
     async def _complete(self, node: Node) -> None:
         """Fetch the chunks of the node's file that are neither here nor coming, in order, one
-        request at a time (the process's own fetches go first), into the store only."""
+        request at a time when readers fetch nothing (COMPLETE_QUIET_S), into the store only."""
         assert node.attr is not None and node.attr.chunks is not None
         chunks = node.attr.chunks
         for start in range(0, len(chunks), self.batch_chunks):
+            while (left := self._fetched_for_readers + COMPLETE_QUIET_S - time.monotonic()) > 0:
+                await trio.sleep(left)
             end = min(len(chunks), start + self.batch_chunks)
-            batch = [i for i in range(start, end) if not self._here_or_coming(chunks[i])]
+            batch = [i for i in range(start, end) if not self.here_or_coming(chunks[i])]
             if not batch:
                 continue
             if len(batch) * CHUNK_SIZE > self.complete_budget:
@@ -240,7 +252,7 @@ class Contents:
             except (pyfuse3.FUSEError, Changed):
                 return  # the process's own reads will say what is wrong
 
-    def _here_or_coming(self, digest: bytes) -> bool:
+    def here_or_coming(self, digest: bytes) -> bool:
         """The chunk is stored, in memory, or being fetched: nothing to ask for."""
         return (
             ("chunk", digest) in self._inflight
@@ -274,7 +286,7 @@ class Contents:
 
     async def _fetch_quietly(self, node: Node, indexes: list[int], events: dict[object, trio.Event]) -> None:
         try:
-            await self._fetch_chunks(node, indexes, events)
+            await self._fetch_chunks(node, indexes, events, streamed=True)
         except (pyfuse3.FUSEError, Changed):
             pass  # the reader's own fetch will try again and report
 
@@ -318,10 +330,10 @@ class Contents:
         if sequential:
             for i in range(index + 1, min(len(chunks), index + self.batch_chunks)):
                 digest = chunks[i]
-                if self._here_or_coming(digest):
+                if self.here_or_coming(digest):
                     break  # keep runs consecutive: what is there ends the run
                 wanted.append(i)
-        await self._fetch_chunks(node, wanted)
+        await self._fetch_chunks(node, wanted, streamed=sequential)
 
     async def _fetch_chunks(
         self,
@@ -329,17 +341,21 @@ class Contents:
         wanted: list[int],
         events: dict[object, trio.Event] | None = None,
         remember: bool = True,
+        streamed: bool = False,
     ) -> None:
         """Fetch chunks `wanted` (ascending indexes) of the node's file in one request, and store them.
 
         `events`: their in-flight marks, when the caller registered them already; `remember`:
-        keep them in memory too (False: fetched for the store, not to be read now).
+        keep them in memory too (False: fetched for the store, not to be read now); `streamed`:
+        for a reader reading the file in order (STREAMED_DIRECT_MIN).
         """
         attr = node.attr
         assert attr is not None and attr.chunks is not None
         chunks = attr.chunks
         if events is None:
             events = self._register(chunks, wanted)
+        if remember:
+            self._fetched_for_readers = time.monotonic()
         try:
             reply = await self._ask(ReadChunks(path=node.path, indexes=wanted, framed=True), Chunks)
             if len(reply.data) != len(wanted):
@@ -358,7 +374,7 @@ class Contents:
                     while len(self.recent) > RECENT_CHUNKS:
                         self.recent.popitem(last=False)
             if verified and remember:
-                self._store_soon(verified)
+                self._store_soon(verified, direct=streamed and attr.size >= STREAMED_DIRECT_MIN)
             elif verified:  # stored before its in-flight marks go, since it is not in memory
                 await trio.to_thread.run_sync(self._store_chunks, verified)
         finally:
@@ -366,24 +382,24 @@ class Contents:
         if len(verified) < len(pairs):
             raise Changed()
 
-    def _store_soon(self, verified: list[tuple[bytes, bytes]]) -> None:
+    def _store_soon(self, verified: list[tuple[bytes, bytes]], direct: bool = False) -> None:
         if self.background is None:
-            self._store_chunks(verified)
+            self._store_chunks(verified, direct)
         else:
-            self.background.start_soon(trio.to_thread.run_sync, self._store_chunks, verified)
+            self.background.start_soon(trio.to_thread.run_sync, self._store_chunks, verified, direct)
 
-    def _store_chunks(self, verified: list[tuple[bytes, bytes]]) -> None:
+    def _store_chunks(self, verified: list[tuple[bytes, bytes]], direct: bool = False) -> None:
         """Store chunks whose hashes were checked (in a worker thread, in the background: a
         failure costs a later fetch, never the run)."""
         started = time.perf_counter()
-        self._store_each(verified)
+        self._store_each(verified, direct)
         with self._seconds_lock:  # stores run in several threads at once
             self.stats.seconds["store"] += time.perf_counter() - started
 
-    def _store_each(self, verified: list[tuple[bytes, bytes]]) -> None:
+    def _store_each(self, verified: list[tuple[bytes, bytes]], direct: bool = False) -> None:
         for digest, data in verified:
             try:
-                self.store.put(digest, data, verified=True)
+                self.store.put(digest, data, verified=True, direct=direct)
             except StoreFull:
                 self.stats.store_full += 1  # served from memory while it lasts, fetched again after
             except OSError as exc:

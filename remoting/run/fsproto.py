@@ -115,9 +115,10 @@ class ReadDir(FsMessage, tag="fs-readdir"):
 
     `known` is the `listing_digest` of the listing the appliance kept from an earlier
     run; if the directory still matches it, the reply is an empty listing marked
-    `unchanged`, and the appliance uses what it kept.  With `content`, the small files this
-    client never hashed come with their hashes and content (`LISTING_CONTENT_MAX`): the
-    appliance asks so when a process opens small files of a folder one after another.
+    `unchanged`, and the appliance uses what it kept.  With `content`, the small files whose
+    content the appliance is not believed to hold come with their hashes and content
+    (`LISTING_CONTENT_MAX`, smallest first): the appliance asks so when a process opens small
+    files of a folder one after another, and at once for a `__pycache__` folder.
     """
 
     path: bytes
