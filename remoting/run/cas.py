@@ -273,6 +273,21 @@ class ContentStore:
             self._stats.bytes_out += len(data)
         return data
 
+    def will_need(self, digest: bytes | str) -> None:
+        """Have the kernel read a stored chunk into the page cache in the background (a reader
+        will ask for it next: a chunk written past the page cache is otherwise read from the
+        disk when asked, one at a time)."""
+        try:
+            fd = os.open(self._file(_hex(digest)), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a hint
+        finally:
+            os.close(fd)
+
     # --- writing
 
     def put(self, digest: bytes | str, data: bytes, *, verified: bool = False, direct: bool = False) -> bool:

@@ -100,6 +100,7 @@ class Contents:
         self.recent: OrderedDict[bytes, bytes] = OrderedDict()
         self._seconds_lock = threading.Lock()
         self._completing: set[int] = set()  # files being fetched whole (by inode)
+        self._advised: dict[int, int] = {}  # by inode: stored chunks read ahead (will_need) up to here
         self._fetched_for_readers = 0.0  # when a fetch for a reader was last asked for (monotonic)
         self.complete_budget = COMPLETE_RUN_BYTES  # 0: files read in part are left so
         # Told of each file whose read-ahead has reached its end (once a file): the tree may then
@@ -180,15 +181,20 @@ class Contents:
                 batches.append((list(batch), self._register(chunks, batch)))
                 batch.clear()
 
-        for i in range(start, min(len(chunks), start + (self.ahead_chunks if count is None else count))):
+        end = min(len(chunks), start + (self.ahead_chunks if count is None else count))
+        advised = self._advised.get(node.ino, 0)
+        for i in range(start, end):
             digest = chunks[i]
             if self.here_or_coming(digest):
                 flush()  # requests stay runs of consecutive chunks
+                if i >= advised and digest not in self.recent and ("chunk", digest) not in self._inflight:
+                    self.store.will_need(digest)  # stored: have the kernel read it ahead of the reader
                 continue
             batch.append(i)
             if len(batch) == self.batch_chunks:
                 flush()
         flush()
+        self._advised[node.ino] = max(advised, end)
         if batches:
             self.background.start_soon(self._fetch_in_order, node, batches)
 
