@@ -119,9 +119,11 @@ def _write_direct(fd: int, data: bytes) -> None:
     buffer[size:padded] = bytes(padded - size)
     with memoryview(buffer) as whole:
         view = whole[:padded]
-        while view:
-            view = view[os.write(fd, view) :]
-        view.release()
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            view.release()  # before the buffer may be replaced (a bigger chunk) or reused
     if padded != size:
         os.ftruncate(fd, size)
 
