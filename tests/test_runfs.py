@@ -677,9 +677,10 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
                 assert [req[0] for req in early] == ["Lookup"] + ["ReadChunks"] * len(chunks), early
 
 
-def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request(tmp_path):
+def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request_ahead(tmp_path):
     pyfuse3 = pytest.importorskip("pyfuse3")
     import trio
+    import trio.testing
 
     from radium.remoting.run.fs import ClientTree
 
@@ -688,6 +689,7 @@ def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request(
     modules = {f"m{i}.cpython-311.pyc": os.urandom(1000 + 500 * i) for i in range(6)}
     for name, data in modules.items():
         (cache / name).write_bytes(data)
+        (cache.parent / name.replace(".cpython-311.pyc", ".py")).write_text("# source\n")
     server = FileServer(tmp_path / "client")
     for name in modules:  # hashed by earlier runs (the client's hash cache), sent to another appliance
         server.handle(Lookup(path=b"/pkg/__pycache__/" + name.encode(), content=True))
@@ -701,13 +703,21 @@ def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request(
     store = ContentStore(tmp_path / "store", 1 << 30)
     tree = ClientTree(fetch, store)
 
-    async def main():  # as Python imports: each module's bytecode looked up and read, no listing
-        pkg = (await tree.lookup(pyfuse3.ROOT_INODE, b"pkg", None)).st_ino
-        folder = (await tree.lookup(pkg, b"__pycache__", None)).st_ino
-        for name, data in modules.items():
-            entry = await tree.lookup(folder, name.encode(), None)
-            fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
-            assert await tree.read(fh, 0, 1 << 16) == data
+    async def main():  # as Python imports: the package's folder listed, then each module's
+        # bytecode looked up and read, its folder not listed
+        async with trio.open_nursery() as background:
+            tree.contents.background = background
+            pkg = (await tree.lookup(pyfuse3.ROOT_INODE, b"pkg", None)).st_ino
+            await tree.opendir(pkg, None)
+            await trio.testing.wait_all_tasks_blocked()
+            listed_ahead = list(asked)  # the __pycache__ asked for beside the package's listing
+            folder = (await tree.lookup(pkg, b"__pycache__", None)).st_ino
+            for name, data in modules.items():
+                entry = await tree.lookup(folder, name.encode(), None)
+                fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
+                assert await tree.read(fh, 0, 1 << 16) == data
+            background.cancel_scope.cancel()
+        assert listed_ahead == asked
 
     trio.run(main)
     # The package folder listed plainly, its __pycache__ with content: nothing asked per module.

@@ -236,8 +236,27 @@ class ClientTree(pyfuse3.Operations):
                         child = self.nodes.by_ino[node.children[entry.name]]
                         if child.attr is entry.attr:
                             self.contents.keep_inline(child, entry.attr)
+                self._bytecode_soon(node, listing)
 
             await self._once(("list", node.ino), work)
+
+    def _bytecode_soon(self, node: Node, listing: DirListing) -> None:
+        """A folder of Python modules was listed (Python lists a package's folder to find a
+        module in it): its `__pycache__`, where Python will open the module's bytecode next, is
+        listed now with its content, beside the import instead of after it."""
+        pycache = node.children.get(b"__pycache__") if node.children else None
+        background = self.contents.background
+        if pycache is None or background is None or self.nodes.by_ino[pycache].children is not None:
+            return
+        if any(e.name.endswith(b".py") and stat.S_ISREG(e.attr.mode) for e in listing.entries):
+            background.start_soon(self._list_quietly, self.nodes.by_ino[pycache])
+
+    async def _list_quietly(self, node: Node) -> None:
+        try:
+            if node.attr is not None and stat.S_ISDIR(node.attr.mode):
+                await self._ensure_listing(node)
+        except pyfuse3.FUSEError:
+            pass  # the process's own lookups will say what is wrong
 
     async def _read_dir(self, path: bytes) -> DirListing:
         """A directory's listing: one sent ahead, or the one kept from an earlier run if the
