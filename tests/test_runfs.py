@@ -701,7 +701,8 @@ def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request_
         return server.handle(request)
 
     store = ContentStore(tmp_path / "store", 1 << 30)
-    tree = ClientTree(fetch, store)
+    kept = KeptListings(store)
+    tree = ClientTree(fetch, store, kept=kept)
 
     async def main():  # as Python imports: the package's folder listed, then each module's
         # bytecode looked up and read, its folder not listed
@@ -728,6 +729,56 @@ def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request_
         ("ReadDir", b"/pkg/__pycache__", True),
     ]
     assert all(store.get(chunk_hash(data)) == data for data in modules.values())
+    # The listing kept for the next runs holds the modules' hashes, not their content.
+    entries = kept.load(b"/pkg/__pycache__")
+    assert {e.name.decode() for e in entries} == set(modules)
+    assert all(e.attr.data is None and e.attr.chunks for e in entries)
+
+
+def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_a_while(tmp_path):
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+    import trio.testing
+
+    from radium.remoting.run.fs import ClientTree
+    from radium.remoting.run.fscontent import COMPLETE_QUIET_S
+
+    client = tmp_path / "client"
+    client.mkdir()
+    (client / "lib.so").write_bytes(os.urandom(6 * CHUNK_SIZE))
+    (client / "data.bin").write_bytes(os.urandom(8 * CHUNK_SIZE))
+    server = FileServer(client)
+    asked: list[tuple[float, bytes, tuple]] = []  # (trio's clock, path, chunks)
+
+    async def fetch(request):
+        if isinstance(request, ReadChunks):
+            asked.append((trio.current_time(), request.path, tuple(request.indexes)))
+        return server.handle(request)
+
+    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=2, ahead_chunks=2)
+    clock = trio.testing.MockClock()  # moves only when told
+    early = []
+
+    async def main():
+        async with trio.open_nursery() as background:  # left when the completion is done
+            tree.contents.background = background
+            lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib.so", None)).st_ino
+            data = (await tree.lookup(pyfuse3.ROOT_INODE, b"data.bin", None)).st_ino
+            await tree.open(lib, os.O_RDONLY, None)
+            await tree.open(data, os.O_RDONLY, None)
+            await tree.read(lib, 3 * CHUNK_SIZE, 4096)  # out of order, as the loader maps it
+            for off in range(0, 8 * CHUNK_SIZE, CHUNK_SIZE):  # and a reader fetching
+                await tree.read(data, off, CHUNK_SIZE)
+            clock.jump(COMPLETE_QUIET_S / 2)
+            await trio.testing.wait_all_tasks_blocked()
+            early.extend(req for req in asked if req[1] == b"/lib.so" and req[2] != (3,))
+            clock.jump(COMPLETE_QUIET_S)
+
+    trio.run(main, clock=clock)
+    assert early == []  # not while the reader fetched, nor right after
+    completion = [(t, chunks) for t, path, chunks in asked if path == b"/lib.so" and chunks != (3,)]
+    assert sorted(i for _, chunks in completion for i in chunks) == [0, 1, 2, 4, 5]  # then, whole
+    assert all(t >= COMPLETE_QUIET_S for t, _ in completion)
 
 
 # --- end to end through FUSE ------------------------------------------------------------------------

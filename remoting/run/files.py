@@ -356,8 +356,7 @@ class FileServer:
                 pass  # it went away or is unreadable: readlink will say why
         elif stat.S_ISREG(st.st_mode):
             attr.chunks = self.hashes.get(st)
-            known = attr.chunks is not None and all(h in self.delivered for h in attr.chunks)
-            if content and (attr.chunks is None or (st.st_size <= INLINE_MAX and not known)):
+            if content and (attr.chunks is None or (st.st_size <= INLINE_MAX and not self._sent(attr))):
                 self._read_content(attr, real)
         return attr
 

@@ -31,7 +31,6 @@ import stat
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
-import msgspec
 import pyfuse3
 import trio
 
@@ -280,15 +279,7 @@ class ClientTree(pyfuse3.Operations):
                 return DirListing(path=path, entries=entries, digest=listing.digest)
             listing = await self._ask(ReadDir(path=path), DirListing)  # lost here meanwhile
         if self.kept is not None and listing.digest is not None:
-            entries = listing.entries
-            if content:  # the files' content goes to the store when opened, not into the kept listing
-                entries = [
-                    e
-                    if e.attr.data is None
-                    else DirEntry(name=e.name, attr=msgspec.structs.replace(e.attr, data=None))
-                    for e in entries
-                ]
-            self.kept.keep(path, listing.digest, entries)
+            self.kept.keep(path, listing.digest, listing.entries)
         return listing
 
     async def prefetch(
@@ -374,7 +365,7 @@ class ClientTree(pyfuse3.Operations):
                 attr = self.nodes.by_ino[child_ino].attr
                 if attr is None:
                     break
-                entries.append(DirEntry(name=name, attr=msgspec.structs.replace(attr, data=None)))
+                entries.append(DirEntry(name=name, attr=attr))  # kept without content (KeptListings.keep)
             else:
                 if listing_digest(entries) == node.digest:
                     self.kept.keep(node.path, node.digest, entries, used=False)

@@ -101,7 +101,8 @@ class Contents:
         self._seconds_lock = threading.Lock()
         self._completing: set[int] = set()  # files being fetched whole (by inode)
         self._advised: dict[int, int] = {}  # by inode: stored chunks read ahead (will_need) up to here
-        self._fetched_for_readers = 0.0  # when a fetch for a reader was last asked for (monotonic)
+        # When a fetch for a reader was last asked for (trio's clock): the completion waits.
+        self._fetched_for_readers = -COMPLETE_QUIET_S
         self.complete_budget = COMPLETE_RUN_BYTES  # 0: files read in part are left so
         # Told of each file whose read-ahead has reached its end (once a file): the tree may then
         # fetch the start of the file it expects next (`fetch_head`).
@@ -185,10 +186,13 @@ class Contents:
         advised = self._advised.get(node.ino, 0)
         for i in range(start, end):
             digest = chunks[i]
-            if self.here_or_coming(digest):
+            if self._coming(digest):
                 flush()  # requests stay runs of consecutive chunks
-                if i >= advised and digest not in self.recent and ("chunk", digest) not in self._inflight:
-                    self.store.will_need(digest)  # stored: have the kernel read it ahead of the reader
+                continue
+            if self._stored(digest):
+                flush()
+                if i >= advised:
+                    self.store.will_need(digest)  # have the kernel read it ahead of the reader
                 continue
             batch.append(i)
             if len(batch) == self.batch_chunks:
@@ -243,7 +247,7 @@ class Contents:
         assert node.attr is not None and node.attr.chunks is not None
         chunks = node.attr.chunks
         for start in range(0, len(chunks), self.batch_chunks):
-            while (left := self._fetched_for_readers + COMPLETE_QUIET_S - time.monotonic()) > 0:
+            while (left := self._fetched_for_readers + COMPLETE_QUIET_S - trio.current_time()) > 0:
                 await trio.sleep(left)
             end = min(len(chunks), start + self.batch_chunks)
             batch = [i for i in range(start, end) if not self.here_or_coming(chunks[i])]
@@ -260,11 +264,15 @@ class Contents:
 
     def here_or_coming(self, digest: bytes) -> bool:
         """The chunk is stored, in memory, or being fetched: nothing to ask for."""
-        return (
-            ("chunk", digest) in self._inflight
-            or digest in self.recent
-            or (self.serves(digest) and self.store.has(digest))
-        )
+        return self._coming(digest) or self._stored(digest)
+
+    def _coming(self, digest: bytes) -> bool:
+        """In memory, or being fetched."""
+        return ("chunk", digest) in self._inflight or digest in self.recent
+
+    def _stored(self, digest: bytes) -> bool:
+        """In the store, and this run may be served it."""
+        return self.serves(digest) and self.store.has(digest)
 
     def serves(self, digest: bytes) -> bool:
         """Whether this run may be served the stored chunk `digest` (its tenant sent it)."""
@@ -361,7 +369,7 @@ class Contents:
         if events is None:
             events = self._register(chunks, wanted)
         if remember:
-            self._fetched_for_readers = time.monotonic()
+            self._fetched_for_readers = trio.current_time()
         try:
             reply = await self._ask(ReadChunks(path=node.path, indexes=wanted, framed=True), Chunks)
             if len(reply.data) != len(wanted):

@@ -98,7 +98,16 @@ class KeptListings:
         return entries
 
     def keep(self, path: bytes, digest: bytes, entries: list[DirEntry], used: bool = True) -> None:
-        data = _encoder.encode(entries)
+        """Keep a listing (its entries' attributes: small files' content that came with it goes
+        to the content store when they are opened, never into a kept listing)."""
+        data = _encoder.encode(
+            [
+                e
+                if e.attr.data is None
+                else DirEntry(name=e.name, attr=msgspec.structs.replace(e.attr, data=None))
+                for e in entries
+            ]
+        )
         key = blake3.blake3(data).digest()
         try:
             self.store.put(key, data)
