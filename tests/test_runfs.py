@@ -253,6 +253,42 @@ def test_a_listing_asked_with_content_carries_small_files_the_appliance_lacks_sm
     assert all(e.attr.data is None for e in server.handle(ReadDir(path=b"/", content=True)).entries)
 
 
+def test_a_content_listing_sends_the_file_opened_first_and_optimised_bytecode_last(tmp_path, monkeypatch):
+    from radium.remoting.run import files
+
+    monkeypatch.setattr(files, "LISTING_CONTENT_MAX", 10_000)
+    sizes = {
+        "m.cpython-311.opt-2.pyc": 1000,  # read by `python -OO` only
+        "m.cpython-311.opt-1.pyc": 1500,  # `python -O`
+        "m.cpython-311.pyc": 2000,
+        "other.cpython-311.pyc": 3000,
+        "wanted.cpython-311.pyc": 6000,  # the one being opened
+    }
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(os.urandom(size))
+
+    def sent(**ask) -> list[str]:
+        server = FileServer(tmp_path)  # a fresh client: nothing delivered yet
+        reply = server.handle(ReadDir(path=b"/", content=True, **ask))
+        for e in reply.entries:
+            assert e.attr.data is None or e.attr.data == (tmp_path / os.fsdecode(e.name)).read_bytes()
+        return sorted(os.fsdecode(e.name) for e in reply.entries if e.attr.data is not None)
+
+    # The opened file first (6000), then the smallest that fit, optimised bytecode after the rest.
+    assert sent(first=b"wanted.cpython-311.pyc") == [
+        "m.cpython-311.opt-2.pyc",
+        "m.cpython-311.pyc",
+        "wanted.cpython-311.pyc",
+    ]
+    # Without a first: 2000 + 3000, then what fits of the optimised (1000 + 1500), not the 6000.
+    assert sent() == [
+        "m.cpython-311.opt-1.pyc",
+        "m.cpython-311.opt-2.pyc",
+        "m.cpython-311.pyc",
+        "other.cpython-311.pyc",
+    ]
+
+
 def test_reading_chunks_reuses_the_lookups_hashes_for_what_the_appliance_holds(tmp_path, monkeypatch):
     from radium.remoting.run import files
 
@@ -495,6 +531,38 @@ def test_a_store_opened_from_its_saved_index_sees_what_others_did_since(tmp_path
     # A damaged snapshot: scan instead.
     (tmp_path / "index.bin").write_bytes(b"\xc1 not msgpack")
     assert ContentStore(tmp_path, 10_000, scan=False).stats().entries == 1
+
+
+def test_chunks_put_soon_are_read_at_once_and_written_by_the_stores_writer(tmp_path):
+    store = ContentStore(tmp_path, 10_000)
+    blobs = [os.urandom(n) for n in (100, 2000, 3000)]
+    for blob in blobs:
+        store.put_soon(chunk_hash(blob), blob)
+    for blob in blobs:  # written or not yet, they are there
+        assert store.has(chunk_hash(blob)) and store.get(chunk_hash(blob)) == blob
+        assert store.read(chunk_hash(blob), 10, 20) == blob[10:30]
+    store.put_soon(chunk_hash(blobs[0]), blobs[0])  # again: nothing more to write
+    assert store.put(chunk_hash(blobs[1]), blobs[1]) is False  # there already (being written)
+    store.flush()
+    assert store.stats().entries == 3 and store.stats().bytes_used == 5100
+    on_disk = sorted(
+        sub.name + p.name for sub in tmp_path.iterdir() if len(sub.name) == 2 for p in sub.iterdir()
+    )
+    assert on_disk == sorted(chunk_hash(b).hex() for b in blobs) and list((tmp_path / "tmp").iterdir()) == []
+    reopened = ContentStore(tmp_path, 10_000)  # a scan finds them
+    assert all(reopened.get(chunk_hash(b)) == b for b in blobs)
+
+    # What does not fit is dropped without an error (as if evicted: a later read fetches it);
+    # what does makes room as put does, least recently used first.
+    for blob in blobs:  # used in this order: the first is the least recently used
+        store.get(chunk_hash(blob))
+    too_big, newer = os.urandom(10_001), os.urandom(6000)
+    store.put_soon(chunk_hash(too_big), too_big)
+    store.put_soon(chunk_hash(newer), newer)
+    store.flush()
+    assert not store.has(chunk_hash(too_big)) and store.get(chunk_hash(newer)) == newer
+    assert [store.has(chunk_hash(b)) for b in blobs] == [False, False, True]
+    assert store.stats().bytes_used == 9000
 
 
 def test_store_is_thread_safe(tmp_path):

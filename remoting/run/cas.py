@@ -17,6 +17,12 @@ what the processes use.  Reading such a chunk back costs the disk, not the page 
 the caller asks for it only for content unlikely to be read again soon.  Where the file
 system refuses O_DIRECT, chunks are written buffered.
 
+Small content that comes by the thousand (the files that come with a listing, kept listings)
+is put with `put_soon`: served from memory at once and written by one writer thread, so that
+creating a file per chunk (tens of µs each, and on a file system without a journal up to a
+millisecond after many files were deleted: ext4 then skips recently freed inodes one by one)
+is never on the path of a process waiting for its files.  `flush` waits for those writes.
+
 Without `durable=True` nothing is fsync'ed: after a crash a chunk may be left
 empty, and the scan drops empty files (no chunk is empty).  Data is checked
 against its digest when it is put, not when it is read back.
@@ -155,6 +161,10 @@ class ContentStore:
         self._used = 0
         self._last_stamp = 0
         self._stats = StoreStats()
+        # put_soon: hex digest -> data not yet written (served from here), in the order to write
+        self._pending: dict[str, bytes] = {}
+        self._written = threading.Condition(self._lock)  # the writer took one off _pending
+        self._writer: threading.Thread | None = None
         self._tmp = self.path / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         for i in range(256):  # made up front, so that a put never has to create a folder
@@ -233,9 +243,9 @@ class ContentStore:
     # --- reading
 
     def has(self, digest: bytes | str) -> bool:
-        """Whether the chunk is stored (counts neither hit nor miss)."""
+        """Whether the chunk is stored or being written (counts neither hit nor miss)."""
         key = _hex(digest)
-        return key in self._index or self._adopt(key) is not None
+        return key in self._index or key in self._pending or self._adopt(key) is not None
 
     def get(self, digest: bytes | str) -> bytes | None:
         """The whole chunk, or None when it is not stored."""
@@ -244,6 +254,12 @@ class ContentStore:
     def read(self, digest: bytes | str, offset: int, size: int) -> bytes | None:
         """`size` bytes of the chunk from `offset` (the rest when size < 0); None when not stored."""
         key = _hex(digest)
+        pending = self._pending.get(key)
+        if pending is not None:
+            with self._lock:
+                self._stats.hits += 1
+                self._stats.bytes_out += len(pending)
+            return pending[offset:] if size < 0 else pending[offset : offset + size]
         if key not in self._index:
             self._adopt(key)
         with self._lock:
@@ -303,9 +319,16 @@ class ContentStore:
         key = _hex(digest)
         if not verified and chunk_hash(data).hex() != key:
             raise HashMismatch(f"data of {len(data)} bytes does not hash to {key}")
+        return self._put(key, data, direct)
+
+    def _put(self, key: str, data: bytes, direct: bool = False) -> bool:
+        if key in self._pending:
+            return False  # being written
         if key not in self._index:
             self._adopt(key)  # stored by another process meanwhile: nothing to write
         with self._lock:
+            if key in self._pending:
+                return False
             if key in self._index:
                 self._index.move_to_end(key)  # a use, for the LRU order
                 return False
@@ -326,6 +349,73 @@ class ContentStore:
             else:
                 self._index[key] = [len(data), 0.0]  # its next read sets the atime again
                 self._stats.bytes_in += len(data)
+        return True
+
+    def put_soon(self, digest: bytes | str, data: bytes) -> None:
+        """Store `data`, known to hash to `digest`, in the background: readable at once, written
+        by the store's writer thread (see the module).  A chunk the store cannot take (full) is
+        dropped: a later read finds it missing, as if evicted."""
+        key = _hex(digest)
+        with self._lock:
+            if key in self._index:
+                self._index.move_to_end(key)  # a use, for the LRU order
+                return
+            if key in self._pending:
+                return
+            self._pending[key] = data
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(
+                    target=self._write_pending, name="radium-store-writer", daemon=True
+                )
+                self._writer.start()
+            self._written.notify_all()
+
+    def flush(self) -> None:
+        """Return once what `put_soon` was given is written (or dropped)."""
+        with self._lock:
+            while self._pending:
+                self._written.wait()
+
+    def _write_pending(self) -> None:
+        """The writer thread: writes what put_soon was given, oldest first, then waits for more."""
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._written.wait()
+                key = next(iter(self._pending))
+                data = self._pending[key]
+            stored = False
+            try:
+                stored = self._write_one(key, data)
+            finally:
+                with self._lock:
+                    del self._pending[key]
+                    if stored and key in self._index:  # adopted meanwhile (its file was there)
+                        self._used -= len(data)
+                    elif stored:
+                        self._index[key] = [len(data), 0.0]
+                        self._stats.bytes_in += len(data)
+                    self._written.notify_all()
+
+    def _write_one(self, key: str, data: bytes) -> bool:
+        """Write one pending chunk; whether it is now indexed here (False: there already, or no room)."""
+        if key not in self._index:
+            self._adopt(key)
+        with self._lock:
+            if key in self._index:
+                return False
+            if len(data) > self.limit_bytes:
+                return False
+            victims = self._evict(len(data))
+            self._used += len(data)
+        self._unlink(victims)
+        try:
+            self._write(key, data)
+        except (OSError, StoreFull) as exc:
+            with self._lock:
+                self._used -= len(data)
+            log.debug("a chunk was not stored: %s", exc)
+            return False
         return True
 
     def _write(self, key: str, data: bytes, direct: bool = False) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import pyfuse3
 import trio
 
-from radium.remoting.run.cas import ContentStore, HashMismatch, StoreFull
+from radium.remoting.run.cas import ContentStore, StoreFull
 from radium.remoting.run.fsnodes import Node, TreeStats
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
@@ -110,7 +110,8 @@ class Contents:
         self._reached_end: set[int] = set()  # those files, by inode
 
     def keep_inline(self, node: Node, attr: Attr) -> None:
-        """Put a small file's inline data into the store (or keep it here if the store refuses)."""
+        """Put a small file's inline data into the store (or keep it with the node when it does
+        not match its hash: the client's file changed since it was hashed)."""
         if attr.data is None:
             return
         data, attr.data = attr.data, None
@@ -118,14 +119,13 @@ class Contents:
         if not data:
             return
         if attr.chunks and len(attr.chunks) == 1:
-            try:
-                self.store.put(attr.chunks[0], data)
-                self._owns(attr.chunks[0])  # verified by the put
+            if chunk_hash(data) == attr.chunks[0]:
+                # Written by the store's writer thread (a file created per chunk: not on this
+                # loop's thread, which serves the process's file operations); read from memory until.
+                self.store.put_soon(attr.chunks[0], data)
+                self._owns(attr.chunks[0])
                 return
-            except StoreFull:
-                self.stats.store_full += 1
-            except HashMismatch:
-                log.warning("inline data of %r does not match its hash", node.path)
+            log.warning("inline data of %r does not match its hash", node.path)
         node.data = data
 
     async def read(self, node: Node, off: int, size: int) -> bytes:

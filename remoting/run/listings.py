@@ -23,7 +23,7 @@ import blake3
 import msgspec
 
 from .._keys import write_atomic
-from .cas import ContentStore, StoreFull
+from .cas import ContentStore
 from .fsproto import DirEntry
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,7 @@ class KeptListings:
             ]
         )
         key = blake3.blake3(data).digest()
-        try:
-            self.store.put(key, data)
-        except StoreFull:
-            return  # a cache: the next run asks for the whole listing
+        self.store.put_soon(key, data)  # a cache: if the store cannot take it, the next run asks for it whole
         if len(self.index) >= MAX_KEPT and path not in self.index:
             self.index.pop(next(iter(self.index)))
         self.index[path] = (digest, key)

@@ -362,6 +362,7 @@ class World:
         if hasattr(self, "store"):
             if self.to_keep():  # before the writable layer goes
                 await trio.to_thread.run_sync(self._keep_written)
+            await trio.to_thread.run_sync(self.store.flush)  # small content put while the run went on
             try:
                 self.store.save_index()  # for the next run to start from (no scan)
             except OSError as exc:
