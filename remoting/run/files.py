@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -81,6 +82,8 @@ DISK_FSTYPES = frozenset(
 )  # fmt: skip
 PSEUDO_TREES = (b"/proc", b"/sys", b"/dev", b"/run")
 
+# Bytecode for `python -O`/`-OO` only: sent with a listing after every other small file (ReadDir).
+_OPTIMISED_PYC = re.compile(rb"\.opt-[12]\.pyc$")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -417,7 +420,7 @@ class FileServer:
                     return self._lookup(check_path(request.path), request.content)
                 case ReadDir():
                     budget = LISTING_CONTENT_MAX if request.content else 0
-                    return self._readdir(check_path(request.path), request.known, budget)
+                    return self._readdir(check_path(request.path), request.known, budget, request.first)
                 case ReadLink():
                     return self._readlink(check_path(request.path))
                 case ReadChunks():
@@ -445,11 +448,13 @@ class FileServer:
         st = os.lstat(real)
         return self._attr(st, real, content=content and not hidden)
 
-    def _listing(self, path: bytes, real: bytes, dir_dev: int, budget: int = 0) -> list[DirEntry]:
+    def _listing(
+        self, path: bytes, real: bytes, dir_dev: int, budget: int = 0, first: bytes = b""
+    ) -> list[DirEntry]:
         """The entries of a directory with their attributes (and the hashes this client knows);
         small files whose content the appliance is not believed to hold also with their hashes
-        and content, up to `budget` bytes read, smallest first (one round trip for a folder of
-        them, not one per file)."""
+        and content, up to `budget` bytes read (one round trip for a folder of them, not one per
+        file): the file named `first`, then the smallest, optimised bytecode last (ReadDir)."""
         entries, small = [], []
         withheld = self._withheld(real)
         with os.scandir(real) as it:
@@ -466,10 +471,11 @@ class FileServer:
                 attr = self._attr(st, item.path, content=False)
                 entries.append(DirEntry(name=item.name, attr=attr))
                 if budget and stat.S_ISREG(st.st_mode) and st.st_size <= INLINE_MAX and not self._sent(attr):
-                    small.append((st.st_size, item.path, len(entries) - 1))
-        for size, real_child, i in sorted(small, key=lambda s: s[0]):
+                    rank = 0 if item.name == first else 2 if _OPTIMISED_PYC.search(item.name) else 1
+                    small.append((rank, st.st_size, item.path, len(entries) - 1))
+        for _, size, real_child, i in sorted(small, key=lambda s: s[:2]):
             if size > budget:
-                break
+                continue
             try:
                 self._read_content(entries[i].attr, real_child)
             except OSError:
@@ -481,11 +487,13 @@ class FileServer:
         """Whether the appliance is believed to hold the content of a file (its hashes known here)."""
         return attr.chunks is not None and all(h in self.delivered for h in attr.chunks)
 
-    def _readdir(self, path: bytes, known: bytes | None = None, content: int = 0) -> DirListing:
-        return self._readdir_against(path, known, content)[0]
+    def _readdir(
+        self, path: bytes, known: bytes | None = None, content: int = 0, first: bytes = b""
+    ) -> DirListing:
+        return self._readdir_against(path, known, content, first)[0]
 
     def _readdir_against(
-        self, path: bytes, known: bytes | None, content: int = 0
+        self, path: bytes, known: bytes | None, content: int = 0, first: bytes = b""
     ) -> tuple[DirListing, list[bytes]]:
         """`path`'s listing, or only `unchanged` when it still has digest `known` (rechecked by
         lstat alone); and the names of its subdirectories."""
@@ -493,7 +501,7 @@ class FileServer:
             quick = self._quick_digest(path)
             if quick is not None and quick[0] == known:
                 return DirListing(path=path, entries=[], digest=known, unchanged=True), quick[1]
-        listing = self._readdir_full(path, content)
+        listing = self._readdir_full(path, content, first)
         listing.digest = listing_digest(listing.entries)
         subdirs = [e.name for e in listing.entries if stat.S_ISDIR(e.attr.mode)]
         if known == listing.digest:
@@ -536,13 +544,13 @@ class FileServer:
                               e.st_ctime_ns, e.st_nlink, e.st_ino, e.st_dev, e.st_rdev, target))  # fmt: skip
         return shape_digest(shape), subdirs
 
-    def _readdir_full(self, path: bytes, content: int = 0) -> DirListing:
+    def _readdir_full(self, path: bytes, content: int = 0, first: bytes = b"") -> DirListing:
         hidden = self._check_hidden(path)
         real = self._real(path)
         st = os.lstat(real)
         if not stat.S_ISDIR(st.st_mode):
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        entries = [] if hidden else self._listing(path, real, st.st_dev, content)
+        entries = [] if hidden else self._listing(path, real, st.st_dev, content, first)
         return DirListing(path=path, entries=entries)
 
     def _readlink(self, path: bytes) -> LinkTarget:

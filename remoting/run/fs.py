@@ -204,7 +204,9 @@ class ClientTree(pyfuse3.Operations):
 
         async def work() -> None:
             assert parent is not None and parent.children is not None
-            listing = await self._ask(ReadDir(path=parent.path, content=True), DirListing)
+            listing = await self._ask(
+                ReadDir(path=parent.path, content=True, first=os.path.basename(node.path)), DirListing
+            )
             for entry in listing.entries:
                 ino = parent.children.get(entry.name)
                 sibling = self.nodes.by_ino.get(ino) if ino is not None else None

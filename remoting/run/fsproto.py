@@ -117,13 +117,16 @@ class ReadDir(FsMessage, tag="fs-readdir"):
     run; if the directory still matches it, the reply is an empty listing marked
     `unchanged`, and the appliance uses what it kept.  With `content`, the small files whose
     content the appliance is not believed to hold come with their hashes and content
-    (`LISTING_CONTENT_MAX`, smallest first): the appliance asks so when a process opens small
-    files of a folder one after another, and at once for a `__pycache__` folder.
+    (`LISTING_CONTENT_MAX`: the file named `first`, then the smallest; optimised bytecode,
+    `*.opt-1.pyc`/`*.opt-2.pyc`, which only `python -O` reads, last): the appliance asks so
+    when a process opens small files of a folder one after another (`first`: the one it
+    opens), and at once for a `__pycache__` folder.
     """
 
     path: bytes
     content: bool = False
     known: bytes | None = None
+    first: bytes = b""
 
 
 class ReadLink(FsMessage, tag="fs-readlink"):
