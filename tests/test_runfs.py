@@ -803,6 +803,50 @@ def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request_
     assert all(e.attr.data is None and e.attr.chunks for e in entries)
 
 
+def test_a_folder_whose_small_files_are_opened_one_after_another_comes_with_more_content_each_time(
+    tmp_path, monkeypatch
+):
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+
+    from radium.remoting.run import files, fs
+    from radium.remoting.run.fs import ClientTree
+
+    monkeypatch.setattr(files, "LISTING_CONTENT_MAX", 40_000)
+    monkeypatch.setattr(files, "LISTING_CONTENT_MOST", 320_000)
+    monkeypatch.setattr(fs, "LISTING_CONTENT_MAX", 40_000)
+    monkeypatch.setattr(fs, "LISTING_CONTENT_MOST", 320_000)
+    folder = tmp_path / "client" / "lib"
+    folder.mkdir(parents=True)
+    modules = {f"m{i:02}.py": os.urandom(20_000) for i in range(24)}
+    for name, data in modules.items():
+        (folder / name).write_bytes(data)
+    server = FileServer(tmp_path / "client")
+    asked: list[tuple[bytes, int]] = []
+
+    async def fetch(request):
+        if isinstance(request, ReadDir) and request.content:
+            asked.append((request.first, request.budget))
+        return server.handle(request)
+
+    store = ContentStore(tmp_path / "store", 1 << 30)
+    tree = ClientTree(fetch, store)
+
+    async def main():  # the folder listed, then each file opened and read, one after another
+        lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib", None)).st_ino
+        await tree.opendir(lib, None)
+        for name, data in modules.items():
+            entry = await tree.lookup(lib, name.encode(), None)
+            fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
+            assert await tree.read(fh, 0, 1 << 16) == data
+
+    trio.run(main)
+    # 2 files' worth, then 4, 8, 16 (the file being opened first each time): 4 requests, not 12.
+    assert [budget for _, budget in asked] == [40_000, 80_000, 160_000, 320_000]
+    assert asked[0][0] == b"m00.py" and len({first for first, _ in asked}) == 4
+    assert len(server.delivered) == len(modules)
+
+
 def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_a_while(tmp_path):
     pyfuse3 = pytest.importorskip("pyfuse3")
     import trio

@@ -48,6 +48,7 @@ from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
     LISTING_CONTENT_MAX,
+    LISTING_CONTENT_MOST,
     MAX_CHUNKS_PER_REQUEST,
     Attr,
     BadPath,
@@ -419,7 +420,11 @@ class FileServer:
                 case Lookup():
                     return self._lookup(check_path(request.path), request.content)
                 case ReadDir():
-                    budget = LISTING_CONTENT_MAX if request.content else 0
+                    budget = (
+                        min(request.budget or LISTING_CONTENT_MAX, LISTING_CONTENT_MOST)
+                        if request.content
+                        else 0
+                    )
                     return self._readdir(check_path(request.path), request.known, budget, request.first)
                 case ReadLink():
                     return self._readlink(check_path(request.path))

@@ -28,7 +28,7 @@ import errno
 import logging
 import os
 import stat
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import pyfuse3
@@ -39,6 +39,8 @@ from radium.remoting.run.fscontent import Changed, Contents
 from radium.remoting.run.fsnodes import TIMEOUT, Node, NodeTable, TreeStats, unchanged
 from radium.remoting.run.fsproto import (
     INLINE_MAX,
+    LISTING_CONTENT_MAX,
+    LISTING_CONTENT_MOST,
     Attr,
     BadPath,
     DirEntry,
@@ -101,6 +103,7 @@ class ClientTree(pyfuse3.Operations):
         self._orders: tuple[tuple[int, int, int], list[tuple[list[int], dict[int, int]]]] | None = None
         self._inflight: dict[object, trio.Event] = {}
         self._learned: set[int] = set()  # directories with files whose hashes this run learned
+        self._content_asks: Counter[int] = Counter()  # folders asked for with content, by inode
         self.absent_noted = 0  # names looked up in vain in listed folders (the warm tree marks them)
         # Listings sent ahead (Prefetch), by path, until the process reaches them: a listing,
         # or the digest of the kept one the client said still holds.
@@ -204,8 +207,13 @@ class ClientTree(pyfuse3.Operations):
 
         async def work() -> None:
             assert parent is not None and parent.children is not None
+            # Asked again: the process goes on opening this folder's files (the stdlib's
+            # __pycache__: 5.7 MiB of bytecode), so each time twice as much comes.
+            budget = min(LISTING_CONTENT_MAX << self._content_asks[parent.ino], LISTING_CONTENT_MOST)
+            self._content_asks[parent.ino] += 1
             listing = await self._ask(
-                ReadDir(path=parent.path, content=True, first=os.path.basename(node.path)), DirListing
+                ReadDir(path=parent.path, content=True, first=os.path.basename(node.path), budget=budget),
+                DirListing,
             )
             for entry in listing.entries:
                 ino = parent.children.get(entry.name)

@@ -38,6 +38,9 @@ INLINE_MAX = 64 * 1024  # files up to this size come whole with their attributes
 # files costs a round trip for the folder, not one per file (a reply stays under radiumd's 1 MiB
 # message limit).
 LISTING_CONTENT_MAX = 512 * 1024
+# A folder asked for again with content (its files opened one after another) gets a bigger
+# budget each time (`ReadDir.budget`), up to this.
+LISTING_CONTENT_MOST = 8 * LISTING_CONTENT_MAX
 MAX_CHUNKS_PER_REQUEST = 64  # bounds one reply at 64 MiB
 PATH_MAX = 4096  # Linux's limit for a whole path
 NAME_MAX = 255  # and for one component
@@ -120,13 +123,15 @@ class ReadDir(FsMessage, tag="fs-readdir"):
     (`LISTING_CONTENT_MAX`: the file named `first`, then the smallest; optimised bytecode,
     `*.opt-1.pyc`/`*.opt-2.pyc`, which only `python -O` reads, last): the appliance asks so
     when a process opens small files of a folder one after another (`first`: the one it
-    opens), and at once for a `__pycache__` folder.
+    opens), and at once for a `__pycache__` folder.  `budget`: content bytes asked for (0:
+    LISTING_CONTENT_MAX; at most LISTING_CONTENT_MOST).
     """
 
     path: bytes
     content: bool = False
     known: bytes | None = None
     first: bytes = b""
+    budget: int = 0
 
 
 class ReadLink(FsMessage, tag="fs-readlink"):
