@@ -362,11 +362,6 @@ class World:
         if hasattr(self, "store"):
             if self.to_keep():  # before the writable layer goes
                 await trio.to_thread.run_sync(self._keep_written)
-            await trio.to_thread.run_sync(self.store.flush)  # small content put while the run went on
-            try:
-                self.store.save_index()  # for the next run to start from (no scan)
-            except OSError as exc:
-                log("could not save the content store's index", run=self.job.run, error=str(exc))
             if hasattr(self, "owned"):
                 self.owned.save()
         await self._detach_world()
@@ -381,6 +376,14 @@ class World:
         if self.warm is not None and hasattr(self, "tree"):
             # The client has its exit status: add what this run read, at low priority.
             await trio.to_thread.run_sync(self._grow_warm)
+        if hasattr(self, "store"):
+            # Last: the client's next run may be waiting for the warm tree (WARM_WAIT), and
+            # thousands of small chunks put while the run went on may still be being written.
+            await trio.to_thread.run_sync(self.store.flush)
+            try:
+                self.store.save_index()  # for the next run to start from (no scan)
+            except OSError as exc:
+                log("could not save the content store's index", run=self.job.run, error=str(exc))
 
     def to_keep(self) -> list[tuple[Path, int]]:
         """The written files `_keep_written` keeps, smallest first: not the small ones (a client
