@@ -387,6 +387,8 @@ class ContentStore:
             stored = False
             try:
                 stored = self._write_one(key, data)
+            except Exception:  # a bug: this chunk is lost (fetched again when asked), not the rest
+                log.exception("could not store a chunk")
             finally:
                 with self._lock:
                     del self._pending[key]

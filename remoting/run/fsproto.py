@@ -35,11 +35,11 @@ CHUNK_SIZE = 1 << 20  # 1 MiB: big enough that one round trip moves a lot, small
 INLINE_MAX = 64 * 1024  # files up to this size come whole with their attributes
 # A directory's listing asked with its content (ReadDir.content) carries its small files' hashes,
 # and the content of those the appliance lacks, up to this many bytes: reading a folder of small
-# files costs a round trip for the folder, not one per file (a reply stays under radiumd's 1 MiB
-# message limit).
+# files costs a round trip for the folder, not one per file.
 LISTING_CONTENT_MAX = 512 * 1024
 # A folder asked for again with content (its files opened one after another) gets a bigger
-# budget each time (`ReadDir.budget`), up to this.
+# budget each time (`ReadDir.budget`), up to this (a reply travels in frames of its own, relayed
+# or direct, which may carry up to 80 MiB).
 LISTING_CONTENT_MOST = 8 * LISTING_CONTENT_MAX
 MAX_CHUNKS_PER_REQUEST = 64  # bounds one reply at 64 MiB
 PATH_MAX = 4096  # Linux's limit for a whole path
