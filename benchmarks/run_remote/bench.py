@@ -480,8 +480,10 @@ class Bench:
             "env": self.client_env(client),
         }
         size = f"{(a.run_files * a.run_file_mib) + 64}m"
-        r = self.hidden_worker("cold", spec, DATA, size, timeout=900)
+        with CpuSampler("-") as cpu:  # no "training" process: the reader is one of the benchmark's
+            r = self.hidden_worker("cold", spec, DATA, size, timeout=900)
         for run in r["runs"].values():
+            run["cpu"] = cpu.window(run["t0"], run["t1"])
             if run.get("stats"):
                 run["timeline"] = self.timeline(run)
         total = a.run_files * (a.run_file_mib << 20)

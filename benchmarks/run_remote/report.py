@@ -313,6 +313,14 @@ def _print_cold(r: dict) -> None:
         + f" (reading and hashing); the appliance verified {content.get('verify', 0):.2f} s and stored "
         f"{content.get('store', 0):.2f} s (in the background); the wire carries the rest of the wait"
     )
+    if "cpu" in c:  # the machine's state moves this figure more than anything radium does
+        cpu, cores = c["cpu"], os.cpu_count() or 1
+        print(
+            f"  CPU during the whole cold run ({c['wall']:.1f} s; {cores * c['wall']:.1f} CPU-s on {cores} "
+            f"cores): the reader, radium's client and appliance {cpu['bench']:.2f} s, the rest of the "
+            f"machine {cpu['other']:.2f} s; stolen by the hypervisor {cpu['steal']:.2f} s; idle "
+            f"{max(0.0, cores * c['wall'] - cpu['bench'] - cpu['other'] - cpu['steal']):.2f} s"
+        )
     print(f"warm re-read: {_moved(cold['warm'])}")
     print(f"  wall {cold['warm']['wall']:.3f} s = {_pieces(breakdown(cold['warm']))}")
     print(f"  FUSE read from the store (warm re-read): {cold['warm']['reader_MBps']:,.0f} MB/s")
