@@ -535,6 +535,9 @@ def test_a_store_opened_from_its_saved_index_sees_what_others_did_since(tmp_path
 
 def test_chunks_put_soon_are_read_at_once_and_written_by_the_stores_writer(tmp_path):
     store = ContentStore(tmp_path, 10_000)
+    writers = []  # the threads that wrote chunk files
+    write = store._write
+    store._write = lambda *a: writers.append(threading.get_ident()) or write(*a)
     blobs = [os.urandom(n) for n in (100, 2000, 3000)]
     for blob in blobs:
         store.put_soon(chunk_hash(blob), blob)
@@ -544,6 +547,7 @@ def test_chunks_put_soon_are_read_at_once_and_written_by_the_stores_writer(tmp_p
     store.put_soon(chunk_hash(blobs[0]), blobs[0])  # again: nothing more to write
     assert store.put(chunk_hash(blobs[1]), blobs[1]) is False  # there already (being written)
     store.flush()
+    assert len(writers) == 3 and threading.get_ident() not in writers  # never the caller's thread
     assert store.stats().entries == 3 and store.stats().bytes_used == 5100
     on_disk = sorted(
         sub.name + p.name for sub in tmp_path.iterdir() if len(sub.name) == 2 for p in sub.iterdir()
@@ -1259,6 +1263,7 @@ def _serve(config: dict) -> int:
     if kept is not None:  # as the supervisor does when its run ends
         tree.keep_learned()
         kept.save()
+    store.flush()  # as the supervisor's teardown does: what put_soon was given is on disk
     server.close()
     report("final")
     return 0

@@ -319,16 +319,15 @@ class ContentStore:
         key = _hex(digest)
         if not verified and chunk_hash(data).hex() != key:
             raise HashMismatch(f"data of {len(data)} bytes does not hash to {key}")
-        return self._put(key, data, direct)
-
-    def _put(self, key: str, data: bytes, direct: bool = False) -> bool:
         if key in self._pending:
-            return False  # being written
+            return False  # being written (put_soon)
+        return self._store(key, data, direct)
+
+    def _store(self, key: str, data: bytes, direct: bool = False) -> bool:
+        """Write a chunk and index it (put's, and the writer thread's); False when it was there."""
         if key not in self._index:
             self._adopt(key)  # stored by another process meanwhile: nothing to write
         with self._lock:
-            if key in self._pending:
-                return False
             if key in self._index:
                 self._index.move_to_end(key)  # a use, for the LRU order
                 return False
@@ -384,41 +383,16 @@ class ContentStore:
                     self._written.wait()
                 key = next(iter(self._pending))
                 data = self._pending[key]
-            stored = False
             try:
-                stored = self._write_one(key, data)
+                self._store(key, data)  # indexed before it leaves _pending: always readable
+            except (OSError, StoreFull) as exc:  # no room: dropped, as if evicted
+                log.debug("a chunk was not stored: %s", exc)
             except Exception:  # a bug: this chunk is lost (fetched again when asked), not the rest
                 log.exception("could not store a chunk")
             finally:
                 with self._lock:
                     del self._pending[key]
-                    if stored and key in self._index:  # adopted meanwhile (its file was there)
-                        self._used -= len(data)
-                    elif stored:
-                        self._index[key] = [len(data), 0.0]
-                        self._stats.bytes_in += len(data)
                     self._written.notify_all()
-
-    def _write_one(self, key: str, data: bytes) -> bool:
-        """Write one pending chunk; whether it is now indexed here (False: there already, or no room)."""
-        if key not in self._index:
-            self._adopt(key)
-        with self._lock:
-            if key in self._index:
-                return False
-            if len(data) > self.limit_bytes:
-                return False
-            victims = self._evict(len(data))
-            self._used += len(data)
-        self._unlink(victims)
-        try:
-            self._write(key, data)
-        except (OSError, StoreFull) as exc:
-            with self._lock:
-                self._used -= len(data)
-            log.debug("a chunk was not stored: %s", exc)
-            return False
-        return True
 
     def _write(self, key: str, data: bytes, direct: bool = False) -> None:
         tmp = self._tmp / f"{key}.{os.getpid()}.{threading.get_ident()}"

@@ -99,7 +99,7 @@ class KeptListings:
 
     def keep(self, path: bytes, digest: bytes, entries: list[DirEntry], used: bool = True) -> None:
         """Keep a listing (its entries' attributes: small files' content that came with it goes
-        to the content store when they are opened, never into a kept listing)."""
+        to the content store as the listing is installed, never into a kept listing)."""
         data = _encoder.encode(
             [
                 e
