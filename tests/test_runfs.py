@@ -1262,8 +1262,9 @@ def _serve(config: dict) -> int:
     trio.run(main)
     if kept is not None:  # as the supervisor does when its run ends
         tree.keep_learned()
+        store.flush()  # the listings the index names are on disk (put_soon) before it is saved
         kept.save()
-    store.flush()  # as the supervisor's teardown does: what put_soon was given is on disk
+    store.flush()
     server.close()
     report("final")
     return 0

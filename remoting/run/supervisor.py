@@ -430,6 +430,9 @@ class Supervisor(World):
                     if last:
                         break
         self.tree.keep_learned()
+        # The kept listings' index names listings written by the store's writer (put_soon): the
+        # client's next run, which may start as soon as it hears of this end, reads them.
+        await trio.to_thread.run_sync(self.store.flush)
         self.kept.save()
         await self.send(s.WritebackEnd(run=self.job.run, changes=len(changes)))
         await self.writeback_done.wait()

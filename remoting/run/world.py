@@ -377,8 +377,8 @@ class World:
             # The client has its exit status: add what this run read, at low priority.
             await trio.to_thread.run_sync(self._grow_warm)
         if hasattr(self, "store"):
-            # Last: the client's next run may be waiting for the warm tree (WARM_WAIT), and
-            # thousands of small chunks put while the run went on may still be being written.
+            # Last: the client's next run may be waiting for the warm tree (WARM_WAIT); what was
+            # put since the write-back's flush (Supervisor.write_back) is written now.
             await trio.to_thread.run_sync(self.store.flush)
             try:
                 self.store.save_index()  # for the next run to start from (no scan)
