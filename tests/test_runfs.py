@@ -897,6 +897,49 @@ def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_
     assert all(t >= COMPLETE_QUIET_S for t, _ in completion)
 
 
+def test_a_read_out_of_order_across_two_chunks_asks_for_both_at_once(tmp_path):
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+    import trio.testing
+
+    from radium.remoting.run.fs import ClientTree
+
+    client = tmp_path / "client"
+    client.mkdir()
+    (client / "lib.so").write_bytes(data := os.urandom(6 * CHUNK_SIZE))
+    server = FileServer(client)
+    asked: list[tuple[int, ...]] = []
+    flying = [0, 0]  # requests in flight now, the most at once
+
+    async def fetch(request):
+        if isinstance(request, ReadChunks):
+            asked.append(tuple(request.indexes))
+        flying[0] += 1
+        flying[1] = max(flying)
+        await trio.testing.wait_all_tasks_blocked()  # the others' requests are sent meanwhile
+        flying[0] -= 1
+        return server.handle(request)
+
+    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=2, ahead_chunks=2)
+    tree.contents.complete_budget = 0  # not the completion of the rest (its own test)
+    got = []
+
+    async def main():
+        async with trio.open_nursery() as background:
+            tree.contents.background = background
+            lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib.so", None)).st_ino
+            await tree.open(lib, os.O_RDONLY, None)
+            flying[1] = 0
+            # A page fault's read-around: 1 MiB from the middle of chunk 3, out of order.
+            got.append(await tree.read(lib, 3 * CHUNK_SIZE + CHUNK_SIZE // 2, CHUNK_SIZE))
+
+    trio.run(main)
+    assert got == [data[3 * CHUNK_SIZE + CHUNK_SIZE // 2 : 4 * CHUNK_SIZE + CHUNK_SIZE // 2]]
+    assert sorted(asked) == [(3,), (4,)]  # each alone, so that the client and the link pipeline them
+    assert flying[1] == 2  # in flight together, not one after the other
+    assert tree.cache_counts() == (0, 2)  # two pieces, both fetched
+
+
 # --- end to end through FUSE ------------------------------------------------------------------------
 
 

@@ -141,7 +141,8 @@ class Contents:
         if chunks is None or len(chunks) != chunk_count(attr.size):
             raise pyfuse3.FUSEError(errno.EIO)
         sequential = off == node.read_end
-        last = (end - 1) // CHUNK_SIZE
+        first, last = off // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
+        fetched: list[int] = []
         if sequential:
             self._read_ahead(node, last + 1)
             if last + 1 + self.ahead_chunks >= len(chunks) and node.ino not in self._reached_end:
@@ -150,13 +151,39 @@ class Contents:
                     self.reading_on(node)
         else:
             self._complete_soon(node)
+            fetched = await self._fetch_missing(node, first, last)
         parts = []
-        for i in range(off // CHUNK_SIZE, last + 1):
+        for i in range(first, last + 1):
             base = i * CHUNK_SIZE
             lo, hi = max(off, base) - base, min(end, base + CHUNK_SIZE) - base
-            parts.append(await self._piece(node, i, lo, hi, sequential))
+            parts.append(await self._piece(node, i, lo, hi, sequential, i in fetched))
         node.read_end = end
         return b"".join(parts)
+
+    async def _fetch_missing(self, node: Node, first: int, last: int) -> list[int]:
+        """A read out of order across chunks `first`..`last` (a page fault's read-around is 1 MiB
+        around the page, so it spans two chunks): ask for the missing ones all at once, each in
+        a request of its own, not one after another as the pieces are copied. A cold chunk costs
+        ~3 ms on the lab VM, mostly the client's and this side's work on it, not the round trip:
+        one request for both took as long as two in turn; two side by side, ~6 ms for both."""
+        assert node.attr is not None and node.attr.chunks is not None
+        chunks = node.attr.chunks
+        if first == last:
+            return []  # _piece fetches it, as for any read
+        missing = [i for i in range(first, last + 1) if not self.here_or_coming(chunks[i])]
+        if not missing:
+            return []
+
+        async def fetch(index: int) -> None:
+            try:
+                await self._fetch_chunks(node, [index])
+            except (pyfuse3.FUSEError, Changed):
+                pass  # _piece fetches it again and reports
+
+        async with trio.open_nursery() as nursery:
+            for i in missing:  # one request each: the client and the link work on both at once
+                nursery.start_soon(fetch, i)
+        return missing
 
     def fetch_head(self, node: Node) -> None:
         """Fetch the first NEXT_FILE_CHUNKS chunks of a file the process is expected to read next."""
@@ -313,13 +340,19 @@ class Contents:
         piece = self.store.read(digest, lo, hi - lo)
         return piece if piece is not None and len(piece) == hi - lo else None
 
-    async def _piece(self, node: Node, index: int, lo: int, hi: int, sequential: bool) -> bytes:
-        """Bytes [lo, hi) of chunk `index` of the node's file, fetching it if need be."""
+    async def _piece(
+        self, node: Node, index: int, lo: int, hi: int, sequential: bool, fetched: bool = False
+    ) -> bytes:
+        """Bytes [lo, hi) of chunk `index` of the node's file, fetching it if need be (`fetched`:
+        the read fetched it already, a miss)."""
         assert node.attr is not None and node.attr.chunks is not None
         digest = node.attr.chunks[index]
         piece = self._local_piece(digest, lo, hi)
         if piece is not None:
-            self.stats.chunk_hits += 1
+            if fetched:
+                self.stats.chunk_misses += 1
+            else:
+                self.stats.chunk_hits += 1
             return piece
         self.stats.chunk_misses += 1
         waiting = time.perf_counter()
