@@ -106,6 +106,10 @@ def test_a_second_run_reads_the_warm_tree_and_sees_the_same(remote, tmp_path):
     assert (sub / "m05.py").read_bytes() == files["pkg/sub1/m05.py"]
     assert os.getxattr(sub, "trusted.overlay.opaque") == b"y"  # every entry is there: FUSE is not asked
     assert index.size >= 3 << 20
+    # The second run's new overlay looked up the complete folders' files beside the process's
+    # start (World._look_up): pkg/sub0-2's 60 files, found through it; the first had no tree.
+    ahead = [e for e in remote.appliance.lines if e.get("event") == "warm files looked up ahead"]
+    assert len(ahead) == 1 and ahead[0]["files"] >= 60, ahead
 
 
 def test_what_changed_on_the_client_between_runs_is_seen_never_the_old(remote, tmp_path):

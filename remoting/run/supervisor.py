@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +94,9 @@ class Supervisor(World):
         self.work, self.root = run_dir / "work", run_dir / "root"
         self.warm_mount = run_dir / "warm"
         self.warm: WarmTree | None = None
+        self.look_ahead: threading.Thread | None = None  # World._look_up
+        self.looking_done = threading.Event()
+        self.looked_ahead, self.look_ahead_s = 0, 0.0
         self.cgroup: RunCgroup | None = None
         self.made_for_mounts: set[str] = set()  # upper paths we created; never written back
         self.mounted: list[Path] = []

@@ -215,6 +215,18 @@ class WarmTree:
         """The folders this tree holds, by the digest of the listing they agree with."""
         return dict(self.index.digests)
 
+    def complete_files(self, most: int) -> list[bytes]:
+        """Up to `most` paths of files in the tree's complete folders, which the overlay serves
+        without asking FUSE, in the order they were laid out (parents first)."""
+        out: list[bytes] = []
+        for path, d in self._dirs().items():
+            if d.complete:
+                base = b"" if path == b"/" else path
+                out += [base + b"/" + name for name in d.files]
+                if len(out) >= most:
+                    break
+        return out[:most]
+
     def reconcile(self, confirmed: dict[bytes, bytes], entries_of: EntriesOf) -> bool:
         """Make the tree agree with the client as this run's first request found it; whether
         this run may mount it.

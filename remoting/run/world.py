@@ -23,6 +23,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,8 @@ PREFETCH_ENTRIES = 20_000
 # checkpoint, a cache they read again), up to this many bytes and seconds after the run.
 KEEP_WRITTEN = 256 << 20
 KEEP_BUDGET = 1.0
+LOOK_AHEAD_FILES = 50_000  # the most warm files looked up through a run's new overlay as it starts
+LOOK_AHEAD_S = 0.5  # and for how long at most
 WARM_WAIT = 2.0  # seconds a run waits for another run of its client to finish changing the warm tree
 
 
@@ -82,6 +85,10 @@ class World:
     root: Path  # the overlay: the process's /
     warm_mount: Path
     warm: WarmTree | None
+    look_ahead: threading.Thread | None
+    looking_done: threading.Event
+    looked_ahead: int  # files found
+    look_ahead_s: float
     cgroup: RunCgroup | None
     made_for_mounts: set[str]  # upper paths made for mount points; never written back
     mounted: list[Path]
@@ -196,6 +203,41 @@ class World:
             target = self.root / path.lstrip("/")
             await self._mount(target, mounts.bind, path, target, readonly=True)
         self.phase("mount")
+        if self.warm is not None and self.warm.usable:
+            paths = self.warm.complete_files(LOOK_AHEAD_FILES)
+            if paths:
+                self.look_ahead = threading.Thread(target=self._look_up, args=(paths,), daemon=True)
+                self.look_ahead.start()
+
+    def _look_up(self, paths: list[bytes]) -> None:
+        """Look the warm tree's complete folders' files up through the run's overlay while the
+        process starts: a fresh overlay makes a dentry and an inode of its own for each file
+        at its first lookup, and then the process finds them made (benchmarks/README.md: a walk
+        of 10,000 files through a fresh overlay, 1.7x local; with this beside it, 1.3-1.6x). On
+        the other core, at most LOOK_AHEAD_S; only what the overlay serves without FUSE, but
+        for the folders above them."""
+        root = os.fsencode(self.root)
+        started = time.monotonic()
+        for i, path in enumerate(paths):
+            if self.looking_done.is_set() or (i % 256 == 0 and time.monotonic() > started + LOOK_AHEAD_S):
+                break
+            with contextlib.suppress(OSError):
+                os.lstat(root + path)
+                self.looked_ahead += 1
+        self.look_ahead_s = time.monotonic() - started
+
+    async def _stop_looking(self) -> None:
+        """Before the world is taken apart (a lookup may be waiting on FUSE, served by this thread)."""
+        self.looking_done.set()
+        if self.look_ahead is not None:
+            await trio.to_thread.run_sync(self.look_ahead.join)
+            self.look_ahead = None
+            log(
+                "warm files looked up ahead",
+                run=self.job.run,
+                files=self.looked_ahead,
+                seconds=round(self.look_ahead_s, 3),
+            )
 
     async def _make_cgroup(self) -> None:
         self.cgroup = await trio.to_thread.run_sync(self._new_cgroup)
@@ -349,6 +391,7 @@ class World:
 
     async def _detach_world(self) -> None:
         # Nothing here may touch the mounts' contents: a stat would ask FUSE, maybe no longer served.
+        await self._stop_looking()
         if self.root in self.mounted:
             with contextlib.suppress(OSError):
                 await trio.to_thread.run_sync(mounts.detach, self.root)  # and all below it
