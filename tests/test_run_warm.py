@@ -198,17 +198,20 @@ def test_what_a_run_wrote_is_not_fetched_back_by_the_next(remote, tmp_path):
     assert fetched < 256 << 10, stats.decode()  # not the 3 MiB written: its hashes only
 
 
-@pytest.mark.parametrize("complete", [True, False], ids=["complete_files", "off"])
-def test_a_file_read_in_part_is_fetched_whole_for_the_next_runs(two_hosts, tmp_path, complete):
+@pytest.mark.parametrize(
+    "complete, work", [(True, 2), (True, 0), (False, 2)], ids=["complete_files", "exits_at_once", "off"]
+)
+def test_a_file_read_in_part_is_fetched_whole_for_the_next_runs(two_hosts, tmp_path, complete, work):
     """A file read out of order — as the loader maps a library, touching some of its pages — is
-    fetched whole in the background while the program goes on working (here: 2 s), so that the
-    next runs read all of it from the warm tree, none of it through FUSE or over the link."""
+    fetched whole in the background while the program goes on working (here: 2 s), or, when it
+    exits at once, before its run ends, so that the next runs read all of it from the warm
+    tree, none of it through FUSE or over the link."""
     touch = (
         "import hashlib, time\n"  # the same imports as the reader's, whose libraries come warm
         "with open('lib.so', 'rb') as f:\n"
         "    for at in (9, 2, 6):\n"
         "        f.seek(at << 20); f.read(4096)\n"
-        "time.sleep(2)\n"  # the program's work, while the rest of the file arrives
+        f"time.sleep({work})\n"  # the program's work, while the rest of the file arrives
     )
     whole = "import hashlib\nprint(hashlib.sha256(open('lib.so', 'rb').read()).hexdigest())\n"
     data = os.urandom(12 << 20)

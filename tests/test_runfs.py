@@ -897,6 +897,57 @@ def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_
     assert all(t >= COMPLETE_QUIET_S for t, _ in completion)
 
 
+@pytest.mark.parametrize("stuck", [False, True], ids=["done", "time_up"])
+def test_at_the_process_exit_files_read_in_part_are_fetched_whole_at_once_for_a_while(tmp_path, stuck):
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+    import trio.testing
+
+    from radium.remoting.run.fs import ClientTree
+
+    client = tmp_path / "client"
+    client.mkdir()
+    (client / "lib.so").write_bytes(data := os.urandom(6 * CHUNK_SIZE))
+    server = FileServer(client)
+    asked: list[tuple[int, ...]] = []
+
+    async def fetch(request):
+        if isinstance(request, ReadChunks):
+            asked.append(tuple(request.indexes))
+            if stuck and request.indexes != [3]:
+                await trio.sleep_forever()  # a client that no longer answers
+        return server.handle(request)
+
+    store = ContentStore(tmp_path / "store", 1 << 30)
+    tree = ClientTree(fetch, store, batch_chunks=2, ahead_chunks=2)
+    clock = trio.testing.MockClock()  # moves only when told: readers are never quiet for long enough
+    result = []
+
+    async def main():
+        async with trio.open_nursery() as background:
+            tree.contents.background = background
+            lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib.so", None)).st_ino
+            await tree.open(lib, os.O_RDONLY, None)
+            await tree.read(lib, 3 * CHUNK_SIZE, 4096)  # out of order, as the loader maps it
+            await trio.testing.wait_all_tasks_blocked()
+            assert asked == [(3,)] and tree.contents.completing  # waiting for readers to be quiet
+            if stuck:
+                clock.autojump_threshold = 0  # time passes when everything waits: the limit comes
+            started = trio.current_time()
+            result.append(await tree.contents.finish(5.0))
+            result.append(trio.current_time() - started)
+            background.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)
+    done, took = result
+    if stuck:
+        assert not done and took == pytest.approx(5.0)  # no longer than it was given
+    else:
+        assert done and took == 0  # at once: the clock never moved, so readers were never quiet
+        assert sorted(i for c in asked for i in c) == [0, 1, 2, 3, 4, 5]
+        assert all(store.get(chunk_hash(data[i : i + CHUNK_SIZE])) for i in range(0, len(data), CHUNK_SIZE))
+
+
 def test_a_read_out_of_order_across_two_chunks_asks_for_both_at_once(tmp_path):
     pyfuse3 = pytest.importorskip("pyfuse3")
     import trio

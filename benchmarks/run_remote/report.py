@@ -49,6 +49,7 @@ def breakdown(run: dict) -> dict[str, float]:
         "mount": ph.get("mount", 0.0),
         "process": ph.get("run", 0.0),
         "write-back": ph.get("writeback", 0.0),
+        "completion": ph.get("complete", 0.0),
         "release+client exit": tl["exit"] - tl["lease released"],
     }
     if "run ended" in tl:

@@ -100,6 +100,9 @@ class Contents:
         self.recent: OrderedDict[bytes, bytes] = OrderedDict()
         self._seconds_lock = threading.Lock()
         self._completing: set[int] = set()  # files being fetched whole (by inode)
+        self._completions = 0  # _complete tasks running
+        self._completion_ended = trio.Event()  # set (and replaced) as each ends
+        self._exited = trio.Event()  # the process exited: no reader will fetch again (`finish`)
         self._advised: dict[int, int] = {}  # by inode: stored chunks read ahead (will_need) up to here
         # When a fetch for a reader was last asked for (trio's clock): the completion waits.
         self._fetched_for_readers = -COMPLETE_QUIET_S
@@ -273,21 +276,48 @@ class Contents:
         request at a time when readers fetch nothing (COMPLETE_QUIET_S), into the store only."""
         assert node.attr is not None and node.attr.chunks is not None
         chunks = node.attr.chunks
-        for start in range(0, len(chunks), self.batch_chunks):
-            while (left := self._fetched_for_readers + COMPLETE_QUIET_S - trio.current_time()) > 0:
-                await trio.sleep(left)
-            end = min(len(chunks), start + self.batch_chunks)
-            batch = [i for i in range(start, end) if not self.here_or_coming(chunks[i])]
-            if not batch:
-                continue
-            if len(batch) * CHUNK_SIZE > self.complete_budget:
-                return
-            self.complete_budget -= len(batch) * CHUNK_SIZE
-            events = self._register(chunks, batch)
-            try:
-                await self._fetch_chunks(node, batch, events, remember=False)
-            except (pyfuse3.FUSEError, Changed):
-                return  # the process's own reads will say what is wrong
+        self._completions += 1
+        try:
+            for start in range(0, len(chunks), self.batch_chunks):
+                while (
+                    not self._exited.is_set()
+                    and (left := self._fetched_for_readers + COMPLETE_QUIET_S - trio.current_time()) > 0
+                ):
+                    with trio.move_on_after(left):
+                        await self._exited.wait()
+                end = min(len(chunks), start + self.batch_chunks)
+                batch = [i for i in range(start, end) if not self.here_or_coming(chunks[i])]
+                if not batch:
+                    continue
+                if len(batch) * CHUNK_SIZE > self.complete_budget:
+                    return
+                self.complete_budget -= len(batch) * CHUNK_SIZE
+                events = self._register(chunks, batch)
+                try:
+                    await self._fetch_chunks(node, batch, events, remember=False)
+                except (pyfuse3.FUSEError, Changed):
+                    return  # the process's own reads will say what is wrong
+        finally:
+            self._completions -= 1
+            self._completion_ended.set()
+            self._completion_ended = trio.Event()
+
+    @property
+    def completing(self) -> bool:
+        """Files read in part are being fetched whole."""
+        return self._completions > 0
+
+    async def finish(self, seconds: float) -> bool:
+        """The process has exited: fetch the rest of the files being completed now, without
+        waiting for quiet, for at most `seconds`; whether all were done. A short process (a
+        script that imports torch and exits) has no quiet time, and its libraries read in part
+        would otherwise come through FUSE in every later run; what is left when the time is up
+        stays for the client's next runs."""
+        self._exited.set()
+        with trio.move_on_after(seconds):
+            while self._completions:
+                await self._completion_ended.wait()
+        return not self._completions
 
     def here_or_coming(self, digest: bytes) -> bool:
         """The chunk is stored, in memory, or being fetched: nothing to ask for."""

@@ -502,6 +502,8 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
                 else:
                     status, detail = 127, missing  # as a shell: nothing runs
                 await sup.write_back()
+                if status < 128:  # not killed by a signal (^C): that end is not held up
+                    await sup.finish_reading()
                 result = sup.writeback_result
                 if result is not None and not result.ok:
                     detail = f"writing back to the client failed: {result.error}"
