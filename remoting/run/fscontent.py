@@ -310,9 +310,9 @@ class Contents:
     async def finish(self, seconds: float) -> bool:
         """The process has exited: fetch the rest of the files being completed now, without
         waiting for quiet, for at most `seconds`; whether all were done. A short process (a
-        script that imports torch and exits) has no quiet time, and its libraries read in part
-        would otherwise come through FUSE in every later run; what is left when the time is up
-        stays for the client's next runs."""
+        script that imports torch and exits) has no quiet time, and its next run would fault
+        its libraries in through FUSE again; what is left when the time is up stays for the
+        client's next runs."""
         self._exited.set()
         with trio.move_on_after(seconds):
             while self._completions:
