@@ -100,7 +100,7 @@ class Contents:
         self.recent: OrderedDict[bytes, bytes] = OrderedDict()
         self._seconds_lock = threading.Lock()
         self._completing: set[int] = set()  # files being fetched whole (by inode)
-        self._completions = 0  # _complete tasks running
+        self._completions = 0  # _complete tasks started and not ended
         self._completion_ended = trio.Event()  # set (and replaced) as each ends
         self._exited = trio.Event()  # the process exited: no reader will fetch again (`finish`)
         self._advised: dict[int, int] = {}  # by inode: stored chunks read ahead (will_need) up to here
@@ -269,15 +269,15 @@ class Contents:
         if not low <= a.size <= high:
             return
         self._completing.add(node.ino)
+        self._completions += 1  # counted from now: `finish` waits for it even before it starts
         self.background.start_soon(self._complete, node)
 
     async def _complete(self, node: Node) -> None:
         """Fetch the chunks of the node's file that are neither here nor coming, in order, one
         request at a time when readers fetch nothing (COMPLETE_QUIET_S), into the store only."""
-        assert node.attr is not None and node.attr.chunks is not None
-        chunks = node.attr.chunks
-        self._completions += 1
         try:
+            assert node.attr is not None and node.attr.chunks is not None
+            chunks = node.attr.chunks
             for start in range(0, len(chunks), self.batch_chunks):
                 while (
                     not self._exited.is_set()
