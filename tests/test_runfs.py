@@ -851,19 +851,33 @@ def test_a_folder_whose_small_files_are_opened_one_after_another_comes_with_more
     assert len(server.delivered) == len(modules)
 
 
+def _library(tmp_path: Path, chunks: int = 6) -> tuple[bytes, FileServer]:
+    """A client tree holding `lib.so` of `chunks` random chunks, and its file server."""
+    client = tmp_path / "client"
+    client.mkdir()
+    (client / "lib.so").write_bytes(data := os.urandom(chunks * CHUNK_SIZE))
+    return data, FileServer(client)
+
+
+async def _opened(tree, name: bytes) -> int:
+    """Look a file of the root up and open it, as the process does; its inode."""
+    import pyfuse3
+
+    ino = (await tree.lookup(pyfuse3.ROOT_INODE, name, None)).st_ino
+    await tree.open(ino, os.O_RDONLY, None)
+    return ino
+
+
 def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_a_while(tmp_path):
-    pyfuse3 = pytest.importorskip("pyfuse3")
+    pytest.importorskip("pyfuse3")
     import trio
     import trio.testing
 
     from radium.remoting.run.fs import ClientTree
     from radium.remoting.run.fscontent import COMPLETE_QUIET_S
 
-    client = tmp_path / "client"
-    client.mkdir()
-    (client / "lib.so").write_bytes(os.urandom(6 * CHUNK_SIZE))
-    (client / "data.bin").write_bytes(os.urandom(8 * CHUNK_SIZE))
-    server = FileServer(client)
+    _, server = _library(tmp_path)
+    (tmp_path / "client" / "data.bin").write_bytes(os.urandom(8 * CHUNK_SIZE))
     asked: list[tuple[float, bytes, tuple]] = []  # (trio's clock, path, chunks)
 
     async def fetch(request):
@@ -878,10 +892,8 @@ def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_
     async def main():
         async with trio.open_nursery() as background:  # left when the completion is done
             tree.contents.background = background
-            lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib.so", None)).st_ino
-            data = (await tree.lookup(pyfuse3.ROOT_INODE, b"data.bin", None)).st_ino
-            await tree.open(lib, os.O_RDONLY, None)
-            await tree.open(data, os.O_RDONLY, None)
+            lib = await _opened(tree, b"lib.so")
+            data = await _opened(tree, b"data.bin")
             await tree.read(lib, 3 * CHUNK_SIZE, 4096)  # out of order, as the loader maps it
             for off in range(0, 8 * CHUNK_SIZE, CHUNK_SIZE):  # and a reader fetching
                 await tree.read(data, off, CHUNK_SIZE)
@@ -899,16 +911,13 @@ def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_
 
 @pytest.mark.parametrize("stuck", [False, True], ids=["done", "time_up"])
 def test_at_the_process_exit_files_read_in_part_are_fetched_whole_at_once_for_a_while(tmp_path, stuck):
-    pyfuse3 = pytest.importorskip("pyfuse3")
+    pytest.importorskip("pyfuse3")
     import trio
     import trio.testing
 
     from radium.remoting.run.fs import ClientTree
 
-    client = tmp_path / "client"
-    client.mkdir()
-    (client / "lib.so").write_bytes(data := os.urandom(6 * CHUNK_SIZE))
-    server = FileServer(client)
+    data, server = _library(tmp_path)
     asked: list[tuple[int, ...]] = []
 
     async def fetch(request):
@@ -926,8 +935,7 @@ def test_at_the_process_exit_files_read_in_part_are_fetched_whole_at_once_for_a_
     async def main():
         async with trio.open_nursery() as background:
             tree.contents.background = background
-            lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib.so", None)).st_ino
-            await tree.open(lib, os.O_RDONLY, None)
+            lib = await _opened(tree, b"lib.so")
             await tree.read(lib, 3 * CHUNK_SIZE, 4096)  # out of order, as the loader maps it
             await trio.testing.wait_all_tasks_blocked()
             assert asked == [(3,)] and tree.contents.completing  # waiting for readers to be quiet
@@ -949,16 +957,13 @@ def test_at_the_process_exit_files_read_in_part_are_fetched_whole_at_once_for_a_
 
 
 def test_a_read_out_of_order_across_two_chunks_asks_for_both_at_once(tmp_path):
-    pyfuse3 = pytest.importorskip("pyfuse3")
+    pytest.importorskip("pyfuse3")
     import trio
     import trio.testing
 
     from radium.remoting.run.fs import ClientTree
 
-    client = tmp_path / "client"
-    client.mkdir()
-    (client / "lib.so").write_bytes(data := os.urandom(6 * CHUNK_SIZE))
-    server = FileServer(client)
+    data, server = _library(tmp_path)
     asked: list[tuple[int, ...]] = []
     flying = [0, 0]  # requests in flight now, the most at once
 
@@ -978,8 +983,7 @@ def test_a_read_out_of_order_across_two_chunks_asks_for_both_at_once(tmp_path):
     async def main():
         async with trio.open_nursery() as background:
             tree.contents.background = background
-            lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib.so", None)).st_ino
-            await tree.open(lib, os.O_RDONLY, None)
+            lib = await _opened(tree, b"lib.so")
             flying[1] = 0
             # A page fault's read-around: 1 MiB from the middle of chunk 3, out of order.
             got.append(await tree.read(lib, 3 * CHUNK_SIZE + CHUNK_SIZE // 2, CHUNK_SIZE))
