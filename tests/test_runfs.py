@@ -357,12 +357,7 @@ def test_only_the_folders_a_run_used_are_rechecked_by_the_next_and_its_tree_is_n
         (client / folder).mkdir(parents=True)
     server = FileServer(client)
     store = ContentStore(tmp_path / "store", 1 << 20)
-    replies: list = []
-
-    async def fetch(request):
-        reply = decode_reply(encode(server.handle(decode_request(encode(request)))))
-        replies.append(reply)
-        return reply
+    fetch, replies = _answered_by(server)
 
     async def first_run() -> None:
         kept = KeptListings(store, tmp_path / "kept.idx")
@@ -385,6 +380,54 @@ def test_only_the_folders_a_run_used_are_rechecked_by_the_next_and_its_tree_is_n
 
     trio.run(first_run)
     trio.run(second_run)
+
+
+def test_a_tree_walked_before_is_only_rechecked_at_its_top_when_the_last_run_used_none_of_it(tmp_path):
+    """A run in a big project whose process never lists it (`python -c`, a shell script): the
+    next run does not walk or recheck the whole project again, only its top and ancestors."""
+    import trio
+
+    from radium.remoting.run.fs import ClientTree
+
+    for folder in ("project/src/deep", "project/.venv/lib", "elsewhere"):
+        (tmp_path / "client" / folder).mkdir(parents=True)
+    store = ContentStore(tmp_path / "store", 1 << 20)
+    fetch, replies = _answered_by(FileServer(tmp_path / "client"))
+
+    async def run(check) -> None:
+        kept = KeptListings(store, tmp_path / "kept.idx")
+        replies.clear()
+        await ClientTree(fetch, store, kept=kept).prefetch([b"/project"])
+        check([(x.path, x.unchanged) for x in replies[-1].listings])
+        kept.save()
+
+    def walked(listings) -> None:
+        assert {p for p, _ in listings} >= {b"/", b"/project", b"/project/src/deep", b"/project/.venv/lib"}
+
+    def rechecked(listings) -> None:
+        assert listings == [(b"/", True), (b"/project", True)]
+
+    trio.run(run, walked)
+    trio.run(run, rechecked)
+    (tmp_path / "client/project/new").mkdir()  # a change of the top: sent whole, still not walked
+
+    def changed(listings) -> None:  # its entry in / changed too (its link count)
+        assert listings == [(b"/", False), (b"/project", False)]
+
+    trio.run(run, changed)
+    trio.run(run, rechecked)
+
+
+def _answered_by(server: FileServer):
+    """A ClientTree's fetch answered by `server` through the wire encoding, and its replies."""
+    replies: list = []
+
+    async def fetch(request):
+        reply = decode_reply(encode(server.handle(decode_request(encode(request)))))
+        replies.append(reply)
+        return reply
+
+    return fetch, replies
 
 
 @needs_root

@@ -65,6 +65,7 @@ from radium.remoting.run.fsproto import (
     ReadDir,
     ReadLink,
     Tree,
+    ancestors,
     check_path,
     chunk_hash,
     join,
@@ -129,13 +130,6 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[Mount]:
 def _is_under(path: bytes, top: bytes) -> bool:
     """`path` is `top` or inside it."""
     return top == b"/" or path == top or path.startswith(top + b"/")
-
-
-def _ancestors(path: bytes) -> Iterable[bytes]:
-    """The strict ancestors of a normalised absolute path, nearest first."""
-    while path != b"/":
-        path = path[: path.rindex(b"/")] or b"/"
-        yield path
 
 
 # --- the hash cache ----------------------------------------------------------------
@@ -332,7 +326,7 @@ class FileServer:
         hidden = self.hidden
         if not hidden:
             return False
-        if any(a in hidden for a in _ancestors(path)):
+        if any(a in hidden for a in ancestors(path)):
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         return path in hidden
 
@@ -619,7 +613,7 @@ class FileServer:
             return subdirs
 
         for top in paths:
-            for ancestor in reversed(list(_ancestors(top))):
+            for ancestor in reversed(list(ancestors(top))):
                 add(ancestor)
             queue = deque([top])
             while queue:

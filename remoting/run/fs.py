@@ -54,6 +54,7 @@ from radium.remoting.run.fsproto import (
     ReadDir,
     ReadLink,
     Tree,
+    ancestors,
     check_path,
     join,
     listing_digest,
@@ -302,9 +303,17 @@ class ClientTree(pyfuse3.Operations):
         recent = self.kept.recently_used() if self.kept else {}
         if also:
             recent = {**also, **recent}
-        # A tree the last run worked in is not walked again: the folders it used are
-        # rechecked (walking a big project, a venv inside it, costs a second per start);
-        # what this run uses beyond them is asked for when reached.
+        # A tree the last run worked in, or that a run walked before, is not walked again:
+        # the folders the last run used are rechecked, and the tree's top with its
+        # ancestors (walking a big project, a venv inside it, costs a second per start,
+        # and rechecking it whole nearly as much); what this run uses beyond them is
+        # asked for when reached.
+        walked = {t for t in tops if t not in recent and self.kept is not None and self.kept.digest(t)}
+        for top in walked:
+            for path in (top, *ancestors(top)):
+                digest = self.kept.digest(path) if self.kept is not None else None
+                if digest is not None:
+                    recent.setdefault(path, digest)
         tops = [t for t in tops if t not in recent]
         known = {**recent, **self.kept.under(tops)} if self.kept and tops else recent
         reply = await self._ask(Prefetch(paths=tops, max_entries=max_entries, known=known), Tree)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import blake3
 import msgspec
@@ -82,6 +82,13 @@ def check_path(path: bytes | str) -> bytes:
 def join(parent: bytes, name: bytes) -> bytes:
     """The client path of `name` inside directory `parent` (both already valid)."""
     return parent + name if parent == b"/" else parent + b"/" + name
+
+
+def ancestors(path: bytes) -> Iterator[bytes]:
+    """The strict ancestors of a valid client path, nearest first."""
+    while path != b"/":
+        path = path[: path.rindex(b"/")] or b"/"
+        yield path
 
 
 def chunk_hash(data: bytes) -> bytes:
