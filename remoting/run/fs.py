@@ -610,7 +610,7 @@ class ClientTree(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         pass
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]  # pyfuse3 takes any buffer
         self._op("read")
         node = self.nodes.get(fh)
         try:

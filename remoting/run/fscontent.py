@@ -131,8 +131,11 @@ class Contents:
             log.warning("inline data of %r does not match its hash", node.path)
         node.data = data
 
-    async def read(self, node: Node, off: int, size: int) -> bytes:
-        """Bytes [off, off+size) of the node's file; `Changed` when the client's file no longer matches."""
+    async def read(self, node: Node, off: int, size: int) -> bytes | memoryview:
+        """Bytes [off, off+size) of the node's file; `Changed` when the client's file no longer matches.
+
+        A read within one chunk held in memory is a view of it, not a copy (pyfuse3 replies
+        from any buffer): a cold read copied every byte once more on the thread serving FUSE."""
         attr = node.attr
         assert attr is not None
         end = min(attr.size, off + size)
@@ -161,7 +164,7 @@ class Contents:
             lo, hi = max(off, base) - base, min(end, base + CHUNK_SIZE) - base
             parts.append(await self._piece(node, i, lo, hi, sequential, i in fetched))
         node.read_end = end
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _fetch_missing(self, node: Node, first: int, last: int) -> list[int]:
         """A read out of order across chunks `first`..`last` (a page fault's read-around is 1 MiB
@@ -361,10 +364,10 @@ class Contents:
         except (pyfuse3.FUSEError, Changed):
             pass  # the reader's own fetch will try again and report
 
-    def _local_piece(self, digest: bytes, lo: int, hi: int) -> bytes | None:
+    def _local_piece(self, digest: bytes, lo: int, hi: int) -> bytes | memoryview | None:
         data = self.recent.get(digest)
         if data is not None:
-            return bytes(data[lo:hi])
+            return memoryview(data)[lo:hi]
         if not self.serves(digest):
             return None  # another tenant's, perhaps: this client must send it itself
         piece = self.store.read(digest, lo, hi - lo)
@@ -372,7 +375,7 @@ class Contents:
 
     async def _piece(
         self, node: Node, index: int, lo: int, hi: int, sequential: bool, fetched: bool = False
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """Bytes [lo, hi) of chunk `index` of the node's file, fetching it if need be (`fetched`:
         the read fetched it already, a miss)."""
         assert node.attr is not None and node.attr.chunks is not None
