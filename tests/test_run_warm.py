@@ -22,7 +22,7 @@ from support import BIN
 from test_run import PROJECT, project_setup
 from test_run_faults import start_remote
 
-from radium.remoting.run.warmtree import _Index
+from radium.remoting.run.warmtree import WarmTree, _Index
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -110,6 +110,47 @@ def test_a_second_run_reads_the_warm_tree_and_sees_the_same(remote, tmp_path):
     # start (World._look_up): pkg/sub0-2's 60 files, found through it; the first had no tree.
     ahead = [e for e in remote.appliance.lines if e.get("event") == "warm files looked up ahead"]
     assert len(ahead) == 1 and ahead[0]["files"] >= 60, ahead
+
+
+def test_the_tree_answers_whether_it_holds_a_command_within_the_clients_tree_only(tmp_path):
+    """The supervisor asks it before the process starts (is the program on PATH?): a file the
+    tree holds, its symlinks followed within the client's tree, never the appliance's own."""
+    warm = WarmTree(tmp_path / "warm", 1 << 20)
+    root = warm.files
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/python3.11").write_bytes(b"\x7fELF")
+    (root / "usr/bin/python3").symlink_to("python3.11")
+    (root / "bin").symlink_to("usr/bin")
+    (root / "abs").symlink_to("/usr/bin/python3")
+    (root / "etc").symlink_to("/etc")  # the client's /etc: the tree holds none of it
+    (root / "loop").symlink_to("loop")
+    held = [b"/usr/bin/python3", b"/bin/python3", b"/usr/bin/../../bin/python3.11", b"/abs"]
+    assert all(warm.holds(p) for p in held)
+    for not_held in (b"/usr/bin/python2", b"/usr/bin", b"/", b"/etc/passwd", b"/etc", b"/loop", b"/bin/x/y"):
+        assert not warm.holds(not_held), not_held
+    if os.geteuid() == 0:  # a whiteout (a name the client does not have) holds nothing
+        os.mknod(root / "usr/bin/gone", stat.S_IFCHR | 0o600, 0)
+        assert not warm.holds(b"/usr/bin/gone") and not warm.holds(b"/bin/gone")
+
+
+def test_a_command_the_tree_held_is_not_found_once_the_client_removed_it(remote, tmp_path):
+    """The supervisor looks a command up in the warm tree before the process starts: only the
+    tree as the client now has it (reconciled first), never what an earlier run left."""
+    held = f"{remote.appliance.dir}/state/warm/*/tree{PROJECT}/tool"
+    steps = session(
+        remote,
+        tmp_path,
+        {"tool": "#!/bin/sh\necho tool ran\n"},
+        [
+            "chmod +x tool && radium run -- ./tool",
+            f"radium run -- ./tool && ls {held}",  # the warm tree holds it now
+            "rm tool && { radium run -- ./tool || echo status $?; }",
+        ],
+    )
+    assert steps[0][0] == b"tool ran\n"
+    assert steps[1][0].startswith(b"tool ran\n") and steps[1][0].rstrip().endswith(b"/tool"), steps[1]
+    assert steps[2][0] == b"status 127\n", steps[2]  # as a shell says it, before anything runs
+    assert re.fullmatch(rb"radium: \S+: \./tool: No such file or directory\n", steps[2][1]), steps[2]
 
 
 def test_what_changed_on_the_client_between_runs_is_seen_never_the_old(remote, tmp_path):

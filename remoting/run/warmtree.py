@@ -40,6 +40,7 @@ import os
 import shutil
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -226,6 +227,36 @@ class WarmTree:
                 if len(out) >= most:
                     break
         return out[:most]
+
+    def holds(self, path: bytes) -> bool:
+        """Whether client path `path`, its symlinks followed as the kernel would within the
+        client's tree, names a regular file this tree holds: then the client has it (once reconciled,
+        the tree agrees with the client). False says nothing: the tree holds only what runs read.
+        Only lstat and readlink under the tree: nothing of the appliance's own is followed."""
+        parts = deque(path.split(b"/"))
+        at, hops = b"", 0
+        while parts:
+            name = parts.popleft()
+            if name in (b"", b"."):
+                continue
+            if name == b"..":
+                at = at[: at.rfind(b"/")]
+                continue
+            try:
+                st = os.lstat(self._root + at + b"/" + name)
+                if stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    target = os.readlink(self._root + at + b"/" + name)
+                    if hops > 40 or not target:
+                        return False
+                    if target.startswith(b"/"):
+                        at = b""
+                    parts.extendleft(reversed(target.split(b"/")))
+                    continue
+            except OSError:
+                return False
+            at += b"/" + name
+        return bool(at) and stat.S_ISREG(st.st_mode)  # not a whiteout (a device 0:0), nor a folder
 
     def reconcile(self, confirmed: dict[bytes, bytes], entries_of: EntriesOf) -> bool:
         """Make the tree agree with the client as this run's first request found it; whether
