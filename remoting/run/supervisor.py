@@ -98,6 +98,7 @@ class Supervisor(World):
         self.looking_done = threading.Event()
         self.looked_ahead, self.look_ahead_s = 0, 0.0
         self.cgroup: RunCgroup | None = None
+        self.id_namespace: int | None = None  # World._make_id_namespace
         self.made_for_mounts: set[str] = set()  # upper paths we created; never written back
         self.mounted: list[Path] = []
 
