@@ -222,6 +222,38 @@ def test_names_looked_up_in_vain_are_whiteouts_until_the_client_has_them(remote,
     assert not (here / "probe.so").is_char_device()  # the client has it now: its whiteout went
 
 
+def test_a_package_folder_the_process_listed_is_made_whole_and_opaque_for_the_next_runs(remote, tmp_path):
+    """Python lists a package's folder and reads only the modules it imports: the folder's other
+    small files are fetched when the process is quiet or has exited (run/fsfill.py), so that the
+    warm tree holds the folder whole and marks it opaque (the overlay then never asks FUSE
+    below it). A package of packages is left as it is."""
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/used.py": "value = 'used'\n",
+        "pkg/unused.py": "value = 'never imported'\n" * 50,
+        "pkg/notes.txt": "not Python at all\n",
+        "outer/__init__.py": "",
+        "outer/other.py": "value = 'other'\n",
+        "outer/inner/__init__.py": "",
+        "outer/inner/m.py": "value = 'inner'\n",
+        "main.py": "import pkg.used, outer.inner.m\nprint(pkg.used.value, outer.inner.m.value)\n",
+    }
+    # As a project someone ran locally: bytecode beside the sources, which Python then only
+    # stats (-B: none written back by the runs).
+    compiled = "python3 -m compileall -q pkg outer > /dev/null"
+    run = "radium run --stats -- python3 -B main.py"
+    steps = session(remote, tmp_path, files, [compiled, run, run])
+    assert steps[1][0] == steps[2][0] == b"used inner\n", steps[1][1].decode()
+    tree, index = warm_index(remote)
+    here = tree / PROJECT.lstrip("/")
+    assert (here / "pkg" / "unused.py").read_text() == files["pkg/unused.py"]
+    assert (here / "pkg" / "notes.txt").read_text() == files["pkg/notes.txt"]
+    assert os.getxattr(here / "pkg", "trusted.overlay.opaque") == b"y"
+    assert not (here / "outer" / "other.py").exists()
+    with pytest.raises(OSError):  # not opaque: the overlay still asks FUSE for other.py
+        os.getxattr(here / "outer", "trusted.overlay.opaque")
+
+
 def test_what_a_run_wrote_is_not_fetched_back_by_the_next(remote, tmp_path):
     """A run's output (a checkpoint, a cache) sent back to the client is kept in the appliance's
     store as its client's: the next run that reads it is served it there, not over the link."""

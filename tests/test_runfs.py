@@ -27,6 +27,7 @@ from support import wait_until
 
 from radium.remoting.run.cas import ContentStore, HashMismatch, StoreFull
 from radium.remoting.run.files import FileServer
+from radium.remoting.run.fsfill import FILL_RUN_BYTES
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
@@ -790,6 +791,65 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
                 assert early == [], early
             else:  # looked up and read (NEXT_FILE_CHUNKS ≥ 4) while the process read the one before
                 assert [req[0] for req in early] == ["Lookup"] + ["ReadChunks"] * len(chunks), early
+
+
+def test_package_folders_the_process_lists_are_made_whole_when_quiet_and_no_others(tmp_path):
+    """For the warm tree (run/fsfill.py): a listed package folder whose only subfolder is its
+    `__pycache__` is asked for again with its small files' content, and so is its `__pycache__`:
+    then every file of both has its content here. A package of packages, or one with a big
+    file, is left as it is: it could not be made whole so."""
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+    import trio.testing
+
+    from radium.remoting.run.fs import ClientTree
+
+    client = tmp_path / "client"
+    files = {
+        "pkg/__init__.py": b"",
+        "pkg/used.py": b"x = 1\n",
+        "pkg/unused.py": b"y = 2\n" * 100,
+        "pkg/py.typed": b"",
+        "pkg/__pycache__/used.cpython-311.pyc": os.urandom(3000),
+        "pkg/__pycache__/unused.cpython-311.pyc": os.urandom(2000),
+        "parent/__init__.py": b"",
+        "parent/sub/__init__.py": b"",
+        "big/__init__.py": b"",
+        "big/data.bin": os.urandom(INLINE_MAX + 1),
+    }
+    for rel, data in files.items():
+        (client / rel).parent.mkdir(parents=True, exist_ok=True)
+        (client / rel).write_bytes(data)
+    server = FileServer(client)
+    asked: list[tuple] = []
+
+    async def fetch(request):
+        asked.append((type(request).__name__, request.path, getattr(request, "content", None)))
+        return server.handle(request)
+
+    store = ContentStore(tmp_path / "store", 1 << 30)
+    tree = ClientTree(fetch, store, kept=KeptListings(store))
+    tree.filler.budget = FILL_RUN_BYTES
+
+    async def main():
+        async with trio.open_nursery() as background:
+            tree.contents.background = background
+            for name in (b"pkg", b"parent", b"big"):  # the process lists each (nothing fetched: quiet)
+                await tree.opendir((await tree.lookup(pyfuse3.ROOT_INODE, name, None)).st_ino, None)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not tree.contents.completing
+            background.cancel_scope.cancel()
+
+    trio.run(main)
+    content_asks = [(kind, path) for kind, path, content in asked if content]
+    assert sorted(content_asks) == [("ReadDir", b"/pkg"), ("ReadDir", b"/pkg/__pycache__")]
+    assert tree.filler.filled == 1  # the __pycache__ came whole with its listing (asked with content)
+    for rel, data in files.items():
+        if rel.startswith("pkg/"):
+            node = tree.nodes.by_ino[tree.nodes.by_path[b"/" + rel.encode()]]
+            assert node.attr is not None and node.attr.chunks is not None, rel
+            assert all(map(tree.contents.here_or_coming, node.attr.chunks)), rel
+            assert b"".join(store.get(c) or b"" for c in node.attr.chunks) == data, rel
 
 
 def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request_ahead(tmp_path):

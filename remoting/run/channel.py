@@ -74,7 +74,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     direct_host: str | None = None  # where a run's direct file channel listens (None: none)
     warm_dir: str | None = None  # the clients' warm trees (run/warmtree.py), root's; None: none
     warm_limit: int = 0  # bytes of files each client's warm tree may hold
-    complete_files: bool = True  # fetch files read in part whole, in the background (run/fscontent.py)
+    complete_files: bool = True  # files read in part, listed package folders: made whole (fsfill too)
     clients_dir: str | None = None  # the enrolled clients' keys: what a revoked client left is removed
     tenant_groups: dict[str, list[str]] = {}  # clients that share what they send (run/tenants.py)
     # Each run's cgroup (run/limits.py): memory with swap (0: what the appliance can spare),

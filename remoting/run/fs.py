@@ -36,6 +36,7 @@ import trio
 
 from radium.remoting.run.cas import ContentStore
 from radium.remoting.run.fscontent import Changed, Contents
+from radium.remoting.run.fsfill import Filler
 from radium.remoting.run.fsnodes import TIMEOUT, Node, NodeTable, TreeStats, unchanged
 from radium.remoting.run.fsproto import (
     INLINE_MAX,
@@ -113,6 +114,7 @@ class ClientTree(pyfuse3.Operations):
         self.confirmed: dict[bytes, bytes] = {}
         # Run once the kernel has finished its INIT handshake, i.e. at the first request after it.
         self.after_init: Callable[[], object] | None = None
+        self.filler = Filler(self)  # package folders the process lists, made whole for the warm tree
 
     def _op(self, name: str) -> None:
         self.stats.ops[name] += 1
@@ -263,10 +265,23 @@ class ClientTree(pyfuse3.Operations):
 
     async def _list_quietly(self, node: Node) -> None:
         try:
-            if node.attr is not None and stat.S_ISDIR(node.attr.mode):
-                await self._ensure_listing(node)
+            await self.list_folder(node)
         except pyfuse3.FUSEError:
             pass  # the process's own lookups will say what is wrong
+
+    async def list_folder(self, node: Node) -> None:
+        """Have the listing of a node described as a folder (a `__pycache__` with its content)."""
+        if node.attr is not None and stat.S_ISDIR(node.attr.mode):
+            await self._ensure_listing(node)
+
+    async def ask_listing(self, request: ReadDir) -> DirListing:
+        reply = await self._ask(request, DirListing)
+        assert isinstance(reply, DirListing)
+        return reply
+
+    def learned(self, node: Node) -> None:
+        """This run learned hashes of files of this folder (`keep_learned` keeps them)."""
+        self._learned.add(node.ino)
 
     async def _read_dir(self, path: bytes) -> DirListing:
         """A directory's listing: one sent ahead, or the one kept from an earlier run if the
@@ -511,6 +526,7 @@ class ClientTree(pyfuse3.Operations):
         if node.children is None:
             raise pyfuse3.FUSEError(errno.EACCES)
         self._consulted(node)
+        self.filler.listed(node)
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

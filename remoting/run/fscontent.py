@@ -275,6 +275,36 @@ class Contents:
         self._completions += 1  # counted from now: `finish` waits for it even before it starts
         self.background.start_soon(self._complete, node)
 
+    def when_quiet_soon(self, job: Callable[[], Awaitable[None]]) -> bool:
+        """Run `job` in the background when readers fetch nothing (COMPLETE_QUIET_S), or once the
+        process has exited; counted as a completion (`finish` waits for it). False: not here."""
+        if self.background is None:
+            return False
+        self._completions += 1
+        self.background.start_soon(self._quietly, job)
+        return True
+
+    async def _quietly(self, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await self._quiet()
+            await job()
+        finally:
+            self._completion_done()
+
+    async def _quiet(self) -> None:
+        """Until readers have fetched nothing for COMPLETE_QUIET_S, or the process has exited."""
+        while (
+            not self._exited.is_set()
+            and (left := self._fetched_for_readers + COMPLETE_QUIET_S - trio.current_time()) > 0
+        ):
+            with trio.move_on_after(left):
+                await self._exited.wait()
+
+    def _completion_done(self) -> None:
+        self._completions -= 1
+        self._completion_ended.set()
+        self._completion_ended = trio.Event()
+
     async def _complete(self, node: Node) -> None:
         """Fetch the chunks of the node's file that are neither here nor coming, in order, one
         request at a time when readers fetch nothing (COMPLETE_QUIET_S), into the store only."""
@@ -282,12 +312,7 @@ class Contents:
             assert node.attr is not None and node.attr.chunks is not None
             chunks = node.attr.chunks
             for start in range(0, len(chunks), self.batch_chunks):
-                while (
-                    not self._exited.is_set()
-                    and (left := self._fetched_for_readers + COMPLETE_QUIET_S - trio.current_time()) > 0
-                ):
-                    with trio.move_on_after(left):
-                        await self._exited.wait()
+                await self._quiet()
                 end = min(len(chunks), start + self.batch_chunks)
                 batch = [i for i in range(start, end) if not self.here_or_coming(chunks[i])]
                 if not batch:
@@ -301,9 +326,7 @@ class Contents:
                 except (pyfuse3.FUSEError, Changed):
                     return  # the process's own reads will say what is wrong
         finally:
-            self._completions -= 1
-            self._completion_ended.set()
-            self._completion_ended = trio.Event()
+            self._completion_done()
 
     @property
     def completing(self) -> bool:

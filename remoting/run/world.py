@@ -39,6 +39,7 @@ from . import channel, devicefilter, mounts
 from .cas import ContentStore, StoreFull
 from .fs import ClientTree
 from .fsasks import FileAsks
+from .fsfill import FILL_RUN_BYTES
 from .fsmount import mount_and_serve, unmount
 from .fsproto import CHUNK_SIZE, INLINE_MAX, chunk_hash
 from .layer import bounded_layer, drop, take
@@ -161,6 +162,8 @@ class World:
         if not self.settings.complete_files:
             self.tree.contents.complete_budget = 0
         self.warm = await self._open_warm()
+        if self.warm is not None and self.settings.complete_files:
+            self.tree.filler.budget = FILL_RUN_BYTES  # made whole for the warm tree only
         warm_dirs = self.warm.known() if self.warm is not None else {}
         if self.start.prefetch or self.kept.previous or warm_dirs:  # one round trip, not one per directory
             # The warm tree's folders are rechecked by the digests kept now (a later run may have

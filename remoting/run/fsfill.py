@@ -1,0 +1,119 @@
+"""Package folders a process listed, made whole for the warm tree (docs/run.md, "Folders
+listed, made whole").
+
+The overlay asks FUSE below every warm-tree folder that lacks entries of its listing: a warm
+`import torch` still made ~840 FUSE operations, 168 lookups of `__init__.py` (Python stats a
+package's sources and reads only their bytecode, so no run fetched them), ~200 lookups of
+package folders (the overlay merges each with FUSE's) and 155 listings of two readdirs each.
+A package folder whose only subfolder is its `__pycache__` holds a few small files: when the
+process lists one, it is asked for again with its small files' content once readers are quiet
+(or at the process's exit: `Contents.when_quiet_soon`), one ReadDir for it and one for its
+`__pycache__`; the run's end lays them out, the folder is complete and marked opaque, and the
+next runs find everything below it in the warm tree.
+"""
+
+from __future__ import annotations
+
+import stat
+from typing import TYPE_CHECKING
+
+import pyfuse3
+
+from radium.remoting.run.fsnodes import Node, unchanged
+from radium.remoting.run.fsproto import INLINE_MAX, LISTING_CONTENT_MOST, DirListing, ReadDir
+
+if TYPE_CHECKING:
+    from radium.remoting.run.fs import ClientTree
+
+FILL_RUN_BYTES = 32 << 20  # the most content a run asks for to make listed folders whole
+PYCACHE = b"__pycache__"
+
+
+class Filler:
+    """Makes whole, for the warm tree, the package folders `tree`'s process lists."""
+
+    def __init__(self, tree: ClientTree) -> None:
+        self.tree = tree
+        self.budget = 0  # bytes of content it may still ask for: FILL_RUN_BYTES with a warm tree
+        self._seen: set[int] = set()
+        self.filled = 0  # folders asked for again with their content
+
+    def listed(self, node: Node) -> None:
+        """The process listed this folder (opendir): make it whole later, if it is a package's."""
+        if self.budget <= 0 or node.ino in self._seen or node.path.endswith(b"/" + PYCACHE):
+            return
+        self._seen.add(node.ino)
+        if self.lacking(node) is not None:  # decided again when quiet: the listing may change
+            self.tree.contents.when_quiet_soon(lambda: self._fill_package(node))
+
+    def lacking(self, node: Node) -> tuple[list[Node], int] | None:
+        """The files of a listed folder whose content this side lacks, and their bytes; None
+        when the folder could not be made whole so: another subfolder than `__pycache__` (a
+        package of packages: its whole subtree would be needed), a file too big to come with a
+        listing, or something the warm tree never holds (a socket, a device)."""
+        if node.children is None:
+            return None
+        here_or_coming = self.tree.contents.here_or_coming
+        files, size = [], 0
+        for name, ino in node.children.items():
+            child = self.tree.nodes.by_ino.get(ino)
+            a = child.attr if child is not None else None
+            if child is None or a is None:
+                return None
+            if stat.S_ISDIR(a.mode):
+                if name != PYCACHE:
+                    return None
+            elif stat.S_ISREG(a.mode):
+                if a.chunks is not None and child.data is None and all(map(here_or_coming, a.chunks)):
+                    continue
+                if a.size > INLINE_MAX:
+                    return None
+                files.append(child)
+                size += a.size
+            elif not stat.S_ISLNK(a.mode):
+                return None
+        return files, size
+
+    async def _fill_package(self, node: Node) -> None:
+        try:
+            if self.lacking(node) is None:
+                return
+            assert node.children is not None
+            ino = node.children.get(PYCACHE)
+            pycache = self.tree.nodes.by_ino.get(ino) if ino is not None else None
+            if pycache is not None:
+                await self.tree.list_folder(pycache)  # asked with its small files' content
+                if not await self._fill(pycache):
+                    return
+            await self._fill(node)
+        except pyfuse3.FUSEError:
+            pass  # the process's own operations will say what is wrong
+
+    async def _fill(self, node: Node) -> bool:
+        """Ask for the folder with its small files' content; whether it can be made whole."""
+        got = self.lacking(node)
+        if got is None:
+            return False
+        files, size = got
+        if not files:
+            return True
+        if size > min(self.budget, LISTING_CONTENT_MOST):
+            return False
+        self.budget -= size
+        self.filled += 1
+        listing = await self.tree.ask_listing(ReadDir(path=node.path, content=True, budget=max(size, 1)))
+        self._install(node, files, listing)
+        return True
+
+    def _install(self, node: Node, files: list[Node], listing: DirListing) -> None:
+        assert node.children is not None
+        wanted = {child.ino for child in files}
+        for entry in listing.entries:
+            ino = node.children.get(entry.name)
+            child = self.tree.nodes.by_ino.get(ino) if ino is not None else None
+            if child is None or child.ino not in wanted or child.attr is None or entry.attr.chunks is None:
+                continue
+            if unchanged(child.attr, entry.attr):  # else the client's file changed: left to FUSE
+                self.tree.nodes.set_attr(child, entry.attr)
+                self.tree.contents.keep_inline(child, entry.attr)
+        self.tree.learned(node)
