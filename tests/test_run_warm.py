@@ -8,6 +8,7 @@ FUSE operations it cost, and what the appliance's warm tree holds on disk.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -222,11 +223,13 @@ def test_names_looked_up_in_vain_are_whiteouts_until_the_client_has_them(remote,
     assert not (here / "probe.so").is_char_device()  # the client has it now: its whiteout went
 
 
-def test_a_package_folder_the_process_listed_is_made_whole_and_opaque_for_the_next_runs(remote, tmp_path):
-    """Python lists a package's folder and reads only the modules it imports: the folder's other
-    small files are fetched when the process is quiet or has exited (run/fsfill.py), so that the
-    warm tree holds the folder whole and marks it opaque (the overlay then never asks FUSE
-    below it). A package of packages is left as it is."""
+def test_a_folder_the_process_listed_is_made_whole_and_opaque_its_subfolders_still_merged(remote, tmp_path):
+    """Python lists a package's folder and reads only the bytecode of the modules it imports:
+    the folder's other small files are fetched when the process is quiet or has exited
+    (run/fsfill.py), the warm tree holds the folder whole and marks it opaque (the overlay
+    then never asks FUSE about its entries), and its subfolders carry a redirect to their own
+    path: one the tree holds only in part still shows what only the client has."""
+    big = os.urandom(200_000)  # too big to come with a listing: outer/data is not made whole
     files = {
         "pkg/__init__.py": "",
         "pkg/used.py": "value = 'used'\n",
@@ -236,22 +239,34 @@ def test_a_package_folder_the_process_listed_is_made_whole_and_opaque_for_the_ne
         "outer/other.py": "value = 'other'\n",
         "outer/inner/__init__.py": "",
         "outer/inner/m.py": "value = 'inner'\n",
-        "main.py": "import pkg.used, outer.inner.m\nprint(pkg.used.value, outer.inner.m.value)\n",
+        "outer/data/big.bin": big,
+        "main.py": (
+            "import os, pkg.used, outer.inner.m\n"
+            "print(pkg.used.value, outer.inner.m.value, os.listdir('outer/data'))\n"
+        ),
+        "read_big.py": (
+            "import hashlib\nprint(hashlib.sha256(open('outer/data/big.bin', 'rb').read()).hexdigest())"
+        ),
     }
     # As a project someone ran locally: bytecode beside the sources, which Python then only
     # stats (-B: none written back by the runs).
     compiled = "python3 -m compileall -q pkg outer > /dev/null"
     run = "radium run --stats -- python3 -B main.py"
-    steps = session(remote, tmp_path, files, [compiled, run, run])
-    assert steps[1][0] == steps[2][0] == b"used inner\n", steps[1][1].decode()
+    steps = session(remote, tmp_path, files, [compiled, run, run, "radium run -- python3 read_big.py"])
+    assert steps[1][0] == steps[2][0] == b"used inner ['big.bin']\n", steps[1][1].decode()
+    assert steps[3][0].decode().strip() == hashlib.sha256(big).hexdigest(), steps[3][1].decode()
     tree, index = warm_index(remote)
     here = tree / PROJECT.lstrip("/")
     assert (here / "pkg" / "unused.py").read_text() == files["pkg/unused.py"]
     assert (here / "pkg" / "notes.txt").read_text() == files["pkg/notes.txt"]
-    assert os.getxattr(here / "pkg", "trusted.overlay.opaque") == b"y"
-    assert not (here / "outer" / "other.py").exists()
-    with pytest.raises(OSError):  # not opaque: the overlay still asks FUSE for other.py
-        os.getxattr(here / "outer", "trusted.overlay.opaque")
+    assert (here / "outer" / "other.py").read_text() == files["outer/other.py"]
+    for folder in ("pkg", "outer", "outer/inner"):
+        assert os.getxattr(here / folder, "trusted.overlay.opaque") == b"y", folder
+    # outer/data was held without big.bin when the last run read it through the overlay's
+    # merge with FUSE (its redirect), outer opaque above it; that run's end laid it out.
+    data = f"{PROJECT}/outer/data".encode()
+    assert os.getxattr(here / "outer" / "data", "trusted.overlay.redirect") == data
+    assert (here / "outer" / "data" / "big.bin").read_bytes() == big
 
 
 def test_what_a_run_wrote_is_not_fetched_back_by_the_next(remote, tmp_path):

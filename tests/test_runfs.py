@@ -793,11 +793,11 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
                 assert [req[0] for req in early] == ["Lookup"] + ["ReadChunks"] * len(chunks), early
 
 
-def test_package_folders_the_process_lists_are_made_whole_when_quiet_and_no_others(tmp_path):
-    """For the warm tree (run/fsfill.py): a listed package folder whose only subfolder is its
-    `__pycache__` is asked for again with its small files' content, and so is its `__pycache__`:
-    then every file of both has its content here. A package of packages, or one with a big
-    file, is left as it is: it could not be made whole so."""
+def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_file(tmp_path):
+    """For the warm tree (run/fsfill.py): a listed folder whose files this side lacks are all
+    small is asked for again with their content, and so is its `__pycache__`: then every file
+    of both has its content here. One lacking a file too big to come with a listing is left
+    as it is: it could not be made whole so."""
     pyfuse3 = pytest.importorskip("pyfuse3")
     import trio
     import trio.testing
@@ -842,10 +842,14 @@ def test_package_folders_the_process_lists_are_made_whole_when_quiet_and_no_othe
 
     trio.run(main)
     content_asks = [(kind, path) for kind, path, content in asked if content]
-    assert sorted(content_asks) == [("ReadDir", b"/pkg"), ("ReadDir", b"/pkg/__pycache__")]
-    assert tree.filler.filled == 1  # the __pycache__ came whole with its listing (asked with content)
+    assert sorted(content_asks) == [
+        ("ReadDir", b"/parent"),
+        ("ReadDir", b"/pkg"),
+        ("ReadDir", b"/pkg/__pycache__"),
+    ]
+    assert tree.filler.filled == 2  # the __pycache__ came whole with its listing (asked with content)
     for rel, data in files.items():
-        if rel.startswith("pkg/"):
+        if rel.startswith(("pkg/", "parent/__init__")):
             node = tree.nodes.by_ino[tree.nodes.by_path[b"/" + rel.encode()]]
             assert node.attr is not None and node.attr.chunks is not None, rel
             assert all(map(tree.contents.here_or_coming, node.attr.chunks)), rel

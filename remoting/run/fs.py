@@ -422,6 +422,7 @@ class ClientTree(pyfuse3.Operations):
         if node is None:
             return self.nodes.negative()
         await self._ensure_attr(node)
+        node.used = True
         return self.nodes.entry(node)
 
     async def _child(self, parent: Node, name: bytes) -> Node | None:
@@ -610,6 +611,7 @@ class ClientTree(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self.nodes.get(inode)
+        node.used = True  # found through a listing (readdirplus), it was never looked up
         attr = await self._ensure_attr(node)
         if stat.S_ISDIR(attr.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)

@@ -1,15 +1,16 @@
-"""Package folders a process listed, made whole for the warm tree (docs/run.md, "Folders
-listed, made whole").
+"""Folders a process listed, made whole for the warm tree (docs/run.md, "Folders listed,
+made whole").
 
 The overlay asks FUSE below every warm-tree folder that lacks entries of its listing: a warm
 `import torch` still made ~840 FUSE operations, 168 lookups of `__init__.py` (Python stats a
 package's sources and reads only their bytecode, so no run fetched them), ~200 lookups of
 package folders (the overlay merges each with FUSE's) and 155 listings of two readdirs each.
-A package folder whose only subfolder is its `__pycache__` holds a few small files: when the
-process lists one, it is asked for again with its small files' content once readers are quiet
-(or at the process's exit: `Contents.when_quiet_soon`), one ReadDir for it and one for its
-`__pycache__`; the run's end lays them out, the folder is complete and marked opaque, and the
-next runs find everything below it in the warm tree.
+When the process lists a folder whose files this side lacks are all small, it is asked for
+again with their content once readers are quiet (or at the process's exit:
+`Contents.when_quiet_soon`), one ReadDir with content for it and one for its `__pycache__`;
+the run's end lays them out, and a folder then holding every entry (its subfolders as
+folders) is marked opaque: the next runs find its entries in the warm tree, and its
+subfolders are merged with FUSE's only through their redirects (warmtree.py).
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ PYCACHE = b"__pycache__"
 
 
 class Filler:
-    """Makes whole, for the warm tree, the package folders `tree`'s process lists."""
+    """Makes whole, for the warm tree, the folders `tree`'s process lists."""
 
     def __init__(self, tree: ClientTree) -> None:
         self.tree = tree
         self.budget = 0  # bytes of content it may still ask for: FILL_RUN_BYTES with a warm tree
         self._seen: set[int] = set()
         self.filled = 0  # folders asked for again with their content
+        self.fetched: set[int] = set()  # the files that came so, by inode (the warm tree adds them last)
 
     def listed(self, node: Node) -> None:
-        """The process listed this folder (opendir): make it whole later, if it is a package's."""
+        """The process listed this folder (opendir): make it whole later, if it can be."""
         if self.budget <= 0 or node.ino in self._seen or node.path.endswith(b"/" + PYCACHE):
             return
         self._seen.add(node.ino)
@@ -48,21 +50,19 @@ class Filler:
 
     def lacking(self, node: Node) -> tuple[list[Node], int] | None:
         """The files of a listed folder whose content this side lacks, and their bytes; None
-        when the folder could not be made whole so: another subfolder than `__pycache__` (a
-        package of packages: its whole subtree would be needed), a file too big to come with a
-        listing, or something the warm tree never holds (a socket, a device)."""
+        when the folder could not be made whole so: a file too big to come with a listing, or
+        something the warm tree never holds (a socket, a device)."""
         if node.children is None:
             return None
         here_or_coming = self.tree.contents.here_or_coming
         files, size = [], 0
-        for name, ino in node.children.items():
+        for ino in node.children.values():
             child = self.tree.nodes.by_ino.get(ino)
             a = child.attr if child is not None else None
             if child is None or a is None:
                 return None
             if stat.S_ISDIR(a.mode):
-                if name != PYCACHE:
-                    return None
+                continue  # the warm tree holds it as a folder of its own (redirected below)
             elif stat.S_ISREG(a.mode):
                 if a.chunks is not None and child.data is None and all(map(here_or_coming, a.chunks)):
                     continue
@@ -116,4 +116,5 @@ class Filler:
             if unchanged(child.attr, entry.attr):  # else the client's file changed: left to FUSE
                 self.tree.nodes.set_attr(child, entry.attr)
                 self.tree.contents.keep_inline(child, entry.attr)
+                self.fetched.add(child.ino)
         self.tree.learned(node)

@@ -45,6 +45,7 @@ class Node:
     entry: pyfuse3.EntryAttributes | None = None
     digest: bytes | None = None  # of the listing installed (a directory's)
     consulted: bool = False  # the process looked names up in it, or listed it
+    used: bool = False  # the process looked it up by name or opened it (the warm tree adds those first)
 
 
 @dataclass

@@ -15,10 +15,13 @@ rechecks all of them (`Prefetch.known`), and before the overlay is mounted each
 folder whose listing changed is brought in line with the new one (entries gone or
 changed are removed, a folder's own attributes updated), and a folder the client
 could not vouch for is removed whole.  A folder holding every entry of its
-listing, its subfolders complete too, is marked opaque, so that the overlay never
-asks FUSE below it.  Names a run looked up in vain in a folder whose listing it had
-(Python's and ld.so's probes) are laid out as whiteouts, so that the overlay stops at
-them too; a listing that later has such a name removes its whiteout.
+listing (its subfolders at least as folders) is marked opaque, so that the overlay
+never asks FUSE about its entries, and each of its subfolders gets a redirect to its
+own path (`trusted.overlay.redirect`, which overlayfs follows into the layers below):
+one that is not complete itself is still merged with FUSE's.  Names a run looked up
+in vain in a folder whose listing it had (Python's and ld.so's probes) are laid out as
+whiteouts, so that the overlay stops at them too; a listing that later has such a name
+removes its whiteout.
 
 Runs of one client share it: a run uses it under a shared lock, and changes it
 (pruning at its start, adding what it read when it ends) only under an exclusive
@@ -41,7 +44,7 @@ import shutil
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -55,6 +58,7 @@ from .fsproto import Attr, DirEntry
 log = logging.getLogger(__name__)
 
 OPAQUE = "trusted.overlay.opaque"
+REDIRECT = "trusted.overlay.redirect"  # an absolute one: the same path in the layers below
 # Seconds a run may spend adding to its client's tree after it ended (the client's next run
 # waits for it): a big tree (a dataset read once) is laid out over several runs' ends.
 BUDGET = 1.0
@@ -216,11 +220,15 @@ class WarmTree:
         """The folders this tree holds, by the digest of the listing they agree with."""
         return dict(self.index.digests)
 
-    def complete_files(self, most: int) -> list[bytes]:
+    def complete_files(self, most: int, first: bytes = b"/") -> list[bytes]:
         """Up to `most` paths of files in the tree's complete folders, which the overlay serves
-        without asking FUSE, in the order they were laid out (parents first)."""
+        without asking FUSE: those below `first` (the run's working directory: its project)
+        first, each part in the order they were laid out (parents first)."""
         out: list[bytes] = []
-        for path, d in self._dirs().items():
+        dirs = self._dirs()
+        ordered = sorted(dirs, key=lambda path: not _below(path, first))  # stable: laid-out order kept
+        for path in ordered:
+            d = dirs[path]
             if d.complete:
                 base = b"" if path == b"/" else path
                 out += [base + b"/" + name for name in d.files]
@@ -399,10 +407,13 @@ class WarmTree:
         while another run holds it (its own end will add what it read)."""
         return self._fd is not None and self._exclusive()
 
-    def grow(self, nodes: NodeTable, contents: Contents, budget: float = BUDGET) -> int:
+    def grow(
+        self, nodes: NodeTable, contents: Contents, budget: float = BUDGET, later: Collection[int] = ()
+    ) -> int:
         """With the tree claimed: add what this run knows and the tree lacks (its listed
         folders, their files whose content the store holds, their symlinks); return how many
-        files were added."""
+        files were added. `later`: files the run only looked at, fetched to make their folders
+        whole (fsfill.py), by inode: laid out after those it read."""
         if self._held != fcntl.LOCK_EX:
             return 0
         self._load()
@@ -412,7 +423,7 @@ class WarmTree:
         if not self._lacking(folders, nodes, contents):
             return 0
         deadline = time.monotonic() + budget
-        return self._change(lambda: self._add(folders, nodes, contents, deadline))
+        return self._change(lambda: self._add(folders, nodes, contents, deadline, later))
 
     def _folders(self, nodes: NodeTable) -> list[Node]:
         """The run's listed folders that the tree may hold (their parents listed too), parents first."""
@@ -441,21 +452,24 @@ class WarmTree:
             return False
         return all(contents.serves(c) and contents.store.has(c) for c in a.chunks)
 
-    def _missing(self, node: Node, nodes: NodeTable, contents: Contents) -> Iterator[tuple[bytes, Attr]]:
-        """The entries of a listed folder the tree should hold and does not, with their attributes."""
+    def _missing(self, node: Node, nodes: NodeTable, contents: Contents) -> Iterator[tuple[bytes, Attr, int]]:
+        """The entries of a listed folder the tree should hold and does not, with their
+        attributes and inode numbers."""
         here = self._dirs().get(node.path)
         assert node.children is not None
         for name, ino in node.children.items():
             child = nodes.by_ino[ino]
             if (here is None or name not in here.files) and self._wanted(child, contents):
                 assert child.attr is not None  # _wanted: described
-                yield name, child.attr
+                yield name, child.attr, ino
 
     def _lacking(self, folders: list[Node], nodes: NodeTable, contents: Contents) -> bool:
         for node in folders:
             if node.path not in self._dirs() or self.index.digests.get(node.path) != node.digest:
                 return True
-            if any(self.index.size + a.size <= self.limit for _, a in self._missing(node, nodes, contents)):
+            if any(
+                self.index.size + a.size <= self.limit for _, a, _ in self._missing(node, nodes, contents)
+            ):
                 return True
             if self._unmarked(node):
                 return True
@@ -483,13 +497,24 @@ class WarmTree:
                 os.mknod(os.path.join(self._where(node.path), name), stat.S_IFCHR, os.makedev(0, 0))
                 dirs[node.path].absent.add(name)
 
-    def _add(self, folders: list[Node], nodes: NodeTable, contents: Contents, deadline: float) -> int:
+    def _add(
+        self,
+        folders: list[Node],
+        nodes: NodeTable,
+        contents: Contents,
+        deadline: float,
+        later: Collection[int],
+    ) -> int:
         """The folders first, then their lacking files smallest first (the most FUSE operations
-        saved for the bytes written) until the limit or the deadline."""
+        saved for the bytes written) within the limit, until the deadline: those the process
+        looked up by name or opened before the others (a listed /usr/bin holds 700 symlinks it
+        never used: on a slow disk they took the time of the libraries it read), and of those,
+        the files it read before those it only looked at (`later`)."""
         dirs = self._dirs()
         added = 0
         touched: list[bytes] = []
-        lacking: list[tuple[int, bytes, bytes, Attr]] = []  # size, folder, name, attributes
+        # not used (looked up or opened)?, only looked at (later)?, size, folder, name, attributes
+        lacking: list[tuple[bool, bool, int, bytes, bytes, Attr]] = []
         try:
             for node in folders:
                 assert node.children is not None and node.digest is not None
@@ -502,11 +527,14 @@ class WarmTree:
                 if path not in dirs:
                     self._make_dir(node)
                 touched.append(path)
-                lacking += [(a.size, path, name, a) for name, a in self._missing(node, nodes, contents)]
-            lacking.sort(key=lambda item: item[0])
-            for size, path, name, a in lacking:
-                if self.index.size + size > self.limit or time.monotonic() > deadline:
+                for name, a, ino in self._missing(node, nodes, contents):
+                    lacking.append((not nodes.by_ino[ino].used, ino in later, a.size, path, name, a))
+            lacking.sort(key=lambda item: item[:3])
+            for _, _, size, path, name, a in lacking:
+                if time.monotonic() > deadline:
                     break
+                if self.index.size + size > self.limit:
+                    continue  # a smaller one of a later group may fit
                 if self._copy(os.path.join(self._where(path), name), a, contents):
                     dirs[path].files[name] = identity(a)
                     self.index.size += size
@@ -566,24 +594,28 @@ class WarmTree:
         return True
 
     def _mark_complete(self, folders: list[Node], nodes: NodeTable) -> None:
-        """Opaque: the folders this run listed that hold every entry, subfolders complete too."""
+        """Opaque: the folders this run listed that hold every entry, subfolders as folders
+        (each redirected to its own path first, so that overlayfs still merges one that is
+        not complete itself with FUSE's)."""
         dirs = self._dirs()
         for node in sorted(folders, key=lambda n: n.path.count(b"/"), reverse=True):
             here = dirs.get(node.path)
             if here is None or node.path == b"/" or self.index.digests.get(node.path) != node.digest:
                 continue
             assert node.children is not None
-            complete = True
+            complete, subfolders = True, []
             for name, ino in node.children.items():
-                a = nodes.by_ino[ino].attr
-                if a is not None and stat.S_ISDIR(a.mode):
-                    sub = dirs.get(nodes.by_ino[ino].path)
-                    complete = sub is not None and sub.complete
+                child = nodes.by_ino[ino]
+                if child.attr is not None and stat.S_ISDIR(child.attr.mode):
+                    subfolders.append(child.path)
+                    complete = child.path in dirs
                 else:
                     complete = name in here.files
                 if not complete:
                     break
             if complete and not here.complete:
+                for path in subfolders:
+                    os.setxattr(self._where(path), REDIRECT, path)
                 os.setxattr(self._where(node.path), OPAQUE, b"y")
                 here.complete = True
             elif not complete and here.complete:

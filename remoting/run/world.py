@@ -192,7 +192,9 @@ class World:
                 await self._make_in_upper(path, directory=os.path.isdir(path))
         # xino=on: the layers are two file systems (FUSE, the run's disk); without it a
         # directory's inode number in a listing (d_ino) is not the one stat gives.
-        options = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work},xino=on"
+        # redirect_dir=follow: a folder of the warm tree below an opaque one is merged with
+        # FUSE's through its redirect (warmtree.py), whatever the kernel's default.
+        options = f"lowerdir={lowers},upperdir={self.upper},workdir={self.work},xino=on,redirect_dir=follow"
         await self._mount(self.root, mounts.mount, "overlay", self.root, "overlay", 0, options)
         init = self.root / ".radium/init"
         await self._mount(init, mounts.bind, self.settings.tini, init)
@@ -214,7 +216,7 @@ class World:
             await self._mount(target, mounts.bind, path, target, readonly=True)
         self.phase("mount")
         if self.warm is not None and self.warm.usable:
-            paths = self.warm.complete_files(LOOK_AHEAD_FILES)
+            paths = self.warm.complete_files(LOOK_AHEAD_FILES, first=os.fsencode(self.start.cwd))
             if paths:
                 self.look_ahead = threading.Thread(target=self._look_up, args=(paths,), daemon=True)
                 self.look_ahead.start()
@@ -498,7 +500,7 @@ class World:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 10)  # this thread only (Linux: a thread is a process here)
             started = time.monotonic()
-            added = self.warm.grow(self.tree.nodes, self.tree.contents)
+            added = self.warm.grow(self.tree.nodes, self.tree.contents, later=self.tree.filler.fetched)
             if added:
                 took = round(time.monotonic() - started, 3)
                 size = self.warm.index.size
