@@ -19,6 +19,7 @@ import stat
 from typing import TYPE_CHECKING
 
 import pyfuse3
+import trio
 
 from radium.remoting.run.fsnodes import Node, unchanged
 from radium.remoting.run.fsproto import INLINE_MAX, LISTING_CONTENT_MOST, DirListing, ReadDir
@@ -39,6 +40,7 @@ class Filler:
         self._seen: set[int] = set()
         self.filled = 0  # folders asked for again with their content
         self.fetched: set[int] = set()  # the files that came so, by inode (the warm tree adds them last)
+        self._one_at_a_time = trio.Lock()  # a process lists folders by the hundred: no burst of asks
 
     def listed(self, node: Node) -> None:
         """The process listed this folder (opendir): make it whole later, if it can be."""
@@ -46,7 +48,7 @@ class Filler:
             return
         self._seen.add(node.ino)
         if self.lacking(node) is not None:  # decided again when quiet: the listing may change
-            self.tree.contents.when_quiet_soon(lambda: self._fill_package(node))
+            self.tree.contents.when_quiet_soon(lambda: self._fill_listed(node))
 
     def lacking(self, node: Node) -> tuple[list[Node], int] | None:
         """The files of a listed folder whose content this side lacks, and their bytes; None
@@ -74,7 +76,11 @@ class Filler:
                 return None
         return files, size
 
-    async def _fill_package(self, node: Node) -> None:
+    async def _fill_listed(self, node: Node) -> None:
+        async with self._one_at_a_time:
+            await self._fill_with_pycache(node)
+
+    async def _fill_with_pycache(self, node: Node) -> None:
         try:
             if self.lacking(node) is None:
                 return
