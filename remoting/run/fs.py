@@ -114,7 +114,7 @@ class ClientTree(pyfuse3.Operations):
         self.confirmed: dict[bytes, bytes] = {}
         # Run once the kernel has finished its INIT handshake, i.e. at the first request after it.
         self.after_init: Callable[[], object] | None = None
-        self.filler = Filler(self)  # package folders the process lists, made whole for the warm tree
+        self.filler = Filler(self)  # folders the process lists, made whole for the warm tree
 
     def _op(self, name: str) -> None:
         self.stats.ops[name] += 1

@@ -181,6 +181,8 @@ class World:
         lowers = str(self.lower)
         if self.warm is not None and await self._mount_warm():
             lowers = f"{self.warm_mount}:{self.lower}"
+        else:
+            self.tree.filler.budget = 0  # no warm tree this run: nothing to make folders whole for
         # The init, and mount points for what the appliance lends, are made in the
         # upper layer before the overlay is mounted; they are never written back.
         await self._make_in_upper("/.radium", directory=True)
