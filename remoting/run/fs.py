@@ -309,11 +309,16 @@ class ClientTree(pyfuse3.Operations):
         return listing
 
     async def prefetch(
-        self, paths: Iterable[bytes | str], max_entries: int = 100_000, also: dict[bytes, bytes] | None = None
+        self,
+        paths: Iterable[bytes | str],
+        max_entries: int = 100_000,
+        also: dict[bytes, bytes] | None = None,
+        ready: Callable[[], Awaitable[object]] | None = None,
     ) -> int:
         """Ask the client for the listings of whole trees ahead of use; return how many were installed.
 
-        `also`: more folders to recheck, by digest, as those the last run used (the warm tree's)."""
+        `also`: more folders to recheck, by digest, as those the last run used (the warm tree's);
+        `ready`: awaited before the reply is installed (the content store opening meanwhile)."""
         tops = [check_path(p) for p in paths]
         recent = self.kept.recently_used() if self.kept else {}
         if also:
@@ -332,6 +337,8 @@ class ClientTree(pyfuse3.Operations):
         tops = [t for t in tops if t not in recent]
         known = {**recent, **self.kept.under(tops)} if self.kept and tops else recent
         reply = await self._ask(Prefetch(paths=tops, max_entries=max_entries, known=known), Tree)
+        if ready is not None:
+            await ready()
         return self.install(reply)
 
     def install(self, tree: Tree) -> int:
