@@ -459,6 +459,25 @@ def test_a_run_sees_neither_other_runs_nor_the_appliances_state(remote, tmp_path
 # --- a command or working directory that does not exist ---------------------------------------
 
 
+def test_the_clients_path_never_chooses_what_the_appliance_runs_as_root(remote, tmp_path):
+    """The process's environment is the client's, PATH too; the helpers the supervisor runs as
+    root to start it (setpriv, nsenter, unshare and what they run) are found in the system's
+    folders only. A client could otherwise name a folder of the appliance holding a file of its
+    own (its warm tree lays out what its runs read, modes kept) and have root run it."""
+    planted = tmp_path / "planted"  # on the appliance's disk (the test hosts share one)
+    planted.mkdir()
+    ran = tmp_path / "ran-as-root"
+    for name in ("sh", "setpriv", "nsenter", "unshare", "newuidmap", "newgidmap", "tini"):
+        helper = planted / name
+        helper.write_text(f'#!/bin/sh\necho {name} $(id -u) >> {ran}\nexec /usr/bin/{name} "$@"\n')
+        helper.chmod(0o755)
+    client = remote.client()
+    env = dict(client.env(), PATH=f"{planted}:/usr/bin:/bin")
+    out = subprocess.run(client.argv("run", "--", "echo", "ran"), env=env, capture_output=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == b"ran\n", out.stderr.decode()
+    assert not ran.exists(), ran.read_text()
+
+
 def test_a_command_that_does_not_exist_fails_like_in_a_shell(remote, tmp_path):
     out = run_hidden(remote, tmp_path, {}, "--", "radium-no-such-command", "arg")
     assert out.returncode == 127, out.stderr.decode()

@@ -7,9 +7,12 @@ It builds the process's world and watches over it:
    FUSE, the client's warm tree (`warmtree`): what its earlier runs read, as real files;
 2. the appliance's `/dev`, `/sys` and driver paths bound in, a fresh `/tmp`; the run's
    cgroup and writable layer (these two steps are world.py's: `Supervisor` is a `World`);
-3. the process itself, under `unshare`: a user namespace that maps the client's
-   uid/gid onto an unprivileged range of this run, a PID namespace with tini as
-   its init (so signals behave), chrooted into the overlay, in the client's cwd;
+3. the process itself, in a user namespace that maps the client's uid/gid onto an
+   unprivileged range of this run (made by the supervisor, entered with `nsenter`),
+   under `unshare`: a PID namespace with tini as its init (so signals behave), chrooted
+   into the overlay, in the client's cwd. The helpers run as root are named by absolute
+   path, found in the system's folders: the process's environment is the client's, and its
+   PATH must never choose what root runs;
 4. its standard streams and signals, relayed through radiumd, with output
    credit-limited so that a slow client slows the process instead of losing data;
 5. at exit, the upper layer's changes, sent back to the client to be applied
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -57,6 +62,16 @@ CHUNK = 64 * 1024
 WRITEBACK_CHUNK = 1 << 20
 OUTPUT_WINDOW = 16 << 20
 OVERLAY_ERRORS = (OSError, subprocess.CalledProcessError)
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where the helpers run as root are looked for
+
+
+def system_tool(name: str) -> str:
+    """The absolute path of a helper the supervisor runs as root (never looked up in the
+    client's PATH, which the process's environment carries)."""
+    found = shutil.which(name, path=SYSTEM_PATH)
+    if found is None:
+        raise OSError(errno.ENOENT, f"{name} is not installed in {SYSTEM_PATH}")
+    return found
 
 
 class Supervisor(World):
@@ -165,25 +180,28 @@ class Supervisor(World):
 
     def command(self) -> list[str]:
         st = self.start
-        base, count = self.id_base, self.settings.ID_COUNT
+        count = self.settings.ID_COUNT
         if not (0 <= st.uid < count and 0 <= st.gid < count):
             raise ValueError(f"client uid/gid {st.uid}/{st.gid} outside the mapped range 0-{count - 1}")
         argv = [
             # If this supervisor dies, its process dies with it (pdeathsig survives exec).
-            "setpriv",
+            system_tool("setpriv"),
             "--pdeathsig",
             "KILL",
             "--",
-            "unshare",
-            "--user",
-            f"--map-users={base},0,{count}",
-            f"--map-groups={base},0,{count}",
+            # The run's user namespace (World._make_id_namespace: ids 0..count-1 onto
+            # id_base..), entered as its root: the root and working directory are opened
+            # before (the run's folder is root's, 0700) and changed to after.
+            system_tool("nsenter"),
+            f"--user={self.userns_file}",
+            f"--root={self.root}",
+            f"--wd={self.root}{st.cwd.rstrip('/')}/",
+            "--",
+            system_tool("unshare"),
             "--pid",
             "--fork",
             "--kill-child",
             "--mount-proc",
-            f"--root={self.root}",
-            f"--wd={st.cwd}",
             f"--setuid={st.uid}",
             f"--setgid={st.gid}",
             "--",

@@ -208,6 +208,7 @@ class World:
             lowers = f"{self.warm_mount}:{self.lower}"
         else:
             self.tree.filler.budget = 0  # no warm tree this run: nothing to make folders whole for
+        self._drop_id_namespace()  # the process enters it by its file
         # The init, and mount points for what the appliance lends, are made in the
         # upper layer before the overlay is mounted; they are never written back.
         await self._make_in_upper("/.radium", directory=True)
@@ -278,18 +279,29 @@ class World:
                 seconds=round(self.look_ahead_s, 3),
             )
 
+    @property
+    def userns_file(self) -> Path:
+        """The run's user namespace, bound on a file of its folder (root's, 0700) for `nsenter`."""
+        return self.run_dir / "userns"
+
     async def _make_id_namespace(self) -> None:
-        """The user namespace the warm tree is mounted through (its owners shifted onto the run's
-        ids), made beside the first request: forking this process for it takes 2-4 ms."""
+        """The run's user namespace (ids 0..ID_COUNT-1 onto the run's id range), made beside
+        the first request (forking this process for it takes 2-4 ms): the process enters it
+        (Supervisor.command), and the warm tree is mounted through it (its owners shifted onto
+        the run's ids). Kept on a file of the run's folder; the fd until the warm tree is mounted."""
         st = self.settings
-        if st.warm_dir is None or st.warm_limit <= 0:
-            return
         try:
-            self.id_namespace = await trio.to_thread.run_sync(
-                mounts.user_namespace, self.id_base, st.ID_COUNT
-            )
-        except OSError as exc:  # the warm tree is then not mounted, as without idmapped mounts
-            log("no user namespace for the warm tree", run=self.job.run, error=str(exc))
+            fd = await trio.to_thread.run_sync(mounts.user_namespace, self.id_base, st.ID_COUNT)
+        except OSError as exc:  # the process cannot start: said when it is spawned
+            log("no user namespace for the run", run=self.job.run, error=str(exc))
+            return
+        self.id_namespace = fd
+        try:
+            self.userns_file.touch(mode=0o600)
+            mounts.bind(f"/proc/self/fd/{fd}", self.userns_file)
+            self.mounted.append(self.userns_file)
+        except OSError as exc:
+            log("user namespace not kept", run=self.job.run, error=str(exc))
 
     def _drop_id_namespace(self) -> None:
         if self.id_namespace is not None:
@@ -368,8 +380,6 @@ class World:
             log("warm tree not mounted", run=self.job.run, error=str(exc))
             warm.close()
             self.warm = None
-        finally:
-            self._drop_id_namespace()
         return False
 
     def private_dirs(self) -> list[str]:
@@ -463,10 +473,11 @@ class World:
         if self.root in self.mounted:
             with contextlib.suppress(OSError):
                 await trio.to_thread.run_sync(mounts.detach, self.root)  # and all below it
-        if self.warm_mount in self.mounted:
-            with contextlib.suppress(OSError):
-                mounts.detach(self.warm_mount)
-        self.mounted = [m for m in self.mounted if m not in (self.root, self.warm_mount)]
+        for mounted in (self.warm_mount, self.userns_file):
+            if mounted in self.mounted:
+                with contextlib.suppress(OSError):
+                    mounts.detach(mounted)
+        self.mounted = [m for m in self.mounted if m not in (self.root, self.warm_mount, self.userns_file)]
 
     async def teardown(self) -> None:
         self.asks.close()
