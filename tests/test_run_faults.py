@@ -478,6 +478,25 @@ def test_the_clients_path_never_chooses_what_the_appliance_runs_as_root(remote, 
     assert not ran.exists(), ran.read_text()
 
 
+def test_loader_variables_reach_the_program_not_the_helpers_run_as_root(remote, tmp_path):
+    """LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH… name files that a program loads before it does
+    anything: the helpers that start the process as root never get the client's (a library it
+    placed on the appliance would run as root); the program gets them all."""
+    client = remote.client()
+    env = dict(client.env(), LD_PRELOAD="/radium-test-nowhere.so", LD_LIBRARY_PATH="/a b", GCONV_PATH="/c'd")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(client.argv(*args), env=env, capture_output=True, timeout=60)
+
+    out = run("run", "--", "sh", "-c", 'echo "$LD_PRELOAD|$LD_LIBRARY_PATH|$GCONV_PATH"')
+    assert out.returncode == 0 and out.stdout == b"/radium-test-nowhere.so|/a b|/c'd\n", out.stderr.decode()
+    # The loader says it cannot preload the library once per program that had it: on this
+    # side as for any command (`radium --help`), then there the shell the client asked for
+    # (its echo is a builtin), and none of the helpers before it.
+    here = run("--help").stderr.count(b"radium-test-nowhere.so")
+    assert out.stderr.count(b"radium-test-nowhere.so") == here + 1, out.stderr.decode()
+
+
 def test_a_command_that_does_not_exist_fails_like_in_a_shell(remote, tmp_path):
     out = run_hidden(remote, tmp_path, {}, "--", "radium-no-such-command", "arg")
     assert out.returncode == 127, out.stderr.decode()

@@ -31,6 +31,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -63,6 +64,22 @@ WRITEBACK_CHUNK = 1 << 20
 OUTPUT_WINDOW = 16 << 20
 OVERLAY_ERRORS = (OSError, subprocess.CalledProcessError)
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where the helpers run as root are looked for
+# Variables that make a program load or read files of their naming before it does anything
+# (glibc's list of those it ignores in setuid programs, unsecvars.h, and the shells' start-up
+# files), besides every LD_*: the helpers that start the process as root never see the
+# client's; the program gets them back (`handed_back`).
+LOADER_VARIABLES = frozenset(
+    {
+        "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
+        "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
+        "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS",
+    }
+)  # fmt: skip
+
+
+def held_back(name: str) -> bool:
+    """Whether a variable of the process's environment is kept from the helpers run as root."""
+    return name.startswith("LD_") or name in LOADER_VARIABLES
 
 
 def system_tool(name: str) -> str:
@@ -208,6 +225,7 @@ class Supervisor(World):
             "/.radium/init",
             "-g",
             "--",
+            *self._hand_back(),
             *(["/bin/sh", "/.radium/mps"] if self.job.mps else []),
             *st.argv,
         ]
@@ -230,8 +248,13 @@ class Supervisor(World):
             why = f"{name}: command not found"
         for candidate in candidates:
             if await self._process_sees(os.path.normpath(candidate)):
-                return None
-        return why
+                break
+        else:
+            return why
+        if self._hand_back() and not await self._process_sees("/bin/sh"):
+            held = ", ".join(sorted(k for k in self.environment() if held_back(k)))
+            return f"the environment sets {held}: giving it to {name} takes /bin/sh, which the client lacks"
+        return None
 
     async def _process_sees(self, path: str) -> bool:
         if any(inside(path, d) for d in self.private_dirs()):
@@ -244,6 +267,19 @@ class Supervisor(World):
             return await self.tree.stat_path(path, follow=True) is not None
         except (OSError, ValueError):
             return True  # in doubt, let the process try
+
+    def _hand_back(self) -> list[str]:
+        """The step, in the run's world and as the client's user, that gives the program the
+        variables its helpers did not get (`held_back`): the client's /bin/sh, only then."""
+        held = {k: v for k, v in self.environment().items() if held_back(k) and k.isidentifier()}
+        if not held:
+            return []
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in sorted(held.items()))
+        return ["/bin/sh", "-c", exports + 'exec "$@"', "sh"]
+
+    def spawn_environment(self) -> dict[str, str]:
+        """The environment the helpers start with: the process's, less what they must not read."""
+        return {k: v for k, v in self.environment().items() if not held_back(k)}
 
     def environment(self) -> dict[str, str]:
         env = dict(self.start.env)
@@ -306,7 +342,12 @@ class Supervisor(World):
         10 s), which would kill a longer run.  Forking here takes a few milliseconds.
         """
         return subprocess.Popen(
-            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=self.environment(), start_new_session=True
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=self.spawn_environment(),
+            start_new_session=True,
         )
 
     async def _wait(self) -> int:
