@@ -41,13 +41,16 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 class Terminal:
     """`radium run ...` on a pseudo-terminal of its own; `expect` reads the screen."""
 
-    def __init__(self, remote, tmp_path, files: dict[str, str], *args: str, rows: int = 24, cols: int = 80):
+    def __init__(
+        self, remote, tmp_path, files: dict[str, str], *args: str, rows: int = 24, cols: int = 80, env=None
+    ):
         client = remote.client()
         self.master, slave = os.openpty()
         set_size(self.master, rows, cols)
         argv = ["setsid", "-c", *hidden(client, setup_files(tmp_path, files), PROJECT, "run", *args)]
         # setsid execs in place (the child is no group leader): proc.pid is `radium`'s pid.
-        self.proc = subprocess.Popen(argv, env=client.env(), stdin=slave, stdout=slave, stderr=slave)
+        env = {**client.env(), **(env or {})}
+        self.proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave)
         os.close(slave)
         self.screen = b""
 
@@ -105,6 +108,22 @@ def terminal(remote, tmp_path):
     yield start
     for t in made:
         t.close()
+
+
+def test_pythonpath_is_the_programs_not_the_terminal_helpers_run_as_root(terminal, tmp_path):
+    """On a terminal the process starts through a Python of the supervisor's, as root, with the
+    process's environment: the client's PYTHONPATH must not choose what it imports (-I)."""
+    planted = tmp_path / "planted"  # on the appliance's disk (the test hosts share one)
+    planted.mkdir()
+    ran = tmp_path / "ran-as-root"
+    (planted / "sitecustomize.py").write_text(  # what any Python imports as it starts
+        f"if b'TIOCSCTTY' in open('/proc/self/cmdline', 'rb').read():\n"
+        f"    open({str(ran)!r}, 'a').write('ran')\n"
+    )
+    t = terminal({}, "sh", "-c", 'echo "path=$PYTHONPATH"', env={"PYTHONPATH": str(planted)})
+    t.expect(b"path=" + str(planted).encode())  # the program has it
+    assert t.finish() == 0
+    assert not ran.exists(), ran.read_text()
 
 
 def test_the_remote_side_gets_a_terminal_of_the_clients_size_and_typing_works(terminal):

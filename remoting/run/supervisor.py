@@ -384,7 +384,10 @@ class Supervisor(World):
         master, slave = os.openpty()
         self.master = master
         self.resize(self.start.rows, self.start.cols)
-        self.proc = self._spawn([sys.executable, "-c", _TAKE_TERMINAL, *self.command()], slave, slave, slave)
+        # -I: this Python runs as root with the process's environment; PYTHONPATH and the
+        # like are for the client's programs, never for it.
+        take = [sys.executable, "-I", "-c", _TAKE_TERMINAL]
+        self.proc = self._spawn([*take, *self.command()], slave, slave, slave)
         os.close(slave)
         terminal = trio.lowlevel.FdStream(os.dup(master))
         drained = trio.Event()
