@@ -478,6 +478,29 @@ def test_the_clients_path_never_chooses_what_the_appliance_runs_as_root(remote, 
     assert not ran.exists(), ran.read_text()
 
 
+def test_a_working_directory_through_a_symlink_stays_in_the_runs_world(remote, tmp_path):
+    """The working directory is the client's word (RunStart.cwd): a path through a symlink to
+    "/" must lead to the root of the run's world, never to the appliance's own, whoever
+    resolves it. A client sending it takes the library, not the CLI (which sends its real
+    working directory)."""
+    client = remote.client()
+    code = (
+        "import asyncio, sys\n"
+        "from radium.remoting._config import load_client_config\n"
+        "from radium.remoting.client.run import run\n"
+        f"cwd = {PROJECT + '/escape'!r}\n"
+        "result = asyncio.run(run(load_client_config(), ['ls', '-a', '.'], None, 60.0, None, cwd=cwd))\n"
+        "sys.exit(result.status)\n"
+    )
+    setup = f"{project_setup(tmp_path, {})}ln -s / {PROJECT}/escape\n"
+    script = f"{setup}{shlex.quote(PY)} -c {shlex.quote(code)}"
+    argv = in_client_namespace(client, script)
+    out = subprocess.run(argv, env=client.env(), capture_output=True, timeout=90)
+    assert out.returncode == 0, out.stderr.decode()
+    # The run's root holds its init (/.radium); the appliance's root does not.
+    assert ".radium" in out.stdout.decode().split(), out.stdout.decode()
+
+
 def test_loader_variables_reach_the_program_not_the_helpers_run_as_root(remote, tmp_path):
     """LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH… name files that a program loads before it does
     anything: the helpers that start the process as root never get the client's (a library it

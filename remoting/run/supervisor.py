@@ -207,18 +207,20 @@ class Supervisor(World):
             "KILL",
             "--",
             # The run's user namespace (World._make_id_namespace: ids 0..count-1 onto
-            # id_base..), entered as its root: the root and working directory are opened
-            # before (the run's folder is root's, 0700) and changed to after.
+            # id_base..), entered as its root: the new root is opened before (the run's folder
+            # is root's, 0700) and changed to after. The working directory, the client's word,
+            # only inside it (`unshare --wd`): opened from here, a symlink on its way to "/"
+            # would have led to the appliance's own root.
             system_tool("nsenter"),
             f"--user={self.userns_file}",
             f"--root={self.root}",
-            f"--wd={self.root}{st.cwd.rstrip('/')}/",
             "--",
             system_tool("unshare"),
             "--pid",
             "--fork",
             "--kill-child",
             "--mount-proc",
+            f"--wd={st.cwd}",
             f"--setuid={st.uid}",
             f"--setgid={st.gid}",
             "--",
