@@ -27,6 +27,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "xorriso": "xorriso"}
 _accel: str | None = None
+_kvm_cpu = "host"
 
 
 class VmError(RadiumError):
@@ -48,30 +49,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The CPU models tried under KVM, in order: the host's own, then the same without
+# IA32_ARCH_CAPABILITIES, which a nested KVM on an AMD host refuses to set (qemu aborts:
+# "failed to set MSR 0x10a"; the lab VM moved to such a host on 2026-12-06).
+KVM_CPUS = ("host", "host,-arch-capabilities")
+_KVM_REFUSALS = ("KVM internal error", "emulation failure", "failed to set MSR")
+
+
 def accel(scratch: Path) -> str:
-    """ "kvm" when KVM runs OVMF on this machine, else "tcg" (asked once per process)."""
-    global _accel
+    """ "kvm" when KVM runs OVMF on this machine (with the CPU model `kvm_cpu()`), else "tcg"
+    (asked once per process)."""
+    global _accel, _kvm_cpu
     if _accel is None:
         _accel = "tcg"
         if os.access("/dev/kvm", os.R_OK | os.W_OK):
-            vars_copy = scratch / ".probe-vars.fd"
-            shutil.copy(OVMF_VARS, vars_copy)
-            probe = subprocess.Popen(
-                ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256", "-machine", "q35",
-                 "-display", "none", "-serial", "null", "-monitor", "none",
-                 "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                 "-drive", f"if=pflash,format=raw,file={vars_copy}"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            )  # fmt: skip
-            try:  # an emulation failure pauses the VM (qemu stays up): its words tell
-                said, _ = probe.communicate(timeout=8)
-            except subprocess.TimeoutExpired:
-                probe.kill()
-                said, _ = probe.communicate()
-            vars_copy.unlink(missing_ok=True)
-            if "KVM internal error" not in said and "emulation failure" not in said:
-                _accel = "kvm"
+            for model in KVM_CPUS:
+                if _kvm_runs(scratch, model):
+                    _accel, _kvm_cpu = "kvm", model
+                    break
     return _accel
+
+
+def kvm_cpu() -> str:
+    """The `-cpu` model KVM runs here (`accel` found it)."""
+    return _kvm_cpu
+
+
+def _kvm_runs(scratch: Path, model: str) -> bool:
+    vars_copy = scratch / ".probe-vars.fd"
+    shutil.copy(OVMF_VARS, vars_copy)
+    probe = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "kvm", "-cpu", model, "-m", "256", "-machine", "q35",
+         "-display", "none", "-serial", "null", "-monitor", "none",
+         "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+         "-drive", f"if=pflash,format=raw,file={vars_copy}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:  # an emulation failure pauses the VM (qemu stays up): its words tell
+        said, _ = probe.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        said, _ = probe.communicate()
+    vars_copy.unlink(missing_ok=True)
+    return not any(refusal in said for refusal in _KVM_REFUSALS)
 
 
 def extract_disk(ova: Path, into: Path) -> Path:
@@ -172,7 +192,7 @@ class ApplianceVm:
             shutil.copy(OVMF_VARS, self.dir / "vars.fd")
         kind = accel(self.dir)
         cpu = (
-            ["-accel", "kvm", "-cpu", "host"]
+            ["-accel", "kvm", "-cpu", kvm_cpu()]
             if kind == "kvm"
             else ["-accel", "tcg,thread=multi", "-cpu", "max"]
         )
