@@ -328,12 +328,10 @@ class ClientTree(pyfuse3.Operations):
         # ancestors (walking a big project, a venv inside it, costs a second per start,
         # and rechecking it whole nearly as much); what this run uses beyond them is
         # asked for when reached.
-        walked = {t for t in tops if t not in recent and self.kept is not None and self.kept.digest(t)}
-        for top in walked:
-            for path in (top, *ancestors(top)):
-                digest = self.kept.digest(path) if self.kept is not None else None
-                if digest is not None:
-                    recent.setdefault(path, digest)
+        walked = [t for t in tops if t not in recent and self.kept is not None and self.kept.digest(t)]
+        for path in (p for top in walked for p in (top, *ancestors(top))):
+            if (digest := self.kept.digest(path) if self.kept else None) is not None:
+                recent.setdefault(path, digest)
         tops = [t for t in tops if t not in recent]
         known = {**recent, **self.kept.under(tops)} if self.kept and tops else recent
         reply = await self._ask(Prefetch(paths=tops, max_entries=max_entries, known=known), Tree)

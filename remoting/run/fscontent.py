@@ -100,7 +100,7 @@ class Contents:
         self.recent: OrderedDict[bytes, bytes] = OrderedDict()
         self._seconds_lock = threading.Lock()
         self._completing: set[int] = set()  # files being fetched whole (by inode)
-        self._completions = 0  # _complete tasks started and not ended
+        self._completions = 0  # _complete and when_quiet_soon jobs scheduled and not ended
         self._completion_ended = trio.Event()  # set (and replaced) as each ends
         self._exited = trio.Event()  # the process exited: no reader will fetch again (`finish`)
         self._advised: dict[int, int] = {}  # by inode: stored chunks read ahead (will_need) up to here

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import shlex
 import shutil
@@ -67,7 +68,7 @@ SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where the helpers run as root a
 # Variables that make a program load or read files of their naming before it does anything
 # (glibc's list of those it ignores in setuid programs, unsecvars.h, and the shells' start-up
 # files), besides every LD_*: the helpers that start the process as root never see the
-# client's; the program gets them back (`handed_back`).
+# client's; the program gets them back (`Supervisor._hand_back`).
 LOADER_VARIABLES = frozenset(
     {
         "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
@@ -82,6 +83,7 @@ def held_back(name: str) -> bool:
     return name.startswith("LD_") or name in LOADER_VARIABLES
 
 
+@functools.cache
 def system_tool(name: str) -> str:
     """The absolute path of a helper the supervisor runs as root (never looked up in the
     client's PATH, which the process's environment carries)."""
@@ -200,6 +202,8 @@ class Supervisor(World):
         count = self.settings.ID_COUNT
         if not (0 <= st.uid < count and 0 <= st.gid < count):
             raise ValueError(f"client uid/gid {st.uid}/{st.gid} outside the mapped range 0-{count - 1}")
+        if self.userns_file not in self.mounted:  # World._make_id_namespace logged why
+            raise OSError(errno.EPERM, "the run's user namespace could not be made")
         argv = [
             # If this supervisor dies, its process dies with it (pdeathsig survives exec).
             system_tool("setpriv"),
@@ -253,9 +257,9 @@ class Supervisor(World):
                 break
         else:
             return why
-        if self._hand_back() and not await self._process_sees("/bin/sh"):
-            held = ", ".join(sorted(k for k in self.environment() if held_back(k)))
-            return f"the environment sets {held}: giving it to {name} takes /bin/sh, which the client lacks"
+        if (held := self._held()) and not await self._process_sees("/bin/sh"):
+            names = ", ".join(sorted(held))
+            return f"the environment sets {names}: giving it to {name} takes /bin/sh, which the client lacks"
         return None
 
     async def _process_sees(self, path: str) -> bool:
@@ -270,10 +274,15 @@ class Supervisor(World):
         except (OSError, ValueError):
             return True  # in doubt, let the process try
 
+    def _held(self) -> dict[str, str]:
+        """The variables of the process's environment its helpers do not get (`held_back`;
+        one whose name a shell cannot export is the program's no more either)."""
+        return {k: v for k, v in self.environment().items() if held_back(k) and k.isidentifier()}
+
     def _hand_back(self) -> list[str]:
         """The step, in the run's world and as the client's user, that gives the program the
-        variables its helpers did not get (`held_back`): the client's /bin/sh, only then."""
-        held = {k: v for k, v in self.environment().items() if held_back(k) and k.isidentifier()}
+        variables its helpers did not get: the client's /bin/sh, only when there are some."""
+        held = self._held()
         if not held:
             return []
         exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in sorted(held.items()))

@@ -96,7 +96,7 @@ class World:
     looked_ahead: int  # files found
     look_ahead_s: float
     cgroup: RunCgroup | None
-    id_namespace: int | None  # an fd: the user namespace of the warm tree's idmapped mount
+    id_namespace: int | None  # an fd of the run's user namespace, until the warm tree is mounted through it
     made_for_mounts: set[str]  # upper paths made for mount points; never written back
     mounted: list[Path]
     store: ContentStore
