@@ -520,6 +520,41 @@ def test_loader_variables_reach_the_program_not_the_helpers_run_as_root(remote, 
     assert out.stderr.count(b"radium-test-nowhere.so") == here + 1, out.stderr.decode()
 
 
+def test_loader_variables_without_a_shell_on_the_client_are_a_clear_refusal(remote, tmp_path):
+    """The program gets LD_* from the client's own /bin/sh (its helpers run as root must not):
+    a client whose /bin/sh the appliance cannot see (here its export rules withhold it) is told
+    what is missing and why, exit 127 as a shell's; without such variables nothing needs it."""
+    import tomllib
+
+    import tomli_w
+
+    client = remote.client()
+    config = tomllib.loads(Path(client.env()["RADIUM_CONFIG"]).read_text())
+    config.setdefault("exports", {}).setdefault("deny", []).append(os.path.realpath("/bin/sh"))
+    mine = tmp_path / "no-shell.toml"
+    mine.write_text(tomli_w.dumps(config))
+    mine.chmod(0o600)
+    env = dict(client.env(), RADIUM_CONFIG=str(mine))
+
+    def run(**extra: str) -> subprocess.CompletedProcess:
+        argv = client.argv("run", "--", "sh", "-c", "exit 3")
+        return subprocess.run(argv, env={**env, **extra}, capture_output=True, timeout=60)
+
+    assert run().returncode == 127  # the withheld shell is missing in the run, as it should be
+    plain = subprocess.run(client.argv("run", "--", "true"), env=env, capture_output=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr.decode()
+    out = subprocess.run(
+        client.argv("run", "--", "true"),
+        env={**env, "LD_LIBRARY_PATH": "/radium-test-nowhere"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 127, out.stderr.decode()
+    assert b"the environment sets LD_LIBRARY_PATH" in out.stderr, out.stderr.decode()
+    assert b"takes /bin/sh, which the client lacks" in out.stderr, out.stderr.decode()
+    assert b"Traceback" not in out.stderr
+
+
 def test_a_command_that_does_not_exist_fails_like_in_a_shell(remote, tmp_path):
     out = run_hidden(remote, tmp_path, {}, "--", "radium-no-such-command", "arg")
     assert out.returncode == 127, out.stderr.decode()
