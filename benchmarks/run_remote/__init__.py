@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="starts,many,resnet,opencl,cold",
         help="which measurements after the baselines, comma-separated (starts,many,resnet,opencl,cold: all)",
     )
+    g.add_argument(
+        "--run-cold-repeats",
+        type=int,
+        default=None,
+        help="cold reads, each against a new radiumd with iperf3 right before it; the median is reported (3)",
+    )
     g.add_argument("--run-opencl", type=int, default=3, help="warm runs of the pyopencl vector add (3)")
     g.add_argument("--run-many", type=int, default=10_000, help="files of the many-files project (10000)")
     g.add_argument("--run-many-runs", type=int, default=3, help="its warm runs (3)")
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     args.run_files = args.run_files or (16 if quick else 64)
     args.run_steps = args.run_steps or (10 if quick else 25)
     args.run_rounds = args.run_rounds or (1 if quick else 4)
+    args.run_cold_repeats = max(1, args.run_cold_repeats or (1 if quick else 3))
     args.iperf_seconds = 2 if quick else 4
     args.curve_mib = 256 if quick else 768
     args.torch = importlib.util.find_spec("torch") is not None

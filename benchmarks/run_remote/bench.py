@@ -471,7 +471,32 @@ class Bench:
             ],
         }
 
-    def cold(self, client: Any) -> dict:
+    def cold(self) -> dict:
+        """The cold read `run_cold_repeats` times, each against a new radiumd (an empty content
+        store) and a fresh client, with iperf3 measured right before it: this VM's speed swings
+        25-100 % within minutes, so each read is judged against the link as it was then. The
+        repetition with the median ratio is kept whole; the others' figures in `repeats`."""
+        reps = []
+        for i in range(self.args.run_cold_repeats):
+            client = self.start_appliance(f"app{2 + i}")
+            # The last one's gigabyte written back first (the appliances' disk is a loop image on
+            # this VM's disk): measured back to back, a third read was paced by that writeback.
+            os.sync()
+            iperf = self.iperf()["received_MBps"]
+            self.log(f"iperf3 client -> appliance, before cold read {i + 1}: {iperf:.0f} MB/s")
+            rep = self.cold_once(client)
+            rep["iperf_MBps"] = iperf
+            rep["ratio"] = rep["runs"]["cold"]["reader_MBps"] / iperf
+            reps.append(rep)
+        chosen = sorted(reps, key=lambda rep: rep["ratio"])[len(reps) // 2]
+        chosen["repeats"] = [
+            {key: rep[key] for key in ("iperf_MBps", "ratio")}
+            | {"reader_MBps": rep["runs"]["cold"]["reader_MBps"]}
+            for rep in reps
+        ]
+        return chosen
+
+    def cold_once(self, client: Any) -> dict:
         a = self.args
         spec = {
             "data": DATA,
@@ -526,7 +551,5 @@ class Bench:
             if "opencl" in parts:
                 r["opencl"] = self.opencl(client)
         if "cold" in parts:
-            # A new radiumd with a new state directory: its content store is empty.
-            client = self.start_appliance("app2")
-            r["cold"] = self.cold(client)
+            r["cold"] = self.cold()  # each time a new radiumd with a new state directory: an empty store
         return r
