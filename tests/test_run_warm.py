@@ -23,6 +23,7 @@ from support import BIN
 from test_run import PROJECT, project_setup
 from test_run_faults import start_remote
 
+from radium.remoting.run.fsfill import FILL_FILE_MAX
 from radium.remoting.run.warmtree import WarmTree, _Index
 
 pytestmark = pytest.mark.timeout(240)
@@ -228,12 +229,15 @@ def test_a_folder_the_process_listed_is_made_whole_and_opaque_its_subfolders_sti
     the folder's other small files are fetched when the process is quiet or has exited
     (run/fsfill.py), the warm tree holds the folder whole and marks it opaque (the overlay
     then never asks FUSE about its entries), and its subfolders carry a redirect to their own
-    path: one the tree holds only in part still shows what only the client has."""
-    big = os.urandom(200_000)  # too big to come with a listing: outer/data is not made whole
+    path: one the tree holds only in part still shows what only the client has. A file too
+    big to come with a listing is asked for alone (up to FILL_FILE_MAX); a bigger one leaves
+    its folder as it is."""
+    big = os.urandom(FILL_FILE_MAX + 1)  # outer/data is not made whole
     files = {
         "pkg/__init__.py": "",
         "pkg/used.py": "value = 'used'\n",
         "pkg/unused.py": "value = 'never imported'\n" * 50,
+        "pkg/large.py": "# a module bigger than a listing carries, never imported\n" * 4000,
         "pkg/notes.txt": "not Python at all\n",
         "outer/__init__.py": "",
         "outer/other.py": "value = 'other'\n",
@@ -258,6 +262,7 @@ def test_a_folder_the_process_listed_is_made_whole_and_opaque_its_subfolders_sti
     tree, index = warm_index(remote)
     here = tree / PROJECT.lstrip("/")
     assert (here / "pkg" / "unused.py").read_text() == files["pkg/unused.py"]
+    assert (here / "pkg" / "large.py").read_text() == files["pkg/large.py"]
     assert (here / "pkg" / "notes.txt").read_text() == files["pkg/notes.txt"]
     assert (here / "outer" / "other.py").read_text() == files["outer/other.py"]
     for folder in ("pkg", "outer", "outer/inner"):

@@ -27,7 +27,7 @@ from support import wait_until
 
 from radium.remoting.run.cas import ContentStore, HashMismatch, StoreFull
 from radium.remoting.run.files import FileServer
-from radium.remoting.run.fsfill import FILL_RUN_BYTES
+from radium.remoting.run.fsfill import FILL_FILE_MAX, FILL_RUN_BYTES
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
@@ -796,8 +796,9 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
 def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_file(tmp_path):
     """For the warm tree (run/fsfill.py): a listed folder whose files this side lacks are all
     small is asked for again with their content, and so is its `__pycache__`: then every file
-    of both has its content here. One lacking a file too big to come with a listing is left
-    as it is: it could not be made whole so."""
+    of both has its content here. A file too big to come with a listing is asked for alone
+    (its hashes, then its chunk); a folder lacking one bigger than FILL_FILE_MAX is left as it
+    is: it could not be made whole so."""
     pyfuse3 = pytest.importorskip("pyfuse3")
     import trio
     import trio.testing
@@ -810,13 +811,15 @@ def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_
         "pkg/used.py": b"x = 1\n",
         "pkg/unused.py": b"y = 2\n" * 100,
         "pkg/py.typed": b"",
+        "pkg/large.py": b"# a module bigger than a listing carries\n" * 4000,
         "pkg/__pycache__/used.cpython-311.pyc": os.urandom(3000),
         "pkg/__pycache__/unused.cpython-311.pyc": os.urandom(2000),
         "parent/__init__.py": b"",
         "parent/sub/__init__.py": b"",
         "big/__init__.py": b"",
-        "big/data.bin": os.urandom(INLINE_MAX + 1),
+        "big/data.bin": os.urandom(FILL_FILE_MAX + 1),
     }
+    assert INLINE_MAX < len(files["pkg/large.py"]) <= FILL_FILE_MAX
     for rel, data in files.items():
         (client / rel).parent.mkdir(parents=True, exist_ok=True)
         (client / rel).write_bytes(data)
@@ -836,17 +839,20 @@ def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_
             tree.contents.background = background
             for name in (b"pkg", b"parent", b"big"):  # the process lists each (nothing fetched: quiet)
                 await tree.opendir((await tree.lookup(pyfuse3.ROOT_INODE, name, None)).st_ino, None)
-            await trio.testing.wait_all_tasks_blocked()
-            assert not tree.contents.completing
+            # The fills verify and store in threads: wait for them (as a run's end does).
+            assert await tree.contents.finish(10)
             background.cancel_scope.cancel()
 
     trio.run(main)
     content_asks = [(kind, path) for kind, path, content in asked if content]
     assert sorted(content_asks) == [
+        ("Lookup", b"/pkg/large.py"),  # its hashes; then its one chunk
         ("ReadDir", b"/parent"),
         ("ReadDir", b"/pkg"),
         ("ReadDir", b"/pkg/__pycache__"),
     ]
+    assert ("ReadChunks", b"/pkg/large.py", None) in asked
+    assert not any(path.startswith(b"/big/") for _, path, _ in asked)  # nothing asked of it
     assert tree.filler.filled == 2  # the __pycache__ came whole with its listing (asked with content)
     for rel, data in files.items():
         if rel.startswith(("pkg/", "parent/__init__")):

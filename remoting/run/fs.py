@@ -274,6 +274,10 @@ class ClientTree(pyfuse3.Operations):
         if node.attr is not None and stat.S_ISDIR(node.attr.mode):
             await self._ensure_listing(node)
 
+    async def hashed(self, node: Node) -> Attr:
+        """A file's attributes with its chunk hashes (asking the client if need be)."""
+        return await self._ensure_attr(node, content=True)
+
     async def ask_listing(self, request: ReadDir) -> DirListing:
         reply = await self._ask(request, DirListing)
         assert isinstance(reply, DirListing)

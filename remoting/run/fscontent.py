@@ -328,6 +328,20 @@ class Contents:
         finally:
             self._completion_done()
 
+    async def fetch_into_store(self, node: Node) -> bool:
+        """Every chunk of the node's file this side lacks, into the store only (not kept in
+        memory: for the warm tree, not for a reader); whether it all came."""
+        assert node.attr is not None and node.attr.chunks is not None
+        chunks = node.attr.chunks
+        wanted = [i for i, digest in enumerate(chunks) if not self.here_or_coming(digest)]
+        for start in range(0, len(wanted), self.batch_chunks):
+            batch = wanted[start : start + self.batch_chunks]
+            try:
+                await self._fetch_chunks(node, batch, self._register(chunks, batch), remember=False)
+            except (pyfuse3.FUSEError, Changed):
+                return False
+        return True
+
     @property
     def completing(self) -> bool:
         """Files read in part are being fetched whole."""

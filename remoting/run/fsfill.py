@@ -7,7 +7,8 @@ package's sources and reads only their bytecode, so no run fetched them), ~200 l
 package folders (the overlay merges each with FUSE's) and 155 listings of two readdirs each.
 When the process lists a folder whose files this side lacks are all small, it is asked for
 again with their content once readers are quiet (or at the process's exit:
-`Contents.when_quiet_soon`), one ReadDir with content for it and one for its `__pycache__`;
+`Contents.when_quiet_soon`), one ReadDir with content for it and one for its `__pycache__`,
+and each file too big to come with a listing but not bigger than a chunk alone;
 the run's end lays them out, and a folder then holding every entry (its subfolders as
 folders) is marked opaque: the next runs find its entries in the warm tree, and its
 subfolders are merged with FUSE's only through their redirects (warmtree.py).
@@ -22,12 +23,16 @@ import pyfuse3
 import trio
 
 from radium.remoting.run.fsnodes import Node, unchanged
-from radium.remoting.run.fsproto import INLINE_MAX, LISTING_CONTENT_MOST, DirListing, ReadDir
+from radium.remoting.run.fsproto import CHUNK_SIZE, INLINE_MAX, LISTING_CONTENT_MOST, DirListing, ReadDir
 
 if TYPE_CHECKING:
     from radium.remoting.run.fs import ClientTree
 
-FILL_RUN_BYTES = 32 << 20  # the most content a run asks for to make listed folders whole
+FILL_RUN_BYTES = 64 << 20  # the most content a run asks for to make listed folders whole
+# The biggest file a listed folder may lack and still be made whole: bigger than a listing
+# carries (INLINE_MAX), it is asked for alone, hashes then its one chunk (a Python stdlib
+# folder's biggest modules, 70-400 KiB, kept /usr/lib/python3.11 from being made whole).
+FILL_FILE_MAX = CHUNK_SIZE
 PYCACHE = b"__pycache__"
 
 
@@ -52,7 +57,7 @@ class Filler:
 
     def lacking(self, node: Node) -> tuple[list[Node], int] | None:
         """The files of a listed folder whose content this side lacks, and their bytes; None
-        when the folder could not be made whole so: a file too big to come with a listing, or
+        when the folder could not be made whole so: a file bigger than FILL_FILE_MAX, or
         something the warm tree never holds (a socket, a device)."""
         if node.children is None:
             return None
@@ -68,7 +73,7 @@ class Filler:
             elif stat.S_ISREG(a.mode):
                 if a.chunks is not None and child.data is None and all(map(here_or_coming, a.chunks)):
                     continue
-                if a.size > INLINE_MAX:
+                if a.size > FILL_FILE_MAX:
                     return None
                 files.append(child)
                 size += a.size
@@ -96,19 +101,31 @@ class Filler:
             pass  # the process's own operations will say what is wrong
 
     async def _fill(self, node: Node) -> bool:
-        """Ask for the folder with its small files' content; whether it can be made whole."""
+        """Ask for the folder with its small files' content, and for each bigger file alone;
+        whether it can be made whole."""
         got = self.lacking(node)
         if got is None:
             return False
         files, size = got
         if not files:
             return True
-        if size > min(self.budget, LISTING_CONTENT_MOST):
+        small: list[Node] = []  # what comes with a listing
+        big: list[Node] = []  # what is asked for alone
+        for child in files:
+            (small if child.attr is not None and child.attr.size <= INLINE_MAX else big).append(child)
+        small_size = sum(child.attr.size for child in small if child.attr is not None)
+        if size > self.budget or small_size > LISTING_CONTENT_MOST:
             return False
         self.budget -= size
         self.filled += 1
-        listing = await self.tree.ask_listing(ReadDir(path=node.path, content=True, budget=max(size, 1)))
-        self._install(node, files, listing)
+        if small:
+            ask = ReadDir(path=node.path, content=True, budget=max(small_size, 1))
+            self._install(node, small, await self.tree.ask_listing(ask))
+        for child in big:
+            attr = await self.tree.hashed(child)
+            if attr.chunks is None or not await self.tree.contents.fetch_into_store(child):
+                return False  # the client could not read it: the folder stays as it is
+            self.fetched.add(child.ino)
         return True
 
     def _install(self, node: Node, files: list[Node], listing: DirListing) -> None:
