@@ -199,7 +199,14 @@ def test_names_looked_up_in_vain_are_whiteouts_until_the_client_has_them(remote,
     probe = (
         "import os, sys\nprint(*[os.path.exists(n) for n in sys.argv[1:]], open('pkg/m.py').read().strip())\n"
     )
-    files = {"pkg/m.py": "value = 1", "pkg/sub/n.py": "n = 1\n", "probe.py": probe}
+    # pkg/notes.txt, never read, keeps pkg from being whole (a whole folder is opaque: the
+    # overlay's lookups stop in it without whiteouts).
+    files = {
+        "pkg/m.py": "value = 1",
+        "pkg/notes.txt": "unread\n",
+        "pkg/sub/n.py": "n = 1\n",
+        "probe.py": probe,
+    }
     names = "pkg/probe.so pkg/probe.abi3.so pkg/other.so pkg/m.py"
     steps = session(
         remote,
@@ -272,6 +279,45 @@ def test_a_folder_the_process_listed_is_made_whole_and_opaque_its_subfolders_sti
     data = f"{PROJECT}/outer/data".encode()
     assert os.getxattr(here / "outer" / "data", "trusted.overlay.redirect") == data
     assert (here / "outer" / "data" / "big.bin").read_bytes() == big
+
+
+def test_unlisted_subfolders_are_stand_ins_so_that_their_folder_is_whole_and_still_merged(remote, tmp_path):
+    """A package folder Python lists holds subpackages no run listed: the warm tree makes each
+    an empty stand-in (not opaque, redirected to its own path), so that the folder is whole
+    and opaque (the overlay no longer asks FUSE about it); a later run that imports from a
+    subpackage still finds its modules (FUSE's, through the redirect), and once listed the
+    stand-in is a folder of the tree like any other."""
+    pkg = f"{remote.appliance.dir}/state/warm/*/tree{PROJECT}/pkg"
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/used.py": "value = 'used'\n",
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/mod.py": "value = 'from the subpackage'\n",
+    }
+    show = (
+        f"python3 -c \"import glob, os; t = glob.glob('{pkg}')[0]; print("
+        "os.getxattr(t, 'trusted.overlay.opaque'), os.listdir(t + '/sub'), "
+        "os.getxattr(t + '/sub', 'trusted.overlay.redirect'), "
+        "'trusted.overlay.opaque' in os.listxattr(t + '/sub'))\""
+    )
+    used = "radium run -- python3 -B -c 'import pkg.used; print(pkg.used.value)'"
+    steps = session(
+        remote,
+        tmp_path,
+        files,
+        [
+            used,
+            used,
+            f"radium run -- true && {show}",
+            "radium run -- python3 -B -c 'import pkg.sub.mod as m; print(m.value)'",
+        ],
+    )
+    assert steps[1][0] == b"used\n", steps[1][1].decode()
+    # pkg whole and opaque with sub an empty stand-in, merged with FUSE's, as the third run found it
+    assert steps[2][0] == f"b'y' [] b'{PROJECT}/pkg/sub' False\n".encode(), steps[2]
+    assert steps[3][0] == b"from the subpackage\n", steps[3][1].decode()
+    _, index = warm_index(remote)
+    assert f"{PROJECT}/pkg/sub".encode() in index.digests  # listed by the last run: a folder of its own
 
 
 def test_what_a_run_wrote_is_not_fetched_back_by_the_next(remote, tmp_path):

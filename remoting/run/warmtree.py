@@ -81,6 +81,10 @@ class _Dir(msgspec.Struct, array_like=True):
     files: dict[bytes, Identity] = {}  # the files and symlinks copied here, as the client described them
     complete: bool = False  # every entry of its listing is here, subfolders complete: opaque
     absent: set[bytes] = set()  # whiteouts: names runs looked up in vain, not in its listing
+    # An empty stand-in for a subfolder no run listed, so that its parent can be whole (and
+    # opaque): not opaque itself and redirected to its own path, the overlay merges it with
+    # FUSE's. It has no listing of its own (no digest) until a run lists it.
+    placeholder: bool = False
 
 
 class _Index(msgspec.Struct, array_like=True):
@@ -327,8 +331,8 @@ class WarmTree:
                 self._remove_dir(path)
             else:
                 self._prune(path, digest, {e.name: e.attr for e in entries})
-        for path in [p for p in dirs if p not in self.index.digests]:  # an index at odds with itself
-            self._remove_dir(path)
+        for path in [p for p in dirs if p not in self.index.digests and not dirs[p].placeholder]:
+            self._remove_dir(path)  # an index at odds with itself
 
     def _prune(self, path: bytes, digest: bytes, listing: dict[bytes, Attr]) -> None:
         """Bring one folder in line with its listing now."""
@@ -353,6 +357,7 @@ class WarmTree:
             elif _dir_attrs(a) != _dir_attrs(dirs[sub]):
                 self._set_dir(sub, a)
         self.index.digests[path] = digest
+        here.placeholder = False  # listed now: a folder of its own
         self._incomplete(path)
         self._touch_dir(path)
 
@@ -473,7 +478,29 @@ class WarmTree:
                 return True
             if self._unmarked(node):
                 return True
+            if self._stand_ins(node, nodes):
+                return True
         return False
+
+    def _stand_ins(self, node: Node, nodes: NodeTable) -> list[Node]:
+        """The subfolders no run listed of a listed folder that holds every other entry: made
+        as placeholders, they let it be whole. None while a file is missing (most folders)."""
+        dirs = self._dirs()
+        here = dirs.get(node.path)
+        if here is None or here.complete or node.path == b"/" or node.children is None:
+            return []
+        out = []
+        for name, ino in node.children.items():
+            child = nodes.by_ino[ino]
+            a = child.attr
+            if a is not None and stat.S_ISDIR(a.mode):
+                if child.path not in dirs:
+                    if child.children is not None:
+                        return []  # listed, yet not made: its own parent could not be
+                    out.append(child)
+            elif name not in here.files:
+                return []
+        return out
 
     def _unmarked(self, node: Node) -> list[bytes]:
         """Names the run looked up in vain in this folder that the tree has no whiteout for."""
@@ -540,6 +567,12 @@ class WarmTree:
                     self.index.size += size
                     added += 1
             self._whiteouts(folders)
+            for node in folders:
+                if time.monotonic() > deadline:
+                    break
+                for child in self._stand_ins(node, nodes):
+                    self._make_stand_in(child)
+                    touched.append(node.path)
         except OSError as exc:  # a full disk, most likely: what is complete stays
             log.warning("warm tree %s: stopped adding: %s", self.folder, exc)
         self._mark_complete(folders, nodes)
@@ -558,6 +591,15 @@ class WarmTree:
             self._set_dir(node.path, a)
         assert node.digest is not None
         self.index.digests[node.path] = node.digest
+
+    def _make_stand_in(self, node: Node) -> None:
+        a = node.attr
+        assert a is not None
+        os.mkdir(self._where(node.path), 0o700)
+        self._dirs()[node.path] = _Dir(
+            mode=a.mode, uid=a.uid, gid=a.gid, mtime_ns=a.mtime_ns, placeholder=True
+        )
+        self._set_dir(node.path, a)
 
     def _copy(self, where: bytes, a: Attr, contents: Contents) -> bool:
         """Lay one file (or symlink) out; False when its content is gone from the store."""
