@@ -199,11 +199,11 @@ def test_names_looked_up_in_vain_are_whiteouts_until_the_client_has_them(remote,
     probe = (
         "import os, sys\nprint(*[os.path.exists(n) for n in sys.argv[1:]], open('pkg/m.py').read().strip())\n"
     )
-    # pkg/notes.txt, never read, keeps pkg from being whole (a whole folder is opaque: the
-    # overlay's lookups stop in it without whiteouts).
+    # pkg/unread.bin, never read and too big to come with a listing, keeps pkg from being
+    # whole (a whole folder is opaque: the overlay's lookups stop in it without whiteouts).
     files = {
         "pkg/m.py": "value = 1",
-        "pkg/notes.txt": "unread\n",
+        "pkg/unread.bin": os.urandom(FILL_FILE_MAX + 1),
         "pkg/sub/n.py": "n = 1\n",
         "probe.py": probe,
     }
@@ -309,13 +309,15 @@ def test_unlisted_subfolders_are_stand_ins_so_that_their_folder_is_whole_and_sti
             used,
             used,
             f"radium run -- true && {show}",
+            "radium run -- sh -c 'echo written > pkg/sub/new.txt' && cat pkg/sub/new.txt",
             "radium run -- python3 -B -c 'import pkg.sub.mod as m; print(m.value)'",
         ],
     )
     assert steps[1][0] == b"used\n", steps[1][1].decode()
     # pkg whole and opaque with sub an empty stand-in, merged with FUSE's, as the third run found it
     assert steps[2][0] == f"b'y' [] b'{PROJECT}/pkg/sub' False\n".encode(), steps[2]
-    assert steps[3][0] == b"from the subpackage\n", steps[3][1].decode()
+    assert steps[3][0] == b"written\n", steps[3][1].decode()  # made in it, written back
+    assert steps[4][0] == b"from the subpackage\n", steps[4][1].decode()
     _, index = warm_index(remote)
     assert f"{PROJECT}/pkg/sub".encode() in index.digests  # listed by the last run: a folder of its own
 
