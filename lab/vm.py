@@ -26,8 +26,7 @@ from radium.remoting import RadiumError
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "xorriso": "xorriso"}
-_accel: str | None = None
-_kvm_cpu = "host"
+_accel: tuple[str, list[str]] | None = None  # what `accel` found
 
 
 class VmError(RadiumError):
@@ -53,26 +52,19 @@ def free_port() -> int:
 # IA32_ARCH_CAPABILITIES, which a nested KVM on an AMD host refuses to set (qemu aborts:
 # "failed to set MSR 0x10a"; the lab VM moved to such a host on 2026-12-06).
 KVM_CPUS = ("host", "host,-arch-capabilities")
+TCG = ["-accel", "tcg,thread=multi", "-cpu", "max"]
 _KVM_REFUSALS = ("KVM internal error", "emulation failure", "failed to set MSR")
 
 
-def accel(scratch: Path) -> str:
-    """ "kvm" when KVM runs OVMF on this machine (with the CPU model `kvm_cpu()`), else "tcg"
-    (asked once per process)."""
-    global _accel, _kvm_cpu
+def accel(scratch: Path) -> tuple[str, list[str]]:
+    """ "kvm" when KVM runs OVMF on this machine, else "tcg", with qemu's arguments for it (the
+    first CPU model of KVM_CPUS that runs); asked once per process."""
+    global _accel
     if _accel is None:
-        _accel = "tcg"
-        if os.access("/dev/kvm", os.R_OK | os.W_OK):
-            for model in KVM_CPUS:
-                if _kvm_runs(scratch, model):
-                    _accel, _kvm_cpu = "kvm", model
-                    break
+        usable = os.access("/dev/kvm", os.R_OK | os.W_OK)
+        model = next((m for m in KVM_CPUS if usable and _kvm_runs(scratch, m)), None)
+        _accel = ("kvm", ["-accel", "kvm", "-cpu", model]) if model else ("tcg", TCG)
     return _accel
-
-
-def kvm_cpu() -> str:
-    """The `-cpu` model KVM runs here (`accel` found it)."""
-    return _kvm_cpu
 
 
 def _kvm_runs(scratch: Path, model: str) -> bool:
@@ -190,12 +182,7 @@ class ApplianceVm:
             if done.returncode != 0:
                 raise VmError(f"cannot make the VM's disk overlay: {done.stderr.strip()}")
             shutil.copy(OVMF_VARS, self.dir / "vars.fd")
-        kind = accel(self.dir)
-        cpu = (
-            ["-accel", "kvm", "-cpu", kvm_cpu()]
-            if kind == "kvm"
-            else ["-accel", "tcg,thread=multi", "-cpu", "max"]
-        )
+        kind, cpu = accel(self.dir)
         forward = f"hostfwd=tcp:127.0.0.1:{self.radiumd_port}-:7450,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
         argv = [
             "qemu-system-x86_64", *cpu, "-m", str(self.memory_mib), "-smp", str(self.cpus), "-machine", "q35",

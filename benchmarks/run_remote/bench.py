@@ -485,15 +485,11 @@ class Bench:
             iperf = self.iperf()["received_MBps"]
             self.log(f"iperf3 client -> appliance, before cold read {i + 1}: {iperf:.0f} MB/s")
             rep = self.cold_once(client)
-            rep["iperf_MBps"] = iperf
-            rep["ratio"] = rep["runs"]["cold"]["reader_MBps"] / iperf
+            read = rep["runs"]["cold"]["reader_MBps"]
+            rep.update(iperf_MBps=iperf, ratio=read / iperf, reader_MBps=read)
             reps.append(rep)
         chosen = sorted(reps, key=lambda rep: rep["ratio"])[len(reps) // 2]
-        chosen["repeats"] = [
-            {key: rep[key] for key in ("iperf_MBps", "ratio")}
-            | {"reader_MBps": rep["runs"]["cold"]["reader_MBps"]}
-            for rep in reps
-        ]
+        chosen["repeats"] = [{k: rep[k] for k in ("reader_MBps", "iperf_MBps", "ratio")} for rep in reps]
         return chosen
 
     def cold_once(self, client: Any) -> dict:

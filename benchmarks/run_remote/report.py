@@ -122,9 +122,8 @@ def report(r: dict, args: argparse.Namespace) -> bool:
     if "cold" in r:
         cold = r["cold"]["runs"]
         gib = r["cold"]["bytes"] / (1 << 30)
-        n = len(r["cold"].get("repeats", [])) or 1
-        # Against iperf3 measured right before the same read (bench.cold): the link as it was then.
-        link = r["cold"].get("iperf_MBps", iperf)
+        n = len(r["cold"]["repeats"])
+        link = r["cold"]["iperf_MBps"]  # measured right before the same read: the link as it was then
         rows += [
             (
                 f"cold read {gib:g} GiB ({tree}), in the process" + (f", median of {n}" if n > 1 else ""),
@@ -301,7 +300,7 @@ def _print_cold(r: dict) -> None:
     cold = r["cold"]["runs"]
     c = cold["cold"]
     per_file = c["reader"]["per_file"]
-    repeats = r["cold"].get("repeats", [])
+    repeats = r["cold"]["repeats"]
     if len(repeats) > 1:
         print(
             "cold reads, each against a new radiumd and iperf3 right before it: "

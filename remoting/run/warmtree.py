@@ -571,7 +571,7 @@ class WarmTree:
                 if time.monotonic() > deadline:
                     break
                 for child in self._stand_ins(node, nodes):
-                    self._make_stand_in(child)
+                    self._make_dir(child, stand_in=True)
                     touched.append(node.path)
         except OSError as exc:  # a full disk, most likely: what is complete stays
             log.warning("warm tree %s: stopped adding: %s", self.folder, exc)
@@ -580,26 +580,19 @@ class WarmTree:
             self._touch_dir(path)
         return added
 
-    def _make_dir(self, node: Node) -> None:
+    def _make_dir(self, node: Node, stand_in: bool = False) -> None:
+        """A listed folder, with its listing's digest; or an unlisted one's empty stand-in."""
         a = node.attr
         if node.path == b"/":
             self._dirs()[b"/"] = _Dir(mode=0o40755, uid=0, gid=0, mtime_ns=0)
         else:
             assert a is not None
             os.mkdir(self._where(node.path), 0o700)
-            self._dirs()[node.path] = _Dir(mode=a.mode, uid=a.uid, gid=a.gid, mtime_ns=a.mtime_ns)
+            self._dirs()[node.path] = _Dir(a.mode, a.uid, a.gid, a.mtime_ns, placeholder=stand_in)
             self._set_dir(node.path, a)
-        assert node.digest is not None
-        self.index.digests[node.path] = node.digest
-
-    def _make_stand_in(self, node: Node) -> None:
-        a = node.attr
-        assert a is not None
-        os.mkdir(self._where(node.path), 0o700)
-        self._dirs()[node.path] = _Dir(
-            mode=a.mode, uid=a.uid, gid=a.gid, mtime_ns=a.mtime_ns, placeholder=True
-        )
-        self._set_dir(node.path, a)
+        if not stand_in:
+            assert node.digest is not None
+            self.index.digests[node.path] = node.digest
 
     def _copy(self, where: bytes, a: Attr, contents: Contents) -> bool:
         """Lay one file (or symlink) out; False when its content is gone from the store."""
