@@ -10,6 +10,7 @@ HOME, and are checked through their JSON.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -878,3 +880,26 @@ def test_estate_touches_names_what_each_change_touched(vc, session):
     assert len(touched) >= 1
     stop.set()
     thread.join(10)
+
+
+def test_a_custom_attribute_made_by_several_sessions_at_once_is_one_attribute(vc):
+    """Ansible registers clients in forks: each finds the attribute missing and adds it; the
+    ones that lose the race get vCenter's DuplicateName, and must take the winner's key."""
+    from radium.vcenter.collect import vm_field_key
+
+    name, n = "radium.test-race", 6
+    sessions = [vcenter.connect(settings_for(vc)) for _ in range(n)]
+    start = threading.Barrier(n)
+
+    def make(s):
+        start.wait()
+        return vm_field_key(s, name, create=True)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            keys = list(pool.map(make, sessions))
+        held = [f.key for f in sessions[0].content.customFieldsManager.field if f.name == name]
+        assert len(held) == 1 and keys == held * n
+    finally:
+        for s in sessions:
+            s.close()

@@ -81,12 +81,24 @@ def vm_field_key(session: Session, name: str, create: bool = False) -> int | Non
     manager = session.content.customFieldsManager
     if manager is None:
         raise Refused(f"{session.settings.where} has no custom attributes (is it an ESXi host, not vCenter?)")
-    for f in manager.field or []:
-        if f.name == name and f.managedObjectType in (None, vim.VirtualMachine):
-            return int(f.key)
-    if not create:
+
+    def existing() -> int | None:
+        for f in manager.field or []:
+            if f.name == name and f.managedObjectType in (None, vim.VirtualMachine):
+                return int(f.key)
         return None
-    return int(manager.AddCustomFieldDef(name=name, moType=vim.VirtualMachine).key)
+
+    key = existing()
+    if key is not None or not create:
+        return key
+    try:
+        return int(manager.AddCustomFieldDef(name=name, moType=vim.VirtualMachine).key)
+    except vim.fault.DuplicateName:
+        # Another session (a second Ansible fork, another operator) made it since we looked.
+        key = existing()
+        if key is None:
+            raise
+        return key
 
 
 def vm_properties(session: Session, paths: list[str]) -> list[tuple[Any, dict[str, Any]]]:
