@@ -109,6 +109,13 @@ def report(r: dict, args: argparse.Namespace) -> bool:
                 _s(m["overlaid_read_median"]),
                 _s(m["local_read_median"]),
                 f"{m['overlaid_read_median'] / m['local_read_median']:.2f}×",
+                "(context: a run's layered world, made afresh)",
+            ),
+            (
+                "  the same overlay read again (its dentries and inodes made)",
+                _s(m["overlaid_again_median"]),
+                _s(m["local_read_median"]),
+                f"{m['overlaid_again_median'] / m['local_read_median']:.2f}×",
                 "(context: the floor of a run's layered world)",
             ),
             (
