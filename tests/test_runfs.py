@@ -31,6 +31,7 @@ from radium.remoting.run.fsfill import FILL_FILE_MAX, FILL_RUN_BYTES
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
+    LOOKUP_INLINE_MAX,
     Attr,
     BadPath,
     Chunks,
@@ -797,8 +798,8 @@ def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_
     """For the warm tree (run/fsfill.py): a listed folder whose files this side lacks are all
     small is asked for again with their content, and so is its `__pycache__`: then every file
     of both has its content here. A file too big to come with a listing is asked for alone
-    (its hashes, then its chunk); a folder lacking one bigger than FILL_FILE_MAX is left as it
-    is: it could not be made whole so."""
+    (its hashes and its one chunk, in one Lookup); a folder lacking one bigger than
+    FILL_FILE_MAX is left as it is: it could not be made whole so."""
     pyfuse3 = pytest.importorskip("pyfuse3")
     import trio
     import trio.testing
@@ -846,12 +847,12 @@ def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_
     trio.run(main)
     content_asks = [(kind, path) for kind, path, content in asked if content]
     assert sorted(content_asks) == [
-        ("Lookup", b"/pkg/large.py"),  # its hashes; then its one chunk
+        ("Lookup", b"/pkg/large.py"),  # its hashes with its one chunk
         ("ReadDir", b"/parent"),
         ("ReadDir", b"/pkg"),
         ("ReadDir", b"/pkg/__pycache__"),
     ]
-    assert ("ReadChunks", b"/pkg/large.py", None) in asked
+    assert not any(kind == "ReadChunks" for kind, _, _ in asked)
     assert not any(path.startswith(b"/big/") for _, path, _ in asked)  # nothing asked of it
     assert tree.filler.filled == 2  # the __pycache__ came whole with its listing (asked with content)
     for rel, data in files.items():
@@ -991,6 +992,7 @@ def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_
 
     _, server = _library(tmp_path)
     (tmp_path / "client" / "data.bin").write_bytes(os.urandom(8 * CHUNK_SIZE))
+    (tmp_path / "client" / "module.pyc").write_bytes(os.urandom(300_000))  # comes with its lookup
     asked: list[tuple[float, bytes, tuple]] = []  # (trio's clock, path, chunks)
 
     async def fetch(request):
@@ -1013,13 +1015,20 @@ def test_a_file_read_in_part_is_completed_once_readers_have_fetched_nothing_for_
             clock.jump(COMPLETE_QUIET_S / 2)
             await trio.testing.wait_all_tasks_blocked()
             early.extend(req for req in asked if req[1] == b"/lib.so" and req[2] != (3,))
+            # A module opened now brings its content with its lookup (no ReadChunks): a
+            # reader's fetch all the same, from which the quiet is counted again.
+            await _opened(tree, b"module.pyc")
+            clock.jump(COMPLETE_QUIET_S * 3 / 4)
+            await trio.testing.wait_all_tasks_blocked()
+            early.extend(req for req in asked if req[1] == b"/lib.so" and req[2] != (3,))
             clock.jump(COMPLETE_QUIET_S)
 
     trio.run(main, clock=clock)
     assert early == []  # not while the reader fetched, nor right after
+    assert not any(path == b"/module.pyc" for _, path, _ in asked)
     completion = [(t, chunks) for t, path, chunks in asked if path == b"/lib.so" and chunks != (3,)]
     assert sorted(i for _, chunks in completion for i in chunks) == [0, 1, 2, 4, 5]  # then, whole
-    assert all(t >= COMPLETE_QUIET_S for t, _ in completion)
+    assert all(t >= COMPLETE_QUIET_S * 3 / 2 for t, _ in completion)
 
 
 @pytest.mark.parametrize("stuck", [False, True], ids=["done", "time_up"])
@@ -1067,6 +1076,49 @@ def test_at_the_process_exit_files_read_in_part_are_fetched_whole_at_once_for_a_
         assert done and took == 0  # at once: the clock never moved, so readers were never quiet
         assert sorted(i for c in asked for i in c) == [0, 1, 2, 3, 4, 5]
         assert all(store.get(chunk_hash(data[i : i + CHUNK_SIZE])) for i in range(0, len(data), CHUNK_SIZE))
+
+
+def test_a_file_of_up_to_a_chunk_opened_cold_comes_whole_with_its_lookup(tmp_path):
+    """Opening a module bigger than a listing carries (64 KiB-1 MiB: ~100 bytecode files of a
+    cold `import torch`) costs one round trip: the Lookup that hashes it brings its chunk.
+    Bigger files, and those whose chunk the appliance is believed to hold, come without."""
+    pytest.importorskip("pyfuse3")
+    import trio
+
+    from radium.remoting.run.fs import ClientTree
+
+    client = tmp_path / "client"
+    client.mkdir()
+    module, big = os.urandom(300_000), os.urandom(CHUNK_SIZE + 1)
+    (client / "module.pyc").write_bytes(module)
+    (client / "big.bin").write_bytes(big)
+    server = FileServer(client)
+    asked: list[str] = []
+
+    async def fetch(request):
+        asked.append(f"{type(request).__name__} {os.fsdecode(request.path)}")
+        return server.handle(request)
+
+    store = ContentStore(tmp_path / "store", 1 << 30)
+    tree = ClientTree(fetch, store)
+    tree.contents.complete_budget = 0
+
+    async def read_whole(name: bytes, size: int) -> bytes:
+        fh = await _opened(tree, name)
+        return await tree.read(fh, 0, size)
+
+    async def main():
+        assert await read_whole(b"module.pyc", len(module)) == module
+        assert [a for a in asked if "module" in a] == ["Lookup /module.pyc"]
+        assert await read_whole(b"big.bin", CHUNK_SIZE) == big[:CHUNK_SIZE]
+        assert [a for a in asked if "big" in a] == ["Lookup /big.bin", "ReadChunks /big.bin"]
+
+    trio.run(main)
+    digest = chunk_hash(module)
+    assert store.get(digest) == module  # stored as a chunk fetched by a read would be
+    # The client believes the appliance holds it now: a second lookup carries only its hashes.
+    again = server.handle(Lookup(path=b"/module.pyc", content=True))
+    assert isinstance(again, Attr) and again.chunks == [digest] and again.data is None
 
 
 def test_a_read_out_of_order_across_two_chunks_asks_for_both_at_once(tmp_path):
@@ -1120,7 +1172,7 @@ class World:
     named: Path  # a tmpfs named in serve_mounts
     hidden: Path  # a tmpfs neither: shown empty
     files: dict[bytes, bytes] = field(default_factory=dict)  # client path -> content
-    distinct_chunks: int = 0  # chunks of files too big to come inline, counted once per content
+    distinct_chunks: int = 0  # chunks of files too big to come with their lookup, counted once per content
 
     def config(self, mountpoint: Path, store: Path, hash_cache: Path | None) -> dict:
         return {
@@ -1172,7 +1224,7 @@ def _populate(world: World) -> None:
     os.mkfifo(c / "fifo")
     for rel in ("small.txt", "big.bin", "sub/deeper/nested.txt", "sub/deeper", "sub"):
         os.utime(c / rel, ns=(MTIME, MTIME + len(rel)))
-    sizes = {rel: len(d) for rel, d in contents.items() if len(d) > INLINE_MAX and rel != "dup.bin"}
+    sizes = {rel: len(d) for rel, d in contents.items() if len(d) > LOOKUP_INLINE_MAX and rel != "dup.bin"}
     world.distinct_chunks = sum((n + CHUNK_SIZE - 1) // CHUNK_SIZE for n in sizes.values())
 
 
@@ -1358,9 +1410,9 @@ def test_a_second_mount_with_the_same_store_fetches_no_content(world, tmp_path):
         cold = first.stop()
     # Identical content crosses once: dup.bin's chunks came with big.bin's.
     assert cold["tree"]["chunks_fetched"] == world.distinct_chunks
-    # medium.bin in one request; big.bin's 3 chunks in two: the first read's own chunk, and the
-    # two after it, asked for ahead of the reader at the same time.
-    assert cold["server"]["requests"]["ReadChunks"] == 3
+    # medium.bin with its lookup; big.bin's 3 chunks in two: the first read's own chunk, and
+    # the two after it, asked for ahead of the reader at the same time.
+    assert cold["server"]["requests"]["ReadChunks"] == 2
     assert cold["server"]["content_bytes"] > 0
 
     second = Served(world.config(tmp_path / "mnt2" / "m", store, hashes), tmp_path / "serve2.log")

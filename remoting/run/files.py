@@ -49,6 +49,7 @@ from radium.remoting.run.fsproto import (
     INLINE_MAX,
     LISTING_CONTENT_MAX,
     LISTING_CONTENT_MOST,
+    LOOKUP_INLINE_MAX,
     MAX_CHUNKS_PER_REQUEST,
     Attr,
     BadPath,
@@ -354,12 +355,14 @@ class FileServer:
                 pass  # it went away or is unreadable: readlink will say why
         elif stat.S_ISREG(st.st_mode):
             attr.chunks = self.hashes.get(st)
-            if content and (attr.chunks is None or (st.st_size <= INLINE_MAX and not self._sent(attr))):
-                self._read_content(attr, real)
+            whole = st.st_size <= LOOKUP_INLINE_MAX and not self._sent(attr)
+            if content and (attr.chunks is None or whole):
+                self._read_content(attr, real, LOOKUP_INLINE_MAX)
         return attr
 
-    def _read_content(self, attr: Attr, real: bytes) -> None:
-        """Fill in hashes (and data for a small file) by reading the file; leave them None if unreadable."""
+    def _read_content(self, attr: Attr, real: bytes, inline: int = INLINE_MAX) -> None:
+        """Fill in hashes (and data for a file of up to `inline` bytes) by reading the file;
+        leave them None if unreadable."""
         try:
             fd = os.open(real, _OPEN_FLAGS)
         except OSError as exc:
@@ -377,14 +380,14 @@ class FileServer:
                     break
                 hashes.append(chunk_hash(piece))
                 size += len(piece)
-                if size <= INLINE_MAX:
+                if size <= inline:
                     pieces.append(piece)
             with self._stats_lock:
                 self.stats.hashed_bytes += size
             # What was read is what the appliance will expect: describe exactly that.
             attr.size, attr.mtime_ns, attr.ctime_ns = size, st.st_mtime_ns, st.st_ctime_ns
             attr.chunks = hashes
-            if size <= INLINE_MAX and not all(h in self.delivered for h in hashes):
+            if size <= inline and not all(h in self.delivered for h in hashes):
                 attr.data = b"".join(pieces)
                 self.delivered.update(hashes)
                 with self._stats_lock:

@@ -275,6 +275,10 @@ class Contents:
         self._completions += 1  # counted from now: `finish` waits for it even before it starts
         self.background.start_soon(self._complete, node)
 
+    def fetched_for_a_reader(self) -> None:
+        """A request for a reader brought content (a chunk; a file with its lookup): not quiet."""
+        self._fetched_for_readers = trio.current_time()
+
     def when_quiet_soon(self, job: Callable[[], Awaitable[None]]) -> bool:
         """Run `job` in the background when readers fetch nothing (COMPLETE_QUIET_S), or once the
         process has exited; counted as a completion (`finish` waits for it). False: not here."""
@@ -472,7 +476,7 @@ class Contents:
         if events is None:
             events = self._register(chunks, wanted)
         if remember:
-            self._fetched_for_readers = trio.current_time()
+            self.fetched_for_a_reader()
         try:
             reply = await self._ask(ReadChunks(path=node.path, indexes=wanted, framed=True), Chunks)
             if len(reply.data) != len(wanted):

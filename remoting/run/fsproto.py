@@ -17,7 +17,8 @@ file whose name is not UTF-8 must still be reachable.  Every path is checked wit
 Content is cut in chunks of `CHUNK_SIZE`; a chunk is named by its BLAKE3 digest
 (32 raw bytes), so the appliance can tell from the hashes alone which content it
 already holds.  Files up to `INLINE_MAX` bytes travel whole inside `Attr.data`
-when looked up, so opening one costs no further round trip.
+in listings, and up to `LOOKUP_INLINE_MAX` when looked up with their content, so opening
+one costs no further round trip.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from radium.remoting._errors import ProtocolError
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: big enough that one round trip moves a lot, small enough to dedupe
 INLINE_MAX = 64 * 1024  # files up to this size come whole with their attributes
+# A file looked up with its content (Lookup.content: the process opens it) comes whole up to
+# one chunk: opening a module of 64 KiB-1 MiB (a cold `import torch` opens ~100 such bytecode
+# files) costs one round trip, not a Lookup and then a ReadChunks.
+LOOKUP_INLINE_MAX = CHUNK_SIZE
 # A directory's listing asked with its content (ReadDir.content) carries its small files' hashes,
 # and the content of those the appliance lacks, up to this many bytes: reading a folder of small
 # files costs a round trip for the folder, not one per file.
