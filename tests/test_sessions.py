@@ -102,3 +102,43 @@ def test_only_operators_list_or_end_sessions(appliance, client, operator):
         asyncio.run(end_session(config, config.appliances[0], "0" * 24))
     with pytest.raises(UsageError, match="no session 'nope' is open"):
         asyncio.run(end_session(operator, operator.appliances[0], "nope"))
+
+
+def test_a_request_cancelled_as_its_reply_arrives_is_cancelled(appliance):
+    """Python 3.11's asyncio.wait_for returns the result when its task is cancelled in the turn
+    of the loop its awaited future completes in (CPython gh-86296). A session's heartbeat
+    cancelled by Session.close() just as a Heartbeat reply came beat on, and close(), and the
+    `radium run` whose lease it ended, waited for ever (seen in 2 of ~8 full runs of the run
+    benchmark: the run done, its agent idle). Here the cancellation is made to come exactly so,
+    from the reply's own callback, ahead of the task's wake-up."""
+    from radium.remoting import schema as s
+    from radium.remoting.client.connection import Connection
+    from radium.remoting.client.session import Session
+
+    config = load_client_config(appliance.enroll("vm1"))
+
+    async def main() -> None:
+        conn = await Connection(config.appliances[0], config.keys).open()
+        try:
+            session = await Session(conn).open()
+            replies = []
+            sent = conn.send
+
+            def send(msg):  # the cancellation comes with the reply, before its task resumes
+                reply = sent(msg)
+                reply.add_done_callback(lambda _: request.cancel())
+                replies.append(reply)
+                return reply
+
+            conn.send = send
+            request = asyncio.create_task(conn.request(s.Heartbeat(session=session.id)))
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            conn.send = sent
+            assert replies[0].done() and not replies[0].cancelled()  # the reply came: not lost to it
+            async with asyncio.timeout(10):
+                await session.close()
+        finally:
+            await conn.close()
+
+    asyncio.run(main())

@@ -179,7 +179,8 @@ class Agent:
                 return
             loop = asyncio.get_running_loop()
             try:
-                await asyncio.wait_for(_readable(loop, conn), HELLO_TIMEOUT)
+                async with asyncio.timeout(HELLO_TIMEOUT):
+                    await _readable(loop, conn)
             except TimeoutError:
                 return  # connected and said nothing: not a `radium run`
             data, fds, _, _ = socket.recv_fds(conn, handoff.MAX_MESSAGE, 3)

@@ -124,7 +124,11 @@ class Connection:
     async def request(self, msg: s.Message, timeout: float | None = DEFAULT_TIMEOUT) -> s.Message:
         future = self.send(msg)
         try:
-            return await asyncio.wait_for(future, timeout)
+            # Not asyncio.wait_for: in Python 3.11 it returns the reply when its task is
+            # cancelled as the reply arrives (CPython gh-86296): a session's heartbeat cancelled
+            # so by Session.close() beat on, and the `radium run` closing it waited for ever.
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             raise self.silence_error(timeout) from None
 

@@ -29,6 +29,7 @@ class Session:
         self.error: RadiumError | None = None
         self.ended = asyncio.Event()
         self.lost: dict[str, str] = {}  # lease id -> why the appliance took it away (LeaseLost)
+        self._closing = False
 
     @property
     def id(self) -> str:
@@ -56,7 +57,7 @@ class Session:
         assert self.welcome is not None
         interval = self.welcome.heartbeat_interval
         try:
-            while True:
+            while not self._closing:  # also if a cancellation was lost on the way (close)
                 await asyncio.sleep(interval)
                 try:
                     await self.conn.request(s.Heartbeat(session=self.id), timeout=self.dead_after)
@@ -91,6 +92,7 @@ class Session:
 
     async def close(self) -> None:
         """End the session; the appliance releases whatever it still holds."""
+        self._closing = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.gather(self._heartbeat, return_exceptions=True)

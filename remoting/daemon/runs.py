@@ -294,7 +294,8 @@ class Runs:
     async def _finish(self, run: Run, exited: bool) -> None:
         if run.proc is not None:
             try:
-                await asyncio.wait_for(run.proc.wait(), 30)
+                async with asyncio.timeout(30):
+                    await run.proc.wait()
             except TimeoutError:
                 run.proc.kill()
                 await run.proc.wait()
@@ -372,7 +373,8 @@ class Runs:
         await asyncio.gather(*(r.ended.wait() for r in list(self.runs.values())))
         for spare in spares:
             try:
-                await asyncio.wait_for(spare.proc.wait(), 5)
+                async with asyncio.timeout(5):
+                    await spare.proc.wait()
             except TimeoutError:
                 spare.proc.kill()
                 await spare.proc.wait()

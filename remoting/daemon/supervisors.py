@@ -98,7 +98,8 @@ class Forked:
     async def wait(self) -> int:
         await self._exited
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._status), REPORT_WAIT)
+            async with asyncio.timeout(REPORT_WAIT):  # not wait_for: connection.py's request says why
+                await asyncio.shield(self._status)
         return self.returncode  # type: ignore[return-value]
 
     def kill(self) -> None:
@@ -135,7 +136,8 @@ class Launcher:
             theirs.close()
             ours.setblocking(False)
             loop = asyncio.get_running_loop()
-            hello = await asyncio.wait_for(loop.sock_recv(ours, 64), START_TIMEOUT)
+            async with asyncio.timeout(START_TIMEOUT):
+                hello = await loop.sock_recv(ours, 64)
             if hello != b"ready":
                 raise ForkServerGone(f"it said {hello!r}")
         except (OSError, TimeoutError, ForkServerGone) as exc:
@@ -286,7 +288,8 @@ class Launcher:
             self.control = None
         if self.server is not None and self.server.returncode is None:
             try:
-                await asyncio.wait_for(self.server.wait(), 5)
+                async with asyncio.timeout(5):
+                    await self.server.wait()
             except TimeoutError:
                 with contextlib.suppress(PermissionError):  # root's, once radiumd dropped to its user
                     self.server.kill()
