@@ -355,8 +355,7 @@ class FileServer:
                 pass  # it went away or is unreadable: readlink will say why
         elif stat.S_ISREG(st.st_mode):
             attr.chunks = self.hashes.get(st)
-            whole = st.st_size <= LOOKUP_INLINE_MAX and not self._sent(attr)
-            if content and (attr.chunks is None or whole):
+            if content and (attr.chunks is None or self._comes_whole(attr)):
                 self._read_content(attr, real, LOOKUP_INLINE_MAX)
         return attr
 
@@ -484,6 +483,10 @@ class FileServer:
                 continue  # unreadable or gone: its lookup will say
             budget -= size
         return entries
+
+    def _comes_whole(self, attr: Attr) -> bool:
+        """A file looked up with its content comes whole: up to a chunk, and not believed sent."""
+        return attr.size <= LOOKUP_INLINE_MAX and not self._sent(attr)
 
     def _sent(self, attr: Attr) -> bool:
         """Whether the appliance is believed to hold the content of a file (its hashes known here)."""

@@ -484,7 +484,8 @@ class WarmTree:
 
     def _stand_ins(self, node: Node, nodes: NodeTable) -> list[Node]:
         """The subfolders no run listed of a listed folder that holds every other entry: made
-        as placeholders, they let it be whole. None while a file is missing (most folders)."""
+        as placeholders, they let it be whole. Empty while a file is missing (most folders), or
+        a subfolder was listed but not made."""
         dirs = self._dirs()
         here = dirs.get(node.path)
         if here is None or here.complete or node.path == b"/" or node.children is None:
@@ -570,9 +571,8 @@ class WarmTree:
             for node in folders:
                 if time.monotonic() > deadline:
                     break
-                for child in self._stand_ins(node, nodes):
+                for child in self._stand_ins(node, nodes):  # node.path is in `touched` already
                     self._make_dir(child, stand_in=True)
-                    touched.append(node.path)
         except OSError as exc:  # a full disk, most likely: what is complete stays
             log.warning("warm tree %s: stopped adding: %s", self.folder, exc)
         self._mark_complete(folders, nodes)
