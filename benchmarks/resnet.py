@@ -23,9 +23,25 @@ import argparse
 import json
 import os
 import sys
+import resource
 import time
 
+
+def _machine_cpu() -> tuple[float, float]:
+    """The whole machine's busy and idle CPU-seconds so far (/proc/stat: every process on it,
+    the client's and the appliance's too when both are namespaces of one machine)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / tick, idle / tick
+
+
 T0 = time.perf_counter()
+MACHINE0 = _machine_cpu()
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -34,6 +50,8 @@ from torch.nn import functional as F  # noqa: E402
 from radium.remoting.bench import models  # noqa: E402
 
 IMPORTED = time.perf_counter()
+MACHINE1 = _machine_cpu()
+IMPORT_USAGE = resource.getrusage(resource.RUSAGE_SELF)
 
 CLASSES = models.CLASSES  # tf_cnn_benchmarks declares CIFAR-10 with 11 classes
 RESNET20_PARAMETERS = 269_787
@@ -85,6 +103,11 @@ def train(steps: int, batch: int, warmup: int, seed: int = 0) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "import_s": IMPORTED - T0,
+        # where the import's time went: the importer's own CPU and waits, the machine's
+        "import_cpu_s": IMPORT_USAGE.ru_utime + IMPORT_USAGE.ru_stime,
+        "import_waits": IMPORT_USAGE.ru_nvcsw,
+        "import_machine_busy_s": MACHINE1[0] - MACHINE0[0],
+        "import_machine_idle_s": MACHINE1[1] - MACHINE0[1],
         "setup_s": timed_start - started,
         "loss": loss.item(),
         "hostname": os.uname().nodename,
