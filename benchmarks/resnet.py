@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import resource
+import sys
 import time
 
 
@@ -36,12 +36,18 @@ def _machine_cpu() -> tuple[float, float]:
     except OSError:
         return 0.0, 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / tick, idle / tick
+    busy = sum(fields[:3]) + fields[5] + fields[6]  # user, nice, system, irq, softirq
+    return busy / tick, (fields[3] + fields[4]) / tick  # and idle, iowait
+
+
+def _own_cpu() -> tuple[float, int]:
+    """This process's CPU-seconds and voluntary waits so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
 
 
 T0 = time.perf_counter()
-MACHINE0 = _machine_cpu()
+MACHINE0, OWN0 = _machine_cpu(), _own_cpu()
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -50,8 +56,7 @@ from torch.nn import functional as F  # noqa: E402
 from radium.remoting.bench import models  # noqa: E402
 
 IMPORTED = time.perf_counter()
-MACHINE1 = _machine_cpu()
-IMPORT_USAGE = resource.getrusage(resource.RUSAGE_SELF)
+MACHINE1, OWN1 = _machine_cpu(), _own_cpu()
 
 CLASSES = models.CLASSES  # tf_cnn_benchmarks declares CIFAR-10 with 11 classes
 RESNET20_PARAMETERS = 269_787
@@ -104,8 +109,8 @@ def train(steps: int, batch: int, warmup: int, seed: int = 0) -> dict:
         "torch": torch.__version__,
         "import_s": IMPORTED - T0,
         # where the import's time went: the importer's own CPU and waits, the machine's
-        "import_cpu_s": IMPORT_USAGE.ru_utime + IMPORT_USAGE.ru_stime,
-        "import_waits": IMPORT_USAGE.ru_nvcsw,
+        "import_cpu_s": OWN1[0] - OWN0[0],
+        "import_waits": OWN1[1] - OWN0[1],
         "import_machine_busy_s": MACHINE1[0] - MACHINE0[0],
         "import_machine_idle_s": MACHINE1[1] - MACHINE0[1],
         "setup_s": timed_start - started,
