@@ -356,15 +356,15 @@ def _print_resnet(rn: dict) -> None:
             f"local {lo['import_s']:.2f} s, remote {rem['import_s']:.2f} s; "
             f"remote run: {_moved(p['remote'])}"
         )
-        for where, r in (("local", lo), ("remote", rem)):
+        for where in ("local", "remote"):
+            r = p[where]["result"]
             if "import_machine_busy_s" in r:
                 print(
                     f"  import torch {where} ({r['import_s']:.2f} s): the importer's CPU "
                     f"{r['import_cpu_s']:.2f} s, its waits {r['import_waits']:,}; the machine busy "
                     f"{r['import_machine_busy_s']:.2f} CPU-s, idle {r['import_machine_idle_s']:.2f}"
                 )
-        for where in ("local", "remote"):
-            cpu, wall = p[where]["cpu"], p[where]["result"]["timed_wall_s"]
+            cpu, wall = p[where]["cpu"], r["timed_wall_s"]
             cores = os.cpu_count() or 1
             print(
                 f"  CPU during the {where} timed loop ({wall:.1f} s; {cores * wall:.1f} CPU-s "
