@@ -222,6 +222,38 @@ def test_file_server_hashes_each_version_once_and_keeps_hashes_across_runs(tmp_p
     assert attr.chunks[0] == chunk_hash((tree / "big.bin").read_bytes()[:CHUNK_SIZE])
 
 
+def test_a_big_file_is_hashed_by_two_threads_and_a_file_that_changes_meanwhile_in_one_pass(tmp_path):
+    """A library the process opens waits for its hashes: a big file's chunks are read and hashed
+    by two threads at once. The hashes are those of its chunks in order; a file that is not the
+    size it was when the hashing began (it changed meanwhile) is hashed in one pass, as read."""
+    from radium.remoting.run.files import PARALLEL_HASH_MIN
+
+    data = os.urandom(PARALLEL_HASH_MIN + 3 * CHUNK_SIZE + 777)  # an odd count of chunks, the last short
+    (tmp_path / "lib.so").write_bytes(data)
+    server = FileServer(tmp_path)
+    attr = server.handle(Lookup(path=b"/lib.so", content=True))
+    want = [chunk_hash(data[i : i + CHUNK_SIZE]) for i in range(0, len(data), CHUNK_SIZE)]
+    assert attr.chunks == want and attr.size == len(data) and attr.data is None
+    assert server._hashers is not None  # by the threads, not in one pass
+    assert server.stats.hashed_bytes == len(data)
+
+    fd = os.open(tmp_path / "lib.so", os.O_RDONLY)
+    try:
+        assert server._hash_in_parallel(fd, len(data)) == want
+        assert server._hash_in_parallel(fd, len(data) - 1) is None  # longer than it was: again
+        assert server._hash_in_parallel(fd, len(data) + CHUNK_SIZE) is None  # shorter than it was
+        assert server._hash_in_parallel(fd, PARALLEL_HASH_MIN - 1) is None  # small: in one pass
+    finally:
+        os.close(fd)
+    server.close()
+    # Closed while a request still hashes (the run ended): it hashes in one pass, not fails.
+    with open(tmp_path / "lib.so", "ab") as f:
+        f.write(b"more")
+    attr = server.handle(Lookup(path=b"/lib.so", content=True))
+    grown = data + b"more"
+    assert attr.chunks == [chunk_hash(grown[i : i + CHUNK_SIZE]) for i in range(0, len(grown), CHUNK_SIZE)]
+
+
 def test_a_listing_asked_with_content_carries_small_files_the_appliance_lacks_smallest_first(
     tmp_path, monkeypatch
 ):
