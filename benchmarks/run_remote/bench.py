@@ -496,22 +496,23 @@ class Bench:
         """Start a cold read with the memory the last one started with. This VM's host backs a
         guest page only when it is first touched, and that costs: a read whose content lands in
         memory no read had used yet ran slower, read after read (0.66, 0.36, 0.41 of iperf3 one
-        after the other; 0.66, 0.66, 0.63, 0.67 so). What the last repeats left is let go:
+        after the other; 0.69, 0.70, 0.65, 0.65 with what follows). What the last repeat (or
+        part) left is let go, nothing else (the client's libraries stay in the page cache):
 
-        - their run agents: an agent lives on after its run (idle, as it does for a user), in the
+        - its run agents: an agent lives on after its run (idle, as it does for a user), in the
           mount namespace of the worker that started it, and so keeps that namespace's tmpfs,
           the gigabyte it read;
-        - the page cache, once written back (the appliances' disk is a loop image on this VM's
-          disk: a third read was paced by that writeback): the chunks the last appliance
-          stored, which no one reads again.
+        - its appliance and the folder of its state: the chunks it stored, read again by the
+          warm re-read, are a gigabyte of page cache that no one reads again;
+        - what is left to write back (the appliances' disk is a loop image on this VM's disk:
+          a third read was paced by that writeback).
         """
         tests_support().stop_run_agents(str(self.tmp))
+        if self.app is not None:
+            self.app.stop()
+            self._wait_for_supervisors(self.app.dir)
+            shutil.rmtree(self.app.dir, ignore_errors=True)
         os.sync()
-        try:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3")
-        except OSError as exc:
-            self.log(f"the page cache stays (cannot drop it: {exc.strerror}): later cold reads may be slower")
 
     def cold_once(self, client: Any) -> dict:
         a = self.args
