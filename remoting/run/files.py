@@ -378,10 +378,11 @@ class FileServer:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return
-            pieces: list[bytes] = []
             hashes = self._hash_in_parallel(fd, st.st_size) if st.st_size > inline else None
-            size = st.st_size
-            if hashes is None:
+            pieces: list[bytes] = []  # the content, for a file of up to `inline` bytes
+            if hashes is not None:
+                size = st.st_size
+            else:
                 hashes, size = [], 0
                 while True:
                     piece = os.pread(fd, CHUNK_SIZE, size)
