@@ -432,6 +432,73 @@ def test_vcenter_unreachable_raises_a_banner_and_the_console_recovers(estate, tm
     proxy.stop()
 
 
+def test_a_read_on_a_connection_vcenter_dropped_meanwhile_logs_in_afresh_without_a_banner(estate):
+    """The console keeps its reading session between reads; vCenter going away and coming back
+    between two reads leaves that session's connection dead: the next read logs in again at once,
+    and no problem is shown for it (the watcher is off: only reads talk to vCenter here)."""
+    proxy = _Relay(estate["vc"].port)
+    settings = vcenter.resolve(
+        url=f"https://127.0.0.1:{proxy.port}/sdk", user=USER, password=PASSWORD, insecure=True, env={},
+        use_profiles=False,
+    )  # fmt: skip
+
+    async def script(app: Console, pilot: Any) -> None:
+        proxy.stop()  # the kept session's connection is cut
+        proxy.start()
+        await pilot.press("f5")
+        await until(pilot, lambda: app.reads == 2, "the second read")
+        assert app.problems == {}
+        assert [e for e in app.log_view.entries if e[3] == "error"] == []
+
+    try:
+        drive({**estate, "settings": settings}, script, watch=False, probe_interval=0)
+    finally:
+        proxy.stop()
+
+
+def test_a_failed_read_is_tried_again_by_itself_until_vcenter_answers(estate):
+    """A read that fails says when it will be tried again, and is: with nothing else reading (no
+    watcher, no key pressed), the banner goes once vCenter is back."""
+    proxy = _Relay(estate["vc"].port)
+    settings = vcenter.resolve(
+        url=f"https://127.0.0.1:{proxy.port}/sdk", user=USER, password=PASSWORD, insecure=True, env={},
+        use_profiles=False,
+    )  # fmt: skip
+
+    async def script(app: Console, pilot: Any) -> None:
+        proxy.stop()
+        await pilot.press("f5")
+        await until(pilot, lambda: "vCenter" in app.problems, "the banner")
+        assert "retrying in 1 s" in str(app.banner.render())
+        proxy.start()
+        await until(pilot, lambda: "vCenter" not in app.problems, "the recovery")
+        assert app.reads >= 2 and not app.banner.display
+
+    try:
+        drive({**estate, "settings": settings}, script, watch=False, probe_interval=0)
+    finally:
+        proxy.stop()
+
+
+def test_a_problem_that_arrives_while_the_console_closes_is_kept_not_a_crash(estate):
+    """A worker's message (vCenter failing meanwhile) handled while the console takes its views apart:
+    it is kept, and the console closes without a traceback (the log's table already gone)."""
+    from textual.widgets import DataTable
+
+    from radium.tui.messages import Problem, Recovered
+
+    async def script(app: Console, pilot: Any) -> None:
+        await app.log_view.query_one(DataTable).remove()  # as closing does, child by child
+        app.post_message(Problem("vCenter", "connection refused", retry_in=1.0))
+        await until(pilot, lambda: "vCenter" in app.problems, "the problem")
+        assert app.log_view.entries[0][1:] == ("vCenter", "connection refused (retrying in 1 s)", "error")
+        app.post_message(Recovered("vCenter"))
+        await until(pilot, lambda: "vCenter" not in app.problems, "the recovery")
+        assert app.log_view.entries[0][1:3] == ("vCenter", "answers again")
+
+    drive(estate, script, probe_interval=0)
+
+
 class _Relay:
     """A TCP relay to the simulator on a port of its own: stopping it is vCenter going away."""
 

@@ -93,6 +93,7 @@ class Console(App[None]):
         self._reading = False
         self._read_again = False
         self._read_whole = False  # a whole read is asked for (not only what changes touched)
+        self._read_failures = 0  # failed reads in a row: each is tried again after BACKOFF_S
         self._touched: vcenter.Touched | None = None  # what changes not yet read touched (watcher thread)
         self._touched_lock = threading.Lock()
         self._probing = False
@@ -192,18 +193,23 @@ class Console(App[None]):
         # on a large estate); later ones replace the whole at once, without a table growing again.
         # A change re-reads what it touched (a host: one small page), whole reads the rest.
         last = self.snapshot
-        try:
-            if whole or last is None or touched is None:
-                for snapshot in self.estate.read_parts(partial=last is None, last=last):
-                    self.post_message(EstateRead(snapshot))
-            else:
-                try:
-                    self.post_message(EstateRead(self.estate.refresh(last, touched)))
-                except VCenterError:  # e.g. an object gone meanwhile: read everything
-                    self.post_message(EstateRead(self.estate.read()))
-        except Exception as exc:  # noqa: BLE001 (the banner says it; the watcher retries)
-            self.post_message(Problem("vCenter", describe(exc)))
-            self.post_message(EstateRead(None))
+        for attempt in (1, 2):
+            try:
+                if whole or last is None or touched is None:
+                    for snapshot in self.estate.read_parts(partial=last is None, last=last):
+                        self.post_message(EstateRead(snapshot))
+                else:
+                    try:
+                        self.post_message(EstateRead(self.estate.refresh(last, touched)))
+                    except VCenterError:  # e.g. an object gone meanwhile: read everything
+                        self.post_message(EstateRead(self.estate.read()))
+                return
+            except Exception as exc:  # noqa: BLE001 (the banner says it; the read is tried again)
+                if attempt == 1 and self.estate.failed_on_kept_session:
+                    continue  # a connection kept from before vCenter went away and came back: log in afresh
+                wait = BACKOFF_S[min(self._read_failures, len(BACKOFF_S) - 1)]
+                self.post_message(Problem("vCenter", describe(exc), retry_in=wait))
+                self.post_message(EstateRead(None, retry_in=wait))
 
     @on(EstateRead)
     def estate_read(self, message: EstateRead) -> None:
@@ -217,6 +223,7 @@ class Console(App[None]):
             return
         self._reading = False
         if message.snapshot is not None:
+            self._read_failures = 0
             self.reads += 1
             self.snapshot = message.snapshot
             if "vCenter" in self.problems:
@@ -227,6 +234,11 @@ class Console(App[None]):
                 self.probe()
         else:
             self._read_whole = True  # what the failed read was to re-read is not known any more
+            self._read_failures += 1
+            if message.retry_in is not None:
+                # Tried again whether or not the watcher fails too: a read can fail alone (a
+                # connection cut), and nothing else would read again until vCenter pushes a change.
+                self.set_timer(message.retry_in, lambda: self.read() if self._showing() else None)
         if self._read_again:
             self._read_again = False
             self.read(whole=False)  # (or whole, if a whole read was asked for meanwhile)

@@ -118,6 +118,9 @@ class Estate:
         self.settings = settings
         self.admin_path = admin_path
         self._reader: vcenter.Session | None = None
+        #: Whether the last read that failed did so on a session kept from an earlier read (its
+        #: connection may have died with an outage since): worth one more try, logged in afresh.
+        self.failed_on_kept_session = False
         self._vm_hosts: dict[str, str] = {}  # VM id -> its host's name, as last read
         self._lock = threading.Lock()  # one read at a time on the reader session
 
@@ -210,11 +213,13 @@ class Estate:
     def _reading(self) -> Iterator[vcenter.Session]:
         """The reader's session, one read at a time; a failed read drops it (the next logs in afresh)."""
         with self._lock:
+            kept, self.failed_on_kept_session = self._reader is not None, False
             try:
                 if self._reader is None:
                     self._reader = vcenter.connect(self.settings)
                 yield self._reader
             except BaseException:
+                self.failed_on_kept_session = kept
                 self._drop_reader()
                 raise
 

@@ -11,11 +11,11 @@ from .estate import Snapshot
 
 class EstateRead(Message):
     """A read of vCenter ended: what it found, or None when it failed (a `Problem` says why); or, on the
-    first read, a part of it (`snapshot.complete` False)."""
+    first read, a part of it (`snapshot.complete` False); `retry_in`: a failed read is tried again then."""
 
-    def __init__(self, snapshot: Snapshot | None) -> None:
+    def __init__(self, snapshot: Snapshot | None, retry_in: float | None = None) -> None:
         super().__init__()
-        self.snapshot = snapshot
+        self.snapshot, self.retry_in = snapshot, retry_in
 
 
 class EstateChanged(Message):

@@ -8,6 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Static
 
 Row = tuple[str, Sequence[Any]]  # (key, cells)
@@ -35,7 +36,11 @@ class TableView(Vertical):
         return self.query_one(DataTable)
 
     def set_summary(self, text: str | Text) -> None:
-        self.query_one(".summary", Static).update(text)
+        try:
+            summary = self.query_one(".summary", Static)
+        except NoMatches:
+            return  # the view is being taken apart (the console is closing)
+        summary.update(text)
 
     def set_rows(self, rows: list[Row]) -> None:
         self._rows = rows
@@ -52,7 +57,12 @@ class TableView(Vertical):
         return [(k, cells) for k, cells in self._rows if self.filter_text in _plain(cells).lower()]
 
     def _render_rows(self) -> None:
-        table = self.table
+        try:
+            table = self.table
+        except NoMatches:
+            # The view is being taken apart (the console is closing) while a worker's message still
+            # comes in (vCenter failing meanwhile): the rows are kept, there is nothing to draw on.
+            return
         current = self.selected_key()
         scroll = table.scroll_y
         table.clear()
