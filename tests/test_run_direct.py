@@ -176,21 +176,29 @@ def _supervisor_ports(remote) -> list[str]:
     return [p for p in ports if p not in (str(remote.appliance.port), str(remote.appliance.metrics_port))]
 
 
-def _read_through(remote, tmp_path, mib: int) -> tuple[int, int]:
-    """A run reading a file of `mib` MiB whole: (file requests, of them direct); its bytes checked."""
+def _read_through(remote, tmp_path, mib: int) -> tuple[int, int, dict[str, float]]:
+    """A run reading a file of `mib` MiB whole: (file requests, of them direct, where the direct
+    channel's time went); its bytes checked."""
     files, digest = _reader_project(tmp_path, mib)
     proc = _start(remote, tmp_path, files, "python3", "read.py", "data.bin", "go")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert out.split() == [b"reading", digest.encode()]
-    return _requests(err)
+    content = re.search(rb"time in file content on the appliance: (.*?); answering", err)
+    assert content, err.decode()
+    link = {k.decode(): float(v) for k, v in re.findall(rb"(link_\w+) ([\d.]+) s", content[1])}
+    return (*_requests(err), link)
 
 
 def test_content_comes_over_the_direct_channel(remote, tmp_path):
-    total, directly = _read_through(remote, tmp_path, 24)
+    total, directly, link = _read_through(remote, tmp_path, 24)
     # All but the first few round trips (the prefetch and what came before the client had
     # connected: how many depends on the machine's load) came directly.
     assert directly >= 3 and total - directly <= max(3, total // 10), (total, directly)
+    # --stats says where the channel's time went: 24 MiB of replies took time to receive, and
+    # a reader fetching content leaves the channel idle with content asked for at times.
+    assert set(link) == set(direct_link_keys()), link
+    assert link["link_receiving"] > 0 and link["link_idle_content_asked"] > 0, link
     assert _supervisor_ports(remote) == []  # nothing left listening
 
 
@@ -257,8 +265,55 @@ def relayed_remote(two_hosts, tmp_path):
 
 
 def test_with_the_channel_off_everything_is_relayed(relayed_remote, tmp_path):
-    total, directly = _read_through(relayed_remote, tmp_path, 8)
+    total, directly, link = _read_through(relayed_remote, tmp_path, 8)
     assert total > 0 and directly == 0
+    assert link == {}  # no channel, no figures of it
+
+
+def direct_link_keys() -> tuple[str, ...]:
+    from radium.remoting.run.fsasks import LinkTimes
+
+    return LinkTimes.KEYS
+
+
+def test_link_times_sum_each_moment_by_what_was_asked_and_stop_at_the_last_reply():
+    """LinkTimes, driven by a clock of our own: every moment between the first request and the
+    last reply goes to exactly one sum, by what was out at the time."""
+    from radium.remoting.run.fsasks import LinkTimes
+
+    now = [10.0]
+    times = LinkTimes(clock=lambda: now[0])
+
+    def at(t: float) -> None:
+        now[0] = t
+
+    times.asked("background")  # the tree's prefetch: not waited for, not the start
+    at(11.0), times.asked("metadata")  # a lookup
+    at(11.5), times.receiving()
+    at(11.6), times.received("metadata")
+    at(12.0), times.asked("content"), times.asked("content")  # two reads, 0.4 s of nothing asked before
+    at(12.3), times.receiving()
+    at(12.5), times.received("content")
+    at(12.6), times.asked("metadata")  # content and a lookup out: counts as content asked
+    at(12.9), times.receiving()
+    at(13.0), times.received("content")
+    at(13.1), times.receiving()
+    at(13.2), times.received("metadata")
+    at(13.4), times.receiving()
+    at(13.5), times.received(None)  # a late answer nobody waits for: still the last reply
+    at(20.0), times.asked("content")  # after the last reply: not in the totals
+    assert times.totals() == pytest.approx(
+        {
+            "link_receiving": 0.1 + 0.2 + 0.1 + 0.1 + 0.1,
+            "link_idle_metadata_asked": 0.5 + 0.1,
+            "link_idle_content_asked": 0.3 + 0.1 + 0.3,
+            "link_idle_nothing_asked": 0.4 + 0.2,
+        }
+    )
+    times.stop()  # the channel lost: its requests go through radiumd, the sums stay as they are
+    at(21.0), times.receiving(), times.received("content")
+    assert times.totals()["link_receiving"] == pytest.approx(0.6)
+    assert LinkTimes().totals() == {}  # nothing came
 
 
 @pytest.mark.parametrize(

@@ -332,6 +332,15 @@ def _print_cold(r: dict) -> None:
         + f" (reading and hashing); the appliance verified {content.get('verify', 0):.2f} s and stored "
         f"{content.get('store', 0):.2f} s (in the background); the wire carries the rest of the wait"
     )
+    if "link_receiving" in content:  # the direct channel, from its first request to its last reply
+        idle = {k: content.get(f"link_idle_{k}_asked", 0.0) for k in ("content", "metadata", "nothing")}
+        print(
+            f"  the direct channel received replies for {content['link_receiving']:.2f} s and was idle "
+            f"{sum(idle.values()):.2f} s between replies: {idle['content']:.2f} s with content asked for "
+            f"(the client reading and sealing it, queues, or the appliance's receiving thread waiting to "
+            f"run), {idle['metadata']:.2f} s with only lookups out (the client hashing the next file), "
+            f"{idle['nothing']:.2f} s with nothing asked (the appliance's read-ahead had nothing to ask)"
+        )
     if "cpu" in c:  # the machine's state moves this figure more than anything radium does
         cpu, cores = c["cpu"], os.cpu_count() or 1
         print(

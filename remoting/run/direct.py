@@ -154,9 +154,12 @@ class Link:
         with self._lock:
             _send(self.sock, self._seal_all([data]))
 
-    def receive_record(self, limit: int = MAX_RECORD) -> bytes:
+    def receive_record(self, limit: int = MAX_RECORD, started: Callable[[], None] | None = None) -> bytes:
+        """The next record, opened; `started` is called once its first bytes have come."""
         header = bytearray(4)
         _recv_exact_into(self.sock, header)
+        if started is not None:
+            started()
         (size,) = _u32.unpack(header)
         if not TAG <= size <= limit:
             raise DirectError(f"a record of {size} bytes")
@@ -179,9 +182,9 @@ class Link:
         with self._lock:
             _send(self.sock, self._seal_all([first, *frames[1:]]))
 
-    def receive(self) -> tuple[int, list[bytes]]:
-        """The next message: its id and frames."""
-        first = self.receive_record()
+    def receive(self, started: Callable[[], None] | None = None) -> tuple[int, list[bytes]]:
+        """The next message: its id and frames; `started` is called once its first bytes have come."""
+        first = self.receive_record(started=started)
         if len(first) < _head.size:
             raise DirectError("a message without its header")
         call_id, count = _head.unpack_from(first)

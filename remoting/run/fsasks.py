@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,96 @@ from . import direct, fsproto
 
 Relay = Callable[[msgspec.Struct, Sequence[Any]], Awaitable[None]]
 
-__all__ = ["FileAsks"]
+__all__ = ["FileAsks", "LinkTimes"]
+
+
+class LinkTimes:
+    """Where the direct channel's time went, seen from the supervisor's receiving thread, from the
+    first request to the last reply: receiving a reply (from its first bytes to its last), or
+    between replies with file content asked for and none arriving yet (the client reading and
+    sealing it, the request or reply queued behind others, or this side's thread not yet
+    running to read what came), with only metadata asked for (the client looking up, and
+    hashing, a file), or with nothing asked (this side had nothing to ask: its read-ahead, or
+    the process busy elsewhere).  Summed event by event, no timeline kept; the tree's
+    `Prefetch` (answered in the background) counts as nothing asked.
+
+    When the channel is lost its requests are asked again through radiumd, and the sums stop.
+    """
+
+    KEYS = (
+        "link_receiving",
+        "link_idle_content_asked",
+        "link_idle_metadata_asked",
+        "link_idle_nothing_asked",
+    )
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()  # trio's loop asks, the receiving thread receives
+        self._since: float | None = None
+        self._content = self._metadata = 0
+        self._receiving = self._stopped = False
+        self.seconds = dict.fromkeys(self.KEYS, 0.0)
+        self._last_reply = dict(self.seconds)  # the sums at the last reply: what `seconds` reports
+
+    def _advance(self) -> None:  # the lock held
+        now = self._clock()
+        if self._since is not None:
+            if self._receiving:
+                key = "link_receiving"
+            elif self._content:
+                key = "link_idle_content_asked"
+            elif self._metadata:
+                key = "link_idle_metadata_asked"
+            else:
+                key = "link_idle_nothing_asked"
+            self.seconds[key] += now - self._since
+        self._since = now
+
+    def asked(self, kind: str) -> None:
+        with self._lock:
+            if self._stopped or kind == "background":
+                return
+            self._advance()
+            if kind == "content":
+                self._content += 1
+            else:
+                self._metadata += 1
+
+    def receiving(self) -> None:
+        with self._lock:
+            if not self._stopped and self._since is not None:
+                self._advance()
+                self._receiving = True
+
+    def received(self, kind: str | None) -> None:
+        """A whole reply came; `kind`: what its request was (None: nothing waited for it)."""
+        with self._lock:
+            if self._stopped or self._since is None:
+                return
+            self._advance()
+            self._receiving = False
+            if kind == "content":
+                self._content = max(0, self._content - 1)
+            elif kind == "metadata":
+                self._metadata = max(0, self._metadata - 1)
+            self._last_reply = dict(self.seconds)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+
+    def totals(self) -> dict[str, float]:
+        """The sums up to the last reply (the time after it, the run ending, is left out); empty when
+        nothing came over the channel."""
+        with self._lock:
+            return dict(self._last_reply) if any(self._last_reply.values()) else {}
+
+
+def _kind(request: fsproto.FsRequest) -> str:
+    if isinstance(request, fsproto.ReadChunks):
+        return "content"
+    return "background" if isinstance(request, fsproto.Prefetch) else "metadata"
 
 
 class FileAsks:
@@ -34,6 +124,8 @@ class FileAsks:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._via_direct: dict[int, bytes] = {}  # in flight on the direct channel: the request
+        self._kinds: dict[int, str] = {}  # and what each is (LinkTimes)
+        self.link_times = LinkTimes()
         self._sender: direct.Sender | None = None
         self._link: direct.Link | None = None
         self._nursery: trio.Nursery | None = None
@@ -48,6 +140,8 @@ class FileAsks:
         body = fsproto.encode(request)
         if self._sender is not None:
             self._via_direct[call_id] = body
+            self._kinds[call_id] = kind = _kind(request)
+            self.link_times.asked(kind)
             self._sender.send(call_id, [body])
         else:
             await self._relay(s.FsCall(run=self.run, id=call_id), [body])
@@ -56,6 +150,7 @@ class FileAsks:
         finally:
             _, frames = self._pending.pop(call_id)
             self._via_direct.pop(call_id, None)
+            self._kinds.pop(call_id, None)
         self.stats.bytes_fetched += sum(len(f) for f in frames)
         return fsproto.decode_reply_frames(frames)
 
@@ -110,9 +205,11 @@ class FileAsks:
 
     def _receive(self, link: direct.Link, to_trio: Callable[..., None]) -> None:
         """The direct channel's reader thread: each whole reply handed to trio's loop."""
+        times = self.link_times
         try:
             while True:
-                call_id, frames = link.receive()
+                call_id, frames = link.receive(started=times.receiving)
+                times.received(self._kinds.get(call_id))
                 to_trio(self._answered_directly, call_id, frames)
         except direct.DirectError as exc:
             to_trio(self._lost, link, str(exc))
@@ -134,6 +231,7 @@ class FileAsks:
             self._nursery.start_soon(self._relay, s.FsCall(run=self.run, id=call_id), [body])
 
     def _drop_link(self) -> None:
+        self.link_times.stop()
         if self._sender is not None:
             self._sender.stop()
         if self._link is not None:

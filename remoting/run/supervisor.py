@@ -594,7 +594,8 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
             if hasattr(sup, "tree"):
                 st = sup.tree.stats
                 sup.stats.fuse_ops = sum(st.ops.values())
-                sup.stats.content_seconds = {k: round(v, 4) for k, v in st.seconds.items()}
+                link = sup.asks.link_times.totals()  # where the direct channel's time went
+                sup.stats.content_seconds = {k: round(v, 4) for k, v in {**st.seconds, **link}.items()}
                 # Files came through FUSE, or names it did not find: the warm tree may take them;
                 # files it wrote are kept for the client's next run (which waits for the tree).
                 await sup.leave_world(
