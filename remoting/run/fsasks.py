@@ -52,8 +52,8 @@ class LinkTimes:
         self._since: float | None = None
         self._content = self._metadata = 0
         self._receiving = self._stopped = False
-        self.seconds = dict.fromkeys(self.KEYS, 0.0)
-        self._last_reply = dict(self.seconds)  # the sums at the last reply: what `seconds` reports
+        self._sums = dict.fromkeys(self.KEYS, 0.0)
+        self._last_reply = dict(self._sums)  # the sums at the last reply: what `totals` gives
 
     def _advance(self) -> None:  # the lock held
         now = self._clock()
@@ -66,7 +66,7 @@ class LinkTimes:
                 key = "link_idle_metadata_asked"
             else:
                 key = "link_idle_nothing_asked"
-            self.seconds[key] += now - self._since
+            self._sums[key] += now - self._since
         self._since = now
 
     def asked(self, kind: str) -> None:
@@ -96,7 +96,7 @@ class LinkTimes:
                 self._content = max(0, self._content - 1)
             elif kind == "metadata":
                 self._metadata = max(0, self._metadata - 1)
-            self._last_reply = dict(self.seconds)
+            self._last_reply = dict(self._sums)
 
     def stop(self) -> None:
         with self._lock:
