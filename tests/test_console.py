@@ -547,7 +547,8 @@ class _Relay:
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
-            daemon_threads = True
+            daemon_threads = False  # server_close() waits for each connection to be closed
+            block_on_close = True
             stopping = False
 
         server = Server(("127.0.0.1", self.port), Pipe)
