@@ -11,11 +11,12 @@ what the screen shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -403,18 +404,23 @@ def test_a_failed_action_says_why_and_changes_nothing(estate, vc):
 # --- vCenter going away and coming back --------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _behind_a_relay(estate: dict) -> Iterator[tuple[_Relay, dict]]:
+    """vCenter behind a relay of its own (stopping it is vCenter going away): the relay, and the
+    estate with settings that reach vCenter through it; the relay is stopped at the end."""
+    proxy = _Relay(estate["vc"].port)
+    settings = vcenter.resolve(
+        url=f"https://127.0.0.1:{proxy.port}/sdk", user=USER, password=PASSWORD, insecure=True, env={},
+        use_profiles=False,
+    )  # fmt: skip
+    try:
+        yield proxy, {**estate, "settings": settings}
+    finally:
+        proxy.stop()
+
+
 def test_vcenter_unreachable_raises_a_banner_and_the_console_recovers(estate, tmp_path):
     """vCenter behind a relay of its own, which is stopped and started again while the console runs."""
-    vc = estate["vc"]
-    proxy = _Relay(vc.port)
-    settings = vcenter.resolve(
-        url=f"https://127.0.0.1:{proxy.port}/sdk",
-        user=USER,
-        password=PASSWORD,
-        insecure=True,
-        env={},
-        use_profiles=False,
-    )
 
     async def script(app: Console, pilot: Any) -> None:
         proxy.stop()
@@ -428,19 +434,14 @@ def test_vcenter_unreachable_raises_a_banner_and_the_console_recovers(estate, tm
         await until(pilot, lambda: "vCenter" not in app.problems, "the recovery", timeout=60)
         assert not app.query_one("#banner").display
 
-    drive({**estate, "settings": settings}, script, probe_interval=0)
-    proxy.stop()
+    with _behind_a_relay(estate) as (proxy, relayed):
+        drive(relayed, script, probe_interval=0)
 
 
 def test_a_read_on_a_connection_vcenter_dropped_meanwhile_logs_in_afresh_without_a_banner(estate):
     """The console keeps its reading session between reads; vCenter going away and coming back
     between two reads leaves that session's connection dead: the next read logs in again at once,
     and no problem is shown for it (the watcher is off: only reads talk to vCenter here)."""
-    proxy = _Relay(estate["vc"].port)
-    settings = vcenter.resolve(
-        url=f"https://127.0.0.1:{proxy.port}/sdk", user=USER, password=PASSWORD, insecure=True, env={},
-        use_profiles=False,
-    )  # fmt: skip
 
     async def script(app: Console, pilot: Any) -> None:
         proxy.stop()  # the kept session's connection is cut
@@ -450,20 +451,13 @@ def test_a_read_on_a_connection_vcenter_dropped_meanwhile_logs_in_afresh_without
         assert app.problems == {}
         assert [e for e in app.log_view.entries if e[3] == "error"] == []
 
-    try:
-        drive({**estate, "settings": settings}, script, watch=False, probe_interval=0)
-    finally:
-        proxy.stop()
+    with _behind_a_relay(estate) as (proxy, relayed):
+        drive(relayed, script, watch=False, probe_interval=0)
 
 
 def test_a_failed_read_is_tried_again_by_itself_until_vcenter_answers(estate):
     """A read that fails says when it will be tried again, and is: with nothing else reading (no
     watcher, no key pressed), the banner goes once vCenter is back."""
-    proxy = _Relay(estate["vc"].port)
-    settings = vcenter.resolve(
-        url=f"https://127.0.0.1:{proxy.port}/sdk", user=USER, password=PASSWORD, insecure=True, env={},
-        use_profiles=False,
-    )  # fmt: skip
 
     async def script(app: Console, pilot: Any) -> None:
         proxy.stop()
@@ -474,10 +468,8 @@ def test_a_failed_read_is_tried_again_by_itself_until_vcenter_answers(estate):
         await until(pilot, lambda: "vCenter" not in app.problems, "the recovery")
         assert app.reads >= 2 and not app.banner.display
 
-    try:
-        drive({**estate, "settings": settings}, script, watch=False, probe_interval=0)
-    finally:
-        proxy.stop()
+    with _behind_a_relay(estate) as (proxy, relayed):
+        drive(relayed, script, watch=False, probe_interval=0)
 
 
 def test_a_problem_that_arrives_while_the_console_closes_is_kept_not_a_crash(estate):
