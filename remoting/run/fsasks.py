@@ -123,8 +123,8 @@ class FileAsks:
         self._log = log
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[trio.Event, list[Any]]] = {}
-        self._via_direct: dict[int, bytes] = {}  # in flight on the direct channel: the request
-        self._kinds: dict[int, str] = {}  # and what each is (LinkTimes)
+        # In flight on the direct channel: the request, and what it asks for (LinkTimes).
+        self._via_direct: dict[int, tuple[bytes, str]] = {}
         self.link_times = LinkTimes()
         self._sender: direct.Sender | None = None
         self._link: direct.Link | None = None
@@ -139,8 +139,8 @@ class FileAsks:
         self.stats.fs_requests += 1
         body = fsproto.encode(request)
         if self._sender is not None:
-            self._via_direct[call_id] = body
-            self._kinds[call_id] = kind = _kind(request)
+            kind = _kind(request)
+            self._via_direct[call_id] = (body, kind)
             self.link_times.asked(kind)
             self._sender.send(call_id, [body])
         else:
@@ -150,7 +150,6 @@ class FileAsks:
         finally:
             _, frames = self._pending.pop(call_id)
             self._via_direct.pop(call_id, None)
-            self._kinds.pop(call_id, None)
         self.stats.bytes_fetched += sum(len(f) for f in frames)
         return fsproto.decode_reply_frames(frames)
 
@@ -209,7 +208,8 @@ class FileAsks:
         try:
             while True:
                 call_id, frames = link.receive(started=times.receiving)
-                times.received(self._kinds.get(call_id))
+                asked = self._via_direct.get(call_id)
+                times.received(asked[1] if asked is not None else None)
                 to_trio(self._answered_directly, call_id, frames)
         except direct.DirectError as exc:
             to_trio(self._lost, link, str(exc))
@@ -227,7 +227,7 @@ class FileAsks:
         self._log("direct file channel lost: going on through radiumd", run=self.run, why=why)
         again, self._via_direct = self._via_direct, {}
         assert self._nursery is not None
-        for call_id, body in again.items():
+        for call_id, (body, _) in again.items():
             self._nursery.start_soon(self._relay, s.FsCall(run=self.run, id=call_id), [body])
 
     def _drop_link(self) -> None:
