@@ -24,6 +24,7 @@ from support import hidden, wait_until
 from test_run_faults import PROJECT, _supervisors, assert_nothing_left, project_setup, start_remote
 
 from radium.remoting.run import direct
+from radium.remoting.run.cas import _page_aligned
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,6 +61,8 @@ def test_the_two_ends_prove_the_key_and_carry_messages_whole():
     call_id, frames = sup.receive()
     sending.join()
     assert call_id == 7 and frames == [b"reply", *chunks, b""]
+    # Each chunk opened into a page-aligned buffer of its own: the store writes it from there.
+    assert [_page_aligned(f) for f in frames[1:-1]] == [True] * 5
     # The key opened one connection: the listener is closed.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.offer.port), timeout=5)
@@ -119,6 +122,12 @@ def test_an_altered_or_replayed_record_does_not_open():
     altered = bytearray(link._seal_all([b"\0" * 12 + b"x"]))
     altered[-1] ^= 1
     sock.sendall(altered)
+    with pytest.raises(direct.DirectError, match="did not open"):
+        sup.receive()
+    # A big one too (opened into a buffer of its own).
+    big = bytearray(link._seal_all([b"\0" * 12 + os.urandom(direct.BIG_RECORD)]))
+    big[4 + direct.BIG_RECORD // 2] ^= 1
+    sock.sendall(big)
     with pytest.raises(direct.DirectError, match="did not open"):
         sup.receive()
     sup.close()

@@ -254,6 +254,41 @@ def test_a_big_file_is_hashed_by_two_threads_and_a_file_that_changes_meanwhile_i
     assert attr.chunks == [chunk_hash(grown[i : i + CHUNK_SIZE]) for i in range(0, len(grown), CHUNK_SIZE)]
 
 
+def test_a_cold_files_chunks_are_read_once_kept_from_its_hashing_for_the_request_that_follows(tmp_path):
+    """The appliance learns a cold file's hashes (its lookup hashes it), then asks for its chunks:
+    they are sent as read to be hashed, not read again; by the one pass of a file under
+    PARALLEL_HASH_MIN and the two threads of a bigger one (its first chunks, as many as the
+    budget holds). A chunk is kept for one request; a file written since is read as it is now."""
+    from radium.remoting.run.files import PARALLEL_HASH_MIN, JustHashed
+
+    small = os.urandom(3 * CHUNK_SIZE + 5)
+    big = os.urandom(PARALLEL_HASH_MIN + 3 * CHUNK_SIZE + 7)  # 12 chunks
+    (tmp_path / "small").write_bytes(small)
+    (tmp_path / "big").write_bytes(big)
+    server = FileServer(tmp_path)
+    server.just_hashed = JustHashed(max_bytes=8 * CHUNK_SIZE)
+
+    def fetch(path: bytes) -> bytes:
+        attr = server.handle(Lookup(path=path, content=True))
+        assert attr.data is None
+        return b"".join(server.handle(ReadChunks(path=path, indexes=list(range(len(attr.chunks))))).data)
+
+    assert fetch(b"/small") == small and server.stats.reread_bytes == 0
+    assert fetch(b"/big") == big and server.stats.reread_bytes == len(big) - 8 * CHUNK_SIZE
+    assert server.stats.hashed_bytes == len(small) + len(big)
+
+    again = server.stats.reread_bytes
+    chunk = server.handle(ReadChunks(path=b"/small", indexes=[1])).data[0]  # taken already: read
+    assert chunk == small[CHUNK_SIZE : 2 * CHUNK_SIZE] and server.stats.reread_bytes == again + CHUNK_SIZE
+
+    (tmp_path / "other").write_bytes(small)
+    server.handle(Lookup(path=b"/other", content=True))  # kept, then the file is written
+    changed = os.urandom(len(small))
+    (tmp_path / "other").write_bytes(changed)
+    chunk = server.handle(ReadChunks(path=b"/other", indexes=[0])).data[0]
+    assert chunk == changed[:CHUNK_SIZE]
+
+
 def test_a_listing_asked_with_content_carries_small_files_the_appliance_lacks_smallest_first(
     tmp_path, monkeypatch
 ):
@@ -548,6 +583,33 @@ def test_big_chunks_can_be_stored_past_the_page_cache_and_read_back_whole(tmp_pa
     for data in blobs:  # byte for byte, cut to its size
         assert store.get(chunk_hash(data)) == data
     assert list((tmp_path / "store" / "tmp").iterdir()) == []
+
+
+def test_a_chunk_the_direct_channel_opened_is_stored_past_the_page_cache_from_where_it_lies(
+    tmp_path, monkeypatch
+):
+    """The direct channel opens a chunk into a page-aligned buffer of its own: the store writes
+    it with O_DIRECT from there, not from a copy in its own aligned buffer."""
+    from radium.remoting.run import cas, direct
+
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        pytest.skip(f"the file system under {tmp_path} refuses O_DIRECT: the store writes buffered there")
+    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
+    data = os.urandom(CHUNK_SIZE)
+    opened = direct.uninitialised(CHUNK_SIZE)
+    opened[:] = data
+
+    def no_copy(size: int) -> None:
+        raise AssertionError("copied into the store's aligned buffer")
+
+    monkeypatch.setattr(cas._aligned, "get", no_copy)
+    assert store.put(chunk_hash(data), opened, verified=True, direct=True) is True
+    assert store.get(chunk_hash(data)) == data
+    other = os.urandom(CHUNK_SIZE)  # bytes: read-only, wherever they lie, so copied
+    with pytest.raises(AssertionError, match="copied"):
+        store.put(chunk_hash(other), other, direct=True)
 
 
 def test_store_evicts_least_recently_used_also_after_a_restart(tmp_path, monkeypatch):

@@ -444,7 +444,7 @@ class RemoteRun:
             link.close()
             return
 
-        def answer(call_id: int, body: bytes) -> None:
+        def answer(call_id: int, body: bytes | memoryview) -> None:
             try:
                 link.send(call_id, self._file_reply(body))
             except (direct.DirectError, ValueError):
@@ -457,7 +457,7 @@ class RemoteRun:
         except (direct.DirectError, RuntimeError):  # closed, cut; or the run ended (the pool shut down)
             link.close()
 
-    def _file_reply(self, body: bytes) -> list[bytes]:
+    def _file_reply(self, body: bytes | memoryview) -> list[bytes]:
         try:
             request = fsproto.decode_request(body)
         except Exception as exc:  # a request we cannot read still gets an answer

@@ -92,6 +92,9 @@ _OPTIMISED_PYC = re.compile(rb"\.opt-[12]\.pyc$")
 # Files of at least this size are hashed by HASH_THREADS threads at once (_hash_in_parallel).
 PARALLEL_HASH_MIN = 8 * CHUNK_SIZE
 HASH_THREADS = 2
+# Content read to be hashed is kept, up to this many bytes, for the ReadChunks that asks for it
+# next (`JustHashed`): a cold file is read once, not once to hash it and again to send it.
+JUST_HASHED_BYTES = 64 * CHUNK_SIZE
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -215,6 +218,44 @@ class HashCache:
             tmp.unlink(missing_ok=True)
 
 
+class JustHashed:
+    """Chunks of files just read to hash them, kept for the ReadChunks that usually follows: the
+    appliance learns the hashes of a file it lacks, then asks for its chunks at once (a reader
+    streaming a folder's files has the next one looked up, hashed and fetched ahead of it).
+
+    Keyed as the hash cache is (file, size and times) and the chunk's index; a chunk is taken
+    once, and the oldest go when the kept bytes pass `max_bytes`. A file changed since, with new
+    times, misses; one changed without (written through a mapping) is sent as it was hashed,
+    which is what the appliance expects of it.
+    """
+
+    def __init__(self, max_bytes: int = JUST_HASHED_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict[tuple[object, int], bytes] = OrderedDict()
+        self._bytes = 0
+
+    def keep(self, st: os.stat_result, index: int, data: bytes) -> None:
+        with self._lock:
+            old = self._chunks.pop((HashCache._key(st), index), None)
+            self._bytes += len(data) - (len(old) if old is not None else 0)
+            self._chunks[(HashCache._key(st), index)] = data
+            while self._bytes > self.max_bytes:
+                self._bytes -= len(self._chunks.popitem(last=False)[1])
+
+    def take(self, st: os.stat_result, index: int) -> bytes | None:
+        with self._lock:
+            data = self._chunks.pop((HashCache._key(st), index), None)
+            if data is not None:
+                self._bytes -= len(data)
+            return data
+
+    def clear(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._bytes = 0
+
+
 # --- the server ----------------------------------------------------------------------
 
 
@@ -225,6 +266,7 @@ class ServerStats:
     requests: Counter = field(default_factory=Counter)
     content_bytes: int = 0  # chunk data and inline data sent
     hashed_bytes: int = 0  # bytes read to compute hashes (0 when the cache knew them)
+    reread_bytes: int = 0  # chunk data read again to be sent (not kept from hashing: JustHashed)
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # answering, by kind
     errors: int = 0
 
@@ -270,6 +312,7 @@ class FileServer:
         self.hidden: frozenset[bytes] = frozenset()  # client paths of mount points shown empty
         self._not_mounts: set[bytes] = set()  # st_dev changes that are no mount (btrfs subvolumes)
         self._hashers: ThreadPoolExecutor | None = None  # big files' hashing (_hash_in_parallel)
+        self.just_hashed = JustHashed()
         self.refresh_mounts()
 
     # --- paths and mounts
@@ -378,8 +421,8 @@ class FileServer:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return
-            hashes = self._hash_in_parallel(fd, st.st_size) if st.st_size > inline else None
-            pieces: list[bytes] = []  # the content, for a file of up to `inline` bytes
+            hashes = self._hash_in_parallel(fd, st.st_size, keep_as=st) if st.st_size > inline else None
+            pieces: list[bytes] = []  # the content as read
             if hashes is not None:
                 size = st.st_size
             else:
@@ -390,8 +433,10 @@ class FileServer:
                         break
                     hashes.append(chunk_hash(piece))
                     size += len(piece)
-                    if size <= inline:
-                        pieces.append(piece)
+                    pieces.append(piece)
+                if size > inline and size == st.st_size:  # not sent whole: asked for next
+                    for index, piece in enumerate(pieces):
+                        self.just_hashed.keep(st, index, piece)
             with self._stats_lock:
                 self.stats.hashed_bytes += size
             # What was read is what the appliance will expect: describe exactly that.
@@ -407,11 +452,15 @@ class FileServer:
         finally:
             os.close(fd)
 
-    def _hash_in_parallel(self, fd: int, size: int) -> list[bytes] | None:
+    def _hash_in_parallel(
+        self, fd: int, size: int, keep_as: os.stat_result | None = None
+    ) -> list[bytes] | None:
         """The chunk hashes of a big file, read and hashed by two threads (chunks taken in turn):
         a process opening a library waits for its hashes (`libtorch_cpu.so`, 434 MB: 115 ms on
         one core of the lab VM, 61 on two). None for a file under PARALLEL_HASH_MIN, or one that
-        did not read as `size` bytes (it changes: hashed again in one pass, as it reads then)."""
+        did not read as `size` bytes (it changes: hashed again in one pass, as it reads then).
+        Its first chunks are kept for the ReadChunks that asks for them (`JustHashed`, as the
+        file `keep_as` describes): a reader starts there."""
         if size < PARALLEL_HASH_MIN:
             return None
         count = chunk_count(size)
@@ -420,11 +469,20 @@ class FileServer:
                 self._hashers = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="radium-hash")
             hashers = self._hashers
 
+        kept = self.just_hashed.max_bytes // CHUNK_SIZE
+
         def every(first: int) -> list[bytes] | None:
             buf = bytearray(CHUNK_SIZE)
             view, out = memoryview(buf), []
             for i in range(first, count, HASH_THREADS):
                 want = min(CHUNK_SIZE, size - i * CHUNK_SIZE)
+                if keep_as is not None and i < kept:
+                    piece = os.pread(fd, want, i * CHUNK_SIZE)  # a buffer of its own, to keep
+                    if len(piece) != want:
+                        return None  # shorter now
+                    out.append(chunk_hash(piece))
+                    self.just_hashed.keep(keep_as, i, piece)
+                    continue
                 if os.preadv(fd, [view[:want]], i * CHUNK_SIZE) != want:
                     return None  # shorter now
                 out.append(chunk_hash(view[:want]))  # BLAKE3 lets go of the GIL: both threads hash
@@ -435,6 +493,9 @@ class FileServer:
         except RuntimeError:  # closed (the run ended meanwhile): in one pass
             return None
         if any(p is None for p in parts) or os.pread(fd, 1, size):  # shorter, or longer now
+            if keep_as is not None:
+                for i in range(min(count, kept)):
+                    self.just_hashed.take(keep_as, i)  # not what the hashes will describe
             return None
         hashes: list[bytes] = [b""] * count
         for first, part in enumerate(parts):
@@ -620,7 +681,12 @@ class FileServer:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
-            data = [os.pread(fd, CHUNK_SIZE, i * CHUNK_SIZE) for i in indexes]
+            data, reread = [], 0
+            for i in indexes:
+                if (piece := self.just_hashed.take(st, i)) is None:
+                    piece = os.pread(fd, CHUNK_SIZE, i * CHUNK_SIZE)
+                    reread += len(piece)
+                data.append(piece)
             known = self.hashes.get(st)
             if HashCache._key(os.fstat(fd)) != HashCache._key(st):
                 known = None  # written to while we read: let the appliance's check decide
@@ -628,6 +694,7 @@ class FileServer:
             os.close(fd)
         with self._stats_lock:
             self.stats.content_bytes += sum(map(len, data))
+            self.stats.reread_bytes += reread
         # Remember what the appliance now holds.  The hashes of the lookup are reused
         # when the file is the one they describe (hashing again would cost as much as
         # everything else the client does for a chunk); a chunk that does not match them
@@ -690,6 +757,7 @@ class FileServer:
 
     def close(self) -> None:
         """Save the hash cache, if it has a file."""
+        self.just_hashed.clear()
         self.hashes.save()
         if self._hashers is not None:
             self._hashers.shutdown(wait=False)
