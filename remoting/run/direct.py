@@ -116,7 +116,9 @@ def uninitialised(size: int) -> memoryview:
     of memory not in the cache just to overwrite it, as long as the decryption itself (measured
     on the lab VM, chunks kept as the supervisor keeps them: 0.19-0.32 ms a MiB, 0.15 without).
     Page-aligned, so that the content store writes a chunk past the page cache (O_DIRECT) from
-    where it lies, not from a copy (`cas._write_direct`).
+    where it lies, not from a copy (`cas._write_direct`). What the memory held before (this
+    process's own) is never seen: `Link.receive_record` fills it whole with the opened record,
+    or drops it when the record does not open.
     """
     raw = _new_bytearray(None, size + PAGE)  # CPython's API: NULL leaves the content as it is
     offset = -ctypes.addressof(ctypes.c_char.from_buffer(raw)) % PAGE
