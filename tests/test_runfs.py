@@ -288,6 +288,15 @@ def test_a_cold_files_chunks_are_read_once_kept_from_its_hashing_for_the_request
     chunk = server.handle(ReadChunks(path=b"/other", indexes=[0])).data[0]
     assert chunk == changed[:CHUNK_SIZE]
 
+    # A big file hashed in one pass (it changed while two threads hashed it): its first chunks
+    # are kept, as many as the budget holds, not the whole file read into memory.
+    (tmp_path / "again").write_bytes(big)
+    server._hash_in_parallel = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    server.handle(Lookup(path=b"/again", content=True))
+    again = server.stats.reread_bytes
+    data = server.handle(ReadChunks(path=b"/again", indexes=list(range(8)))).data
+    assert b"".join(data) == big[: 8 * CHUNK_SIZE] and server.stats.reread_bytes == again
+
 
 def test_a_listing_asked_with_content_carries_small_files_the_appliance_lacks_smallest_first(
     tmp_path, monkeypatch

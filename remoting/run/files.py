@@ -422,18 +422,20 @@ class FileServer:
             if not stat.S_ISREG(st.st_mode):
                 return
             hashes = self._hash_in_parallel(fd, st.st_size, keep_as=st) if st.st_size > inline else None
-            pieces: list[bytes] = []  # the content as read
+            pieces: list[bytes] = []  # its first chunks as read: its content, or kept (JustHashed)
             if hashes is not None:
                 size = st.st_size
             else:
                 hashes, size = [], 0
+                keep = max(inline, self.just_hashed.max_bytes)  # a big file that changed: not whole
                 while True:
                     piece = os.pread(fd, CHUNK_SIZE, size)
                     if not piece:
                         break
                     hashes.append(chunk_hash(piece))
+                    if size < keep:
+                        pieces.append(piece)
                     size += len(piece)
-                    pieces.append(piece)
                 if size > inline and size == st.st_size:  # not sent whole: asked for next
                     for index, piece in enumerate(pieces):
                         self.just_hashed.keep(st, index, piece)
