@@ -236,10 +236,11 @@ class JustHashed:
         self._bytes = 0
 
     def keep(self, st: os.stat_result, index: int, data: bytes) -> None:
+        key = (HashCache._key(st), index)
         with self._lock:
-            old = self._chunks.pop((HashCache._key(st), index), None)
+            old = self._chunks.pop(key, None)
             self._bytes += len(data) - (len(old) if old is not None else 0)
-            self._chunks[(HashCache._key(st), index)] = data
+            self._chunks[key] = data
             while self._bytes > self.max_bytes:
                 self._bytes -= len(self._chunks.popitem(last=False)[1])
 
