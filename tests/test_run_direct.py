@@ -72,6 +72,41 @@ def test_the_two_ends_prove_the_key_and_carry_messages_whole():
     sup.close()
 
 
+def _os_name(thread: threading.Thread) -> str:
+    return Path(f"/proc/self/task/{thread.native_id}/comm").read_text().rstrip("\n")
+
+
+def test_radiums_threads_carry_their_names_for_the_os(tmp_path):
+    """`top -H`, perf and the run benchmark's CPU by thread tell the threads of a cold read apart
+    by the name /proc gives each (Python 3.11 keeps its own to itself): the channel's sending
+    thread, the client's pool that hashes big files (cut to the kernel's 15 bytes)."""
+    from radium.remoting.run.files import PARALLEL_HASH_MIN, FileServer
+    from radium.remoting.run.fsproto import Lookup
+
+    server = Server()
+    client = direct.connect("127.0.0.1", server.offer.port, server.offer.key)
+    sup = server.result()
+    assert sup is not None
+    sender = direct.Sender(client, lambda why: None)
+    sender.send(3, [b"hello"])
+    assert sup.receive() == (3, [b"hello"])  # the thread has run
+    assert _os_name(sender.thread) == "radium-direct-s"
+    assert sender.thread.name == "radium-direct-send"  # Python's own name as it was
+    sender.stop()
+    sender.thread.join(10)
+    client.close()
+    sup.close()
+
+    (tmp_path / "lib.so").write_bytes(os.urandom(PARALLEL_HASH_MIN))
+    files = FileServer(tmp_path)
+    files.handle(Lookup(path=b"/lib.so", content=True))
+    assert files._hashers is not None
+    workers = list(files._hashers._threads)
+    assert workers and sorted(_os_name(t) for t in workers) == sorted(t.name for t in workers)
+    assert all(t.name.startswith("radium-hash_") for t in workers)
+    files.close()
+
+
 def test_a_wrong_key_or_a_stranger_is_refused_and_the_client_still_gets_in():
     server = Server()
     port = server.offer.port

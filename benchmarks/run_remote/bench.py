@@ -523,10 +523,13 @@ class Bench:
             "env": self.client_env(client),
         }
         size = f"{(a.run_files * a.run_file_mib) + 64}m"
-        with CpuSampler("-") as cpu:  # no "training" process: the reader is one of the benchmark's
+        # No "training" process: the reader is one of the benchmark's.  Thread by thread, for where
+        # a cold read's CPU goes (radium's threads carry their names in /proc).
+        with CpuSampler("-", interval=0.25, threads=True) as cpu:
             r = self.hidden_worker("cold", spec, DATA, size, timeout=900)
         for run in r["runs"].values():
             run["cpu"] = cpu.window(run["t0"], run["t1"])
+            run["threads_cpu"] = cpu.threads_window(run["t0"], run["t1"])
             if run.get("stats"):
                 run["timeline"] = self.timeline(run)
         total = a.run_files * (a.run_file_mib << 20)

@@ -349,9 +349,21 @@ def _print_cold(r: dict) -> None:
             f"machine {cpu['other']:.2f} s; stolen by the hypervisor {cpu['steal']:.2f} s; idle "
             f"{max(0.0, cores * c['wall'] - cpu['bench'] - cpu['other'] - cpu['steal']):.2f} s"
         )
+    if c.get("threads_cpu"):
+        print(f"  its CPU by process and thread (sampled every 0.25 s): {_by_thread(c['threads_cpu'])}")
     print(f"warm re-read: {_moved(cold['warm'])}")
     print(f"  wall {cold['warm']['wall']:.3f} s = {_pieces(breakdown(cold['warm']))}")
     print(f"  FUSE read from the store (warm re-read): {cold['warm']['reader_MBps']:,.0f} MB/s")
+
+
+def _by_thread(threads: dict[str, dict[str, float]], least: float = 0.05) -> str:
+    """role total (its threads of `least` CPU-s or more, biggest first), for each role."""
+    parts = []
+    for kind, named in sorted(threads.items(), key=lambda kv: -sum(kv[1].values())):
+        shown = sorted(((v, k) for k, v in named.items() if v >= least), reverse=True)
+        inner = ", ".join(f"{k} {v:.2f}" for v, k in shown)
+        parts.append(f"{kind} {sum(named.values()):.2f} s" + (f" ({inner})" if inner else ""))
+    return "; ".join(parts)
 
 
 def _print_resnet(rn: dict) -> None:

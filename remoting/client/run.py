@@ -16,13 +16,13 @@ import select
 import shutil
 import signal
 import termios
-import threading
 import tty as ttymod
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _threads
 from .. import schema as s
 from .._config import ClientConfig, address_host
 from .._errors import RadiumError, TransportError, UsageError
@@ -159,7 +159,7 @@ class Output:
         self.broken: set[int] = set()
         self.closing = False
         self.loop = asyncio.get_running_loop()
-        self.thread = threading.Thread(target=self._write_all, name="radium-output", daemon=True)
+        self.thread = _threads.Thread(target=self._write_all, name="radium-output", daemon=True)
         self.thread.start()
 
     def write(self, fd: int, data: bytes) -> None:
@@ -233,7 +233,9 @@ class RemoteRun:
             delivered=_load_hashes(self.delivered_path),
             exports=exports,
         )
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="radium-files")
+        self.pool = ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="radium-files", initializer=_threads.name_for_the_os
+        )
         self.queue: asyncio.Queue[tuple[s.Message, list[bytes]]] = asyncio.Queue()
         self.applier = Applier()
         self.run_id: str | None = None
@@ -276,7 +278,9 @@ class RemoteRun:
         loop = asyncio.get_running_loop()
         self.output = Output({1: self.ends.stdout, 2: self.ends.stderr}, self._credit)
         stop_r, stop_w = os.pipe()
-        stdin = threading.Thread(target=self._read_stdin, args=(loop, stop_r), daemon=True)
+        stdin = _threads.Thread(
+            target=self._read_stdin, args=(loop, stop_r), name="radium-stdin", daemon=True
+        )
         self.ends.attach(self)
         stdin.start()
         try:
@@ -386,7 +390,7 @@ class RemoteRun:
         elif isinstance(msg, s.FsCall):
             asyncio.ensure_future(self._answer(msg.id, data))
         elif isinstance(msg, s.RunDirect):
-            threading.Thread(
+            _threads.Thread(
                 target=self._direct, args=(msg.port, msg.key), name="radium-direct", daemon=True
             ).start()
         elif isinstance(msg, s.Writeback):

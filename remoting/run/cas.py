@@ -53,6 +53,7 @@ from pathlib import Path
 
 import msgspec
 
+from radium.remoting import _threads
 from radium.remoting._errors import ProtocolError, RadiumError
 from radium.remoting._keys import write_atomic
 from radium.remoting.run.fsproto import chunk_hash
@@ -393,7 +394,7 @@ class ContentStore:
                 return
             self._pending[key] = data
             if self._writer is None or not self._writer.is_alive():
-                self._writer = threading.Thread(
+                self._writer = _threads.Thread(
                     target=self._write_pending, name="radium-store-writer", daemon=True
                 )
                 self._writer.start()

@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .. import _threads
+
 MAGIC = b"RADIUMD1"
 INFO = b"radium direct file channel 1"
 KEY_BYTES = 32
@@ -332,7 +334,7 @@ class Sender:
         self.link = link
         self._queue: queue.SimpleQueue[tuple[int, list[Frame]] | None] = queue.SimpleQueue()
         self._lost = lost
-        self.thread = threading.Thread(target=self._run, name="radium-direct-send", daemon=True)
+        self.thread = _threads.Thread(target=self._run, name="radium-direct-send", daemon=True)
         self.thread.start()
 
     def send(self, call_id: int, frames: list[Frame]) -> None:

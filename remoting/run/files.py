@@ -44,6 +44,7 @@ from pathlib import Path
 
 import msgspec
 
+from radium.remoting import _threads
 from radium.remoting.run.exports import ExportPolicy
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
@@ -469,7 +470,9 @@ class FileServer:
         count = chunk_count(size)
         with self._stats_lock:
             if self._hashers is None:
-                self._hashers = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="radium-hash")
+                self._hashers = ThreadPoolExecutor(
+                    HASH_THREADS, thread_name_prefix="radium-hash", initializer=_threads.name_for_the_os
+                )
             hashers = self._hashers
 
         kept = self.just_hashed.max_bytes // CHUNK_SIZE

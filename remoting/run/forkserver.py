@@ -47,6 +47,7 @@ import traceback
 import msgspec
 import trio
 
+from .. import _threads
 from . import limits, mounts
 from .channel import Settings
 from .revoked import forget_revoked
@@ -162,7 +163,7 @@ def _sweep(settings: Settings) -> None:
                     return
                 _sweeps["again"] = False
 
-    threading.Thread(target=sweep, name="sweep", daemon=True).start()
+    _threads.Thread(target=sweep, name="radium-sweep", daemon=True).start()
 
 
 def _reap(control: socket.socket, children: set[int]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import trio
 
+from .. import _threads
 from .. import schema as s
 from . import direct, fsproto
 
@@ -198,7 +199,7 @@ class FileAsks:
 
         self._link = link
         self._sender = direct.Sender(link, lambda why: to_trio(self._lost, link, why))
-        threading.Thread(
+        _threads.Thread(
             target=self._receive, args=(link, to_trio), name="radium-direct-receive", daemon=True
         ).start()
 

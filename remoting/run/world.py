@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 import trio
 
+from .. import _threads
 from .. import schema as s
 from ..output import mib
 from . import channel, devicefilter, mounts
@@ -246,7 +247,9 @@ class World:
         if self.warm is not None and self.warm.usable:
             paths = self.warm.complete_files(LOOK_AHEAD_FILES, first=os.fsencode(self.start.cwd))
             if paths:
-                self.look_ahead = threading.Thread(target=self._look_up, args=(paths,), daemon=True)
+                self.look_ahead = _threads.Thread(
+                    target=self._look_up, args=(paths,), name="radium-look-ahead", daemon=True
+                )
                 self.look_ahead.start()
 
     def _look_up(self, paths: list[bytes]) -> None:
