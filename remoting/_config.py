@@ -85,6 +85,12 @@ class RunSection(Section):
     # while the process runs, so that the client's next runs map it from the warm tree: warm
     # runs near local, for more bytes (and some CPU) in the first. false: only what is read.
     complete_files: bool = True
+    # While a run's process makes file operations, the appliance's idle cores poll rather than
+    # halt (a CPU latency request of 0 µs, let go after a second without one): on a VM each
+    # wake-up of a halted core costs a round trip to the hypervisor, and every file operation
+    # wakes threads in turn (run/wakeups.py). The cost: idle cores spin meanwhile (power, and
+    # on a shared host CPU time other VMs could have). false: the cores halt as before.
+    poll_idle: bool = True
     # Device nodes every run may open besides the basic ones (/dev/null, ttys...) and its
     # lease's devices' (run/devicefilter.py): an RDMA NIC's /dev/infiniband/uverbs0, say.
     device_nodes: list[Annotated[str, msgspec.Meta(pattern=r"^/")]] = []

@@ -85,6 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     pids_max: int = 4096
     cpu_weight: int = 100
     device_nodes: list[str] = []  # device nodes every run may open (run/devicefilter.py)
+    poll_idle: bool = True  # idle cores poll while a run makes file operations (run/wakeups.py)
 
     ID_COUNT = 65536  # ids of one run (class attribute, not a field)
 

@@ -114,10 +114,14 @@ class ClientTree(pyfuse3.Operations):
         self.confirmed: dict[bytes, bytes] = {}
         # Run once the kernel has finished its INIT handshake, i.e. at the first request after it.
         self.after_init: Callable[[], object] | None = None
+        # Called at each FUSE operation (the supervisor's idle polling: run/wakeups.py).
+        self.on_operation: Callable[[], object] | None = None
         self.filler = Filler(self)  # folders the process lists, made whole for the warm tree
 
     def _op(self, name: str) -> None:
         self.stats.ops[name] += 1
+        if self.on_operation is not None:
+            self.on_operation()
         if self.after_init is not None:
             hook, self.after_init = self.after_init, None
             hook()

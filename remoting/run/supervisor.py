@@ -57,6 +57,7 @@ from .layer import drop, spare_layer
 from .limits import ENV as CGROUP_ENV
 from .limits import RunCgroup
 from .mps import mps_environment
+from .wakeups import IdlePolling
 from .warmtree import WarmTree
 from .world import World, inside, log
 
@@ -122,6 +123,7 @@ class Supervisor(World):
         self.stdin_send, self.stdin_recv = stdin
         self.stats = s.RunStats()
         self.asks = FileAsks(job.run, self.send, self.stats, log)  # file requests to the client
+        self.wakeups = IdlePolling(settings.poll_idle, log=log)  # idle cores poll while files are used
         self.phase_started = time.monotonic()
         self.run_dir = run_dir = Path(settings.runs_dir) / job.run
         self.lower, self.upper = run_dir / "lower", run_dir / "upper"
@@ -566,6 +568,8 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
     status, detail = 255, ""
     try:
         async with trio.open_nursery() as nursery:
+            sup.wakeups.busy()  # the run's start is hand-offs from end to end, as its file operations
+            nursery.start_soon(sup.wakeups.keep)
             nursery.start_soon(sup.read_loop, nursery.cancel_scope)
             if settings.direct_host is not None:
                 nursery.start_soon(sup.asks.offer_direct, settings.direct_host, nursery)
@@ -603,6 +607,8 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
                 )
                 log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
+            sup.wakeups.enabled = False  # what is left is the supervisor's own: the cores may halt
+            sup.wakeups.release()
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

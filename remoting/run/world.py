@@ -48,6 +48,7 @@ from .limits import Limits, RunCgroup, ensure_mounted, memory_ceiling
 from .listings import KeptListings
 from .mps import MPS_START
 from .tenants import OwnedChunks, tenant_of
+from .wakeups import IdlePolling
 from .warmtree import WarmTree
 
 PREFETCH_ENTRIES = 20_000
@@ -82,6 +83,7 @@ class World:
     start: s.RunStart
     stats: s.RunStats
     asks: FileAsks
+    wakeups: IdlePolling  # idle cores polling while the process makes file operations
     id_base: int
     phase_started: float
     spare_layer: Path | None  # the writable layer, made while the supervisor waited
@@ -183,6 +185,7 @@ class World:
         self.tree = ClientTree(
             self.asks.fetch, self.store, id_offset=self.id_base, kept=self.kept, owned=self.owned
         )
+        self.tree.on_operation = self.wakeups.busy
         if not self.settings.complete_files:
             self.tree.contents.complete_budget = 0
         self.warm = await self._open_warm()
