@@ -23,12 +23,12 @@ def role(argv: list[str]) -> str:
 
 
 def thread_label(pid: int, tid: int, comm: str) -> str:
-    """A thread's name as reported: a pool's threads together, trio's workers together."""
+    """A thread's name as reported: a pool's threads together, the event loops' workers together."""
     if tid == pid:
         return "main"
-    if comm.startswith("Trio thread") or " from " in comm or comm.startswith("trio"):
-        return "trio workers"  # trio names a worker by its job: "_store_chunks f…"
-    return re.sub(r"_\d+$", "", comm)  # radium-files_3 -> radium-files
+    if comm.startswith("radium-"):
+        return re.sub(r"_\d+$", "", comm)  # radium-files_3 -> radium-files
+    return "workers"  # trio's (named by their job: "_store_chunks f…") and asyncio's
 
 
 class CpuSampler:
@@ -40,14 +40,22 @@ class CpuSampler:
     kernel threads); plus "steal", the time the hypervisor gave this VM's vCPUs to others
     (/proc/stat), which slows whatever runs meanwhile.  `window(t0, t1)` sums the CPU
     seconds of the samples taken in [t0, t1].
+
+    With `threads`, the benchmark's own processes are also sampled thread by thread
+    (/proc/<pid>/task: radium names its threads for the OS, `remoting/_threads.py`), and
+    `threads_window(t0, t1)` sums them by process role and thread name; what threads that
+    ended between two samples used is the process's delta less its live threads'.  A process
+    that appears between samples counts all its CPU (it began after the last one); what a
+    process used between the last sample and its exit is not seen.
     """
 
-    def __init__(self, marker: str, interval: float = 0.5) -> None:
+    def __init__(self, marker: str, interval: float = 0.5, threads: bool = False) -> None:
         import threading
 
-        self.marker, self.interval = marker, interval
+        self.marker, self.interval, self.threads = marker, interval, threads
         self.tick = os.sysconf("SC_CLK_TCK")
         self.samples: list[tuple[float, dict[str, float]]] = []
+        self.thread_samples: list[tuple[float, Counter]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
