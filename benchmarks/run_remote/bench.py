@@ -340,6 +340,20 @@ class Bench:
                 marks.setdefault(name, e["ts"] - run["t0"])
         return marks
 
+    def file_requests(self, run: dict) -> dict[str, dict[str, int]]:
+        """The supervisor's count of one `radium run`'s file requests by kind and FUSE operations
+        by name (its "file requests" log event), or nothing when the run is not told apart."""
+        lines = list(self.app.lines)
+        started = [
+            e for e in lines if e.get("event") == "run started" and run["t0"] <= e.get("ts", 0) <= run["t1"]
+        ]
+        if len(started) != 1:
+            return {}
+        for e in lines:
+            if e.get("event") == "file requests" and e.get("run") == started[0].get("run"):
+                return {"by_kind": e.get("by_kind", {}), "fuse_ops": e.get("fuse_ops", {})}
+        return {}
+
     def starts(self, client: Any) -> dict:
         a = self.args
         spec = {
@@ -447,6 +461,8 @@ class Bench:
                     r = self.program(argv, where, "ResNet-20", env, timeout=900)
                 res = r["result"]
                 r["cpu"] = cpu.window(res["timed_start_unix"], res["timed_start_unix"] + res["timed_wall_s"])
+                if where == "remote":
+                    r["requests"] = self.file_requests(r)
                 pair[where] = r
                 self.log(
                     f"ResNet-20 round {i + 1} {where}: {r['result']['images_per_s']:.1f} images/s "

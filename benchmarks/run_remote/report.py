@@ -366,6 +366,10 @@ def _by_thread(threads: dict[str, dict[str, float]], least: float = 0.05) -> str
     return "; ".join(parts)
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _print_resnet(rn: dict) -> None:
     for i, p in enumerate(rn["rounds"]):
         lo, rem = p["local"]["result"], p["remote"]["result"]
@@ -384,6 +388,12 @@ def _print_resnet(rn: dict) -> None:
                     f"  import torch {where} ({r['import_s']:.2f} s): the importer's CPU "
                     f"{r['import_cpu_s']:.2f} s, its waits {r['import_waits']:,}; the machine busy "
                     f"{r['import_machine_busy_s']:.2f} CPU-s, idle {r['import_machine_idle_s']:.2f}"
+                )
+            asked = p[where].get("requests") or {}
+            if i == 0 and asked:  # the cold run: what its import and the rest of the run asked for
+                print(
+                    f"  the {where} run's file requests: {_counts(asked['by_kind'])}; "
+                    f"its FUSE operations: {_counts(asked['fuse_ops'])}"
                 )
             cpu, wall = p[where]["cpu"], r["timed_wall_s"]
             cores = os.cpu_count() or 1
