@@ -202,7 +202,7 @@ def report(r: dict, args: argparse.Namespace) -> bool:
                     _s(statistics.median(warm)),
                     _s(statistics.median(here)),
                     f"{statistics.median(warm) / statistics.median(here):.2f}×",
-                    verdict(extra <= 0.2, f"+{extra:.3f} s ≤ local + 0.2 s:"),
+                    verdict(extra <= 0.2, f"{extra:+.3f} s ≤ local + 0.2 s:"),
                 )
             )
         cold_import = rn["rounds"][0]["remote"]["result"]["import_s"]
@@ -226,7 +226,7 @@ def report(r: dict, args: argparse.Namespace) -> bool:
                 _s(ocl["warm_median"]),
                 _s(ocl["local_median"]),
                 f"{ocl['warm_median'] / ocl['local_median']:.2f}×",
-                verdict(extra <= 0.1, f"+{extra:.3f} s ≤ local + 0.1 s:"),
+                verdict(extra <= 0.1, f"{extra:+.3f} s ≤ local + 0.1 s:"),
             )
         )
     table = Table(
