@@ -33,8 +33,8 @@ class IdlePolling:
     """A CPU latency request of 0 held while `busy()` is called, let go when it is not for `quiet` s.
 
     `busy()` runs on trio's thread (each FUSE operation, the run's start) and `keep()` is the
-    task that lets the request go, both on trio's clock.  Where the request cannot be made (not root, no such device) it
-    is not tried again and the cores halt as before.
+    task that lets the request go, both on trio's clock.  Where the request cannot be made
+    (not root, no such device) it is not tried again and the cores halt as before.
     """
 
     def __init__(
