@@ -242,6 +242,14 @@ def test_a_missing_role_variable_fails_before_anything_changes(estate, wheelhous
     assert r["c1"]["failed"] == 1 and r["c1"]["changed"] == 0
     assert "set radium_client_bundle" in out.stdout
     assert on_host(estate, "c1", "test -e /opt/radium").returncode != 0  # nothing was made
+    # A wheelhouse with no wheels in it (a wrong folder): said so, before anything is made.
+    empty = estate["root"] / "no-wheels"
+    empty.mkdir()
+    out = play(estate, inventory(estate, empty))
+    r = recap(out)
+    assert r["c1"]["failed"] == 1 and r["c1"]["changed"] == 0, out.stdout
+    assert f"The wheelhouse {empty} holds no wheels" in out.stdout
+    assert on_host(estate, "c1", "test -e /opt/radium").returncode != 0
 
 
 # --- the radium_appliance role: a host with systemd made an appliance, then clients enrolled on it ---
