@@ -320,16 +320,21 @@ class Bench:
 
     # --- the benchmarks -------------------------------------------------------------
 
-    def timeline(self, run: dict) -> dict[str, float]:
-        """radiumd's log events of one `radium run` (its run and lease ids), as seconds from its start."""
+    def _started(self, run: dict) -> tuple[list[dict], dict | None]:
+        """radiumd's log, and its "run started" event of one `radium run` (None when not told apart)."""
         lines = list(self.app.lines)
         started = [
             e for e in lines if e.get("event") == "run started" and run["t0"] <= e.get("ts", 0) <= run["t1"]
         ]
+        return lines, started[0] if len(started) == 1 else None
+
+    def timeline(self, run: dict) -> dict[str, float]:
+        """radiumd's log events of one `radium run` (its run and lease ids), as seconds from its start."""
+        lines, started = self._started(run)
         marks: dict[str, float] = {"exit": run["t1"] - run["t0"]}
-        if len(started) != 1:
+        if started is None:
             return marks
-        run_id, lease_id = started[0].get("run"), started[0].get("lease")
+        run_id, lease_id = started.get("run"), started.get("lease")
         for e in lines:
             name = e.get("event")
             if (name == "run started" and e.get("run") == run_id) or (
@@ -343,14 +348,11 @@ class Bench:
     def file_requests(self, run: dict) -> dict[str, dict[str, int]]:
         """The supervisor's count of one `radium run`'s file requests by kind and FUSE operations
         by name (its "file requests" log event), or nothing when the run is not told apart."""
-        lines = list(self.app.lines)
-        started = [
-            e for e in lines if e.get("event") == "run started" and run["t0"] <= e.get("ts", 0) <= run["t1"]
-        ]
-        if len(started) != 1:
+        lines, started = self._started(run)
+        if started is None:
             return {}
         for e in lines:
-            if e.get("event") == "file requests" and e.get("run") == started[0].get("run"):
+            if e.get("event") == "file requests" and e.get("run") == started.get("run"):
                 return {"by_kind": e.get("by_kind", {}), "fuse_ops": e.get("fuse_ops", {})}
         return {}
 

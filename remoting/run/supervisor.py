@@ -607,8 +607,7 @@ async def supervise(fd: int, settings: channel.Settings) -> int:
                 )
                 log("file requests", run=job.run, by_kind=dict(st.requests), fuse_ops=dict(st.ops))
             await sup.send(s.RunExit(run=job.run, status=status, detail=detail, stats=sup.stats))
-            sup.wakeups.enabled = False  # what is left is the supervisor's own: the cores may halt
-            sup.wakeups.release()
+            sup.wakeups.stop()  # the client has its status: the cores may halt
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -82,6 +82,11 @@ class IdlePolling:
         if self.log is not None:
             self.log("idle cores left to halt: no CPU latency request", device=self.device, error=str(exc))
 
+    def stop(self) -> None:
+        """Let the request go for good: what is left of the run is the supervisor's own."""
+        self.enabled = False
+        self.release()
+
     def release(self) -> None:
         """Let the cores halt again (the kernel drops the request as the file closes)."""
         if self._fd is not None:
