@@ -120,6 +120,7 @@ class ClientTree(pyfuse3.Operations):
 
     def _op(self, name: str) -> None:
         self.stats.ops[name] += 1
+        self.contents.busy()  # files read in part are completed when the process is quiet
         if self.on_operation is not None:
             self.on_operation()
         if self.after_init is not None:
@@ -164,10 +165,9 @@ class ClientTree(pyfuse3.Operations):
 
     # --- filling the table ---------------------------------------------------------------
 
-    async def _ensure_attr(self, node: Node, content: bool = False, reader: bool = True) -> Attr:
+    async def _ensure_attr(self, node: Node, content: bool = False) -> Attr:
         """The node's attributes; with `content`, its chunk hashes too (asking the client if needed),
-        and its content when it comes with them (LOOKUP_INLINE_MAX); `reader`: asked for the
-        process (the files read in part are completed only when it fetches nothing), not the fill."""
+        and its content when it comes with them (LOOKUP_INLINE_MAX)."""
 
         def enough() -> bool:
             a = node.attr
@@ -177,11 +177,8 @@ class ClientTree(pyfuse3.Operations):
             if content and await self._small_files_of_folder(node) and enough():
                 return
             attr = await self._ask(Lookup(path=node.path, content=content), Attr)
-            came = attr.data is not None
             self.nodes.set_attr(node, attr)
             self.contents.keep_inline(node, attr)
-            if came and reader:
-                self.contents.fetched_for_a_reader()
             if attr.chunks is not None:
                 self._learned.add(node.parent)
 
@@ -286,7 +283,7 @@ class ClientTree(pyfuse3.Operations):
 
     async def hashed(self, node: Node) -> Attr:
         """A file's attributes with its chunk hashes (asking the client if need be): for the fill."""
-        return await self._ensure_attr(node, content=True, reader=False)
+        return await self._ensure_attr(node, content=True)
 
     async def ask_listing(self, request: ReadDir) -> DirListing:
         reply = await self._ask(request, DirListing)

@@ -49,9 +49,12 @@ RECENT_CHUNKS = 48
 # biggest (a dataset read at random), and at most so many bytes a run.
 COMPLETE_SIZES = (4 * CHUNK_SIZE, 1 << 30)
 COMPLETE_RUN_BYTES = 1 << 30
-# The completion waits until readers have fetched nothing for this long: it takes the link
-# and both ends' CPU when the process computes, not while it waits for its files (a cold
-# `import torch` reads 390 MiB of libraries in part: completing them meanwhile cost 0.6 s).
+# The completion waits until the process has made no file operation (and its readers' read-ahead
+# fetched nothing) for this long: it takes the link and both ends' CPU when the process computes,
+# not while it waits for its files (a cold `import torch` reads 390 MiB of libraries in part:
+# completing them meanwhile cost 0.6 s). Not only fetches: a completion's chunks in flight
+# delay the replies to the import's lookups and listings behind them on the channel (median
+# 1.0 → 6.3 ms a request, ~0.5 s of a cold import, when only content fetches counted).
 COMPLETE_QUIET_S = 0.2
 # Chunks of a file at least this big that a reader streams (reads in order) are stored past the
 # page cache (ContentStore's O_DIRECT): a dataset read through, whose copy in the page cache
@@ -104,8 +107,9 @@ class Contents:
         self._completion_ended = trio.Event()  # set (and replaced) as each ends
         self._exited = trio.Event()  # the process exited: no reader will fetch again (`finish`)
         self._advised: dict[int, int] = {}  # by inode: stored chunks read ahead (will_need) up to here
-        # When a fetch for a reader was last asked for (trio's clock): the completion waits.
-        self._fetched_for_readers = -COMPLETE_QUIET_S
+        # When the process last made a file operation, or its read-ahead a fetch (trio's clock):
+        # the completion waits until it is quiet.
+        self._busy_at = -COMPLETE_QUIET_S
         self.complete_budget = COMPLETE_RUN_BYTES  # 0: files read in part are left so
         # Told of each file whose read-ahead has reached its end (once a file): the tree may then
         # fetch the start of the file it expects next (`fetch_head`).
@@ -275,12 +279,12 @@ class Contents:
         self._completions += 1  # counted from now: `finish` waits for it even before it starts
         self.background.start_soon(self._complete, node)
 
-    def fetched_for_a_reader(self) -> None:
-        """A request for a reader brought content (a chunk; a file with its lookup): not quiet."""
-        self._fetched_for_readers = trio.current_time()
+    def busy(self) -> None:
+        """The process made a file operation, or a fetch for a reader was asked for: not quiet."""
+        self._busy_at = trio.current_time()
 
     def when_quiet_soon(self, job: Callable[[], Awaitable[None]]) -> bool:
-        """Run `job` in the background when readers fetch nothing (COMPLETE_QUIET_S), or once the
+        """Run `job` in the background when the process is quiet (COMPLETE_QUIET_S), or once the
         process has exited; counted as a completion (`finish` waits for it). False: not here."""
         if self.background is None:
             return False
@@ -296,10 +300,9 @@ class Contents:
             self._completion_done()
 
     async def _quiet(self) -> None:
-        """Until readers have fetched nothing for COMPLETE_QUIET_S, or the process has exited."""
+        """Until the process has been quiet for COMPLETE_QUIET_S (`busy`), or has exited."""
         while (
-            not self._exited.is_set()
-            and (left := self._fetched_for_readers + COMPLETE_QUIET_S - trio.current_time()) > 0
+            not self._exited.is_set() and (left := self._busy_at + COMPLETE_QUIET_S - trio.current_time()) > 0
         ):
             with trio.move_on_after(left):
                 await self._exited.wait()
@@ -311,7 +314,7 @@ class Contents:
 
     async def _complete(self, node: Node) -> None:
         """Fetch the chunks of the node's file that are neither here nor coming, in order, one
-        request at a time when readers fetch nothing (COMPLETE_QUIET_S), into the store only."""
+        request at a time when the process is quiet (COMPLETE_QUIET_S), into the store only."""
         try:
             assert node.attr is not None and node.attr.chunks is not None
             chunks = node.attr.chunks
@@ -476,7 +479,7 @@ class Contents:
         if events is None:
             events = self._register(chunks, wanted)
         if remember:
-            self.fetched_for_a_reader()
+            self.busy()
         try:
             reply = await self._ask(ReadChunks(path=node.path, indexes=wanted, framed=True), Chunks)
             if len(reply.data) != len(wanted):
