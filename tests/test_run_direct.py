@@ -88,9 +88,8 @@ def test_radiums_threads_carry_their_names_for_the_os(tmp_path):
     sup = server.result()
     assert sup is not None
     sender = direct.Sender(client, lambda why: None)
-    sender.send(3, [b"hello"])
-    assert sup.receive() == (3, [b"hello"])  # the thread has run
-    assert _os_name(sender.thread) == "radium-direct-s"
+    # The thread names itself as it starts (it sends only what the socket did not take at once).
+    wait_until(lambda: _os_name(sender.thread) == "radium-direct-s", 10, "the sending thread named")
     assert sender.thread.name == "radium-direct-send"  # Python's own name as it was
     sender.stop()
     sender.thread.join(10)
@@ -105,6 +104,32 @@ def test_radiums_threads_carry_their_names_for_the_os(tmp_path):
     assert workers and sorted(_os_name(t) for t in workers) == sorted(t.name for t in workers)
     assert all(t.name.startswith("radium-hash_") for t in workers)
     files.close()
+
+
+def test_messages_go_straight_while_the_socket_takes_them_then_in_order_by_the_thread():
+    """`Sender` sends from the caller's thread (trio's loop: a handoff to its thread cost ~150 µs
+    a request) as far as the socket takes a message, and its thread sends the rest and what
+    follows, in order: the caller never waits for a peer that reads nothing."""
+    server = Server()
+    client = direct.connect("127.0.0.1", server.offer.port, server.offer.key)
+    sup = server.result()
+    assert sup is not None
+    lost: list[str] = []
+    sender = direct.Sender(client, lost.append)
+    # 24 MiB: far more than both sockets' buffers hold while nobody reads.
+    messages = [(i, [os.urandom(1 + (i * 7919) % 500_000)]) for i in range(1, 101)]
+    sending = threading.Thread(target=lambda: [sender.send(i, frames) for i, frames in messages])
+    sending.start()
+    sending.join(10)
+    assert not sending.is_alive()  # all handed over, although the peer has read nothing yet
+    assert [sup.receive() for _ in messages] == messages  # whole and in order
+    sender.send(101, [b"after"])  # the backlog gone: straight out again
+    assert sup.receive() == (101, [b"after"])
+    assert lost == []
+    sender.stop()
+    sender.thread.join(10)
+    client.close()
+    sup.close()
 
 
 def test_a_wrong_key_or_a_stranger_is_refused_and_the_client_still_gets_in():
