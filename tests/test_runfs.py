@@ -1188,6 +1188,49 @@ def test_at_the_process_exit_files_read_in_part_are_fetched_whole_at_once_for_a_
         assert all(store.get(chunk_hash(data[i : i + CHUNK_SIZE])) for i in range(0, len(data), CHUNK_SIZE))
 
 
+@pytest.mark.parametrize("elf", [True, False], ids=["elf", "data"])
+def test_a_library_the_loader_maps_starts_no_read_ahead(tmp_path, elf):
+    """The loader reads an ELF file's header, then faults its pages in here and there, and two
+    faults side by side look like a sequential reader. Such a file (told by its first bytes)
+    starts no read-ahead: a cold `import torch` fetched ~170 MiB ahead of its faults, its
+    lookups waiting behind them. Any other file read so is read ahead."""
+    pytest.importorskip("pyfuse3")
+    import trio
+    import trio.testing
+
+    from radium.remoting.run.fs import ClientTree
+
+    client = tmp_path / "client"
+    client.mkdir()
+    data = (b"\x7fELF" if elf else b"\x7fELE") + os.urandom(12 * CHUNK_SIZE - 4)
+    (client / "lib.so").write_bytes(data)
+    server = FileServer(client)
+    fetched: set[int] = set()
+
+    async def fetch(request):
+        if isinstance(request, ReadChunks):
+            fetched.update(request.indexes)
+        return server.handle(request)
+
+    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=2, ahead_chunks=4)
+
+    async def main():
+        async with trio.open_nursery() as background:
+            tree.contents.background = background
+            lib = await _opened(tree, b"lib.so")
+            assert await tree.read(lib, 0, 832) == data[:832]  # the header
+            for off in (5 * CHUNK_SIZE, 6 * CHUNK_SIZE):  # two faults' read-arounds side by side
+                assert await tree.read(lib, off, CHUNK_SIZE) == data[off : off + CHUNK_SIZE]
+            await trio.testing.wait_all_tasks_blocked()  # what was asked for ahead has come
+            background.cancel_scope.cancel()  # the completion of the file, waiting for quiet
+
+    trio.run(main, clock=trio.testing.MockClock())  # moves only when told: never quiet
+    if elf:
+        assert fetched == {0, 5, 6, 7}  # what the reads asked for (the last one's run of two)
+    else:
+        assert {1, 2, 3, 4, 7, 8, 9, 10} <= fetched  # ahead of the header's read and of the second fault
+
+
 def test_a_file_of_up_to_a_chunk_opened_cold_comes_whole_with_its_lookup(tmp_path):
     """Opening a module bigger than a listing carries (64 KiB-1 MiB: ~100 bytecode files of a
     cold `import torch`) costs one round trip: the Lookup that hashes it brings its chunk.

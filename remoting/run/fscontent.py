@@ -65,6 +65,10 @@ STREAMED_DIRECT_MIN = 8 * CHUNK_SIZE
 # tree's `ClientTree._reading_on`): enough to keep the link busy while the process closes one
 # file, opens the next and its own read-ahead starts.
 NEXT_FILE_CHUNKS = 8
+# A file that starts so is mapped by the loader, whose page faults come here and there, and
+# two side by side look like a sequential reader: no read of it starts a read-ahead. A cold
+# `import torch` fetched ~170 MiB ahead of such faults, and its lookups waited behind them.
+ELF_MAGIC = b"\x7fELF"
 
 #: Sends a request to the client: its reply, of the type expected, or a FUSEError.
 Ask = Callable[[FsRequest, type], Awaitable[FsReply]]
@@ -151,24 +155,35 @@ class Contents:
         if chunks is None or len(chunks) != chunk_count(attr.size):
             raise pyfuse3.FUSEError(errno.EIO)
         sequential = off == node.read_end
+        # A first read from the start: whether the file is ELF is known once its first bytes
+        # are here, and only then may a read-ahead start.
+        telling = off == 0 and node.elf is None
         first, last = off // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
         fetched: list[int] = []
-        if sequential:
-            self._read_ahead(node, last + 1)
-            if last + 1 + self.ahead_chunks >= len(chunks) and node.ino not in self._reached_end:
-                self._reached_end.add(node.ino)
-                if self.reading_on is not None:
-                    self.reading_on(node)
-        else:
+        if sequential and not telling and not node.elf:
+            self._ahead_of(node, last, len(chunks))
+        elif not sequential:
             self._complete_soon(node)
             fetched = await self._fetch_missing(node, first, last)
         parts = []
         for i in range(first, last + 1):
             base = i * CHUNK_SIZE
             lo, hi = max(off, base) - base, min(end, base + CHUNK_SIZE) - base
-            parts.append(await self._piece(node, i, lo, hi, sequential, i in fetched))
+            parts.append(await self._piece(node, i, lo, hi, sequential and not telling, i in fetched))
+        if telling:
+            node.elf = bytes(parts[0][:4]) == ELF_MAGIC
+            if sequential and not node.elf:
+                self._ahead_of(node, last, len(chunks))
         node.read_end = end
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _ahead_of(self, node: Node, last: int, count: int) -> None:
+        """A sequential reader has asked for up to chunk `last` of `count`: read ahead of it."""
+        self._read_ahead(node, last + 1)
+        if last + 1 + self.ahead_chunks >= count and node.ino not in self._reached_end:
+            self._reached_end.add(node.ino)
+            if self.reading_on is not None:
+                self.reading_on(node)
 
     async def _fetch_missing(self, node: Node, first: int, last: int) -> list[int]:
         """A read out of order across chunks `first`..`last` (a page fault's read-around is 1 MiB

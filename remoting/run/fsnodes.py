@@ -42,6 +42,9 @@ class Node:
     unlistable: bool = False  # ReadDir was refused (EACCES): look names up one by one
     data: bytes | None = None  # a small file's content, kept when the store could not take it
     read_end: int = 0  # where the last read ended: a read starting there is sequential
+    # An ELF file (told by its first bytes, at the first read from its start): the loader maps
+    # it and faults its pages in here and there, so no read of it starts a read-ahead.
+    elf: bool | None = None
     entry: pyfuse3.EntryAttributes | None = None
     digest: bytes | None = None  # of the listing installed (a directory's)
     consulted: bool = False  # the process looked names up in it, or listed it
