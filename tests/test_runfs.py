@@ -717,6 +717,42 @@ def test_chunks_put_soon_are_read_at_once_and_written_by_the_stores_writer(tmp_p
     assert store.stats().bytes_used == 9000
 
 
+def test_a_chunk_is_copied_into_a_file_by_the_kernel_or_else_read_and_written(tmp_path, monkeypatch):
+    """`copy_into` (how the warm tree lays files out) appends a stored chunk to a file with
+    `copy_file_range`, one still being written from memory, and reads and writes where the
+    kernel cannot copy (another file system, an old kernel)."""
+    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
+    stored, pending = os.urandom(CHUNK_SIZE), os.urandom(3000)
+    assert store.put(chunk_hash(stored), stored)
+    release = threading.Event()
+    write = store._write
+    store._write = lambda *a: release.wait(10) and write(*a)  # held back: still in memory
+    store.put_soon(chunk_hash(pending), pending)
+    copies: list[int] = []
+    kernels_copy = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: copies.append(a[2]) or kernels_copy(*a))
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert store.copy_into(chunk_hash(stored), fd) == CHUNK_SIZE
+        assert store.copy_into(chunk_hash(pending), fd) == len(pending)
+        assert store.copy_into(chunk_hash(b"never stored"), fd) is None
+        assert copies  # the stored chunk went file to file
+        release.set()
+        store.flush()
+
+        def cannot(*a):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        monkeypatch.setattr(os, "copy_file_range", cannot)
+        assert store.copy_into(chunk_hash(pending), fd) == len(pending)  # now a file: read and written
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == stored + pending + pending
+    s = store.stats()
+    assert (s.hits, s.misses, s.bytes_out) == (3, 1, CHUNK_SIZE + 2 * len(pending))
+
+
 def test_store_is_thread_safe(tmp_path):
     store = ContentStore(tmp_path, 40 * 1024)
     blobs = [os.urandom(1024) for _ in range(100)]

@@ -607,13 +607,10 @@ class WarmTree:
         try:
             written = 0
             for digest in a.chunks:
-                data = contents.store.get(digest)
-                if data is None:
+                copied = contents.store.copy_into(digest, fd)
+                if copied is None:
                     break
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                written += len(data)
+                written += copied
             if written != a.size:
                 raise FileNotFoundError(errno.ENOENT, "a chunk is gone from the store")
             os.fchown(fd, a.uid, a.gid)
