@@ -6,7 +6,7 @@ The overlay asks FUSE below every warm-tree folder that lacks entries of its lis
 package's sources and reads only their bytecode, so no run fetched them), ~200 lookups of
 package folders (the overlay merges each with FUSE's) and 155 listings of two readdirs each.
 When the process lists a folder whose files this side lacks are all small, it is asked for
-again with their content once readers are quiet (or at the process's exit:
+again with their content once the process is quiet (or at its exit:
 `Contents.when_quiet_soon`), one ReadDir with content for it and one for its `__pycache__`,
 and each file too big to come with a listing but not bigger than a chunk alone;
 the run's end lays them out, and a folder then holding every entry (its subfolders as
