@@ -118,7 +118,7 @@ def test_messages_go_straight_while_the_socket_takes_them_then_in_order_by_the_t
     sender = direct.Sender(client, lost.append)
     # 24 MiB: far more than both sockets' buffers hold while nobody reads.
     messages = [(i, [os.urandom(1 + (i * 7919) % 500_000)]) for i in range(1, 101)]
-    sending = threading.Thread(target=lambda: [sender.send(i, frames) for i, frames in messages])
+    sending = threading.Thread(target=lambda: [sender.send(i, frames) for i, frames in messages], daemon=True)
     sending.start()
     sending.join(10)
     assert not sending.is_alive()  # all handed over, although the peer has read nothing yet
