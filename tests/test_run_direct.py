@@ -115,16 +115,16 @@ def test_messages_go_straight_while_the_socket_takes_them_then_in_order_by_the_t
     sup = server.result()
     assert sup is not None
     lost: list[str] = []
-    sender = direct.Sender(client, lost.append)
+    sender = direct.Sender(sup, lost.append)  # the supervisor's end, as FileAsks uses it
     # 24 MiB: far more than both sockets' buffers hold while nobody reads.
     messages = [(i, [os.urandom(1 + (i * 7919) % 500_000)]) for i in range(1, 101)]
     sending = threading.Thread(target=lambda: [sender.send(i, frames) for i, frames in messages], daemon=True)
     sending.start()
     sending.join(10)
     assert not sending.is_alive()  # all handed over, although the peer has read nothing yet
-    assert [sup.receive() for _ in messages] == messages  # whole and in order
+    assert [client.receive() for _ in messages] == messages  # whole and in order
     sender.send(101, [b"after"])  # the backlog gone: straight out again
-    assert sup.receive() == (101, [b"after"])
+    assert client.receive() == (101, [b"after"])
     assert lost == []
     sender.stop()
     sender.thread.join(10)
