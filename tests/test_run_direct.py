@@ -116,6 +116,9 @@ def test_messages_go_straight_while_the_socket_takes_them_then_in_order_by_the_t
     assert sup is not None
     lost: list[str] = []
     sender = direct.Sender(sup, lost.append)  # the supervisor's end, as FileAsks uses it
+    sealed_by: list[int] = []  # the thread that sealed (and sent) each message
+    seal = sup._seal_all
+    sup._seal_all = lambda frames: sealed_by.append(threading.get_ident()) or seal(frames)  # type: ignore[method-assign]
     # 24 MiB: far more than both sockets' buffers hold while nobody reads.
     messages = [(i, [os.urandom(1 + (i * 7919) % 500_000)]) for i in range(1, 101)]
     sending = threading.Thread(target=lambda: [sender.send(i, frames) for i, frames in messages], daemon=True)
@@ -123,8 +126,10 @@ def test_messages_go_straight_while_the_socket_takes_them_then_in_order_by_the_t
     sending.join(10)
     assert not sending.is_alive()  # all handed over, although the peer has read nothing yet
     assert [client.receive() for _ in messages] == messages  # whole and in order
+    assert sealed_by[0] == sending.ident  # the first went straight from the caller's thread
+    assert sender.thread.ident in sealed_by  # those after the socket filled, by the thread
     sender.send(101, [b"after"])  # the backlog gone: straight out again
-    assert client.receive() == (101, [b"after"])
+    assert client.receive() == (101, [b"after"]) and sealed_by[-1] == threading.get_ident()
     assert lost == []
     sender.stop()
     sender.thread.join(10)

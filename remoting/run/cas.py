@@ -84,6 +84,12 @@ class _Aligned(threading.local):
 _aligned = _Aligned()
 
 
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _copy_all(src: int, dst: int) -> int:
     """All of `src` from its start, appended to `dst`: by the kernel where it can, else read and written."""
     copied = 0
@@ -95,9 +101,7 @@ def _copy_all(src: int, dst: int) -> int:
         if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL) or copied:
             raise
     while data := os.read(src, 1 << 20):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(dst, view) :]
+        _write_all(dst, data)
         copied += len(data)
     return copied
 
@@ -150,9 +154,7 @@ def _write_direct(fd: int, data: bytes | memoryview) -> None:
     where it lies."""
     size = len(data)
     if size % _ALIGN == 0 and _page_aligned(data):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         return
     padded = -(-size // _ALIGN) * _ALIGN
     buffer = _aligned.get(padded)
@@ -309,7 +311,7 @@ class ContentStore:
         if isinstance(found, bytes):
             data = found[offset:] if size < 0 else found[offset : offset + size]
         else:
-            with open(found, "rb", buffering=0, closefd=True) as f:
+            with open(found, "rb", buffering=0) as f:  # closes the descriptor
                 if offset:
                     f.seek(offset)
                 data = f.read() if size < 0 else f.read(size)
@@ -330,9 +332,7 @@ class ContentStore:
         if found is None:
             return None
         if isinstance(found, bytes):
-            view = memoryview(found)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, found)
             copied = len(found)
         else:
             try:
@@ -485,9 +485,7 @@ class ContentStore:
                 if direct:
                     _write_direct(fd, data)
                 else:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    _write_all(fd, data)
                 with self._lock:
                     stamp = self._stamp()
                 os.utime(fd, ns=(stamp, stamp))
