@@ -137,6 +137,44 @@ def test_messages_go_straight_while_the_socket_takes_them_then_in_order_by_the_t
     sup.close()
 
 
+def test_the_client_end_answers_requests_side_by_side_each_in_the_thread_that_read_it():
+    """`serve` (the client's end): the thread holding the turn reads a request, hands the turn
+    on and answers it itself, so a slow request (a big file hashed) holds up no other; the
+    threads end when the channel closes."""
+    server = Server()
+    client = direct.connect("127.0.0.1", server.offer.port, server.offer.key)
+    sup = server.result()
+    assert sup is not None
+    release = threading.Event()
+    answered_by: dict[bytes, int] = {}
+
+    def answer(body: bytes | memoryview) -> list[bytes]:
+        answered_by[bytes(body)] = threading.get_ident()
+        if body == b"slow":
+            assert release.wait(10)
+        return [b"answer to " + bytes(body)]
+
+    serving = threading.Thread(target=direct.serve, args=(client, answer, 3, "radium-answer"), daemon=True)
+    serving.start()
+    sup.send(1, [b"slow"])
+    wait_until(lambda: b"slow" in answered_by, 10, "the slow request taken")
+    sup.send(2, [b"quick"])
+    assert sup.receive() == (2, [b"answer to quick"])  # not behind the slow one
+    release.set()
+    assert sup.receive() == (1, [b"answer to slow"])
+    assert answered_by[b"slow"] != answered_by[b"quick"]
+    helpers = [t for t in threading.enumerate() if t.name.startswith("radium-answer_")]
+    assert len(helpers) == 2
+    names = {"radium-answer_1", "radium-answer_2"}  # each names itself as it starts
+    wait_until(lambda: {_os_name(t) for t in helpers} == names, 10, "the answering threads named")
+    sup.close()  # the supervisor's end goes: every answering thread ends, the caller's too
+    serving.join(10)
+    for t in helpers:
+        t.join(10)
+    assert not serving.is_alive() and not any(t.is_alive() for t in helpers)
+    assert client.closed
+
+
 def test_a_wrong_key_or_a_stranger_is_refused_and_the_client_still_gets_in():
     server = Server()
     port = server.offer.port

@@ -67,6 +67,9 @@ FORWARDED_SIGNALS = (
 )
 CREDIT_BATCH = 1 << 20
 MAX_DELIVERED = 1_000_000  # hashes remembered per appliance (32 MB)
+# Threads answering file requests over the direct channel (the first is the one that connected),
+# as many as the pool that answers them relayed: a cold read keeps several ReadChunks in flight.
+ANSWERING_THREADS = 8
 LOST_GRACE_S = 15.0  # how long a run whose session an operator ended waits for its RunExit
 
 
@@ -433,7 +436,8 @@ class RemoteRun:
     def _direct(self, port: int, key: bytes) -> None:
         """Connect the direct file channel the supervisor offered, and answer what comes over it.
 
-        A thread: requests are read here and answered by the pool, each reply sent whole.
+        A thread, and ANSWERING_THREADS - 1 more (`direct.serve`): each takes its turn reading
+        the next request and answers it itself, each reply sent whole.
         If it cannot connect (a firewall lets only radiumd's port through), or the channel
         fails later, the supervisor asks through radiumd: nothing to do here.
         """
@@ -448,18 +452,7 @@ class RemoteRun:
             link.close()
             return
 
-        def answer(call_id: int, body: bytes | memoryview) -> None:
-            try:
-                link.send(call_id, self._file_reply(body))
-            except (direct.DirectError, ValueError):
-                link.close()  # the supervisor notices, and asks again through radiumd
-
-        try:
-            while True:
-                call_id, frames = link.receive()
-                self.pool.submit(answer, call_id, frames[0])
-        except (direct.DirectError, RuntimeError):  # closed, cut; or the run ended (the pool shut down)
-            link.close()
+        direct.serve(link, self._file_reply, ANSWERING_THREADS, "radium-files")
 
     def _file_reply(self, body: bytes | memoryview) -> list[bytes]:
         try:
