@@ -451,6 +451,83 @@ def test_a_tree_left_mid_change_is_never_used_and_is_rebuilt(remote, tmp_path):
     assert not (tree / PROJECT.lstrip("/") / "pkg" / "half").exists()
 
 
+def test_a_big_file_cut_short_by_the_budget_is_finished_by_the_next_runs_ends(tmp_path, monkeypatch):
+    """A run's end adds to the tree for BUDGET seconds: a file of several chunks is copied aside
+    and renamed in whole, so one the time cuts short (a big library on a slow disk) is never
+    in the tree in part, does not hold the run's end beyond a chunk, and is finished by the
+    next runs' ends; a copy aside of content no longer wanted is dropped."""
+    from radium.remoting.run import warmtree
+    from radium.remoting.run.cas import ContentStore
+    from radium.remoting.run.fscontent import Contents
+    from radium.remoting.run.fsnodes import NodeTable, TreeStats
+    from radium.remoting.run.fsproto import CHUNK_SIZE, Attr, DirEntry, DirListing, chunk_hash
+
+    class Clock:  # each reading a second later: the budget (1.5 s) lets one chunk be copied
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            cls.now += 1.0
+            return cls.now
+
+    monkeypatch.setattr(warmtree, "time", Clock)
+    monkeypatch.setattr(warmtree, "OVERRUN", 0.0)  # (0.5 s: a file that nearly fits is finished)
+    store = ContentStore(tmp_path / "store", 1 << 30)
+
+    def attr(mode: int, data: bytes = b"") -> Attr:
+        pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
+        for piece in pieces:
+            store.put(chunk_hash(piece), piece)
+        t = 1_700_000_000_000_000_000 + len(data)
+        return Attr(mode=mode, uid=os.getuid(), gid=os.getgid(), size=len(data), atime_ns=t, mtime_ns=t,
+                    ctime_ns=t, nlink=1, ino=len(data), dev=1,
+                    chunks=[chunk_hash(p) for p in pieces] if stat.S_ISREG(mode) else None)  # fmt: skip
+
+    nodes = NodeTable()
+    folder = stat.S_IFDIR | 0o755
+    nodes.install_listing(
+        nodes.root,
+        DirListing(path=b"/", entries=[DirEntry(name=b"data", attr=attr(folder))], digest=b"r" * 32),
+    )
+    data = nodes.by_ino[nodes.by_path[b"/data"]]
+    old, new = os.urandom(3 * CHUNK_SIZE + 100), os.urandom(4 * CHUNK_SIZE + 7)
+    nodes.install_listing(
+        data,
+        DirListing(
+            path=b"/data",
+            entries=[DirEntry(name=b"lib.so", attr=attr(stat.S_IFREG | 0o755, old))],
+            digest=b"1" * 32,
+        ),
+    )
+    contents = Contents(None, store, TreeStats())  # type: ignore[arg-type]  # nothing is asked
+    warm = WarmTree(tmp_path / "warm", 1 << 30)
+    assert warm.share() and warm.claim()
+    copy, aside = warm.files / "data" / "lib.so", warm.folder / "partial"
+
+    def grow() -> int:
+        added = warm.grow(nodes, contents, budget=1.5)
+        assert not copy.exists() or copy.read_bytes() == new  # never in part, never the old content
+        return added
+
+    assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [CHUNK_SIZE]
+    assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [2 * CHUNK_SIZE]
+    # The client's file changed: its new content is copied, the old one's copy aside dropped.
+    nodes.install_listing(
+        data,
+        DirListing(
+            path=b"/data",
+            entries=[DirEntry(name=b"lib.so", attr=attr(stat.S_IFREG | 0o700, new))],
+            digest=b"2" * 32,
+        ),
+    )
+    assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [CHUNK_SIZE]
+    assert [grow() for _ in range(4)] == [0, 0, 0, 1]
+    assert copy.read_bytes() == new and list(aside.iterdir()) == []
+    st = copy.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_mtime_ns == 1_700_000_000_000_000_000 + len(new)
+    assert warm.index.size == len(new)
+
+
 def test_the_limit_and_turning_it_off(two_hosts, tmp_path):
     files = {"big.bin": os.urandom(2 << 20), "small.txt": "small\n"}
     files["read.py"] = READ_ALL.replace("'pkg'", "'.'")

@@ -30,7 +30,11 @@ the tree as it needs it goes without (FUSE serves everything, as before).  A
 `busy` mark is made before any change and removed after the index is saved: a tree
 found marked (a crash mid-change) is not used, and is discarded by the next run that
 may change it.  What a run adds is bounded by the client's `limit` and by `BUDGET`
-seconds; a full disk stops it, leaving what was complete.
+seconds; a full disk stops it, leaving what was complete.  A file of several chunks is
+written aside (`<warm_dir>/<client>/partial/`) and renamed into the tree whole; one the
+budget cuts short (`OVERRUN` past it: a big library on a slow disk, a dataset) stays
+aside, and the next run's end goes on from where it stopped, so that no run's end holds
+the client's next run for a big file's copy.
 """
 
 from __future__ import annotations
@@ -48,12 +52,13 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import blake3
 import msgspec
 
 from .._keys import write_atomic
 from .fscontent import Contents
 from .fsnodes import Node, NodeTable
-from .fsproto import Attr, DirEntry
+from .fsproto import CHUNK_SIZE, Attr, DirEntry
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,9 @@ REDIRECT = "trusted.overlay.redirect"  # an absolute one: the same path in the l
 # Seconds a run may spend adding to its client's tree after it ended (the client's next run
 # waits for it): a big tree (a dataset read once) is laid out over several runs' ends.
 BUDGET = 1.0
+# Seconds past BUDGET a file being copied may take before it is set aside for the next run's
+# end (the client's next run waits up to 2 s): one that nearly fits is finished now.
+OVERRUN = 0.5
 WHITEOUTS = 256  # the most names one folder of the tree marks absent
 Identity = tuple[int, int, int, int, int, int, int, int]
 T = TypeVar("T")
@@ -118,6 +126,7 @@ class WarmTree:
     def __init__(self, folder: Path, limit: int) -> None:
         self.folder = folder
         self.files = folder / "tree"
+        self.partial = folder / "partial"  # a file being copied, the budget having cut it short
         self.limit = limit
         self._root = os.fsencode(self.files)
         self._fd: int | None = None
@@ -563,7 +572,11 @@ class WarmTree:
                     break
                 if self.index.size + size > self.limit:
                     continue  # a smaller one of a later group may fit
-                if self._copy(os.path.join(self._where(path), name), a, contents):
+                where = os.path.join(self._where(path), name)
+                copied = self._copy(where, a, contents, deadline + OVERRUN)
+                if copied is None:
+                    break  # out of time mid-file: the next run's end goes on with it
+                if copied:
                     dirs[path].files[name] = identity(a)
                     self.index.size += size
                     added += 1
@@ -594,8 +607,14 @@ class WarmTree:
             assert node.digest is not None
             self.index.digests[node.path] = node.digest
 
-    def _copy(self, where: bytes, a: Attr, contents: Contents) -> bool:
-        """Lay one file (or symlink) out; False when its content is gone from the store."""
+    def _copy(self, where: bytes, a: Attr, contents: Contents, deadline: float) -> bool | None:
+        """Lay one file (or symlink) out; False when its content is gone from the store, None
+        when `deadline` came first (what was copied stays aside for the next run's end).
+
+        A file of one chunk is written in place; a bigger one chunk by chunk into `partial/`
+        (at least one chunk each time), then given its owner, mode and times and renamed into
+        place, so that no run's end overruns its budget by much. Only one file is kept aside:
+        another's copy in progress is dropped."""
         if stat.S_ISLNK(a.mode):
             assert a.target is not None
             os.symlink(a.target, where)
@@ -603,10 +622,16 @@ class WarmTree:
             os.utime(where, ns=(a.atime_ns, a.mtime_ns), follow_symlinks=False)
             return True
         assert a.chunks is not None
-        fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if len(a.chunks) <= 1:
+            target, fd, written = where, os.open(where, flags | os.O_EXCL, 0o600), 0
+        else:
+            target, fd, written = self._aside(a)
         try:
-            written = 0
-            for digest in a.chunks:
+            for i, digest in enumerate(a.chunks[written // CHUNK_SIZE :]):
+                if i and time.monotonic() > deadline:
+                    os.close(fd)
+                    return None
                 copied = contents.store.copy_into(digest, fd)
                 if copied is None:
                     break
@@ -616,14 +641,33 @@ class WarmTree:
             os.fchown(fd, a.uid, a.gid)
             os.fchmod(fd, stat.S_IMODE(a.mode))  # after chown, which clears set-id bits
             os.utime(fd, ns=(a.atime_ns, a.mtime_ns))
+            if target != where:
+                os.rename(target, where)
         except BaseException as exc:
             os.close(fd)
-            os.unlink(where)
+            os.unlink(target)
             if isinstance(exc, FileNotFoundError):
                 return False
             raise
         os.close(fd)
         return True
+
+    def _aside(self, a: Attr) -> tuple[bytes, int, int]:
+        """Where a file of several chunks is copied before it goes into the tree (named by its
+        content), opened at its end: the path, the descriptor and the bytes already there."""
+        assert a.chunks is not None
+        self.partial.mkdir(mode=0o700, exist_ok=True)
+        name = blake3.blake3(b"".join(a.chunks)).hexdigest()
+        for other in os.listdir(self.partial):
+            if other != name:
+                os.unlink(self.partial / other)
+        path = os.fsencode(self.partial / name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        written = os.lseek(fd, 0, os.SEEK_END)
+        if written % CHUNK_SIZE or written >= a.size:  # not as a cut-short copy leaves it
+            os.ftruncate(fd, 0)
+            written = os.lseek(fd, 0, os.SEEK_SET)
+        return path, fd, written
 
     def _mark_complete(self, folders: list[Node], nodes: NodeTable) -> None:
         """Opaque: the folders this run listed that hold every entry, subfolders as folders
