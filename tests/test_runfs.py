@@ -1617,6 +1617,34 @@ def test_a_second_mount_with_the_same_store_fetches_no_content(world, tmp_path):
 
 @needs_fuse
 @pytest.mark.timeout(60)
+def test_a_small_file_here_at_its_open_is_read_from_the_page_cache_not_through_fuse(world, tmp_path):
+    """A file of one chunk whose content came with its lookup or listing is put into the
+    kernel's page cache as it is opened (`ClientTree._push`): reading it costs no FUSE
+    operation (a cold `import torch` reads ~1,000 bytecode files so). A bigger file is read
+    through FUSE; a pushed file whose pages the kernel dropped is read through FUSE again."""
+    c = world.client
+    small = [c / "small.txt", c / "exact64k", c / "medium.bin"]
+    mounted = Served(world.config(tmp_path / "mnt" / "m", tmp_path / "store", None), tmp_path / "serve.log")
+    try:
+        for path in small:
+            with open(mounted.at(path), "rb") as f:
+                assert f.read() == world.files[os.fsencode(path)], path
+        assert mounted.stats()["tree"]["ops"].get("read", 0) == 0
+        with open(mounted.at(c / "big.bin"), "rb") as f:
+            assert f.read() == world.files[os.fsencode(c / "big.bin")]
+        pushed_once = mounted.stats()["tree"]["ops"]
+        assert pushed_once["read"] > 0 and pushed_once["open"] == 4
+        for path in small:
+            _drop_page_cache(mounted.at(path))
+            with open(mounted.at(path), "rb") as f:
+                assert f.read() == world.files[os.fsencode(path)], path
+        assert mounted.stats()["tree"]["ops"]["read"] >= pushed_once["read"] + len(small)
+    finally:
+        mounted.stop()
+
+
+@needs_fuse
+@pytest.mark.timeout(60)
 def test_a_warm_mount_with_kept_listings_asks_once_for_all_the_last_mount_used(world, tmp_path):
     store, hashes, kept = tmp_path / "store", tmp_path / "hashes", tmp_path / "kept.idx"
 

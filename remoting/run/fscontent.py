@@ -423,6 +423,17 @@ class Contents:
         except (pyfuse3.FUSEError, Changed):
             pass  # the reader's own fetch will try again and report
 
+    def whole_if_here(self, node: Node) -> bytes | memoryview | None:
+        """The content of a file of one chunk when it is here (in memory or stored), else None."""
+        a = node.attr
+        if a is None or not 0 < a.size <= CHUNK_SIZE:
+            return None
+        if node.data is not None:
+            return node.data
+        if a.chunks is None or len(a.chunks) != 1:
+            return None
+        return self._local_piece(a.chunks[0], 0, a.size)
+
     def _local_piece(self, digest: bytes, lo: int, hi: int) -> bytes | memoryview | None:
         data = self.recent.get(digest)
         if data is not None:

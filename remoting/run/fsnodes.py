@@ -49,6 +49,7 @@ class Node:
     digest: bytes | None = None  # of the listing installed (a directory's)
     consulted: bool = False  # the process looked names up in it, or listed it
     used: bool = False  # the process looked it up by name or opened it (the warm tree adds those first)
+    pushed: bool = False  # its content was put into the kernel's page cache at an open (ClientTree.open)
 
 
 @dataclass
@@ -118,7 +119,7 @@ class NodeTable:
             attr.mtime_ns,
             attr.ctime_ns,
         ):
-            node.data = None
+            node.data, node.pushed = None, False
         node.attr, node.entry = attr, None
 
     def install_listing(self, node: Node, listing: DirListing) -> None:
