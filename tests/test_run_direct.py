@@ -139,8 +139,8 @@ def test_messages_go_straight_while_the_socket_takes_them_then_in_order_by_the_t
 
 def test_the_client_end_answers_requests_side_by_side_each_in_the_thread_that_read_it():
     """`serve` (the client's end): the thread holding the turn reads a request, hands the turn
-    on and answers it itself, so a slow request (a big file hashed) holds up no other; the
-    threads end when the channel closes."""
+    on (starting another thread when none waits for it) and answers it itself, so a slow
+    request (a big file hashed) holds up no other; the threads end when the channel closes."""
     server = Server()
     client = direct.connect("127.0.0.1", server.offer.port, server.offer.key)
     sup = server.result()

@@ -402,23 +402,42 @@ def serve(
     link: Link, answer: Callable[[bytes | memoryview], Sequence[Frame]], threads: int, name: str
 ) -> None:
     """Answer the requests that come over `link` until it closes, up to `threads` at once (the
-    client's end): the calling thread and `threads - 1` more, named `name_1`, `name_2`, ...
+    client's end): the calling thread, and more (named `name_1`, `name_2`, ...) as requests
+    come while every thread is busy.
 
     Leader and followers: the thread that holds the turn reads the next request, hands the turn
     on, and answers the request itself. Handed from one reading thread to a pool, each request
     first waited for a worker to wake up and get the GIL (~55 µs a metadata round trip on the
-    lab VM, which a cold `import torch` makes ~700 times one after another)."""
+    lab VM, which a cold `import torch` makes ~700 times one after another). A thread is
+    started only when one takes a request with no other waiting for the turn: starting all of
+    them with the channel cost a warm start ~8 ms of its ~100."""
     turn = threading.Lock()
+    counts = threading.Lock()
+    waiting, started = 0, 1
+
+    def follow() -> None:
+        """Start another thread when none is waiting to read the next request."""
+        nonlocal started
+        with counts:
+            if waiting or started >= threads:
+                return
+            started += 1
+            number = started - 1
+        _threads.Thread(target=answering, name=f"{name}_{number}", daemon=True).start()
 
     def answering() -> None:
+        nonlocal waiting
         try:
             while True:
+                with counts:
+                    waiting += 1
                 with turn:
+                    with counts:
+                        waiting -= 1
                     call_id, frames = link.receive()
+                follow()
                 link.send(call_id, answer(frames[0]))
         except (DirectError, ValueError):  # closed, cut, or a reply that cannot be sent
             link.close()  # the other end notices, and asks again another way
 
-    for i in range(1, threads):
-        _threads.Thread(target=answering, name=f"{name}_{i}", daemon=True).start()
     answering()
