@@ -436,8 +436,9 @@ class RemoteRun:
     def _direct(self, port: int, key: bytes) -> None:
         """Connect the direct file channel the supervisor offered, and answer what comes over it.
 
-        A thread, and ANSWERING_THREADS - 1 more (`direct.serve`): each takes its turn reading
-        the next request and answers it itself, each reply sent whole.
+        A thread, and up to ANSWERING_THREADS - 1 more, started as requests find all of them
+        busy (`direct.serve`): each takes its turn reading the next request and answers it
+        itself, each reply sent whole.
         If it cannot connect (a firewall lets only radiumd's port through), or the channel
         fails later, the supervisor asks through radiumd: nothing to do here.
         """
