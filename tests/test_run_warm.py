@@ -491,14 +491,12 @@ def test_a_big_file_cut_short_by_the_budget_is_finished_by_the_next_runs_ends(tm
     )
     data = nodes.by_ino[nodes.by_path[b"/data"]]
     old, new = os.urandom(3 * CHUNK_SIZE + 100), os.urandom(4 * CHUNK_SIZE + 7)
-    nodes.install_listing(
-        data,
-        DirListing(
-            path=b"/data",
-            entries=[DirEntry(name=b"lib.so", attr=attr(stat.S_IFREG | 0o755, old))],
-            digest=b"1" * 32,
-        ),
-    )
+
+    def client_has(content: bytes, mode: int) -> None:  # /data/lib.so, as a listing gives it
+        entry = DirEntry(name=b"lib.so", attr=attr(stat.S_IFREG | mode, content))
+        nodes.install_listing(data, DirListing(path=b"/data", entries=[entry], digest=chunk_hash(content)))
+
+    client_has(old, 0o755)
     contents = Contents(None, store, TreeStats())  # type: ignore[arg-type]  # nothing is asked
     warm = WarmTree(tmp_path / "warm", 1 << 30)
     assert warm.share() and warm.claim()
@@ -512,14 +510,7 @@ def test_a_big_file_cut_short_by_the_budget_is_finished_by_the_next_runs_ends(tm
     assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [CHUNK_SIZE]
     assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [2 * CHUNK_SIZE]
     # The client's file changed: its new content is copied, the old one's copy aside dropped.
-    nodes.install_listing(
-        data,
-        DirListing(
-            path=b"/data",
-            entries=[DirEntry(name=b"lib.so", attr=attr(stat.S_IFREG | 0o700, new))],
-            digest=b"2" * 32,
-        ),
-    )
+    client_has(new, 0o700)
     assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [CHUNK_SIZE]
     assert [grow() for _ in range(4)] == [0, 0, 0, 1]
     assert copy.read_bytes() == new and list(aside.iterdir()) == []
