@@ -315,9 +315,7 @@ class ContentStore:
                 if offset:
                     f.seek(offset)
                 data = f.read() if size < 0 else f.read(size)
-        with self._lock:
-            self._stats.hits += 1
-            self._stats.bytes_out += len(data)
+        self._served(len(data))
         return data
 
     def copy_into(self, digest: bytes | str, fd: int) -> int | None:
@@ -339,10 +337,13 @@ class ContentStore:
                 copied = _copy_all(found, fd)
             finally:
                 os.close(found)
+        self._served(copied)
+        return copied
+
+    def _served(self, size: int) -> None:
         with self._lock:
             self._stats.hits += 1
-            self._stats.bytes_out += copied
-        return copied
+            self._stats.bytes_out += size
 
     def _open(self, key: str) -> bytes | int | None:
         """A chunk to read: its bytes while it is being written, else its file opened (a

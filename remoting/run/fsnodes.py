@@ -119,7 +119,7 @@ class NodeTable:
             attr.mtime_ns,
             attr.ctime_ns,
         ):
-            node.data, node.pushed = None, False
+            node.data, node.pushed, node.elf = None, False, None  # what its content told
         node.attr, node.entry = attr, None
 
     def install_listing(self, node: Node, listing: DirListing) -> None:

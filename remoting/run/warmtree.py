@@ -70,6 +70,7 @@ BUDGET = 1.0
 # Seconds past BUDGET a file being copied may take before it is set aside for the next run's
 # end (the client's next run waits up to 2 s): one that nearly fits is finished now.
 OVERRUN = 0.5
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a tree file, or one aside
 WHITEOUTS = 256  # the most names one folder of the tree marks absent
 Identity = tuple[int, int, int, int, int, int, int, int]
 T = TypeVar("T")
@@ -622,9 +623,8 @@ class WarmTree:
             os.utime(where, ns=(a.atime_ns, a.mtime_ns), follow_symlinks=False)
             return True
         assert a.chunks is not None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         if len(a.chunks) <= 1:
-            target, fd, written = where, os.open(where, flags | os.O_EXCL, 0o600), 0
+            target, fd, written = where, os.open(where, _NEW_FILE | os.O_EXCL, 0o600), 0
         else:
             target, fd, written = self._aside(a)
         try:
@@ -662,7 +662,7 @@ class WarmTree:
             if other != name:
                 os.unlink(self.partial / other)
         path = os.fsencode(self.partial / name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, _NEW_FILE, 0o600)
         written = os.lseek(fd, 0, os.SEEK_END)
         if written % CHUNK_SIZE or written >= a.size:  # not as a cut-short copy leaves it
             os.ftruncate(fd, 0)
