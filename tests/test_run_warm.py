@@ -451,72 +451,119 @@ def test_a_tree_left_mid_change_is_never_used_and_is_rebuilt(remote, tmp_path):
     assert not (tree / PROJECT.lstrip("/") / "pkg" / "half").exists()
 
 
-def test_a_big_file_cut_short_by_the_budget_is_finished_by_the_next_runs_ends(tmp_path, monkeypatch):
-    """A run's end adds to the tree for BUDGET seconds: a file of several chunks is copied aside
-    and renamed in whole, so one the time cuts short (a big library on a slow disk) is never
-    in the tree in part, does not hold the run's end beyond a chunk, and is finished by the
-    next runs' ends; a copy aside of content no longer wanted is dropped."""
-    from radium.remoting.run import warmtree
-    from radium.remoting.run.cas import ContentStore
-    from radium.remoting.run.fscontent import Contents
-    from radium.remoting.run.fsnodes import NodeTable, TreeStats
-    from radium.remoting.run.fsproto import CHUNK_SIZE, Attr, DirEntry, DirListing, chunk_hash
+class _Growing:
+    """A warm tree grown by hand from one client folder, /data, whose listing a test sets, on
+    a clock that advances a second at each reading: a budget of 1.5 s lets one chunk of a big
+    file be copied (OVERRUN 0), so a test sees a copy cut short and resumed run by run."""
 
-    class Clock:  # each reading a second later: the budget (1.5 s) lets one chunk be copied
-        now = 0.0
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int = 1 << 30) -> None:
+        from radium.remoting.run import warmtree
+        from radium.remoting.run.cas import ContentStore
+        from radium.remoting.run.fscontent import Contents
+        from radium.remoting.run.fsnodes import NodeTable, TreeStats
+        from radium.remoting.run.fsproto import DirEntry, DirListing
 
-        @classmethod
-        def monotonic(cls) -> float:
-            cls.now += 1.0
-            return cls.now
+        class Clock:
+            now = 0.0
 
-    monkeypatch.setattr(warmtree, "time", Clock)
-    monkeypatch.setattr(warmtree, "OVERRUN", 0.0)  # (0.5 s: a file that nearly fits is finished)
-    store = ContentStore(tmp_path / "store", 1 << 30)
+            @classmethod
+            def monotonic(cls) -> float:
+                cls.now += 1.0
+                return cls.now
 
-    def attr(mode: int, data: bytes = b"") -> Attr:
+        monkeypatch.setattr(warmtree, "time", Clock)
+        monkeypatch.setattr(warmtree, "OVERRUN", 0.0)  # (0.5 s: a file that nearly fits is finished)
+        self.entry, self.listing = DirEntry, DirListing
+        self.store = ContentStore(tmp_path / "store", 1 << 30)
+        self.nodes = NodeTable()
+        self.nodes.install_listing(
+            self.nodes.root,
+            DirListing(path=b"/", entries=[DirEntry(name=b"data", attr=self.attr(stat.S_IFDIR | 0o755))],
+                       digest=b"r" * 32),
+        )  # fmt: skip
+        self.data = self.nodes.by_ino[self.nodes.by_path[b"/data"]]
+        self.contents = Contents(None, self.store, TreeStats())  # type: ignore[arg-type]  # nothing is asked
+        self.warm = WarmTree(tmp_path / "warm", limit)
+        assert self.warm.share() and self.warm.claim()
+        self.aside = self.warm.folder / "partial"
+
+    def attr(self, mode: int, data: bytes = b""):
+        from radium.remoting.run.fsproto import CHUNK_SIZE, Attr, chunk_hash
+
         pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
         for piece in pieces:
-            store.put(chunk_hash(piece), piece)
+            self.store.put(chunk_hash(piece), piece)
         t = 1_700_000_000_000_000_000 + len(data)
         return Attr(mode=mode, uid=os.getuid(), gid=os.getgid(), size=len(data), atime_ns=t, mtime_ns=t,
                     ctime_ns=t, nlink=1, ino=len(data), dev=1,
                     chunks=[chunk_hash(p) for p in pieces] if stat.S_ISREG(mode) else None)  # fmt: skip
 
-    nodes = NodeTable()
-    folder = stat.S_IFDIR | 0o755
-    nodes.install_listing(
-        nodes.root,
-        DirListing(path=b"/", entries=[DirEntry(name=b"data", attr=attr(folder))], digest=b"r" * 32),
-    )
-    data = nodes.by_ino[nodes.by_path[b"/data"]]
+    def client_has(self, files: dict[bytes, tuple[bytes, int]]) -> None:
+        """/data as a listing gives it: name -> (content, mode)."""
+        from radium.remoting.run.fsproto import chunk_hash
+
+        entries = [self.entry(name=n, attr=self.attr(stat.S_IFREG | m, c)) for n, (c, m) in files.items()]
+        digest = chunk_hash(b"".join(n + c for n, (c, _) in files.items()))
+        self.nodes.install_listing(self.data, self.listing(path=b"/data", entries=entries, digest=digest))
+
+    def grow(self) -> int:
+        return self.warm.grow(self.nodes, self.contents, budget=1.5)
+
+    def aside_sizes(self) -> list[int]:
+        return [p.stat().st_size for p in self.aside.iterdir()]
+
+
+def test_a_big_file_cut_short_by_the_budget_is_finished_by_the_next_runs_ends(tmp_path, monkeypatch):
+    """A run's end adds to the tree for BUDGET seconds: a file of several chunks is copied aside
+    and renamed in whole, so one the time cuts short (a big library on a slow disk) is never
+    in the tree in part, does not hold the run's end beyond a chunk, and is finished by the
+    next runs' ends; a copy aside of content no longer wanted is dropped."""
+    from radium.remoting.run.fsproto import CHUNK_SIZE
+
+    g = _Growing(tmp_path, monkeypatch)
     old, new = os.urandom(3 * CHUNK_SIZE + 100), os.urandom(4 * CHUNK_SIZE + 7)
-
-    def client_has(content: bytes, mode: int) -> None:  # /data/lib.so, as a listing gives it
-        entry = DirEntry(name=b"lib.so", attr=attr(stat.S_IFREG | mode, content))
-        nodes.install_listing(data, DirListing(path=b"/data", entries=[entry], digest=chunk_hash(content)))
-
-    client_has(old, 0o755)
-    contents = Contents(None, store, TreeStats())  # type: ignore[arg-type]  # nothing is asked
-    warm = WarmTree(tmp_path / "warm", 1 << 30)
-    assert warm.share() and warm.claim()
-    copy, aside = warm.files / "data" / "lib.so", warm.folder / "partial"
+    copy = g.warm.files / "data" / "lib.so"
 
     def grow() -> int:
-        added = warm.grow(nodes, contents, budget=1.5)
+        added = g.grow()
         assert not copy.exists() or copy.read_bytes() == new  # never in part, never the old content
         return added
 
-    assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [CHUNK_SIZE]
-    assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [2 * CHUNK_SIZE]
+    g.client_has({b"lib.so": (old, 0o755)})
+    assert grow() == 0 and g.aside_sizes() == [CHUNK_SIZE]
+    assert grow() == 0 and g.aside_sizes() == [2 * CHUNK_SIZE]
     # The client's file changed: its new content is copied, the old one's copy aside dropped.
-    client_has(new, 0o700)
-    assert grow() == 0 and [p.stat().st_size for p in aside.iterdir()] == [CHUNK_SIZE]
+    g.client_has({b"lib.so": (new, 0o700)})
+    assert grow() == 0 and g.aside_sizes() == [CHUNK_SIZE]
     assert [grow() for _ in range(4)] == [0, 0, 0, 1]
-    assert copy.read_bytes() == new and list(aside.iterdir()) == []
+    assert copy.read_bytes() == new and g.aside_sizes() == []
     st = copy.stat()
     assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_mtime_ns == 1_700_000_000_000_000_000 + len(new)
-    assert warm.index.size == len(new)
+    assert g.warm.index.size == len(new)
+
+
+def test_a_copy_cut_short_counts_against_the_limit(tmp_path, monkeypatch):
+    """The tree's bytes on disk never pass its limit (`warm_tree_bytes`), its copy aside
+    included: a file that would fit only beside the tree's files is not added while a big
+    file's copy is aside, and the big file is finished, not left aside for good."""
+    from radium.remoting.run.fsproto import CHUNK_SIZE
+
+    big, small = os.urandom(3 * CHUNK_SIZE + 100), os.urandom(CHUNK_SIZE)
+    g = _Growing(tmp_path, monkeypatch, limit=len(big))
+
+    def on_disk() -> int:
+        tree = sum(p.stat().st_size for p in g.warm.files.rglob("*") if p.is_file())
+        return tree + sum(g.aside_sizes())
+
+    g.client_has({b"big.bin": (big, 0o644)})
+    assert [g.grow() for _ in range(3)] == [0, 0, 0] and g.aside_sizes() == [3 * CHUNK_SIZE]
+    # The client made a small file beside it, looked at first (smallest first): adding it would
+    # leave no room to finish the big one, whose copy would then stay aside, over the limit.
+    g.client_has({b"big.bin": (big, 0o644), b"small.txt": (small, 0o644)})
+    assert g.grow() == 1 and on_disk() <= len(big)
+    assert (g.warm.files / "data" / "big.bin").read_bytes() == big
+    assert not (g.warm.files / "data" / "small.txt").exists() and g.aside_sizes() == []
+    assert g.grow() == 0 and g.warm.index.size == len(big) == on_disk()
 
 
 def test_the_limit_and_turning_it_off(two_hosts, tmp_path):

@@ -34,7 +34,7 @@ seconds; a full disk stops it, leaving what was complete.  A file of several chu
 written aside (`<warm_dir>/<client>/partial/`) and renamed into the tree whole; one the
 budget cuts short (`OVERRUN` past it: a big library on a slow disk, a dataset) stays
 aside, and the next run's end goes on from where it stopped, so that no run's end holds
-the client's next run for a big file's copy.
+the client's next run for a big file's copy.  The copy aside counts against the limit.
 """
 
 from __future__ import annotations
@@ -119,6 +119,12 @@ def _parent(path: bytes) -> bytes:
 
 def _below(path: bytes, folder: bytes) -> bool:
     return folder == b"/" or path == folder or path.startswith(folder + b"/")
+
+
+def _aside_name(a: Attr) -> str:
+    """The name of a file's copy aside (`WarmTree._aside`): its content's."""
+    assert a.chunks is not None
+    return blake3.blake3(b"".join(a.chunks)).hexdigest()
 
 
 class WarmTree:
@@ -568,15 +574,22 @@ class WarmTree:
                 for name, a, ino in self._missing(node, nodes, contents):
                     lacking.append((not nodes.by_ino[ino].used, ino in later, a.size, path, name, a))
             lacking.sort(key=lambda item: item[:3])
+            aside = self._aside_sizes()  # a copy cut short: its bytes count against the limit too
             for _, _, size, path, name, a in lacking:
+                several = a.chunks is not None and len(a.chunks) > 1
+                held = sum(aside.values())
+                if held and several:
+                    held -= aside.get(_aside_name(a), 0)  # its own copy, which goes on
+                if self.index.size + held + size > self.limit:
+                    continue  # a smaller one of a later group may fit
                 if time.monotonic() > deadline:
                     break
-                if self.index.size + size > self.limit:
-                    continue  # a smaller one of a later group may fit
                 where = os.path.join(self._where(path), name)
                 copied = self._copy(where, a, contents, deadline + OVERRUN)
                 if copied is None:
                     break  # out of time mid-file: the next run's end goes on with it
+                if several:
+                    aside = {}  # what was aside is in the tree now, or was dropped (`_aside`)
                 if copied:
                     dirs[path].files[name] = identity(a)
                     self.index.size += size
@@ -655,9 +668,8 @@ class WarmTree:
     def _aside(self, a: Attr) -> tuple[bytes, int, int]:
         """Where a file of several chunks is copied before it goes into the tree (named by its
         content), opened at its end: the path, the descriptor and the bytes already there."""
-        assert a.chunks is not None
         self.partial.mkdir(mode=0o700, exist_ok=True)
-        name = blake3.blake3(b"".join(a.chunks)).hexdigest()
+        name = _aside_name(a)
         for other in os.listdir(self.partial):
             if other != name:
                 os.unlink(self.partial / other)
@@ -668,6 +680,14 @@ class WarmTree:
             os.ftruncate(fd, 0)
             written = os.lseek(fd, 0, os.SEEK_SET)
         return path, fd, written
+
+    def _aside_sizes(self) -> dict[str, int]:
+        """The copies aside (one at most), by name: their bytes so far."""
+        try:
+            with os.scandir(self.partial) as entries:
+                return {e.name: e.stat(follow_symlinks=False).st_size for e in entries}
+        except FileNotFoundError:
+            return {}
 
     def _mark_complete(self, folders: list[Node], nodes: NodeTable) -> None:
         """Opaque: the folders this run listed that hold every entry, subfolders as folders
