@@ -1,4 +1,5 @@
-"""The file plane of `radium run`: protocol, client FileServer, ContentStore, FUSE ClientTree.
+"""The file plane of `radium run`: protocol, client FileServer, and the FUSE ClientTree end to
+end (the ContentStore: test_cas.py; the ClientTree called directly: test_runfs_tree.py).
 
 The end-to-end tests run a FileServer over a real tree (on tmpfs mounts) and the
 ClientTree that asks it, in one serving subprocess ("python test_runfs.py serve
@@ -10,7 +11,6 @@ JSON line when mounted and answers "stats" lines with its counters.
 from __future__ import annotations
 
 import errno
-import itertools
 import json
 import os
 import queue
@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import wait_until
 
-from radium.remoting.run.cas import ContentStore, HashMismatch, StoreFull
+from radium.remoting.run.cas import ContentStore
 from radium.remoting.run.files import FileServer
-from radium.remoting.run.fsfill import FILL_FILE_MAX, FILL_RUN_BYTES
 from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
@@ -76,13 +74,13 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (mounts tmpfs)")
 needs_fuse = pytest.mark.skipif(_fuse_unavailable() is not None, reason=str(_fuse_unavailable()))
 
 
-def _mount_tmpfs(path: Path, size: str = "64m") -> Path:
+def mount_tmpfs(path: Path, size: str = "64m") -> Path:
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(path)], check=True)
     return path
 
 
-def _umount(path: Path) -> None:
+def umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
@@ -149,7 +147,7 @@ def test_messages_round_trip_and_refuse_unknown_fields():
 # --- the client's FileServer ---------------------------------------------------------------------
 
 
-def _make_plain_tree(top: Path) -> None:
+def make_plain_tree(top: Path) -> None:
     (top / "sub").mkdir()
     (top / "small.txt").write_bytes(b"small\n")
     (top / "big.bin").write_bytes(os.urandom(CHUNK_SIZE + 1234))
@@ -159,7 +157,7 @@ def _make_plain_tree(top: Path) -> None:
 
 
 def test_file_server_answers_from_the_tree(tmp_path):
-    _make_plain_tree(tmp_path)
+    make_plain_tree(tmp_path)
     server = FileServer(tmp_path)  # presented as "/"
     big = (tmp_path / "big.bin").read_bytes()
 
@@ -202,7 +200,7 @@ def test_file_server_answers_from_the_tree(tmp_path):
 def test_file_server_hashes_each_version_once_and_keeps_hashes_across_runs(tmp_path):
     tree, cache = tmp_path / "tree", tmp_path / "hashes"
     tree.mkdir()
-    _make_plain_tree(tree)
+    make_plain_tree(tree)
     server = FileServer(tree, hash_cache=cache)
     server.handle(Lookup(path=b"/big.bin"))
     hashed = server.stats.hashed_bytes
@@ -370,7 +368,7 @@ def test_a_content_listing_sends_the_file_opened_first_and_optimised_bytecode_la
 def test_reading_chunks_reuses_the_lookups_hashes_for_what_the_appliance_holds(tmp_path, monkeypatch):
     from radium.remoting.run import files
 
-    _make_plain_tree(tmp_path)
+    make_plain_tree(tmp_path)
     server = FileServer(tmp_path)
     attr = server.handle(Lookup(path=b"/big.bin"))  # hashes the file once
     hashed = []
@@ -386,7 +384,7 @@ def test_reading_chunks_reuses_the_lookups_hashes_for_what_the_appliance_holds(t
 
 
 def test_prefetch_sends_trees_with_their_ancestors(tmp_path):
-    _make_plain_tree(tmp_path)
+    make_plain_tree(tmp_path)
     (tmp_path / "sub" / "deeper").mkdir()
     server = FileServer(tmp_path)
     tree = server.handle(Prefetch(paths=[b"/sub"]))
@@ -396,7 +394,7 @@ def test_prefetch_sends_trees_with_their_ancestors(tmp_path):
 
 
 def test_kept_listings_are_rechecked_in_one_prefetch_and_changes_are_sent_whole(tmp_path):
-    _make_plain_tree(tmp_path)
+    make_plain_tree(tmp_path)
     (tmp_path / "sub" / "deeper").mkdir()
     os.symlink("big.bin", tmp_path / "link-to-big")
     server = FileServer(tmp_path)
@@ -510,9 +508,9 @@ def _answered_by(server: FileServer):
 
 @needs_root
 def test_mount_rule_shows_foreign_mounts_empty_but_serves_cwd_and_named_ones(tmp_path):
-    mounts = [_mount_tmpfs(tmp_path / name, "1m") for name in ("cwd", "named", "other")]
+    mounts = [mount_tmpfs(tmp_path / name, "1m") for name in ("cwd", "named", "other")]
     try:
-        nested = _mount_tmpfs(tmp_path / "cwd" / "nested", "1m")
+        nested = mount_tmpfs(tmp_path / "cwd" / "nested", "1m")
         mounts.append(nested)
         for m in mounts:
             (m / "f").write_bytes(b"x")
@@ -533,820 +531,14 @@ def test_mount_rule_shows_foreign_mounts_empty_but_serves_cwd_and_named_ones(tmp
         assert b"proc" in names(Path("/")) and names(Path("/proc")) == set() and names(Path("/sys")) == set()
         assert server.handle(Lookup(path=b"/proc/self/status")).errno == errno.ENOENT
 
-        late = _mount_tmpfs(tmp_path / "late", "1m")  # mounted after the server started
+        late = mount_tmpfs(tmp_path / "late", "1m")  # mounted after the server started
         mounts.append(late)
         (late / "f").write_bytes(b"x")
         assert b"late" in names(tmp_path)  # listing the parent notices the new mount
         assert names(late) == set()
     finally:
         for m in reversed(mounts):
-            _umount(m)
-
-
-# --- the appliance's ContentStore ------------------------------------------------------------------
-
-
-def test_store_verifies_and_serves_chunks(tmp_path):
-    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
-    data = os.urandom(5000)
-    digest = chunk_hash(data)
-    with pytest.raises(HashMismatch):
-        store.put(digest, data + b"!")
-    assert not store.has(digest) and store.get(digest) is None
-    assert store.put(digest, data) is True
-    assert store.put(digest.hex(), data) is False  # already there
-    assert store.get(digest) == data and store.read(digest, 100, 10) == data[100:110]
-    s = store.stats()
-    assert (s.hits, s.misses, s.bytes_in, s.entries, s.bytes_used) == (2, 1, 5000, 1, 5000)
-    assert list((tmp_path / "store" / "tmp").iterdir()) == []
-
-
-def test_big_chunks_can_be_stored_past_the_page_cache_and_read_back_whole(tmp_path):
-    from radium.remoting.run.cas import DIRECT_MIN
-
-    try:
-        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
-    except OSError:
-        pytest.skip(f"the file system under {tmp_path} refuses O_DIRECT: the store writes buffered there")
-    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
-    blobs = [os.urandom(n) for n in (CHUNK_SIZE, DIRECT_MIN, DIRECT_MIN + 4097, CHUNK_SIZE - 1, 5000)]
-    for data in blobs:
-        assert store.put(chunk_hash(data), data, direct=True) is True
-    through = os.urandom(CHUNK_SIZE)  # not asked for: through the page cache
-    assert store.put(chunk_hash(through), through) is True
-
-    def cached(data: bytes) -> int:
-        """Bytes of the stored chunk's file in the page cache (util-linux fincore)."""
-        path = tmp_path / "store" / chunk_hash(data).hex()[:2] / chunk_hash(data).hex()[2:]
-        out = subprocess.run(
-            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        return int(out.stdout)
-
-    assert [cached(data) for data in blobs[:-1]] == [0, 0, 0, 0]  # O_DIRECT, sizes in whole blocks or not
-    assert cached(blobs[-1]) > 0 and cached(through) == CHUNK_SIZE  # small, or not asked for
-    # A reader coming for such a chunk next: the kernel reads it in ahead (in the background).
-    store.will_need(chunk_hash(blobs[0]))
-    wait_until(lambda: cached(blobs[0]) == CHUNK_SIZE, 10, "the chunk read into the page cache", poll=0.01)
-    for data in blobs:  # byte for byte, cut to its size
-        assert store.get(chunk_hash(data)) == data
-    assert list((tmp_path / "store" / "tmp").iterdir()) == []
-
-
-def test_a_chunk_the_direct_channel_opened_is_stored_past_the_page_cache_from_where_it_lies(
-    tmp_path, monkeypatch
-):
-    """The direct channel opens a chunk into a page-aligned buffer of its own: the store writes
-    it with O_DIRECT from there, not from a copy in its own aligned buffer."""
-    from radium.remoting.run import cas, direct
-
-    try:
-        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
-    except OSError:
-        pytest.skip(f"the file system under {tmp_path} refuses O_DIRECT: the store writes buffered there")
-    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
-    data = os.urandom(CHUNK_SIZE)
-    opened = direct.uninitialised(CHUNK_SIZE)
-    opened[:] = data
-
-    def no_copy(size: int) -> None:
-        raise AssertionError("copied into the store's aligned buffer")
-
-    monkeypatch.setattr(cas._aligned, "get", no_copy)
-    assert store.put(chunk_hash(data), opened, verified=True, direct=True) is True
-    assert store.get(chunk_hash(data)) == data
-    other = os.urandom(CHUNK_SIZE)  # bytes: read-only, wherever they lie, so copied
-    with pytest.raises(AssertionError, match="copied"):
-        store.put(chunk_hash(other), other, direct=True)
-
-
-def test_store_evicts_least_recently_used_also_after_a_restart(tmp_path, monkeypatch):
-    from radium.remoting.run import cas
-
-    monkeypatch.setattr(cas, "TOUCH_INTERVAL", 0.0)  # record every access on disk
-    blobs = {name: os.urandom(1000) + name.encode() for name in "abcdef"}
-    digests = {name: chunk_hash(blob) for name, blob in blobs.items()}
-    store = ContentStore(tmp_path, 3000 + 3 * 1)
-    for name in "abc":
-        store.put(digests[name], blobs[name])
-    assert store.get(digests["a"]) == blobs["a"]  # a is now the most recent
-    store.put(digests["d"], blobs["d"])  # evicts b, the least recently used
-    assert [store.has(digests[n]) for n in "abcd"] == [True, False, True, True]
-    assert store.stats().evictions == 1
-
-    reopened = ContentStore(tmp_path, 3000 + 3 * 1)  # order rebuilt from the files' atimes: c, a, d
-    assert reopened.stats().entries == 3
-    reopened.put(digests["e"], blobs["e"])
-    assert [reopened.has(digests[n]) for n in "acde"] == [True, False, True, True]
-    assert reopened.trim(1001) == 2002 and [reopened.has(digests[n]) for n in "ade"] == [False, False, True]
-    assert ContentStore(tmp_path, 500).stats().entries == 0  # a lower limit applies at once
-    assert [f for sub in tmp_path.iterdir() for f in sub.iterdir()] == []
-
-
-def test_a_store_opened_from_its_saved_index_sees_what_others_did_since(tmp_path):
-    blobs = {name: os.urandom(1000) + name.encode() for name in "abcd"}
-    digests = {name: chunk_hash(blob) for name, blob in blobs.items()}
-    first = ContentStore(tmp_path, 10_000)  # radiumd: scans, then saves the index
-    for name in "ab":
-        first.put(digests[name], blobs[name])
-    first.save_index()
-
-    # Two runs' supervisors start from the snapshot, without scanning, and share the folder.
-    one, two = ContentStore(tmp_path, 10_000, scan=False), ContentStore(tmp_path, 10_000, scan=False)
-    assert one.stats().entries == 2 and one.get(digests["a"]) == blobs["a"]
-    one.put(digests["c"], blobs["c"])  # stored by one after two opened: two adopts it on use
-    assert two.has(digests["c"]) and two.get(digests["c"]) == blobs["c"]
-    assert two.put(digests["c"], blobs["c"]) is False  # already there: not written again
-    one.trim(0)  # one evicts everything: two finds the files gone when it reads, and forgets them
-    assert two.get(digests["a"]) is None and two.get(digests["b"]) is None
-    assert not two.has(digests["a"]) and not two.has(digests["b"])
-    two.put(digests["d"], blobs["d"])
-    two.save_index()
-    hinted = ContentStore(tmp_path, 10_000, scan=False)  # two's view: d, and c which one evicted
-    assert hinted.stats().entries == 2
-    assert hinted.get(digests["c"]) is None and hinted.get(digests["d"]) == blobs["d"]
-    assert hinted.stats().entries == 1  # the stale hint is gone once read
-    assert ContentStore(tmp_path, 10_000).stats().entries == 1  # a scan agrees
-
-    # A write in progress by another live process is never swept away as a leftover of a crash.
-    busy = tmp_path / "tmp" / f"{'0' * 64}.{os.getppid()}.1"
-    dead = tmp_path / "tmp" / f"{'1' * 64}.999999999.1"
-    busy.write_bytes(b"half")
-    dead.write_bytes(b"half")
-    ContentStore(tmp_path, 10_000)
-    assert busy.exists() and not dead.exists()
-    # A damaged snapshot: scan instead.
-    (tmp_path / "index.bin").write_bytes(b"\xc1 not msgpack")
-    assert ContentStore(tmp_path, 10_000, scan=False).stats().entries == 1
-
-
-def test_chunks_put_soon_are_read_at_once_and_written_by_the_stores_writer(tmp_path):
-    store = ContentStore(tmp_path, 10_000)
-    writers = []  # the threads that wrote chunk files
-    write = store._write
-    store._write = lambda *a: writers.append(threading.get_ident()) or write(*a)
-    blobs = [os.urandom(n) for n in (100, 2000, 3000)]
-    for blob in blobs:
-        store.put_soon(chunk_hash(blob), blob)
-    for blob in blobs:  # written or not yet, they are there
-        assert store.has(chunk_hash(blob)) and store.get(chunk_hash(blob)) == blob
-        assert store.read(chunk_hash(blob), 10, 20) == blob[10:30]
-    store.put_soon(chunk_hash(blobs[0]), blobs[0])  # again: nothing more to write
-    assert store.put(chunk_hash(blobs[1]), blobs[1]) is False  # there already (being written)
-    store.flush()
-    assert len(writers) == 3 and threading.get_ident() not in writers  # never the caller's thread
-    assert store.stats().entries == 3 and store.stats().bytes_used == 5100
-    on_disk = sorted(
-        sub.name + p.name for sub in tmp_path.iterdir() if len(sub.name) == 2 for p in sub.iterdir()
-    )
-    assert on_disk == sorted(chunk_hash(b).hex() for b in blobs) and list((tmp_path / "tmp").iterdir()) == []
-    reopened = ContentStore(tmp_path, 10_000)  # a scan finds them
-    assert all(reopened.get(chunk_hash(b)) == b for b in blobs)
-
-    # What does not fit is dropped without an error (as if evicted: a later read fetches it);
-    # what does makes room as put does, least recently used first.
-    for blob in blobs:  # used in this order: the first is the least recently used
-        store.get(chunk_hash(blob))
-    too_big, newer = os.urandom(10_001), os.urandom(6000)
-    store.put_soon(chunk_hash(too_big), too_big)
-    store.put_soon(chunk_hash(newer), newer)
-    store.flush()
-    assert not store.has(chunk_hash(too_big)) and store.get(chunk_hash(newer)) == newer
-    assert [store.has(chunk_hash(b)) for b in blobs] == [False, False, True]
-    assert store.stats().bytes_used == 9000
-
-
-def test_a_chunk_is_copied_into_a_file_by_the_kernel_or_else_read_and_written(tmp_path, monkeypatch):
-    """`copy_into` (how the warm tree lays files out) appends a stored chunk to a file with
-    `copy_file_range`, one still being written from memory, and reads and writes where the
-    kernel cannot copy (another file system, an old kernel)."""
-    store = ContentStore(tmp_path / "store", 10 * CHUNK_SIZE)
-    stored, pending = os.urandom(CHUNK_SIZE), os.urandom(3000)
-    assert store.put(chunk_hash(stored), stored)
-    release = threading.Event()
-    write = store._write
-    store._write = lambda *a: release.wait(10) and write(*a)  # held back: still in memory
-    store.put_soon(chunk_hash(pending), pending)
-    copies: list[int] = []
-    kernels_copy = os.copy_file_range
-    monkeypatch.setattr(os, "copy_file_range", lambda *a: copies.append(a[2]) or kernels_copy(*a))
-    out = tmp_path / "out"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        assert store.copy_into(chunk_hash(stored), fd) == CHUNK_SIZE
-        assert store.copy_into(chunk_hash(pending), fd) == len(pending)
-        assert store.copy_into(chunk_hash(b"never stored"), fd) is None
-        assert copies  # the stored chunk went file to file
-        release.set()
-        store.flush()
-
-        def cannot(*a):
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
-
-        monkeypatch.setattr(os, "copy_file_range", cannot)
-        assert store.copy_into(chunk_hash(pending), fd) == len(pending)  # now a file: read and written
-    finally:
-        os.close(fd)
-    assert out.read_bytes() == stored + pending + pending
-    s = store.stats()
-    assert (s.hits, s.misses, s.bytes_out) == (3, 1, CHUNK_SIZE + 2 * len(pending))
-
-
-def test_store_is_thread_safe(tmp_path):
-    store = ContentStore(tmp_path, 40 * 1024)
-    blobs = [os.urandom(1024) for _ in range(100)]
-    errors = []
-
-    def work(k: int) -> None:
-        try:
-            for i in range(k, k + 60):
-                blob = blobs[i % 100]
-                store.put(chunk_hash(blob), blob)
-                got = store.get(chunk_hash(blobs[(i * 7) % 100]))
-                assert got is None or got == blobs[(i * 7) % 100]
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(k * 10,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    s = store.stats()
-    on_disk = sum(1 for sub in tmp_path.iterdir() if sub.name != "tmp" for _ in sub.iterdir())
-    assert s.bytes_used <= 40 * 1024 and s.entries == on_disk
-
-
-@needs_root
-def test_store_full_disk_raises_store_full_and_leaves_nothing_partial(tmp_path):
-    disk = _mount_tmpfs(tmp_path / "small", "2m")
-    try:
-        store = ContentStore(disk, 100 * CHUNK_SIZE)  # the limit is not what stops it: the disk is
-        stored = []
-        with pytest.raises(StoreFull, match="full"):
-            for _ in range(5):
-                blob = os.urandom(CHUNK_SIZE)
-                store.put(chunk_hash(blob), blob)
-                stored.append(blob)
-        assert stored and not store.has(chunk_hash(blob))
-        assert list((disk / "tmp").iterdir()) == []  # no partial file
-        assert all(store.get(chunk_hash(b)) == b for b in stored)  # still usable
-        store.trim(0)
-        assert store.put(chunk_hash(blob), blob) and store.get(chunk_hash(blob)) == blob
-    finally:
-        _umount(disk)
-
-
-# --- the appliance's ClientTree, called directly (no mount) ---------------------------------------------
-
-
-def test_client_tree_copes_with_a_full_store_changed_files_and_absent_names(tmp_path):
-    pyfuse3 = pytest.importorskip("pyfuse3")
-    import trio
-
-    from radium.remoting.run.fs import ClientTree
-
-    tree_dir = tmp_path / "tree"
-    tree_dir.mkdir()
-    _make_plain_tree(tree_dir)
-    os.symlink("sub", tree_dir / "sublink")
-    big = (tree_dir / "big.bin").read_bytes()
-    server = FileServer(tree_dir)
-    asked = []
-
-    async def fetch(request):
-        asked.append(type(request).__name__)
-        return server.handle(request)
-
-    store = ContentStore(tmp_path / "store", 1000)  # smaller than any chunk: it refuses them all
-    tree = ClientTree(fetch, store, id_offset=5000)
-    root = pyfuse3.ROOT_INODE
-
-    async def main():
-        entry = await tree.lookup(root, b"big.bin", None)
-        assert entry.st_uid == os.getuid() + 5000 and entry.st_size == len(big)
-        assert (await tree.lookup(root, b"big.bin", None)).st_ino == entry.st_ino  # stable
-        fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
-        assert await tree.read(fh, 0, 2 * CHUNK_SIZE) == big  # served from memory
-        assert tree.stats.store_full == 2 and store.stats().entries == 0
-
-        # The client's file changes during the run: the hashes no longer match, the tree asks again.
-        changed = os.urandom(len(big))
-        (tree_dir / "big.bin").write_bytes(changed)
-        tree.contents.recent.clear()
-        assert await tree.read(fh, CHUNK_SIZE, 1234) == changed[CHUNK_SIZE:]
-        assert asked[-3:] == ["ReadChunks", "Lookup", "ReadChunks"]  # mismatch, new hashes, again
-
-        small = await tree.lookup(root, b"small.txt", None)
-        fh = (await tree.open(small.st_ino, os.O_RDONLY, None)).fh
-        assert await tree.read(fh, 1, 100) == b"mall\n"
-
-        n = len(asked)
-        for _ in range(3):  # absent names are remembered: no second request
-            assert (await tree.lookup(root, b"nope", None)).st_ino == 0
-        assert len(asked) == n
-
-        assert (await tree.stat_path(os.fsencode("/sublink/inner.txt"))).size == 6  # through a symlink
-        assert stat.S_ISLNK((await tree.stat_path(b"/sublink")).mode)
-        assert stat.S_ISDIR((await tree.stat_path(b"/sublink", follow=True)).mode)
-        assert await tree.stat_path(b"/small.txt/x") is None and await tree.stat_path(b"/no/such") is None
-
-    trio.run(main)
-
-
-def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its_walk_comes_early(tmp_path):
-    pyfuse3 = pytest.importorskip("pyfuse3")
-    import trio
-    import trio.testing
-
-    from radium.remoting.run.fs import ClientTree
-
-    client = tmp_path / "client"
-    contents: dict[str, bytes] = {}
-    for folder in ("byname", "listed", "shuffled"):
-        (client / folder).mkdir(parents=True)
-        for i in range(5):
-            contents[f"{folder}/f{i}"] = data = os.urandom(4 * CHUNK_SIZE)
-            (client / folder / f"f{i}").write_bytes(data)
-    listed = {folder: os.listdir(client / folder) for folder in ("listed", "shuffled")}
-
-    def follows(a: str, b: str, order: list[str]) -> bool:
-        return order.index(b) == order.index(a) + 1
-
-    shuffled = next(  # an order in which no file follows the one before by name or in the listing
-        list(p)
-        for p in itertools.permutations(sorted(listed["shuffled"]))
-        if not any(
-            follows(a, b, sorted(p)) or follows(a, b, listed["shuffled"]) for a, b in itertools.pairwise(p)
-        )
-    )
-    server = FileServer(client)
-    asked: list[tuple] = []  # in the order the requests were sent
-
-    async def fetch(request):
-        asked.append((type(request).__name__, request.path, tuple(getattr(request, "indexes", ()))))
-        return server.handle(request)
-
-    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=1, ahead_chunks=3)
-
-    async def read_whole(folder_ino: int, folder: str, name: str) -> None:
-        asked.append(("open", f"/{folder}/{name}".encode(), ()))
-        entry = await tree.lookup(folder_ino, name.encode(), None)
-        fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
-        got = b"".join([await tree.read(fh, off, CHUNK_SIZE) for off in range(0, 4 * CHUNK_SIZE, CHUNK_SIZE)])
-        assert got == contents[f"{folder}/{name}"]
-        await trio.testing.wait_all_tasks_blocked()  # what it asked for ahead has come
-
-    async def main():
-        async with trio.open_nursery() as background:
-            tree.contents.background = background
-            # A walk by name, one in the listing's order (the client's scandir order), one in neither.
-            for folder, names in (
-                ("byname", [f"f{i}" for i in range(5)]),
-                ("listed", listed["listed"]),
-                ("shuffled", shuffled),
-            ):
-                folder_ino = (await tree.lookup(pyfuse3.ROOT_INODE, folder.encode(), None)).st_ino
-                await tree.opendir(folder_ino, None)
-                for name in names:
-                    await read_whole(folder_ino, folder, name)
-            background.cancel_scope.cancel()
-
-    trio.run(main)
-    for folder, names in (
-        ("byname", [f"f{i}" for i in range(5)]),
-        ("listed", listed["listed"]),
-        ("shuffled", shuffled),
-    ):
-        for k, path in enumerate(f"/{folder}/{name}".encode() for name in names):
-            chunks = [req[2] for req in asked if req[0] == "ReadChunks" and req[1] == path]
-            # Each chunk asked for once, and in the file's order: the reader's first, then those
-            # ahead of it (started at once as tasks, which trio runs in no set order).
-            assert [i for c in chunks for i in c] == [0, 1, 2, 3], (path, chunks)
-            opened = asked.index(("open", path, ()))
-            early = [req for req in asked[:opened] if req[1] == path]
-            if k < 2 or folder == "shuffled":  # no walk seen: nothing of it before the process opens it
-                assert early == [], early
-            else:  # looked up and read (NEXT_FILE_CHUNKS ≥ 4) while the process read the one before
-                assert [req[0] for req in early] == ["Lookup"] + ["ReadChunks"] * len(chunks), early
-
-
-def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_file(tmp_path):
-    """For the warm tree (run/fsfill.py): a listed folder whose files this side lacks are all
-    small is asked for again with their content, and so is its `__pycache__`: then every file
-    of both has its content here. A file too big to come with a listing is asked for alone
-    (its hashes and its one chunk, in one Lookup); a folder lacking one bigger than
-    FILL_FILE_MAX is left as it is: it could not be made whole so."""
-    pyfuse3 = pytest.importorskip("pyfuse3")
-    import trio
-    import trio.testing
-
-    from radium.remoting.run.fs import ClientTree
-
-    client = tmp_path / "client"
-    files = {
-        "pkg/__init__.py": b"",
-        "pkg/used.py": b"x = 1\n",
-        "pkg/unused.py": b"y = 2\n" * 100,
-        "pkg/py.typed": b"",
-        "pkg/large.py": b"# a module bigger than a listing carries\n" * 4000,
-        "pkg/__pycache__/used.cpython-311.pyc": os.urandom(3000),
-        "pkg/__pycache__/unused.cpython-311.pyc": os.urandom(2000),
-        "parent/__init__.py": b"",
-        "parent/sub/__init__.py": b"",
-        "big/__init__.py": b"",
-        "big/data.bin": os.urandom(FILL_FILE_MAX + 1),
-    }
-    assert INLINE_MAX < len(files["pkg/large.py"]) <= FILL_FILE_MAX
-    for rel, data in files.items():
-        (client / rel).parent.mkdir(parents=True, exist_ok=True)
-        (client / rel).write_bytes(data)
-    server = FileServer(client)
-    asked: list[tuple] = []
-
-    async def fetch(request):
-        asked.append((type(request).__name__, request.path, getattr(request, "content", None)))
-        return server.handle(request)
-
-    store = ContentStore(tmp_path / "store", 1 << 30)
-    tree = ClientTree(fetch, store, kept=KeptListings(store))
-    tree.filler.budget = FILL_RUN_BYTES
-
-    async def main():
-        async with trio.open_nursery() as background:
-            tree.contents.background = background
-            for name in (b"pkg", b"parent", b"big"):  # the process lists each (nothing fetched: quiet)
-                await tree.opendir((await tree.lookup(pyfuse3.ROOT_INODE, name, None)).st_ino, None)
-            # The fills verify and store in threads: wait for them (as a run's end does).
-            assert await tree.contents.finish(10)
-            background.cancel_scope.cancel()
-
-    trio.run(main)
-    content_asks = [(kind, path) for kind, path, content in asked if content]
-    assert sorted(content_asks) == [
-        ("Lookup", b"/pkg/large.py"),  # its hashes with its one chunk
-        ("ReadDir", b"/parent"),
-        ("ReadDir", b"/pkg"),
-        ("ReadDir", b"/pkg/__pycache__"),
-    ]
-    assert not any(kind == "ReadChunks" for kind, _, _ in asked)
-    assert not any(path.startswith(b"/big/") for _, path, _ in asked)  # nothing asked of it
-    assert tree.filler.filled == 2  # the __pycache__ came whole with its listing (asked with content)
-    for rel, data in files.items():
-        if rel.startswith(("pkg/", "parent/__init__")):
-            node = tree.nodes.by_ino[tree.nodes.by_path[b"/" + rel.encode()]]
-            assert node.attr is not None and node.attr.chunks is not None, rel
-            assert all(map(tree.contents.here_or_coming, node.attr.chunks)), rel
-            assert b"".join(store.get(c) or b"" for c in node.attr.chunks) == data, rel
-
-
-def test_a_cold_appliance_gets_a_pycache_folder_with_its_content_in_one_request_ahead(tmp_path):
-    pyfuse3 = pytest.importorskip("pyfuse3")
-    import trio
-    import trio.testing
-
-    from radium.remoting.run.fs import ClientTree
-
-    cache = tmp_path / "client" / "pkg" / "__pycache__"
-    cache.mkdir(parents=True)
-    modules = {f"m{i}.cpython-311.pyc": os.urandom(1000 + 500 * i) for i in range(6)}
-    for name, data in modules.items():
-        (cache / name).write_bytes(data)
-        (cache.parent / name.replace(".cpython-311.pyc", ".py")).write_text("# source\n")
-    server = FileServer(tmp_path / "client")
-    for name in modules:  # hashed by earlier runs (the client's hash cache), sent to another appliance
-        server.handle(Lookup(path=b"/pkg/__pycache__/" + name.encode(), content=True))
-    server.delivered.clear()
-    asked: list[tuple] = []
-
-    async def fetch(request):
-        asked.append((type(request).__name__, request.path, getattr(request, "content", None)))
-        return server.handle(request)
-
-    store = ContentStore(tmp_path / "store", 1 << 30)
-    kept = KeptListings(store)
-    tree = ClientTree(fetch, store, kept=kept)
-
-    async def main():  # as Python imports: the package's folder listed, then each module's
-        # bytecode looked up and read, its folder not listed
-        async with trio.open_nursery() as background:
-            tree.contents.background = background
-            pkg = (await tree.lookup(pyfuse3.ROOT_INODE, b"pkg", None)).st_ino
-            await tree.opendir(pkg, None)
-            await trio.testing.wait_all_tasks_blocked()
-            listed_ahead = list(asked)  # the __pycache__ asked for beside the package's listing
-            folder = (await tree.lookup(pkg, b"__pycache__", None)).st_ino
-            for name, data in modules.items():
-                entry = await tree.lookup(folder, name.encode(), None)
-                fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
-                assert await tree.read(fh, 0, 1 << 16) == data
-            background.cancel_scope.cancel()
-        assert listed_ahead == asked
-
-    trio.run(main)
-    # The package folder listed plainly, its __pycache__ with content: nothing asked per module.
-    assert asked == [
-        ("Lookup", b"/", False),
-        ("ReadDir", b"/", False),
-        ("ReadDir", b"/pkg", False),
-        ("ReadDir", b"/pkg/__pycache__", True),
-    ]
-    assert all(store.get(chunk_hash(data)) == data for data in modules.values())
-    # The listing kept for the next runs holds the modules' hashes, not their content.
-    entries = kept.load(b"/pkg/__pycache__")
-    assert {e.name.decode() for e in entries} == set(modules)
-    assert all(e.attr.data is None and e.attr.chunks for e in entries)
-
-
-def test_a_folder_whose_small_files_are_opened_one_after_another_comes_with_more_content_each_time(
-    tmp_path, monkeypatch
-):
-    pyfuse3 = pytest.importorskip("pyfuse3")
-    import trio
-
-    from radium.remoting.run import files, fs
-    from radium.remoting.run.fs import ClientTree
-
-    monkeypatch.setattr(files, "LISTING_CONTENT_MAX", 40_000)
-    monkeypatch.setattr(files, "LISTING_CONTENT_MOST", 320_000)
-    monkeypatch.setattr(fs, "LISTING_CONTENT_MAX", 40_000)
-    monkeypatch.setattr(fs, "LISTING_CONTENT_MOST", 320_000)
-    folder = tmp_path / "client" / "lib"
-    folder.mkdir(parents=True)
-    modules = {f"m{i:02}.py": os.urandom(20_000) for i in range(24)}
-    for name, data in modules.items():
-        (folder / name).write_bytes(data)
-    server = FileServer(tmp_path / "client")
-    asked: list[tuple[bytes, int]] = []
-
-    async def fetch(request):
-        if isinstance(request, ReadDir) and request.content:
-            asked.append((request.first, request.budget))
-        return server.handle(request)
-
-    store = ContentStore(tmp_path / "store", 1 << 30)
-    tree = ClientTree(fetch, store)
-
-    async def main():  # the folder listed, then each file opened and read, one after another
-        lib = (await tree.lookup(pyfuse3.ROOT_INODE, b"lib", None)).st_ino
-        await tree.opendir(lib, None)
-        for name, data in modules.items():
-            entry = await tree.lookup(lib, name.encode(), None)
-            fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
-            assert await tree.read(fh, 0, 1 << 16) == data
-
-    trio.run(main)
-    # 2 files' worth, then 4, 8, 16 (the file being opened first each time): 4 requests, not 12.
-    assert [budget for _, budget in asked] == [40_000, 80_000, 160_000, 320_000]
-    assert asked[0][0] == b"m00.py" and len({first for first, _ in asked}) == 4
-    assert len(server.delivered) == len(modules)
-
-
-def _library(tmp_path: Path, chunks: int = 6) -> tuple[bytes, FileServer]:
-    """A client tree holding `lib.so` of `chunks` random chunks, and its file server."""
-    client = tmp_path / "client"
-    client.mkdir()
-    (client / "lib.so").write_bytes(data := os.urandom(chunks * CHUNK_SIZE))
-    return data, FileServer(client)
-
-
-async def _opened(tree, name: bytes) -> int:
-    """Look a file of the root up and open it, as the process does; its inode."""
-    import pyfuse3
-
-    ino = (await tree.lookup(pyfuse3.ROOT_INODE, name, None)).st_ino
-    await tree.open(ino, os.O_RDONLY, None)
-    return ino
-
-
-def test_a_file_read_in_part_is_completed_once_the_process_has_been_quiet_for_a_while(tmp_path):
-    """Quiet: no file operation of the process, nor fetch for its readers, for COMPLETE_QUIET_S. A
-    completion's chunks in flight would delay the replies to its lookups and listings."""
-    pytest.importorskip("pyfuse3")
-    import trio
-    import trio.testing
-
-    from radium.remoting.run.fs import ClientTree
-    from radium.remoting.run.fscontent import COMPLETE_QUIET_S
-
-    _, server = _library(tmp_path)
-    (tmp_path / "client" / "data.bin").write_bytes(os.urandom(8 * CHUNK_SIZE))
-    (tmp_path / "client" / "module.pyc").write_bytes(os.urandom(300_000))  # comes with its lookup
-    asked: list[tuple[float, bytes, tuple]] = []  # (trio's clock, path, chunks)
-
-    async def fetch(request):
-        if isinstance(request, ReadChunks):
-            asked.append((trio.current_time(), request.path, tuple(request.indexes)))
-        return server.handle(request)
-
-    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=2, ahead_chunks=2)
-    clock = trio.testing.MockClock()  # moves only when told
-    early = []
-
-    async def main():
-        async with trio.open_nursery() as background:  # left when the completion is done
-            tree.contents.background = background
-            lib = await _opened(tree, b"lib.so")
-            data = await _opened(tree, b"data.bin")
-            await tree.read(lib, 3 * CHUNK_SIZE, 4096)  # out of order, as the loader maps it
-            for off in range(0, 8 * CHUNK_SIZE, CHUNK_SIZE):  # and a reader fetching
-                await tree.read(data, off, CHUNK_SIZE)
-            clock.jump(COMPLETE_QUIET_S / 2)
-            await trio.testing.wait_all_tasks_blocked()
-            early.extend(req for req in asked if req[1] == b"/lib.so" and req[2] != (3,))
-            # A module opened now brings its content with its lookup (no ReadChunks): the
-            # quiet is counted again from its operations.
-            await _opened(tree, b"module.pyc")
-            clock.jump(COMPLETE_QUIET_S * 3 / 4)
-            await trio.testing.wait_all_tasks_blocked()
-            early.extend(req for req in asked if req[1] == b"/lib.so" and req[2] != (3,))
-            # An operation that asks the client nothing is the process at work all the same.
-            await tree.getattr(data, None)
-            clock.jump(COMPLETE_QUIET_S * 3 / 4)
-            await trio.testing.wait_all_tasks_blocked()
-            early.extend(req for req in asked if req[1] == b"/lib.so" and req[2] != (3,))
-            clock.jump(COMPLETE_QUIET_S)
-
-    trio.run(main, clock=clock)
-    assert early == []  # not while the process read or looked at files, nor right after
-    assert not any(path == b"/module.pyc" for _, path, _ in asked)
-    completion = [(t, chunks) for t, path, chunks in asked if path == b"/lib.so" and chunks != (3,)]
-    assert sorted(i for _, chunks in completion for i in chunks) == [0, 1, 2, 4, 5]  # then, whole
-    assert all(t >= COMPLETE_QUIET_S * 2 for t, _ in completion)
-
-
-@pytest.mark.parametrize("stuck", [False, True], ids=["done", "time_up"])
-def test_at_the_process_exit_files_read_in_part_are_fetched_whole_at_once_for_a_while(tmp_path, stuck):
-    pytest.importorskip("pyfuse3")
-    import trio
-    import trio.testing
-
-    from radium.remoting.run.fs import ClientTree
-
-    data, server = _library(tmp_path)
-    asked: list[tuple[int, ...]] = []
-
-    async def fetch(request):
-        if isinstance(request, ReadChunks):
-            asked.append(tuple(request.indexes))
-            if stuck and request.indexes != [3]:
-                await trio.sleep_forever()  # a client that no longer answers
-        return server.handle(request)
-
-    store = ContentStore(tmp_path / "store", 1 << 30)
-    tree = ClientTree(fetch, store, batch_chunks=2, ahead_chunks=2)
-    clock = trio.testing.MockClock()  # moves only when told: readers are never quiet for long enough
-    result = []
-
-    async def main():
-        async with trio.open_nursery() as background:
-            tree.contents.background = background
-            lib = await _opened(tree, b"lib.so")
-            await tree.read(lib, 3 * CHUNK_SIZE, 4096)  # out of order, as the loader maps it
-            await trio.testing.wait_all_tasks_blocked()
-            assert asked == [(3,)] and tree.contents.completing  # waiting for readers to be quiet
-            if stuck:
-                clock.autojump_threshold = 0  # time passes when everything waits: the limit comes
-            started = trio.current_time()
-            result.append(await tree.contents.finish(5.0))
-            result.append(trio.current_time() - started)
-            background.cancel_scope.cancel()
-
-    trio.run(main, clock=clock)
-    done, took = result
-    if stuck:
-        assert not done and took == pytest.approx(5.0)  # no longer than it was given
-    else:
-        assert done and took == 0  # at once: the clock never moved, so readers were never quiet
-        assert sorted(i for c in asked for i in c) == [0, 1, 2, 3, 4, 5]
-        assert all(store.get(chunk_hash(data[i : i + CHUNK_SIZE])) for i in range(0, len(data), CHUNK_SIZE))
-
-
-@pytest.mark.parametrize("elf", [True, False], ids=["elf", "data"])
-def test_a_library_the_loader_maps_starts_no_read_ahead(tmp_path, elf):
-    """The loader reads an ELF file's header, then faults its pages in here and there, and two
-    faults side by side look like a sequential reader. Such a file (told by its first bytes)
-    starts no read-ahead: a cold `import torch` fetched ~170 MiB ahead of its faults, its
-    lookups waiting behind them. Any other file read so is read ahead."""
-    pytest.importorskip("pyfuse3")
-    import trio
-    import trio.testing
-
-    from radium.remoting.run.fs import ClientTree
-
-    client = tmp_path / "client"
-    client.mkdir()
-    data = (b"\x7fELF" if elf else b"\x7fELE") + os.urandom(12 * CHUNK_SIZE - 4)
-    (client / "lib.so").write_bytes(data)
-    server = FileServer(client)
-    fetched: set[int] = set()
-
-    async def fetch(request):
-        if isinstance(request, ReadChunks):
-            fetched.update(request.indexes)
-        return server.handle(request)
-
-    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=2, ahead_chunks=4)
-
-    async def main():
-        async with trio.open_nursery() as background:
-            tree.contents.background = background
-            lib = await _opened(tree, b"lib.so")
-            assert await tree.read(lib, 0, 832) == data[:832]  # the header
-            for off in (5 * CHUNK_SIZE, 6 * CHUNK_SIZE):  # two faults' read-arounds side by side
-                assert await tree.read(lib, off, CHUNK_SIZE) == data[off : off + CHUNK_SIZE]
-            await trio.testing.wait_all_tasks_blocked()  # what was asked for ahead has come
-            background.cancel_scope.cancel()  # the completion of the file, waiting for quiet
-
-    trio.run(main, clock=trio.testing.MockClock())  # moves only when told: never quiet
-    if elf:
-        assert fetched == {0, 5, 6, 7}  # what the reads asked for (the last one's run of two)
-    else:
-        assert {1, 2, 3, 4, 7, 8, 9, 10} <= fetched  # ahead of the header's read and of the second fault
-
-
-def test_a_file_of_up_to_a_chunk_opened_cold_comes_whole_with_its_lookup(tmp_path):
-    """Opening a module bigger than a listing carries (64 KiB-1 MiB: ~100 bytecode files of a
-    cold `import torch`) costs one round trip: the Lookup that hashes it brings its chunk.
-    Bigger files, and those whose chunk the appliance is believed to hold, come without."""
-    pytest.importorskip("pyfuse3")
-    import trio
-
-    from radium.remoting.run.fs import ClientTree
-
-    client = tmp_path / "client"
-    client.mkdir()
-    module, big = os.urandom(300_000), os.urandom(CHUNK_SIZE + 1)
-    (client / "module.pyc").write_bytes(module)
-    (client / "big.bin").write_bytes(big)
-    server = FileServer(client)
-    asked: list[str] = []
-
-    async def fetch(request):
-        asked.append(f"{type(request).__name__} {os.fsdecode(request.path)}")
-        return server.handle(request)
-
-    store = ContentStore(tmp_path / "store", 1 << 30)
-    tree = ClientTree(fetch, store)
-    tree.contents.complete_budget = 0
-
-    async def read_whole(name: bytes, size: int) -> bytes:
-        fh = await _opened(tree, name)
-        return await tree.read(fh, 0, size)
-
-    async def main():
-        assert await read_whole(b"module.pyc", len(module)) == module
-        assert [a for a in asked if "module" in a] == ["Lookup /module.pyc"]
-        assert await read_whole(b"big.bin", CHUNK_SIZE) == big[:CHUNK_SIZE]
-        assert [a for a in asked if "big" in a] == ["Lookup /big.bin", "ReadChunks /big.bin"]
-
-    trio.run(main)
-    digest = chunk_hash(module)
-    assert store.get(digest) == module  # stored as a chunk fetched by a read would be
-    # The client believes the appliance holds it now: a second lookup carries only its hashes.
-    again = server.handle(Lookup(path=b"/module.pyc", content=True))
-    assert isinstance(again, Attr) and again.chunks == [digest] and again.data is None
-
-
-def test_a_read_out_of_order_across_two_chunks_asks_for_both_at_once(tmp_path):
-    pytest.importorskip("pyfuse3")
-    import trio
-    import trio.testing
-
-    from radium.remoting.run.fs import ClientTree
-
-    data, server = _library(tmp_path)
-    asked: list[tuple[int, ...]] = []
-    flying = [0, 0]  # requests in flight now, the most at once
-
-    async def fetch(request):
-        if isinstance(request, ReadChunks):
-            asked.append(tuple(request.indexes))
-        flying[0] += 1
-        flying[1] = max(flying)
-        await trio.testing.wait_all_tasks_blocked()  # the others' requests are sent meanwhile
-        flying[0] -= 1
-        return server.handle(request)
-
-    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=2, ahead_chunks=2)
-    tree.contents.complete_budget = 0  # not the completion of the rest (its own test)
-    got = []
-
-    async def main():
-        async with trio.open_nursery() as background:
-            tree.contents.background = background
-            lib = await _opened(tree, b"lib.so")
-            flying[1] = 0
-            # A page fault's read-around: 1 MiB from the middle of chunk 3, out of order.
-            got.append(await tree.read(lib, 3 * CHUNK_SIZE + CHUNK_SIZE // 2, CHUNK_SIZE))
-
-    trio.run(main)
-    assert got == [data[3 * CHUNK_SIZE + CHUNK_SIZE // 2 : 4 * CHUNK_SIZE + CHUNK_SIZE // 2]]
-    assert sorted(asked) == [(3,), (4,)]  # each alone, so that the client and the link pipeline them
-    assert flying[1] == 2  # in flight together, not one after the other
-    assert tree.cache_counts() == (0, 2)  # two pieces, both fetched
+            umount(m)
 
 
 # --- end to end through FUSE ------------------------------------------------------------------------
@@ -1393,7 +585,7 @@ def _populate(world: World) -> None:
         "inner/x.txt": b"on a tmpfs inside the working directory\n",
     }
     (c / "sub" / "deeper").mkdir(parents=True)
-    _mount_tmpfs(c / "inner", "1m")
+    mount_tmpfs(c / "inner", "1m")
     for rel, data in contents.items():
         (c / rel).write_bytes(data)
         world.files[os.fsencode(c / rel)] = data
@@ -1423,13 +615,13 @@ def world(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     base = tmp_path_factory.mktemp("runfs")
-    w = World(base, *(_mount_tmpfs(base / name) for name in ("client", "named", "hidden")))
+    w = World(base, *(mount_tmpfs(base / name) for name in ("client", "named", "hidden")))
     try:
         _populate(w)
         yield w
     finally:
         for m in (w.client / "inner", w.client, w.named, w.hidden):
-            _umount(m)
+            umount(m)
 
 
 class Served:
