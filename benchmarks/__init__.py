@@ -107,14 +107,33 @@ def worker_result(stdout: str) -> Any:
 
 
 def machine() -> str:
-    """This machine, in words: cores, CPU model, OS."""
+    """This machine, in words: cores, CPU model, OS (and what reclaims its page cache unasked)."""
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {cpu}, {platform.platform()}"
+    words = f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {cpu}, {platform.platform()}"
+    reclaim = idle_pageout()
+    return f"{words}; {reclaim}" if reclaim else words
+
+
+def idle_pageout(damon: Path = Path("/sys/kernel/mm/damon/admin/kdamonds")) -> str | None:
+    """Whether the kernel's DAMON pages out memory left idle (a host's proactive reclaim), in
+    words; None when it does not. A baseline whose files nothing read for that long (the
+    local `import torch` of a benchmark's first round) then reads some of them from the disk."""
+    with contextlib.suppress(OSError, ValueError):
+        for kdamond in sorted(damon.iterdir()):
+            if (kdamond / "state").read_text().strip() != "on":
+                continue
+            for scheme in sorted(kdamond.glob("contexts/*/schemes/*")):
+                if (scheme / "action").read_text().strip() != "pageout":
+                    continue
+                aggregation = scheme.parent.parent / "monitoring_attrs/intervals/aggr_us"
+                idle = int((scheme / "access_pattern/age/min").read_text()) * int(aggregation.read_text())
+                return f"DAMON pages out memory idle for {idle / 1e6:.0f} s or more"
+    return None
 
 
 def revision() -> str:
