@@ -23,7 +23,12 @@ from support import BIN
 from test_run import PROJECT, project_setup
 from test_run_faults import start_remote
 
+from radium.remoting.run import warmtree
+from radium.remoting.run.cas import ContentStore
+from radium.remoting.run.fscontent import Contents
 from radium.remoting.run.fsfill import FILL_FILE_MAX
+from radium.remoting.run.fsnodes import NodeTable, TreeStats
+from radium.remoting.run.fsproto import CHUNK_SIZE, Attr, DirEntry, DirListing, chunk_hash
 from radium.remoting.run.warmtree import WarmTree, _Index
 
 pytestmark = pytest.mark.timeout(240)
@@ -457,12 +462,6 @@ class _Growing:
     file be copied (OVERRUN 0), so a test sees a copy cut short and resumed run by run."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int = 1 << 30) -> None:
-        from radium.remoting.run import warmtree
-        from radium.remoting.run.cas import ContentStore
-        from radium.remoting.run.fscontent import Contents
-        from radium.remoting.run.fsnodes import NodeTable, TreeStats
-        from radium.remoting.run.fsproto import DirEntry, DirListing
-
         class Clock:
             now = 0.0
 
@@ -473,7 +472,6 @@ class _Growing:
 
         monkeypatch.setattr(warmtree, "time", Clock)
         monkeypatch.setattr(warmtree, "OVERRUN", 0.0)  # (0.5 s: a file that nearly fits is finished)
-        self.entry, self.listing = DirEntry, DirListing
         self.store = ContentStore(tmp_path / "store", 1 << 30)
         self.nodes = NodeTable()
         self.nodes.install_listing(
@@ -485,11 +483,8 @@ class _Growing:
         self.contents = Contents(None, self.store, TreeStats())  # type: ignore[arg-type]  # nothing is asked
         self.warm = WarmTree(tmp_path / "warm", limit)
         assert self.warm.share() and self.warm.claim()
-        self.aside = self.warm.folder / "partial"
 
-    def attr(self, mode: int, data: bytes = b""):
-        from radium.remoting.run.fsproto import CHUNK_SIZE, Attr, chunk_hash
-
+    def attr(self, mode: int, data: bytes = b"") -> Attr:
         pieces = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
         for piece in pieces:
             self.store.put(chunk_hash(piece), piece)
@@ -500,17 +495,15 @@ class _Growing:
 
     def client_has(self, files: dict[bytes, tuple[bytes, int]]) -> None:
         """/data as a listing gives it: name -> (content, mode)."""
-        from radium.remoting.run.fsproto import chunk_hash
-
-        entries = [self.entry(name=n, attr=self.attr(stat.S_IFREG | m, c)) for n, (c, m) in files.items()]
+        entries = [DirEntry(name=n, attr=self.attr(stat.S_IFREG | m, c)) for n, (c, m) in files.items()]
         digest = chunk_hash(b"".join(n + c for n, (c, _) in files.items()))
-        self.nodes.install_listing(self.data, self.listing(path=b"/data", entries=entries, digest=digest))
+        self.nodes.install_listing(self.data, DirListing(path=b"/data", entries=entries, digest=digest))
 
     def grow(self) -> int:
         return self.warm.grow(self.nodes, self.contents, budget=1.5)
 
     def aside_sizes(self) -> list[int]:
-        return [p.stat().st_size for p in self.aside.iterdir()]
+        return [p.stat().st_size for p in self.warm.partial.iterdir()]
 
 
 def test_a_big_file_cut_short_by_the_budget_is_finished_by_the_next_runs_ends(tmp_path, monkeypatch):
@@ -518,8 +511,6 @@ def test_a_big_file_cut_short_by_the_budget_is_finished_by_the_next_runs_ends(tm
     and renamed in whole, so one the time cuts short (a big library on a slow disk) is never
     in the tree in part, does not hold the run's end beyond a chunk, and is finished by the
     next runs' ends; a copy aside of content no longer wanted is dropped."""
-    from radium.remoting.run.fsproto import CHUNK_SIZE
-
     g = _Growing(tmp_path, monkeypatch)
     old, new = os.urandom(3 * CHUNK_SIZE + 100), os.urandom(4 * CHUNK_SIZE + 7)
     copy = g.warm.files / "data" / "lib.so"
@@ -546,8 +537,6 @@ def test_a_copy_cut_short_counts_against_the_limit(tmp_path, monkeypatch):
     """The tree's bytes on disk never pass its limit (`warm_tree_bytes`), its copy aside
     included: a file that would fit only beside the tree's files is not added while a big
     file's copy is aside, and the big file is finished, not left aside for good."""
-    from radium.remoting.run.fsproto import CHUNK_SIZE
-
     big, small = os.urandom(3 * CHUNK_SIZE + 100), os.urandom(CHUNK_SIZE)
     g = _Growing(tmp_path, monkeypatch, limit=len(big))
 
