@@ -460,9 +460,9 @@ class Lab:
                     "rate",
                     "4750mbit",
                     "burst",
-                    "64kb",
+                    netns.TBF_BURST,
                     "latency",
-                    "10ms",
+                    netns.TBF_LATENCY,
                 ]
             )
 

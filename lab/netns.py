@@ -2,7 +2,7 @@
 
 The two namespaces are joined by a veth pair (MTU 1500) and, by default, both ends are
 shaped like the Radium paper's TCP network with a token bucket (``tbf rate 4750mbit
-burst 64kb latency 10ms``). ``netem`` is not available on the test machines, so no delay
+burst 128kb latency 10ms``). ``netem`` is not available on the test machines, so no delay
 is added: the veth round trip stays at tens of microseconds.
 
 Naming and addressing
@@ -48,7 +48,14 @@ __all__ = [
 
 SUBNET_PREFIX = "10.231"
 MTU = 1500
-TBF_BURST = "64kb"
+# The bucket holds a whole TSO frame (64 KiB and its headers).  With less (64kb was used until
+# 2026-12-08), tbf cuts every frame TCP hands it into 1,500-byte packets in software, on the
+# sending thread, and the receiving end's TCP then handles each one: iperf3 at the link's rate
+# kept 1.3 of this VM's 2 cores busy against 0.45 with a bigger bucket, the same rate.  No real
+# link costs that (a NIC segments in hardware and coalesces what it receives); on two cores
+# shared by both ends it was the largest cost of every byte radium moved (docs/run.md, "The
+# lab's link").  The rate is unchanged: a burst of 128 KiB is 0.2 ms of the link.
+TBF_BURST = "128kb"
 TBF_LATENCY = "10ms"
 _COMMAND_TIMEOUT = 15.0  # seconds for any single ip/tc invocation
 _LINK_WAIT = 5.0  # seconds link_up waits for both ends to report carrier
