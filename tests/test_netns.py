@@ -163,18 +163,21 @@ def test_the_shaped_link_passes_tcp_frames_whole(two_hosts):
     topo = two_hosts
     sink = topo.appliance.popen([sys.executable, "-c", SINK, topo.appliance.address],
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
-    line = sink.stdout.readline().split()
-    assert line and line[0] == "LISTENING", line
-    size = 32 << 20
-    bytes0, packets0 = _received(topo.appliance)
-    topo.client.run(
-        [sys.executable, "-c",
-         "import socket, sys; c = socket.create_connection((sys.argv[1], int(sys.argv[2])));"
-         f" c.sendall(bytes({size})); c.close()", topo.appliance.address, line[1]],
-        check=True, timeout=20,
-    )  # fmt: skip
-    assert sink.stdout.readline().strip() == str(size)
-    assert sink.wait(timeout=10) == 0
+    try:
+        line = sink.stdout.readline().split()
+        assert line and line[0] == "LISTENING", line
+        size = 32 << 20
+        bytes0, packets0 = _received(topo.appliance)
+        topo.client.run(
+            [sys.executable, "-c",
+             "import socket, sys; c = socket.create_connection((sys.argv[1], int(sys.argv[2])));"
+             f" c.sendall(bytes({size})); c.close()", topo.appliance.address, line[1]],
+            check=True, timeout=20,
+        )  # fmt: skip
+        assert sink.stdout.readline().strip() == str(size)
+        assert sink.wait(timeout=10) == 0
+    finally:
+        sink.kill()
     got, packets = (a - b for a, b in zip(_received(topo.appliance), (bytes0, packets0), strict=True))
     assert got >= size
     assert got / packets > 8 * 1500, f"{got} bytes in {packets} packets: segmented by the shaper"

@@ -57,7 +57,7 @@ APPLIANCE_DISK = 12 << 30
 # `import torch` of 9.0 s and a cold remote one of 14.3 s (its client hashing libtorch from the
 # disk), against 1.0 and 3.8 s in a run just before. A client that uses torch has it in memory.
 PRIMED_FOR_RESNET = ("torch", "numpy", None)  # None: the interpreter's standard library
-SKIP = {"site-packages", "test"}
+PRIME_SKIP = {"site-packages", "test"}  # beside the standard library, not of it
 
 
 def prime_page_cache(packages: tuple[str | None, ...]) -> dict:
@@ -77,8 +77,7 @@ def prime_page_cache(packages: tuple[str | None, ...]) -> dict:
     t0, total, buf = time.monotonic(), 0, bytearray(1 << 20)
     for folder in folders:
         for top, subfolders, files in os.walk(folder):
-            # The standard library's own packages, not what lies beside it
-            subfolders[:] = [d for d in subfolders if d not in SKIP and not d.startswith("config-")]
+            subfolders[:] = [d for d in subfolders if d not in PRIME_SKIP and not d.startswith("config-")]
             for name in files:
                 with contextlib.suppress(OSError):
                     fd = os.open(os.path.join(top, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
