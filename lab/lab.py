@@ -456,13 +456,7 @@ class Lab:
                     "dev",
                     dev,
                     "root",
-                    "tbf",
-                    "rate",
-                    "4750mbit",
-                    "burst",
-                    netns.TBF_BURST,
-                    "latency",
-                    netns.TBF_LATENCY,
+                    *netns.shaper(),
                 ]
             )
 

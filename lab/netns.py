@@ -43,6 +43,7 @@ __all__ = [
     "can_create_namespaces",
     "cleanup_stale",
     "create_topology",
+    "shaper",
     "topology",
 ]
 
@@ -57,6 +58,7 @@ MTU = 1500
 # lab's link").  The rate is unchanged: a burst of 128 KiB is 0.2 ms of the link.
 TBF_BURST = "128kb"
 TBF_LATENCY = "10ms"
+RATE = "4750mbit"  # the Radium paper's TCP network
 _COMMAND_TIMEOUT = 15.0  # seconds for any single ip/tc invocation
 _LINK_WAIT = 5.0  # seconds link_up waits for both ends to report carrier
 
@@ -68,6 +70,11 @@ _open_topologies: weakref.WeakSet[Topology] = weakref.WeakSet()
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def shaper(rate: str = RATE) -> list[str]:
+    """The qdisc that shapes a lab link, as `tc qdisc add dev X root` takes it."""
+    return ["tbf", "rate", rate, "burst", TBF_BURST, "latency", TBF_LATENCY]
 
 
 def _run_ip(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -264,7 +271,7 @@ class Topology:
 
 
 def create_topology(
-    prefix: str = "rdm", rate: str | None = "4750mbit", subnet_index: int | None = None
+    prefix: str = "rdm", rate: str | None = RATE, subnet_index: int | None = None
 ) -> Topology:
     """Create two namespaces (client, appliance) joined by a veth pair in 10.231.N.0/24.
 
@@ -327,13 +334,7 @@ def create_topology(
                         "dev",
                         host.interface,
                         "root",
-                        "tbf",
-                        "rate",
-                        rate,
-                        "burst",
-                        TBF_BURST,
-                        "latency",
-                        TBF_LATENCY,
+                        *shaper(rate),
                     ]
                 )
         topo = Topology(client=client, appliance=appliance, subnet_index=n, rate=rate)
@@ -349,7 +350,7 @@ def create_topology(
 
 @contextlib.contextmanager
 def topology(
-    prefix: str = "rdm", rate: str | None = "4750mbit", subnet_index: int | None = None
+    prefix: str = "rdm", rate: str | None = RATE, subnet_index: int | None = None
 ) -> Iterator[Topology]:
     """``with topology() as t:`` — a :func:`create_topology` closed on exit."""
     topo = create_topology(prefix=prefix, rate=rate, subnet_index=subnet_index)
@@ -395,13 +396,7 @@ def _probe(need_tc: bool) -> tuple[bool, str]:
                     "dev",
                     "pa",
                     "root",
-                    "tbf",
-                    "rate",
-                    "4750mbit",
-                    "burst",
-                    TBF_BURST,
-                    "latency",
-                    TBF_LATENCY,
+                    *shaper(),
                 ]
             )
     except RuntimeError as exc:

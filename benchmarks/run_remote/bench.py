@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shlex
@@ -11,6 +12,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,19 +63,14 @@ PRIME_SKIP = {"site-packages", "test"}  # beside the standard library, not of it
 
 
 def prime_page_cache(packages: tuple[str | None, ...]) -> dict:
-    """Read every regular file of these packages (as the benchmarks' interpreter finds them)
-    once, so that they are in the page cache; how many bytes, and how long it took."""
-    code = (
-        "import importlib.util, json, sysconfig\n"
-        "out = []\n"
-        f"for name in {list(packages)!r}:\n"
-        "    if name is None:\n"
-        "        out.append(sysconfig.get_paths()['stdlib']); continue\n"
-        "    spec = importlib.util.find_spec(name)\n"
-        "    if spec is not None: out.extend(spec.submodule_search_locations or [])\n"
-        "print(json.dumps(out))"
-    )
-    folders = json.loads(subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout)
+    """Read every regular file of these packages (as this interpreter, the benchmarks' own,
+    finds them) once, so that they are in the page cache; how many bytes, and how long it took."""
+    folders: list[str] = []
+    for name in packages:
+        if name is None:
+            folders.append(sysconfig.get_paths()["stdlib"])
+        elif (spec := importlib.util.find_spec(name)) is not None:
+            folders.extend(spec.submodule_search_locations or [])
     t0, total, buf = time.monotonic(), 0, bytearray(1 << 20)
     for folder in folders:
         for top, subfolders, files in os.walk(folder):
