@@ -85,6 +85,10 @@ class RunSection(Section):
     # while the process runs, so that the client's next runs map it from the warm tree: warm
     # runs near local, for more bytes (and some CPU) in the first. false: only what is read.
     complete_files: bool = True
+    # When the process exits with such files not yet whole, the run's end waits for them a
+    # quarter of the process's own time, at least the first and at most the second number of
+    # seconds, before the client hears of the end; what is left comes in its next runs.
+    complete_at_exit: tuple[Seconds, Seconds] = (0.2, 1.0)
     # While a run's process makes file operations, the appliance's idle cores poll rather than
     # halt (a CPU latency request of 0 µs, let go after a second without one): on a VM each
     # wake-up of a halted core costs a round trip to the hypervisor, and every file operation
@@ -247,6 +251,12 @@ def load_daemon_config(path: Path | None) -> DaemonConfig:
         raise ConfigError(
             f"{path}: server.lease_timeout: must be longer than server.heartbeat_interval "
             f"({s.lease_timeout:g} <= {s.heartbeat_interval:g}), or every session expires"
+        )
+    low, high = config.run.complete_at_exit
+    if low > high:
+        raise ConfigError(
+            f"{path}: run.complete_at_exit: the least ({low:g} s) is more than the most ({high:g} s); "
+            "give [LEAST, MOST]"
         )
     return config.resolve(Path(path).resolve().parent)
 

@@ -187,6 +187,15 @@ def test_a_lease_timeout_just_over_the_interval_is_fine(tmp_path):
     assert load_daemon_config(path).server.lease_timeout == 2.5
 
 
+def test_the_wait_for_files_at_a_runs_end_is_a_least_and_a_most(tmp_path):
+    path = write(tmp_path, "[run]\ncomplete_at_exit = [0.5, 3]")
+    assert load_daemon_config(path).run.complete_at_exit == (0.5, 3.0)
+    path, err = daemon_error(tmp_path, "[run]\ncomplete_at_exit = [2, 1]")
+    assert str(err).startswith(f"{path}: run.complete_at_exit: the least (2 s) is more than the most (1 s)")
+    path, err = daemon_error(tmp_path, "[run]\ncomplete_at_exit = [1]")
+    assert "run.complete_at_exit" in str(err)
+
+
 @pytest.mark.parametrize(
     "listen",
     [

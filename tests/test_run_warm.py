@@ -361,7 +361,10 @@ def test_a_file_read_in_part_is_fetched_whole_for_the_next_runs(two_hosts, tmp_p
     )
     whole = "import hashlib\nprint(hashlib.sha256(open('lib.so', 'rb').read()).hexdigest())\n"
     data = os.urandom(12 << 20)
-    remote = start_remote(two_hosts, tmp_path, "" if complete else "[run]\ncomplete_files = false\n")
+    # Exiting at once, the run's end waits for the rest: by default a quarter of the process's
+    # time, 0.2-1 s, which a loaded machine (CI) may not fetch 9 MiB in; here as long as it takes.
+    config = "[run]\ncomplete_at_exit = [60, 60]\n" if work == 0 else ""
+    remote = start_remote(two_hosts, tmp_path, config if complete else "[run]\ncomplete_files = false\n")
     try:
         steps = session(
             remote,

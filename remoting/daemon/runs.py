@@ -398,6 +398,7 @@ def supervisor_settings(config: DaemonConfig) -> channel.Settings:
         clients_dir=config.server.clients_dir,
         warm_limit=config.run.warm_tree_bytes,
         complete_files=config.run.complete_files,
+        complete_at_exit=config.run.complete_at_exit,
         poll_idle=config.run.poll_idle,
         tenant_groups=dict(config.run.tenant_groups),
         memory_bytes=config.run.memory_bytes,

@@ -75,6 +75,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     warm_dir: str | None = None  # the clients' warm trees (run/warmtree.py), root's; None: none
     warm_limit: int = 0  # bytes of files each client's warm tree may hold
     complete_files: bool = True  # files read in part, listed package folders: made whole (fsfill too)
+    complete_at_exit: tuple[float, float] = (0.2, 1.0)  # seconds a run's end waits for them, least and most
     clients_dir: str | None = None  # the enrolled clients' keys: what a revoked client left is removed
     tenant_groups: dict[str, list[str]] = {}  # clients that share what they send (run/tenants.py)
     # Each run's cgroup (run/limits.py): memory with swap (0: what the appliance can spare),

@@ -57,9 +57,9 @@ PREFETCH_ENTRIES = 20_000
 KEEP_WRITTEN = 256 << 20
 KEEP_BUDGET = 1.0
 # A short process leaves no quiet time to fetch the files it read in part (fscontent.py): the
-# end of its run waits for that, a quarter of the process's own time, within these bounds.
+# end of its run waits for that, a quarter of the process's own time, within the bounds of
+# Settings.complete_at_exit ([run] complete_at_exit).
 COMPLETE_AT_EXIT_SHARE = 0.25
-COMPLETE_AT_EXIT_S = (0.2, 1.0)
 LOOK_AHEAD_FILES = 50_000  # the most warm files looked up through a run's new overlay as it starts
 LOOK_AHEAD_S = 0.5  # and for how long at most
 WARM_WAIT = 2.0  # seconds a run waits for another run of its client to finish changing the warm tree
@@ -454,11 +454,12 @@ class World:
     async def finish_reading(self) -> None:
         """The process exited: the files it read in part, being fetched whole when readers were
         quiet (run/fscontent.py), are fetched now, before the client hears of the end, for a
-        quarter of the process's own time (COMPLETE_AT_EXIT_S: 0.2-1 s); its next runs then
-        find them in the warm tree rather than faulting them in through FUSE again."""
+        quarter of the process's own time (within Settings.complete_at_exit, by default 0.2-1 s);
+        its next runs then find them in the warm tree rather than faulting them in through FUSE
+        again."""
         if not hasattr(self, "tree") or not self.tree.contents.completing:
             return
-        low, high = COMPLETE_AT_EXIT_S
+        low, high = self.settings.complete_at_exit
         seconds = min(high, max(low, COMPLETE_AT_EXIT_SHARE * self.stats.phases.get("run", 0.0)))
         await self.tree.contents.finish(seconds)
         self.phase("complete")
