@@ -65,6 +65,13 @@ def fuse_and_warm(stderr: bytes) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+# A run whose process exits at once has its end wait for the libraries it read in part (the
+# first run's `import hashlib` maps libcrypto, 5 chunks) for a quarter of the process's time,
+# 0.2-1 s by default, which a loaded machine (CI) may not fetch them in: the next run then
+# faults the rest in over the link. Tests that count the next run's bytes wait as long as it takes.
+WAIT_FOR_COMPLETION = "[run]\ncomplete_at_exit = [60, 60]\n"
+
+
 def warm_index(remote, client_name: str = "vm1") -> tuple[Path, _Index]:
     """The client's warm tree on the appliance: its folder and index."""
     folders = list((remote.appliance.dir / "state" / "warm").iterdir())
@@ -327,17 +334,22 @@ def test_unlisted_subfolders_are_stand_ins_so_that_their_folder_is_whole_and_sti
     assert f"{PROJECT}/pkg/sub".encode() in index.digests  # listed by the last run: a folder of its own
 
 
-def test_what_a_run_wrote_is_not_fetched_back_by_the_next(remote, tmp_path):
+def test_what_a_run_wrote_is_not_fetched_back_by_the_next(two_hosts, tmp_path):
     """A run's output (a checkpoint, a cache) sent back to the client is kept in the appliance's
     store as its client's: the next run that reads it is served it there, not over the link."""
     write = "import hashlib, os\nopen('ckpt.bin', 'wb').write(os.urandom(3 << 20))\n"
     read = "import hashlib\nprint(hashlib.sha256(open('ckpt.bin', 'rb').read()).hexdigest())\n"
-    steps = session(
-        remote,
-        tmp_path,
-        {"w.py": write, "r.py": read},
-        ["radium run -- python3 w.py", "radium run --stats -- python3 r.py", "python3 r.py"],
-    )
+    remote = start_remote(two_hosts, tmp_path, WAIT_FOR_COMPLETION)
+    try:
+        steps = session(
+            remote,
+            tmp_path,
+            {"w.py": write, "r.py": read},
+            ["radium run -- python3 w.py", "radium run --stats -- python3 r.py", "python3 r.py"],
+        )
+    finally:
+        remote.close()
+        remote.appliance.stop()
     _, (remote_out, stats), (local_out, _) = steps
     assert remote_out == local_out and len(remote_out.strip()) == 64
     fetched = int(re.search(rb"bytes fetched (\d+)", stats)[1])
@@ -361,9 +373,8 @@ def test_a_file_read_in_part_is_fetched_whole_for_the_next_runs(two_hosts, tmp_p
     )
     whole = "import hashlib\nprint(hashlib.sha256(open('lib.so', 'rb').read()).hexdigest())\n"
     data = os.urandom(12 << 20)
-    # Exiting at once, the run's end waits for the rest: by default a quarter of the process's
-    # time, 0.2-1 s, which a loaded machine (CI) may not fetch 9 MiB in; here as long as it takes.
-    config = "[run]\ncomplete_at_exit = [60, 60]\n" if work == 0 else ""
+    # Exiting at once, the run's end waits for the rest (WAIT_FOR_COMPLETION).
+    config = WAIT_FOR_COMPLETION if work == 0 else ""
     remote = start_remote(two_hosts, tmp_path, config if complete else "[run]\ncomplete_files = false\n")
     try:
         steps = session(
