@@ -382,6 +382,24 @@ def test_with_the_channel_off_everything_is_relayed(relayed_remote, tmp_path):
     assert link == {}  # no channel, no figures of it
 
 
+def test_a_folder_read_in_turn_comes_whole_through_radiumd(relayed_remote, tmp_path):
+    """A walk's next files are looked up with their first chunks (`Lookup.head`): replies of
+    several frames, relayed by radiumd as the chunks are."""
+    files: dict[str, str | bytes] = {f"walk/f{i}": os.urandom((3 << 20) + i) for i in range(5)}
+    digest = hashlib.sha256(b"".join(files[f"walk/f{i}"] for i in range(5))).hexdigest()
+    files["walk.py"] = (
+        "import hashlib, os\nh = hashlib.sha256()\n"
+        "for name in sorted(os.listdir('walk')):\n    h.update(open('walk/' + name, 'rb').read())\n"
+        "print(h.hexdigest())\n"
+    )
+    proc = _start(relayed_remote, tmp_path, files, "python3", "walk.py")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split() == [digest]
+    total, directly = _requests(err)
+    assert total > 0 and directly == 0
+
+
 def direct_link_keys() -> tuple[str, ...]:
     from radium.remoting.run.fsasks import LinkTimes
 

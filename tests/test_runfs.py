@@ -30,12 +30,14 @@ from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
     LOOKUP_INLINE_MAX,
+    MAX_CHUNKS_PER_REQUEST,
     Attr,
     BadPath,
     Chunks,
     DirEntry,
     DirListing,
     FsError,
+    Headed,
     LinkTarget,
     Lookup,
     Prefetch,
@@ -142,6 +144,16 @@ def test_messages_round_trip_and_refuse_unknown_fields():
     assert len(reply_frames(ReadChunks(path=b"/f", indexes=[0]), Chunks(data=[b"a"]))) == 1  # not asked
     with pytest.raises(ProtocolError):
         decode_reply_frames(framed[:2])  # a chunk missing
+    # A lookup's first chunks (`Lookup.head`) too.
+    attr = Attr(
+        mode=0o100644, uid=0, gid=0, size=3, atime_ns=0, mtime_ns=0, ctime_ns=0, nlink=1, ino=1, dev=9
+    )
+    framed = reply_frames(Lookup(path=b"/f", head=2), Headed(attr=attr, data=[b"a", b"bc"]))
+    assert framed[1:] == [b"a", b"bc"]
+    back = decode_reply_frames(framed)
+    assert isinstance(back, Headed) and back.attr == attr and [bytes(d) for d in back.data] == [b"a", b"bc"]
+    with pytest.raises(ProtocolError):
+        decode_reply_frames(framed[:2])
 
 
 # --- the client's FileServer ---------------------------------------------------------------------
@@ -363,6 +375,30 @@ def test_a_content_listing_sends_the_file_opened_first_and_optimised_bytecode_la
         "m.cpython-311.pyc",
         "other.cpython-311.pyc",
     ]
+
+
+def test_a_lookup_asked_with_a_head_brings_the_files_first_chunks_as_hashed(tmp_path):
+    """`Lookup.head`: a file of several chunks comes with its first ones, read as it was hashed
+    (not read again); a small file comes inline as ever, a folder as its attributes; more than
+    a request's worth of chunks is refused."""
+    big = os.urandom(5 * CHUNK_SIZE + 7)
+    (tmp_path / "big").write_bytes(big)
+    (tmp_path / "small").write_bytes(b"small")
+    (tmp_path / "sub").mkdir()
+    server = FileServer(tmp_path)
+    reply = server.handle(Lookup(path=b"/big", head=3))
+    assert isinstance(reply, Headed) and reply.attr.size == len(big) and len(reply.attr.chunks) == 6
+    assert b"".join(reply.data) == big[: 3 * CHUNK_SIZE] and server.stats.reread_bytes == 0
+    assert [chunk_hash(d) for d in reply.data] == reply.attr.chunks[:3]
+    assert set(reply.attr.chunks[:3]) <= server.delivered
+    whole = server.handle(Lookup(path=b"/big", head=64))  # hashes known now: read from the file
+    assert isinstance(whole, Headed) and b"".join(whole.data) == big
+    small = server.handle(Lookup(path=b"/small", head=3))
+    assert isinstance(small, Attr) and small.data == b"small"
+    assert isinstance(server.handle(Lookup(path=b"/sub", head=3)), Attr)
+    assert isinstance(server.handle(Lookup(path=b"/big", content=False, head=3)), Attr)
+    refused = server.handle(Lookup(path=b"/big", head=MAX_CHUNKS_PER_REQUEST + 1))
+    assert isinstance(refused, FsError) and refused.errno == errno.E2BIG
 
 
 def test_reading_chunks_reuses_the_lookups_hashes_for_what_the_appliance_holds(tmp_path, monkeypatch):

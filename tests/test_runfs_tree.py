@@ -20,6 +20,7 @@ from radium.remoting.run.fsproto import (
     CHUNK_SIZE,
     INLINE_MAX,
     Attr,
+    Headed,
     Lookup,
     ReadChunks,
     ReadDir,
@@ -88,6 +89,7 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
     import trio.testing
 
     from radium.remoting.run.fs import ClientTree
+    from radium.remoting.run.fscontent import NEXT_FILE_HEAD
 
     client = tmp_path / "client"
     contents: dict[str, bytes] = {}
@@ -112,8 +114,11 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
     asked: list[tuple] = []  # in the order the requests were sent
 
     async def fetch(request):
-        asked.append((type(request).__name__, request.path, tuple(getattr(request, "indexes", ()))))
-        return server.handle(request)
+        reply = server.handle(request)
+        # The chunks it asks for, or (a lookup with `head`) that come with its reply.
+        got = range(len(reply.data)) if isinstance(reply, Headed) else getattr(request, "indexes", ())
+        asked.append((type(request).__name__, request.path, tuple(got)))
+        return reply
 
     tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=1, ahead_chunks=3)
 
@@ -147,7 +152,7 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
         ("shuffled", shuffled),
     ):
         for k, path in enumerate(f"/{folder}/{name}".encode() for name in names):
-            chunks = [req[2] for req in asked if req[0] == "ReadChunks" and req[1] == path]
+            chunks = [req[2] for req in asked if req[0] in ("ReadChunks", "Lookup") and req[1] == path]
             # Each chunk asked for once, and in the file's order: the reader's first, then those
             # ahead of it (started at once as tasks, which trio runs in no set order).
             assert [i for c in chunks for i in c] == [0, 1, 2, 3], (path, chunks)
@@ -155,8 +160,81 @@ def test_a_sequential_reader_is_asked_for_in_file_order_and_the_next_file_of_its
             early = [req for req in asked[:opened] if req[1] == path]
             if k < 2 or folder == "shuffled":  # no walk seen: nothing of it before the process opens it
                 assert early == [], early
-            else:  # looked up and read (NEXT_FILE_CHUNKS ≥ 4) while the process read the one before
-                assert [req[0] for req in early] == ["Lookup"] + ["ReadChunks"] * len(chunks), early
+            else:  # looked up while the process read the one before, its chunks with its hashes
+                # (NEXT_FILE_HEAD ≥ 4: all of them), and nothing asked for after
+                assert NEXT_FILE_HEAD >= 4
+                assert early == [("Lookup", path, (0, 1, 2, 3))], early
+                assert [req for req in asked[opened:] if req[1] == path and req[0] != "open"] == [], path
+
+
+def test_a_file_opened_while_its_head_is_on_the_way_waits_for_it_and_a_bad_head_is_asked_again(tmp_path):
+    """The next file of a walk is looked up with its first chunks (`Lookup.head`). A process
+    opening it before that reply comes waits for it, and then reads those chunks from it, not
+    asking for them again; a chunk of the reply that does not match its hash (the file written
+    between its hashing and its reading) is not used: the reader asks for it itself."""
+    pyfuse3 = pytest.importorskip("pyfuse3")
+    import trio
+    import trio.testing
+
+    from radium.remoting.run.fs import ClientTree
+    from radium.remoting.run.fscontent import NEXT_FILE_HEAD
+
+    assert NEXT_FILE_HEAD >= 2
+    client = tmp_path / "client"
+    (client / "walk").mkdir(parents=True)
+    contents = {f"f{i}": os.urandom(4 * CHUNK_SIZE) for i in range(4)}
+    for name, data in contents.items():
+        (client / "walk" / name).write_bytes(data)
+    server = FileServer(client)
+    asked: list[tuple] = []
+    held: dict[bytes, trio.Event] = {}  # lookups with a head whose reply waits for the test
+
+    async def fetch(request):
+        reply = server.handle(request)
+        if isinstance(reply, Headed):
+            if request.path == b"/walk/f3":  # its first chunk as the file is now, not as hashed
+                reply.data[0] = os.urandom(len(reply.data[0]))
+            held[request.path] = trio.Event()
+            await held[request.path].wait()
+        asked.append((type(request).__name__, request.path, tuple(getattr(request, "indexes", ()))))
+        return reply
+
+    tree = ClientTree(fetch, ContentStore(tmp_path / "store", 1 << 30), batch_chunks=1, ahead_chunks=3)
+    got: dict[str, bytes] = {}
+
+    async def read_whole(folder_ino: int, name: str) -> None:
+        entry = await tree.lookup(folder_ino, name.encode(), None)
+        fh = (await tree.open(entry.st_ino, os.O_RDONLY, None)).fh
+        got[name] = b"".join(
+            [await tree.read(fh, off, CHUNK_SIZE) for off in range(0, 4 * CHUNK_SIZE, CHUNK_SIZE)]
+        )
+
+    async def main():
+        with trio.fail_after(30):
+            async with trio.open_nursery() as background:
+                tree.contents.background = background
+                folder_ino = (await tree.lookup(pyfuse3.ROOT_INODE, b"walk", None)).st_ino
+                await tree.opendir(folder_ino, None)
+                for name in ("f0", "f1", "f2", "f3"):
+                    async with trio.open_nursery() as reading:
+                        # From f2 on, its lookup is out and held: the process opens it meanwhile.
+                        reading.start_soon(read_whole, folder_ino, name)
+                        await trio.testing.wait_all_tasks_blocked()
+                        for event in held.values():
+                            event.set()
+                background.cancel_scope.cancel()
+
+    trio.run(main)
+    assert got == contents
+    assert sorted(held) == [b"/walk/f2", b"/walk/f3"]
+
+    def chunks_asked(path: bytes) -> list[int]:
+        return [i for kind, p, indexes in asked if kind == "ReadChunks" and p == path for i in indexes]
+
+    head = list(range(NEXT_FILE_HEAD))
+    assert not set(chunks_asked(b"/walk/f2")) & set(head), asked  # all of its head from the lookup
+    assert chunks_asked(b"/walk/f3")[:1] == [0] and not set(chunks_asked(b"/walk/f3")) & set(head[1:]), asked
+    assert [p for kind, p, _ in asked if kind == "Lookup"].count(b"/walk/f2") == 1
 
 
 def test_folders_the_process_lists_are_made_whole_when_quiet_but_not_with_a_big_file(tmp_path):

@@ -61,6 +61,7 @@ from radium.remoting.run.fsproto import (
     FsError,
     FsReply,
     FsRequest,
+    Headed,
     LinkTarget,
     Lookup,
     Prefetch,
@@ -527,7 +528,8 @@ class FileServer:
         try:
             match request:
                 case Lookup():
-                    return self._lookup(check_path(request.path), request.content)
+                    attr = self._lookup(check_path(request.path), request.content)
+                    return self._with_head(request, attr) if request.head and request.content else attr
                 case ReadDir():
                     budget = (
                         min(request.budget or LISTING_CONTENT_MAX, LISTING_CONTENT_MOST)
@@ -674,6 +676,17 @@ class FileServer:
     def _readlink(self, path: bytes) -> LinkTarget:
         self._check_hidden(path)
         return LinkTarget(target=os.readlink(self._real(path)))
+
+    def _with_head(self, request: Lookup, attr: Attr) -> Attr | Headed:
+        """A looked-up file with its first `request.head` chunks (`Lookup.head`), read from what
+        hashing it kept (`JustHashed`) or from the file; only the attributes for a file that came
+        inline, one not hashed, or anything but a regular file."""
+        if request.head > MAX_CHUNKS_PER_REQUEST:
+            raise OSError(errno.E2BIG, f"at most {MAX_CHUNKS_PER_REQUEST} chunks per request")
+        if not stat.S_ISREG(attr.mode) or not attr.chunks or attr.data is not None:
+            return attr
+        indexes = list(range(min(request.head, len(attr.chunks))))
+        return Headed(attr=attr, data=self._read_chunks(check_path(request.path), indexes).data)
 
     def _read_chunks(self, path: bytes, indexes: list[int]) -> Chunks:
         if len(indexes) > MAX_CHUNKS_PER_REQUEST:

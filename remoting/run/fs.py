@@ -35,7 +35,7 @@ import pyfuse3
 import trio
 
 from radium.remoting.run.cas import ContentStore
-from radium.remoting.run.fscontent import Changed, Contents
+from radium.remoting.run.fscontent import NEXT_FILE_HEAD, Changed, Contents
 from radium.remoting.run.fsfill import Filler
 from radium.remoting.run.fsnodes import TIMEOUT, Node, NodeTable, TreeStats, unchanged
 from radium.remoting.run.fsproto import (
@@ -49,6 +49,7 @@ from radium.remoting.run.fsproto import (
     FsError,
     FsReply,
     FsRequest,
+    Headed,
     LinkTarget,
     Lookup,
     Prefetch,
@@ -130,7 +131,7 @@ class ClientTree(pyfuse3.Operations):
 
     # --- asking the client --------------------------------------------------------
 
-    async def _ask(self, request: FsRequest, expect: type) -> FsReply:
+    async def _ask(self, request: FsRequest, expect: type | tuple[type, ...]) -> FsReply:
         self.stats.requests[type(request).__name__] += 1
         try:
             reply = await self._fetch(request)
@@ -142,7 +143,7 @@ class ClientTree(pyfuse3.Operations):
         if isinstance(reply, FsError):
             raise pyfuse3.FUSEError(reply.errno or errno.EIO)
         if not isinstance(reply, expect):
-            log.warning("expected %s, got %s", expect.__name__, type(reply).__name__)
+            log.warning("expected %s, got %s", expect, type(reply).__name__)
             raise pyfuse3.FUSEError(errno.EIO)
         return reply
 
@@ -166,9 +167,10 @@ class ClientTree(pyfuse3.Operations):
 
     # --- filling the table ---------------------------------------------------------------
 
-    async def _ensure_attr(self, node: Node, content: bool = False) -> Attr:
+    async def _ensure_attr(self, node: Node, content: bool = False, head: int = 0) -> Attr:
         """The node's attributes; with `content`, its chunk hashes too (asking the client if needed),
-        and its content when it comes with them (LOOKUP_INLINE_MAX)."""
+        and its content when it comes with them (LOOKUP_INLINE_MAX); with `head`, when asked,
+        the first chunks of a bigger file with them (`Lookup.head`)."""
 
         def enough() -> bool:
             a = node.attr
@@ -177,9 +179,13 @@ class ClientTree(pyfuse3.Operations):
         async def work() -> None:
             if content and await self._small_files_of_folder(node) and enough():
                 return
-            attr = await self._ask(Lookup(path=node.path, content=content), Attr)
+            expect = (Attr, Headed) if head else Attr
+            reply = await self._ask(Lookup(path=node.path, content=content, head=head), expect)
+            attr = reply.attr if isinstance(reply, Headed) else reply
             self.nodes.set_attr(node, attr)
             self.contents.keep_inline(node, attr)
+            if isinstance(reply, Headed):  # in flight before a reader waiting for this lookup goes on
+                self.contents.take_head(node, reply.data)
             if attr.chunks is not None:
                 self._learned.add(node.parent)
 
@@ -617,8 +623,9 @@ class ClientTree(pyfuse3.Operations):
         return self._orders[1]
 
     async def _read_next(self, node: Node) -> None:
-        try:
-            await self._ensure_attr(node, content=True)
+        try:  # its first chunks come with its hashes, right behind them on the channel; the rest
+            # of its first NEXT_FILE_CHUNKS are asked for when they are here
+            await self._ensure_attr(node, content=True, head=NEXT_FILE_HEAD)
         except pyfuse3.FUSEError:
             return  # the process's own open will say what is wrong
         self.contents.fetch_head(node)

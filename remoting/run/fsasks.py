@@ -111,7 +111,7 @@ class LinkTimes:
 
 
 def _kind(request: fsproto.FsRequest) -> str:
-    if isinstance(request, fsproto.ReadChunks):
+    if isinstance(request, fsproto.ReadChunks) or isinstance(request, fsproto.Lookup) and request.head:
         return "content"
     return "background" if isinstance(request, fsproto.Prefetch) else "metadata"
 

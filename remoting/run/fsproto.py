@@ -123,6 +123,11 @@ class Lookup(FsMessage, tag="fs-lookup"):
 
     path: bytes
     content: bool = True
+    # With `content`: the first `head` chunks of a regular file too big to come inline come
+    # with the reply (`Headed`), as frames after it. The appliance asks so for the file it
+    # expects a process to read next, so that the content follows the hashes on the channel
+    # instead of being asked for when they arrive (a round trip per file of a folder read in turn).
+    head: int = 0
 
 
 class ReadDir(FsMessage, tag="fs-readdir"):
@@ -270,6 +275,15 @@ class Chunks(FsReplyMessage, tag="fs-chunks"):
     framed: int = 0
 
 
+class Headed(FsReplyMessage, tag="fs-headed"):
+    """A `Lookup`'s reply with the first chunks of the file (`Lookup.head`): its attributes,
+    then the content as `framed` frames after this one, as `Chunks` asked with `framed`."""
+
+    attr: Attr
+    data: list[bytes]
+    framed: int = 0
+
+
 class Tree(FsReplyMessage, tag="fs-tree"):
     listings: list[DirListing]
     truncated: bool = False  # max_entries was reached: the rest is fetched on demand
@@ -290,7 +304,7 @@ class FsError(FsReplyMessage, tag="fs-error"):
 
 
 FsRequest = Lookup | ReadDir | ReadLink | ReadChunks | Prefetch
-FsReply = Attr | DirListing | LinkTarget | Chunks | Tree | FsError
+FsReply = Attr | DirListing | LinkTarget | Chunks | Headed | Tree | FsError
 
 
 class ChunksView(Chunks, tag="fs-chunks"):
@@ -300,9 +314,17 @@ class ChunksView(Chunks, tag="fs-chunks"):
     data: list[memoryview]  # type: ignore[assignment]
 
 
+class HeadedView(Headed, tag="fs-headed"):
+    """`Headed` as the appliance decodes it: each chunk a view into the received buffer."""
+
+    data: list[memoryview]  # type: ignore[assignment]
+
+
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(FsRequest)
-_reply_decoder = msgspec.msgpack.Decoder(Attr | DirListing | LinkTarget | ChunksView | Tree | FsError)
+_reply_decoder = msgspec.msgpack.Decoder(
+    Attr | DirListing | LinkTarget | ChunksView | HeadedView | Tree | FsError
+)
 
 
 def encode(message: FsMessage) -> bytes:
@@ -314,6 +336,8 @@ def reply_frames(request: FsRequest, reply: FsReply) -> list[bytes]:
     """The frames that carry `reply` to `request`: chunk content in frames of its own when asked so."""
     if isinstance(request, ReadChunks) and request.framed and type(reply) is Chunks and reply.data:
         return [encode(Chunks(data=[], framed=len(reply.data))), *reply.data]
+    if isinstance(request, Lookup) and type(reply) is Headed:
+        return [encode(Headed(attr=reply.attr, data=[], framed=len(reply.data))), *reply.data]
     return [encode(reply)]
 
 
@@ -321,6 +345,10 @@ def decode_reply_frames(frames: Sequence[bytes | bytearray | memoryview]) -> FsR
     """Decode a reply and the frames of content that follow it; `ProtocolError` when malformed."""
     reply = decode_reply(frames[0])
     if isinstance(reply, ChunksView) and reply.framed:
+        if reply.data or len(frames) != 1 + reply.framed:
+            raise ProtocolError(f"malformed file reply: {len(frames) - 1} frames for {reply.framed} chunks")
+        reply.data = [memoryview(f) for f in frames[1:]]
+    elif isinstance(reply, HeadedView):
         if reply.data or len(frames) != 1 + reply.framed:
             raise ProtocolError(f"malformed file reply: {len(frames) - 1} frames for {reply.framed} chunks")
         reply.data = [memoryview(f) for f in frames[1:]]
