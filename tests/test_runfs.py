@@ -135,6 +135,8 @@ def test_messages_round_trip_and_refuse_unknown_fields():
         decode_request(msgspec.msgpack.encode({"kind": "fs-lookup", "path": b"/", "extra": 1}))
     with pytest.raises(ProtocolError):
         decode_request(encode(LinkTarget(target=b"/")))  # a reply is no request
+    with pytest.raises(ProtocolError):
+        decode_request(msgspec.msgpack.encode({"kind": "fs-lookup", "path": b"/", "head": -1}))
     # Chunks asked for `framed` travel as frames of their own after the reply.
     framed = reply_frames(ReadChunks(path=b"/f", indexes=[0, 1], framed=True), Chunks(data=[b"a", b"bc"]))
     assert framed[1:] == [b"a", b"bc"] and len(framed[0]) < 20

@@ -528,8 +528,11 @@ class FileServer:
         try:
             match request:
                 case Lookup():
-                    attr = self._lookup(check_path(request.path), request.content)
-                    return self._with_head(request, attr) if request.head and request.content else attr
+                    path = check_path(request.path)
+                    attr = self._lookup(path, request.content)
+                    if request.head and request.content:
+                        return self._with_head(path, attr, request.head)
+                    return attr
                 case ReadDir():
                     budget = (
                         min(request.budget or LISTING_CONTENT_MAX, LISTING_CONTENT_MOST)
@@ -677,16 +680,16 @@ class FileServer:
         self._check_hidden(path)
         return LinkTarget(target=os.readlink(self._real(path)))
 
-    def _with_head(self, request: Lookup, attr: Attr) -> Attr | Headed:
-        """A looked-up file with its first `request.head` chunks (`Lookup.head`), read from what
-        hashing it kept (`JustHashed`) or from the file; only the attributes for a file that came
-        inline, one not hashed, or anything but a regular file."""
-        if request.head > MAX_CHUNKS_PER_REQUEST:
+    def _with_head(self, path: bytes, attr: Attr, head: int) -> Attr | Headed:
+        """A looked-up file with its first `head` chunks (`Lookup.head`), read from what hashing
+        it kept (`JustHashed`) or from the file; only the attributes for a file that came inline,
+        one not hashed, or anything but a regular file."""
+        if head > MAX_CHUNKS_PER_REQUEST:
             raise OSError(errno.E2BIG, f"at most {MAX_CHUNKS_PER_REQUEST} chunks per request")
         if not stat.S_ISREG(attr.mode) or not attr.chunks or attr.data is not None:
             return attr
-        indexes = list(range(min(request.head, len(attr.chunks))))
-        return Headed(attr=attr, data=self._read_chunks(check_path(request.path), indexes).data)
+        indexes = list(range(min(head, len(attr.chunks))))
+        return Headed(attr=attr, data=self._read_chunks(path, indexes).data)
 
     def _read_chunks(self, path: bytes, indexes: list[int]) -> Chunks:
         if len(indexes) > MAX_CHUNKS_PER_REQUEST:

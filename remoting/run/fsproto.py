@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 from collections.abc import Iterator, Sequence
+from typing import Annotated
 
 import blake3
 import msgspec
@@ -127,7 +128,7 @@ class Lookup(FsMessage, tag="fs-lookup"):
     # with the reply (`Headed`), as frames after it. The appliance asks so for the file it
     # expects a process to read next, so that the content follows the hashes on the channel
     # instead of being asked for when they arrive (a round trip per file of a folder read in turn).
-    head: int = 0
+    head: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class ReadDir(FsMessage, tag="fs-readdir"):
