@@ -66,9 +66,10 @@ def fuse_and_warm(stderr: bytes) -> tuple[int, int]:
 
 
 # A run whose process exits at once has its end wait for the libraries it read in part (the
-# first run's `import hashlib` maps libcrypto, 5 chunks) for a quarter of the process's time,
-# 0.2-1 s by default, which a loaded machine (CI) may not fetch them in: the next run then
-# faults the rest in over the link. Tests that count the next run's bytes wait as long as it takes.
+# interpreter's libpython, `import hashlib`'s libcrypto: several chunks each) for a quarter of
+# the process's time, 0.2-1 s by default, which a loaded machine (CI) may not fetch them in: the
+# next run then faults the rest in over the link. Tests that count the next run's bytes wait as
+# long as it takes.
 WAIT_FOR_COMPLETION = "[run]\ncomplete_at_exit = [60, 60]\n"
 
 
