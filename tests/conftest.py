@@ -38,7 +38,7 @@ def two_hosts():
 # --------------------------------------------------------------------------
 # Appliances (radiumd processes) and clients (the radium CLI as a process).
 # --------------------------------------------------------------------------
-from support import Appliance, Client  # noqa: E402
+from support import WAIT_FOR_COMPLETION, Appliance, Client  # noqa: E402
 
 
 @pytest.fixture
@@ -76,13 +76,28 @@ class Remote:
         self.appliance.stop()
 
 
-@pytest.fixture
-def remote(two_hosts, tmp_path):
+def _remote(two_hosts, tmp_path, extra_config: str = ""):
     app = Appliance(
-        tmp_path / "appliance", host=two_hosts.appliance, address=two_hosts.appliance.address, port=7450
+        tmp_path / "appliance",
+        host=two_hosts.appliance,
+        address=two_hosts.appliance.address,
+        port=7450,
+        extra_config=extra_config,
     ).start()
     r = Remote(app, two_hosts, tmp_path)
     try:
         yield r
     finally:
         r.close()
+
+
+@pytest.fixture
+def remote(two_hosts, tmp_path):
+    yield from _remote(two_hosts, tmp_path)
+
+
+@pytest.fixture
+def completing_remote(two_hosts, tmp_path):
+    """A `remote` whose runs' ends wait until the files their process read in part are whole
+    (WAIT_FOR_COMPLETION): for tests that count what a later run fetches."""
+    yield from _remote(two_hosts, tmp_path, WAIT_FOR_COMPLETION)

@@ -31,6 +31,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A run whose process exits at once has its end wait for the libraries it read in part (the
+# interpreter's libpython, `import hashlib`'s libcrypto: several chunks each) for a quarter of
+# the process's time, 0.2-1 s by default, which a loaded machine (CI) may not fetch them in: the
+# next run then faults the rest in over the link. Tests that count a later run's bytes wait as
+# long as it takes (an appliance's extra configuration).
+WAIT_FOR_COMPLETION = "[run]\ncomplete_at_exit = [60, 60]\n"
+
+
 @dataclass
 class Appliance:
     """A radiumd started as a real process (in a namespace when `host` is given)."""

@@ -322,12 +322,12 @@ def test_the_environment_is_carried_minus_the_local_only(remote, tmp_path):
     assert run_id.startswith("R-")
 
 
-def test_a_second_run_of_an_unchanged_project_moves_almost_nothing(remote, tmp_path):
+def test_a_second_run_of_an_unchanged_project_moves_almost_nothing(completing_remote, tmp_path):
     files = {f"data/part{i}.bin": os.urandom(1 << 20) for i in range(8)}
     files["read.py"] = (
         "import glob\nprint(sum(len(open(f, 'rb').read()) for f in sorted(glob.glob('data/*'))))\n"
     )
-    client = remote.client()
+    client = completing_remote.client()
     setup = project_setup(tmp_path, files)
     first_cmd = hidden(client, setup, PROJECT, "run", "--stats", "--", "python3", "read.py")
     # Both runs in one mount namespace, so the project is the very same files.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from support import BIN
+from support import BIN, WAIT_FOR_COMPLETION
 from test_run import PROJECT, project_setup
 from test_run_faults import start_remote
 
@@ -63,14 +63,6 @@ def fuse_and_warm(stderr: bytes) -> tuple[int, int]:
     m = STATS.search(stderr)
     assert m, stderr.decode()
     return int(m[1]), int(m[2])
-
-
-# A run whose process exits at once has its end wait for the libraries it read in part (the
-# interpreter's libpython, `import hashlib`'s libcrypto: several chunks each) for a quarter of
-# the process's time, 0.2-1 s by default, which a loaded machine (CI) may not fetch them in: the
-# next run then faults the rest in over the link. Tests that count the next run's bytes wait as
-# long as it takes.
-WAIT_FOR_COMPLETION = "[run]\ncomplete_at_exit = [60, 60]\n"
 
 
 def warm_index(remote, client_name: str = "vm1") -> tuple[Path, _Index]:
@@ -335,22 +327,17 @@ def test_unlisted_subfolders_are_stand_ins_so_that_their_folder_is_whole_and_sti
     assert f"{PROJECT}/pkg/sub".encode() in index.digests  # listed by the last run: a folder of its own
 
 
-def test_what_a_run_wrote_is_not_fetched_back_by_the_next(two_hosts, tmp_path):
+def test_what_a_run_wrote_is_not_fetched_back_by_the_next(completing_remote, tmp_path):
     """A run's output (a checkpoint, a cache) sent back to the client is kept in the appliance's
     store as its client's: the next run that reads it is served it there, not over the link."""
     write = "import hashlib, os\nopen('ckpt.bin', 'wb').write(os.urandom(3 << 20))\n"
     read = "import hashlib\nprint(hashlib.sha256(open('ckpt.bin', 'rb').read()).hexdigest())\n"
-    remote = start_remote(two_hosts, tmp_path, WAIT_FOR_COMPLETION)
-    try:
-        steps = session(
-            remote,
-            tmp_path,
-            {"w.py": write, "r.py": read},
-            ["radium run -- python3 w.py", "radium run --stats -- python3 r.py", "python3 r.py"],
-        )
-    finally:
-        remote.close()
-        remote.appliance.stop()
+    steps = session(
+        completing_remote,
+        tmp_path,
+        {"w.py": write, "r.py": read},
+        ["radium run -- python3 w.py", "radium run --stats -- python3 r.py", "python3 r.py"],
+    )
     _, (remote_out, stats), (local_out, _) = steps
     assert remote_out == local_out and len(remote_out.strip()) == 64
     fetched = int(re.search(rb"bytes fetched (\d+)", stats)[1])
