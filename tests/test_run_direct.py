@@ -384,9 +384,15 @@ def test_with_the_channel_off_everything_is_relayed(relayed_remote, tmp_path):
 
 def test_a_folder_read_in_turn_comes_whole_through_radiumd(relayed_remote, tmp_path):
     """A walk's next files are looked up with their first chunks (`Lookup.head`): replies of
-    several frames, relayed by radiumd as the chunks are."""
-    files: dict[str, str | bytes] = {f"walk/f{i}": os.urandom((3 << 20) + i) for i in range(5)}
-    digest = hashlib.sha256(b"".join(files[f"walk/f{i}"] for i in range(5))).hexdigest()
+    several frames, relayed by radiumd as the chunks are. The files after the first two come
+    whole with their lookups: none of their chunks is asked for, so fewer chunk requests are
+    made than there are files (each needs one at least otherwise)."""
+    # The interpreter and its hashlib first, so that the walk's run asks for the walk's files only.
+    warm = _start(relayed_remote, tmp_path, {}, "python3", "-c", "import hashlib, os")
+    assert warm.wait(timeout=60) == 0, warm.stderr.read().decode()
+    count = 12
+    files: dict[str, str | bytes] = {f"walk/f{i:02}": os.urandom((3 << 20) + i) for i in range(count)}
+    digest = hashlib.sha256(b"".join(files[f"walk/f{i:02}"] for i in range(count))).hexdigest()
     files["walk.py"] = (
         "import hashlib, os\nh = hashlib.sha256()\n"
         "for name in sorted(os.listdir('walk')):\n    h.update(open('walk/' + name, 'rb').read())\n"
@@ -398,6 +404,14 @@ def test_a_folder_read_in_turn_comes_whole_through_radiumd(relayed_remote, tmp_p
     assert out.decode().split() == [digest]
     total, directly = _requests(err)
     assert total > 0 and directly == 0
+    app = relayed_remote.appliance
+
+    def runs_requests() -> list[dict]:
+        return [e["by_kind"] for e in app.lines if e.get("event") == "file requests"]
+
+    wait_until(lambda: len(runs_requests()) == 2, 15, "the walk's run to log its file requests")
+    walk = runs_requests()[1]
+    assert walk.get("ReadChunks", 0) < count, walk  # 14 when the next files' heads are asked apart
 
 
 def direct_link_keys() -> tuple[str, ...]:
