@@ -345,11 +345,7 @@ def reply_frames(request: FsRequest, reply: FsReply) -> list[bytes]:
 def decode_reply_frames(frames: Sequence[bytes | bytearray | memoryview]) -> FsReply:
     """Decode a reply and the frames of content that follow it; `ProtocolError` when malformed."""
     reply = decode_reply(frames[0])
-    if isinstance(reply, ChunksView) and reply.framed:
-        if reply.data or len(frames) != 1 + reply.framed:
-            raise ProtocolError(f"malformed file reply: {len(frames) - 1} frames for {reply.framed} chunks")
-        reply.data = [memoryview(f) for f in frames[1:]]
-    elif isinstance(reply, HeadedView):
+    if isinstance(reply, ChunksView) and reply.framed or isinstance(reply, HeadedView):
         if reply.data or len(frames) != 1 + reply.framed:
             raise ProtocolError(f"malformed file reply: {len(frames) - 1} frames for {reply.framed} chunks")
         reply.data = [memoryview(f) for f in frames[1:]]
